@@ -1,0 +1,179 @@
+"""The `mzsr` command: degrade, import-tf, upscale, evaluate. Thin over the package modules."""
+from __future__ import annotations
+
+import argparse
+import sys
+import warnings
+from pathlib import Path
+
+import numpy as np
+from tqdm import tqdm
+
+from . import MZSRError, __version__
+
+
+def _add_common(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--scale", type=int, default=2, help="super-resolution scale factor (default 2)")
+
+
+def _kernel_args(p: argparse.ArgumentParser, required: bool) -> None:
+    p.add_argument(
+        "--kernel",
+        required=required,
+        help="named degradation (g0.2, g2.0, ani, gb1.3, bicubic) or a kernel file (.mat with key "
+        "'kernel'/'Kernel', or .npy)",
+    )
+    p.add_argument("--subsample", choices=("direct", "bicubic"), help="subsampling for a kernel file (default direct)")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="mzsr", description="Meta-Transfer Learning for Zero-Shot Super-Resolution")
+    parser.add_argument("--version", action="version", version=f"mzsr {__version__}")
+    parser.add_argument("--debug", action="store_true", help="show full tracebacks on errors")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    p = sub.add_parser("degrade", help="make LR images from HR images with a kernel, as the authors did")
+    p.add_argument("inputs", nargs="+", help="HR image files or folders")
+    p.add_argument("--out", required=True, type=Path, help="output folder for LR PNGs (same file stems)")
+    _kernel_args(p, required=True)
+    _add_common(p)
+    p.set_defaults(func=cmd_degrade)
+
+    p = sub.add_parser("import-tf", help="convert the authors' TensorFlow-1 checkpoint to a weights file")
+    p.add_argument("checkpoint", help="checkpoint prefix, e.g. .../Pretrained (without .index)")
+    p.add_argument("out", type=Path, help="output .safetensors file")
+    p.add_argument("--degradation", default="bicubic", help="degradation family the model was trained for")
+    _add_common(p)
+    p.set_defaults(func=cmd_import_tf)
+
+    p = sub.add_parser("upscale", help="super-resolve LR images (bicubic, or MZSR with n adaptation steps)")
+    p.add_argument("inputs", nargs="+", help="LR image files or folders")
+    p.add_argument("--out", required=True, type=Path, help="output folder for SR PNGs (same file stems)")
+    p.add_argument("--method", choices=("bicubic", "mzsr"), default="mzsr")
+    p.add_argument("--weights", type=Path, help="weights file (.safetensors) for --method mzsr")
+    _kernel_args(p, required=False)
+    p.add_argument("--steps", type=int, default=10, help="adaptation steps (0 = none; default 10)")
+    p.add_argument("--schedule", default="direct_x2", help="adaptation lr schedule (default direct_x2)")
+    p.add_argument("--device", default="auto", help="cpu, cuda, cuda:1 ... (default: cuda when present)")
+    _add_common(p)
+    p.set_defaults(func=cmd_upscale)
+
+    p = sub.add_parser("evaluate", help="Y-channel PSNR/SSIM of SR images against ground truth (paper protocol)")
+    p.add_argument("sr_dir", type=Path)
+    p.add_argument("gt_dir", type=Path)
+    p.add_argument("--csv", type=Path, help="write per-image rows and the mean to this CSV")
+    _add_common(p)
+    p.set_defaults(func=cmd_evaluate)
+    return parser
+
+
+def _out_path(out_dir: Path, src: Path) -> Path:
+    return out_dir / f"{src.stem}.png"
+
+
+def cmd_degrade(args) -> int:
+    from .degrade import write_lr_png
+    from .images import list_images, read_image_uint8
+    from .kernels import resolve_degradation, validate_kernel
+    from .metrics import modcrop
+
+    deg = resolve_degradation(args.kernel, args.subsample)
+    for path in tqdm(list_images(args.inputs), desc="degrade", unit="img", disable=None):
+        hr = modcrop(read_image_uint8(path), args.scale)
+        if deg.kernel is not None:
+            validate_kernel(deg.kernel, args.kernel, hr.shape[:2])
+        write_lr_png(hr / 255.0, deg.kernel, args.scale, deg.method, _out_path(args.out, path))
+    return 0
+
+
+def cmd_import_tf(args) -> int:
+    from .checkpoints import import_tf_checkpoint, save_weights
+
+    state = import_tf_checkpoint(args.checkpoint)
+    meta = {"scale": args.scale, "degradation": args.degradation, "step": 0, "source": f"tf:{args.checkpoint}"}
+    save_weights(args.out, state, meta)
+    print(f"wrote {args.out} ({sum(v.numel() for v in state.values()):,} parameters)")
+    return 0
+
+
+def cmd_upscale(args) -> int:
+    from .adapt import adapt, pick_device
+    from .images import list_images, read_image, write_png
+    from .kernels import resolve_degradation, validate_kernel
+    from .resize import imresize
+
+    images = list_images(args.inputs)
+    if args.steps < 0:
+        raise MZSRError(f"--steps must be >= 0, got {args.steps}")
+    if args.method == "mzsr":
+        if args.weights is None:
+            raise MZSRError("--method mzsr needs --weights FILE (e.g. from `mzsr import-tf`)")
+        if args.steps > 0 and args.kernel is None:
+            raise MZSRError("adaptation (--steps > 0) needs the degradation: give --kernel")
+        from .checkpoints import load_model
+
+        model, _ = load_model(args.weights, expected_scale=args.scale)
+        deg = resolve_degradation(args.kernel, args.subsample) if args.kernel else None
+        device = pick_device(args.device)
+    for path in tqdm(images, desc=f"upscale ({args.method})", unit="img", disable=None):
+        lr = read_image(path)
+        if args.method == "bicubic":
+            write_png(_out_path(args.out, path), imresize(lr, float(args.scale)))
+            continue
+        kernel, method = (deg.kernel, deg.method) if deg else (None, "bicubic")
+        if kernel is not None:
+            validate_kernel(kernel, args.kernel, lr.shape[:2])
+        (result,) = adapt(model, lr, kernel, args.scale, method, (args.steps,), args.schedule, device)
+        write_png(_out_path(args.out, path), result.sr)
+    return 0
+
+
+def cmd_evaluate(args) -> int:
+    from .images import list_images, read_image_uint8
+    from .metrics import modcrop, psnr, ssim
+
+    for d in (args.sr_dir, args.gt_dir):
+        if not d.is_dir():
+            raise MZSRError(f"{d}: not a folder")
+    gt_by_stem = {p.stem: p for p in list_images([args.gt_dir])}
+    rows = []
+    for sr_path in list_images([args.sr_dir]):
+        gt_path = gt_by_stem.get(sr_path.stem)
+        if gt_path is None:
+            raise MZSRError(f"{sr_path}: no ground-truth image with stem {sr_path.stem!r} in {args.gt_dir}")
+        sr, gt = read_image_uint8(sr_path), modcrop(read_image_uint8(gt_path), args.scale)
+        if sr.shape != gt.shape:
+            raise MZSRError(f"{sr_path}: size {sr.shape[1]}x{sr.shape[0]} differs from mod-cropped ground truth {gt.shape[1]}x{gt.shape[0]}")
+        rows.append({"image": sr_path.stem, "psnr": psnr(sr, gt, args.scale), "ssim": ssim(sr, gt, args.scale)})
+    if not rows:
+        raise MZSRError(f"{args.sr_dir}: no images to evaluate")
+    mean = {"image": "mean", "psnr": float(np.mean([r["psnr"] for r in rows])), "ssim": float(np.mean([r["ssim"] for r in rows]))}
+    for r in rows + [mean]:
+        print(f"{r['image']:>20s}  PSNR {r['psnr']:7.3f} dB  SSIM {r['ssim']:.4f}")
+    if args.csv:
+        from .io import atomic_write_text
+
+        lines = ["image,psnr,ssim"] + [f"{r['image']},{r['psnr']:.4f},{r['ssim']:.6f}" for r in rows + [mean]]
+        atomic_write_text(args.csv, "\n".join(lines) + "\n")
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("default")
+            return args.func(args)
+    except MZSRError as e:
+        if args.debug:
+            raise
+        print(f"mzsr: error: {e}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        print("mzsr: interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

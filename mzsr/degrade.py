@@ -1,0 +1,95 @@
+"""Degradations LR = D(HR) of MZSR, as numpy and batched-torch twins.
+
+- direct ("g^d"): correlate with kernel k (no flip, reflect boundary = scipy.ndimage mode "reflect"),
+  then keep rows/columns 0, s, 2s, ... (no kernel shift);
+- bicubic ("g^b"): correlate with k, then MATLAB-bicubic downscale by 1/s;
+- plain bicubic: MATLAB-bicubic downscale by 1/s, no extra blur (the pre-training degradation).
+"""
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import scipy.ndimage
+import torch
+import torch.nn.functional as F
+
+from .resize import imresize, imresize_torch
+
+SUBSAMPLING = ("direct", "bicubic")
+
+
+def _check_method(method: str) -> None:
+    if method not in SUBSAMPLING:
+        raise ValueError(f"unknown subsampling method {method!r}; expected one of {SUBSAMPLING}")
+
+
+def blur(img: np.ndarray, kernel: np.ndarray) -> np.ndarray:
+    """Correlate each channel of an HxWxC (or HxW) float image with `kernel`, reflect boundary."""
+    kernel = np.asarray(kernel, dtype=np.float64)
+    if img.ndim == 2:
+        return scipy.ndimage.correlate(img, kernel, mode="reflect")
+    return np.stack(
+        [scipy.ndimage.correlate(img[..., c], kernel, mode="reflect") for c in range(img.shape[2])], axis=-1
+    )
+
+
+def degrade(hr: np.ndarray, kernel: np.ndarray | None, scale: int, method: str = "direct") -> np.ndarray:
+    """LR image from an HxWxC float HR image; kernel None means plain bicubic downscaling."""
+    if kernel is None:
+        return imresize(hr, 1.0 / scale)
+    _check_method(method)
+    blurred = blur(hr, kernel)
+    if method == "direct":
+        return blurred[::scale, ::scale]
+    return imresize(blurred, 1.0 / scale)
+
+
+def _symmetric_index(n: int, before: int, after: int, device) -> torch.Tensor:
+    """Indices that pad a length-n axis like scipy's "reflect" (d c b a | a b c d | d c b a)."""
+    idx = np.arange(-before, n + after)
+    period = 2 * n
+    idx = np.mod(idx, period)
+    idx = np.where(idx >= n, period - 1 - idx, idx)
+    return torch.as_tensor(idx, device=device)
+
+
+def blur_torch(x: torch.Tensor, kernel: torch.Tensor) -> torch.Tensor:
+    """Correlate (N, C, H, W) with one 2-D kernel per batch item (N, kh, kw) or a shared (kh, kw) one."""
+    n, c, h, w = x.shape
+    if kernel.dim() == 2:
+        kernel = kernel.expand(n, *kernel.shape)
+    kh, kw = kernel.shape[-2:]
+    # scipy centres a kernel of size K at K // 2.
+    rows = _symmetric_index(h, kh // 2, kh - 1 - kh // 2, x.device)
+    cols = _symmetric_index(w, kw // 2, kw - 1 - kw // 2, x.device)
+    padded = x.index_select(2, rows).index_select(3, cols)
+    # Grouped conv: every (image, channel) plane gets its own image's kernel.
+    weight = kernel.to(x.dtype).repeat_interleave(c, dim=0).unsqueeze(1)  # (N*C, 1, kh, kw)
+    out = F.conv2d(padded.reshape(1, n * c, *padded.shape[-2:]), weight, groups=n * c)
+    return out.reshape(n, c, h, w)
+
+
+def degrade_torch(x: torch.Tensor, kernel: torch.Tensor | None, scale: int, method: str = "direct") -> torch.Tensor:
+    """Batched twin of `degrade` for (N, C, H, W) tensors; kernel (kh, kw), (N, kh, kw) or None."""
+    if kernel is None:
+        return imresize_torch(x, 1.0 / scale)
+    _check_method(method)
+    blurred = blur_torch(x, kernel)
+    if method == "direct":
+        return blurred[..., ::scale, ::scale]
+    return imresize_torch(blurred, 1.0 / scale)
+
+
+def to_uint8(img: np.ndarray) -> np.ndarray:
+    """round(clip(255 * img)) as uint8: how the authors quantised their LR test PNGs."""
+    return np.round(np.clip(np.asarray(img, dtype=np.float64), 0.0, 1.0) * 255.0).astype(np.uint8)
+
+
+def write_lr_png(hr: np.ndarray, kernel: np.ndarray | None, scale: int, method: str, path: str | Path) -> np.ndarray:
+    """Degrade a float HR image and save the LR PNG exactly as the authors did; returns the uint8 LR."""
+    from .images import write_png
+
+    lr = to_uint8(degrade(hr, kernel, scale, method))
+    write_png(path, lr)
+    return lr

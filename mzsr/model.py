@@ -1,0 +1,44 @@
+"""The 8-layer MZSR network with a global residual over the bicubic upscale.
+
+Input and output are RGB batches (N, 3, H, W) in [0, 1] at the HR size: the LR image is
+bicubic-upscaled first (pre-upsampling) and the network predicts the residual.
+"""
+from __future__ import annotations
+
+import torch
+from torch import nn
+from torch.func import functional_call
+
+NUM_LAYERS = 8
+WIDTH = 64
+CHANNELS = 3
+PARAMETER_COUNT = 225_091
+
+
+class MZSRNet(nn.Module):
+    """conv3x3(3->64) + ReLU, 6 x [conv3x3(64->64) + ReLU], conv3x3(64->3); output = x + net(x)."""
+
+    def __init__(self, width: int = WIDTH, layers: int = NUM_LAYERS, channels: int = CHANNELS):
+        super().__init__()
+        sizes = [channels] + [width] * (layers - 1) + [channels]
+        self.convs = nn.ModuleList(
+            nn.Conv2d(cin, cout, kernel_size=3, stride=1, padding=1, bias=True)
+            for cin, cout in zip(sizes[:-1], sizes[1:])
+        )
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        h = x
+        for i, conv in enumerate(self.convs):
+            h = conv(h)
+            if i < len(self.convs) - 1:
+                h = torch.relu(h)
+        return x + h
+
+
+def functional_forward(model: nn.Module, params: dict[str, torch.Tensor], x: torch.Tensor) -> torch.Tensor:
+    """Run `model` with the weights in `params` (fast weights of meta-learning) instead of its own."""
+    return functional_call(model, params, (x,))
+
+
+def count_parameters(model: nn.Module) -> int:
+    return sum(p.numel() for p in model.parameters())

@@ -1,0 +1,99 @@
+"""Stage 1: large-scale pre-training of theta_T on bicubic x s pairs (MZSR.md).
+
+HR patches come from the HDF5 store; the LR input is made on the device in the batch (MATLAB
+bicubic down, then up), so the loader only moves uint8 patches. L1 loss, Adam, step-wise lr.
+"""
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+from tqdm import tqdm
+
+from .checkpoints import save_weights
+from .data import PatchDataset, StepBatchSampler
+from .model import MZSRNet
+from .resize import imresize_torch
+from .training import CsvLog, check_finite, latest_checkpoint, load_training_state, save_training_state, setup_device, step_lr
+
+PRETRAIN_DEFAULTS = {
+    "steps": 500_000,
+    "batch_size": 32,
+    "patch_size": 96,
+    "lr": 4e-4,
+    "lr_halve_every": 100_000,
+    "lr_min": 1e-4,
+    "checkpoint_every": 1000,
+    "log_every": 100,
+    "seed": 0,
+    "num_workers": 4,
+    "amp": False,
+    "scale": 2,
+}
+
+
+def bicubic_pair(hr: torch.Tensor, scale: int) -> torch.Tensor:
+    """Network input for an HR batch: MATLAB-bicubic down by 1/s, then back up to the HR size."""
+    lr = imresize_torch(hr, 1.0 / scale)
+    return imresize_torch(lr, output_shape=hr.shape[-2:])
+
+
+def pretrain(patch_store, out_weights, cfg: dict, work_dir, log_csv, device=None, init_weights=None) -> Path:
+    """Train theta_T; resumes from work_dir/last.pt when present. Returns the weights path."""
+    cfg = {**PRETRAIN_DEFAULTS, **cfg}
+    work_dir = Path(work_dir)
+    work_dir.mkdir(parents=True, exist_ok=True)
+    device = setup_device(device)
+    torch.manual_seed(cfg["seed"])
+    model = MZSRNet().to(device)
+    if init_weights:
+        from .checkpoints import load_weights
+
+        model.load_state_dict(load_weights(init_weights, expected_scale=cfg["scale"])[0])
+    optimizer = torch.optim.Adam(model.parameters(), lr=cfg["lr"])
+    start = 0
+    if (ckpt := latest_checkpoint(work_dir)) is not None:
+        start = load_training_state(ckpt, model, optimizer)["step"]
+    log = CsvLog(log_csv, ["step", "loss", "lr", "seconds"], resume_step=start)
+    dataset = PatchDataset(patch_store)
+    sampler = StepBatchSampler(len(dataset), cfg["batch_size"], cfg["seed"], start, cfg["steps"])
+    loader = torch.utils.data.DataLoader(
+        dataset,
+        batch_sampler=sampler,
+        num_workers=cfg["num_workers"],
+        pin_memory=device.type == "cuda",
+        persistent_workers=False,
+        prefetch_factor=4 if cfg["num_workers"] > 0 else None,
+    )
+    use_amp = bool(cfg["amp"]) and device.type == "cuda"
+    patch = cfg["patch_size"]
+    step = start
+    t0 = time.perf_counter()
+    bar = tqdm(total=cfg["steps"], initial=start, desc="pre-train", unit="step", disable=None)
+    for batch in loader:
+        hr = batch.to(device, non_blocking=True).float().div_(255.0)
+        if hr.shape[-1] > patch:  # the store may hold larger patches than this stage trains on
+            hr = hr[..., :patch, :patch]
+        lr_now = step_lr(step, cfg["lr"], cfg["lr_halve_every"], cfg["lr_min"])
+        for group in optimizer.param_groups:
+            group["lr"] = lr_now
+        with torch.no_grad():
+            x = bicubic_pair(hr, cfg["scale"])
+        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=use_amp):
+            loss = F.l1_loss(model(x).float(), hr)
+        check_finite(loss, step, work_dir)
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+        step += 1
+        bar.update(1)
+        if step % cfg["log_every"] == 0 or step == cfg["steps"]:
+            log.write(step=step, loss=f"{loss.item():.6f}", lr=lr_now, seconds=f"{time.perf_counter() - t0:.2f}")
+        if step % cfg["checkpoint_every"] == 0 or step == cfg["steps"]:
+            save_training_state(work_dir, step, model, optimizer)
+    bar.close()
+    meta = {"scale": cfg["scale"], "degradation": "bicubic", "step": step, "source": "pretrain", "config": cfg}
+    save_weights(out_weights, {k: v.detach().cpu() for k, v in model.state_dict().items()}, meta)
+    return Path(out_weights)
