@@ -158,8 +158,11 @@ def tasks_for_iteration(train_ids: np.ndarray, meta_batch: int, seed: int, itera
     return np.asarray(picks)
 
 
-def meta_train(init_weights, shard_paths, out_weights, cfg: dict, work_dir, log_csv, device=None) -> Path:
-    """Meta-transfer learning from `init_weights` (theta_T); resumes from work_dir/last.pt when present."""
+def meta_train(init_weights, shard_paths, out_weights, cfg: dict, work_dir, log_csv, device=None, on_step=None) -> Path:
+    """Meta-transfer learning from `init_weights` (theta_T); resumes from work_dir/last.pt when present.
+
+    `on_step(step)` is called after every finished iteration (progress hooks, fault-injection tests).
+    """
     cfg = {**META_DEFAULTS, **cfg}
     work_dir = Path(work_dir)
     work_dir.mkdir(parents=True, exist_ok=True)
@@ -199,6 +202,8 @@ def meta_train(init_weights, shard_paths, out_weights, cfg: dict, work_dir, log_
             log.write(step=step, loss=f"{loss.item():.6f}", seconds=f"{time.perf_counter() - t0:.2f}", **row)
         if step % cfg["checkpoint_every"] == 0 or step == cfg["iterations"]:
             save_training_state(work_dir, step, model, optimizer)
+        if on_step is not None:
+            on_step(step)
     bar.close()
     meta = {"scale": cfg["scale"], "degradation": pool.method, "step": cfg["iterations"], "source": "meta", "config": cfg}
     save_weights(out_weights, {k: v.detach().cpu() for k, v in model.state_dict().items()}, meta)

@@ -40,8 +40,11 @@ def bicubic_pair(hr: torch.Tensor, scale: int) -> torch.Tensor:
     return imresize_torch(lr, output_shape=hr.shape[-2:])
 
 
-def pretrain(patch_store, out_weights, cfg: dict, work_dir, log_csv, device=None, init_weights=None) -> Path:
-    """Train theta_T; resumes from work_dir/last.pt when present. Returns the weights path."""
+def pretrain(patch_store, out_weights, cfg: dict, work_dir, log_csv, device=None, init_weights=None, on_step=None) -> Path:
+    """Train theta_T; resumes from work_dir/last.pt when present. Returns the weights path.
+
+    `on_step(step)` is called after every finished step (progress hooks, fault-injection tests).
+    """
     cfg = {**PRETRAIN_DEFAULTS, **cfg}
     work_dir = Path(work_dir)
     work_dir.mkdir(parents=True, exist_ok=True)
@@ -93,6 +96,8 @@ def pretrain(patch_store, out_weights, cfg: dict, work_dir, log_csv, device=None
             log.write(step=step, loss=f"{loss.item():.6f}", lr=lr_now, seconds=f"{time.perf_counter() - t0:.2f}")
         if step % cfg["checkpoint_every"] == 0 or step == cfg["steps"]:
             save_training_state(work_dir, step, model, optimizer)
+        if on_step is not None:
+            on_step(step)
     bar.close()
     meta = {"scale": cfg["scale"], "degradation": "bicubic", "step": step, "source": "pretrain", "config": cfg}
     save_weights(out_weights, {k: v.detach().cpu() for k, v in model.state_dict().items()}, meta)

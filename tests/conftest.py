@@ -1,0 +1,37 @@
+"""Shared fixtures: where ../shared/data is, and small deterministic images."""
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+REPO = Path(__file__).resolve().parents[1]
+SHARED_DATA = REPO.parent / "shared" / "data"
+TF_CHECKPOINT = SHARED_DATA / "checkpoints" / "mzsr-official-pretrained" / "Pretrained"
+SET14 = SHARED_DATA / "test" / "Set14"
+
+needs_shared_data = pytest.mark.skipif(
+    not (SHARED_DATA / "test" / "Set14").is_dir(),
+    reason=f"needs the project's shared data folder at {SHARED_DATA} (absent on this machine)",
+)
+
+
+@pytest.fixture(autouse=True)
+def _deterministic():
+    torch.manual_seed(0)
+    torch.set_num_threads(2)
+
+
+def smooth_image(h: int, w: int, seed: int = 0) -> np.ndarray:
+    """A natural-looking HxWx3 float image in [0, 1]: smooth random field plus edges."""
+    rng = np.random.default_rng(seed)
+    yy, xx = np.mgrid[0:h, 0:w] / max(h, w)
+    img = np.stack([
+        0.5 + 0.3 * np.sin(6 * xx + rng.uniform(0, 3)) * np.cos(4 * yy),
+        0.5 + 0.25 * np.cos(9 * yy + 5 * xx),
+        (xx + yy) / 2,
+    ], axis=-1)
+    img[h // 3 : h // 2, w // 4 : w // 2] += 0.2
+    return np.clip(img + 0.02 * rng.standard_normal(img.shape), 0, 1)

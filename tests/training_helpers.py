@@ -1,0 +1,25 @@
+"""Tiny but real training data for trainer tests: synthetic images -> patch store -> task shards."""
+from __future__ import annotations
+
+from pathlib import Path
+
+from conftest import smooth_image
+
+from mzsr.data import write_patch_store, write_task_shard
+from mzsr.images import write_png
+
+
+def make_training_data(root: Path, patch_size: int = 24, shards: int = 2, tasks: int = 6, meta_patch: int = 16):
+    images = []
+    for i in range(4):
+        p = root / "hr" / f"img{i}.png"
+        write_png(p, smooth_image(40, 48, seed=i))
+        images.append(p)
+    store = root / "patches.h5"
+    write_patch_store(images, store, patch_size, 8, 6, seed=0, provenance={"test": True})
+    shard_paths = []
+    for s in range(shards):
+        out = root / f"shard{s}.h5"
+        write_task_shard(store, out, s, tasks, 2, "direct", meta_patch, n_support=2, n_query=2, seed=0)
+        shard_paths.append(out)
+    return store, shard_paths
