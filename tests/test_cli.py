@@ -1,0 +1,61 @@
+import csv
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+import torch
+
+from mzsr.checkpoints import save_weights
+from mzsr.cli import main
+from mzsr.images import read_image_uint8, write_png
+from mzsr.model import MZSRNet
+from conftest import smooth_image
+
+
+@pytest.fixture()
+def hr_dir(tmp_path):
+    d = tmp_path / "hr"
+    write_png(d / "a.png", smooth_image(41, 50, seed=1))  # odd size: mod-cropped to 40x50
+    write_png(d / "b.png", smooth_image(48, 52, seed=2))
+    return d
+
+
+def test_round_trip_degrade_upscale_evaluate(tmp_path, hr_dir, capsys):
+    lr_dir, sr_dir, mz_dir = tmp_path / "lr", tmp_path / "sr", tmp_path / "mz"
+    assert main(["degrade", str(hr_dir), "--out", str(lr_dir), "--kernel", "g2.0", "--scale", "2"]) == 0
+    assert read_image_uint8(lr_dir / "a.png").shape == (20, 25, 3)
+    assert main(["upscale", str(lr_dir), "--out", str(sr_dir), "--method", "bicubic"]) == 0
+    assert read_image_uint8(sr_dir / "a.png").shape == (40, 50, 3)
+    weights = tmp_path / "w.safetensors"
+    torch.manual_seed(0)
+    save_weights(weights, MZSRNet().state_dict(), {"scale": 2, "degradation": "direct", "step": 0})
+    assert main(["upscale", str(lr_dir / "b.png"), "--out", str(mz_dir), "--weights", str(weights),
+                 "--kernel", "g2.0", "--steps", "2", "--device", "cpu"]) == 0
+    assert read_image_uint8(mz_dir / "b.png").shape == (48, 52, 3)
+    out_csv = tmp_path / "m.csv"
+    assert main(["evaluate", str(sr_dir), str(hr_dir), "--csv", str(out_csv)]) == 0
+    rows = list(csv.DictReader(out_csv.open()))
+    assert [r["image"] for r in rows] == ["a", "b", "mean"]
+    psnrs = [float(r["psnr"]) for r in rows]
+    assert all(25 < p < 60 for p in psnrs) and psnrs[2] == pytest.approx(np.mean(psnrs[:2]), abs=1e-3)
+    assert "PSNR" in capsys.readouterr().out
+
+
+def test_errors_are_one_line_with_the_file(tmp_path, hr_dir):
+    bad = tmp_path / "bad.png"
+    bad.write_text("this is not a png")
+    r = subprocess.run([sys.executable, "-m", "mzsr.cli", "degrade", str(bad), "--out", str(tmp_path / "o"), "--kernel", "g2.0"],
+                       capture_output=True, text=True)
+    assert r.returncode == 1
+    assert r.stderr.strip().count("\n") == 0 and "bad.png" in r.stderr and "Traceback" not in r.stderr
+    assert not (tmp_path / "o").exists() or not any((tmp_path / "o").iterdir())
+    assert main(["upscale", str(hr_dir), "--out", str(tmp_path / "x"), "--method", "mzsr"]) == 1
+    assert main(["degrade", str(hr_dir), "--out", str(tmp_path / "y"), "--kernel", "nonsense"]) == 1
+    assert main(["evaluate", str(tmp_path / "missing"), str(hr_dir)]) == 1
+
+
+def test_help_everywhere():
+    for cmd in ([], ["degrade"], ["import-tf"], ["upscale"], ["evaluate"]):
+        r = subprocess.run([sys.executable, "-m", "mzsr.cli", *cmd, "--help"], capture_output=True, text=True)
+        assert r.returncode == 0 and "usage: mzsr" in r.stdout
