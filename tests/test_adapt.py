@@ -86,3 +86,44 @@ def test_zssr_trains_from_scratch_and_beats_bicubic():
     out = zssr(lr, deg.kernel, 2, "direct", {"iterations": 300, "crop_size": 32}, device="cpu", seed=0)
     assert out.sr.shape == (96, 96, 3) and 0 < out.steps <= 300
     assert psnr(out.sr, hr_u8, 2) > psnr(bicubic, hr_u8, 2) + 1.0
+
+
+def test_tiled_inference_equals_whole_image():
+    torch.manual_seed(1)
+    model = MZSRNet()
+    with torch.no_grad():  # make the residual large so tiling errors would show
+        for conv in model.convs:
+            conv.weight.mul_(3.0)
+    lr = to_tensor(smooth_image(70, 90, seed=6), "cpu")
+    whole = upscale(model, lr, 2, tile=None)
+    tiled = upscale(model, lr, 2, tile=48)
+    assert (whole - lr.new_tensor(0)).abs().max() > 0.05
+    assert (tiled - whole).abs().max().item() < 1e-5  # far inside 1/255
+    np.testing.assert_array_equal(tiled.shape, (1, 3, 140, 180))
+
+
+def test_crop_based_adaptation_on_a_large_image_stays_bounded():
+    model = MZSRNet()
+    lr = smooth_image(96, 128, seed=7)
+    k = named_degradation("g2.0").kernel
+    crops = adapt(model, lr, k, 2, "direct", (0, 3), device="cpu", max_adapt_pixels=32 * 32, tile=64)
+    full = adapt(model, lr, k, 2, "direct", (0, 3), device="cpu", max_adapt_pixels=None, tile=None)
+    np.testing.assert_array_equal(crops[0].sr, full[0].sr)
+    assert len(crops[1].step_seconds) == 3 and crops[1].sr.shape == (192, 256, 3)
+    assert not np.array_equal(crops[1].sr, crops[0].sr)
+    assert not np.array_equal(crops[1].sr, full[1].sr)  # the crops, not the whole image, were trained on
+
+
+def test_best_preset_differs_and_is_sane():
+    model = MZSRNet()
+    hr = smooth_image(48, 48, seed=8)
+    deg = named_degradation("g2.0")
+    lr = degrade(hr, deg.kernel, 2, "direct")
+    hr_u8 = np.round(hr * 255).astype(np.uint8)
+    paper = adapt(model, lr, deg.kernel, 2, "direct", (0,), device="cpu")[0]
+    best = adapt(model, lr, deg.kernel, 2, "direct", (0,), device="cpu", preset="best")[0]
+    assert not np.array_equal(paper.sr, best.sr)
+    # Back-projection with the true kernel must make the output more consistent with the LR input.
+    assert psnr(best.sr, hr_u8, 2) > psnr(paper.sr, hr_u8, 2) - 0.5
+    with pytest.raises(ValueError, match="preset"):
+        adapt(model, lr, deg.kernel, 2, "direct", (0,), device="cpu", preset="fast")
