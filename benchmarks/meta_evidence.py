@@ -38,7 +38,7 @@ def main() -> None:
     ap.add_argument("--data", type=Path, default=SHARED, help="folder with train/T91, train/BSD200, test/Set14, checkpoints/")
     ap.add_argument("--work", type=Path, default=Path("benchmarks/out/meta"))
     ap.add_argument("--iterations", type=int, default=2000)
-    ap.add_argument("--budget-minutes", type=float, help="instead of --iterations: train in chunks of 250 until this much time is spent")
+    ap.add_argument("--budget-minutes", type=float, help="instead of --iterations: train in chunks of 100 until this much time is spent")
     ap.add_argument("--patch-size", type=int, default=64, help="meta-training patch size (paper: 64)")
     ap.add_argument("--meta-batch", type=int, default=5)
     ap.add_argument("--tasks", type=int, default=2000, help="size of the task pool")
@@ -79,7 +79,7 @@ def main() -> None:
     if args.budget_minutes:  # resumable trainer: each chunk continues from the last checkpoint
         target, chunk_seconds = 0, 0.0
         while time.perf_counter() - t0 + chunk_seconds < 60 * args.budget_minutes:
-            target += 250
+            target += 100
             t_chunk = time.perf_counter()
             meta_weights = args.work / f"meta_{target}.safetensors"
             meta_train(pretrained, shards, meta_weights, {**cfg, "iterations": target}, args.work / "train",

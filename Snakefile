@@ -1,0 +1,42 @@
+# MZSR: Meta-Transfer Learning for Zero-Shot Super-Resolution (Soh et al., CVPR 2020), end to end.
+#
+#   snakemake --cores 2 --configfile config/demo.yaml      # two-core CPU demo (scikit-image photos)
+#   snakemake --cores 8 --resources gpu=1                   # the paper's settings (config/config.yaml)
+#   snakemake --report report.html                          # after a run: tables, plot, crops
+#
+# A --configfile replaces config/config.yaml instead of being merged into it; whatever it leaves out
+# takes the defaults of workflow/schemas/config.schema.yaml (the paper's settings).
+from snakemake.utils import min_version, validate
+
+min_version("9.0")
+
+
+if not workflow.overwrite_configfiles:
+
+    configfile: os.path.join(workflow.basedir, "config", "config.yaml")
+
+
+validate(config, "workflow/schemas/config.schema.yaml")
+
+
+report: "workflow/report/workflow.rst"
+
+
+include: "workflow/rules/common.smk"
+include: "workflow/rules/data.smk"
+include: "workflow/rules/patches.smk"
+include: "workflow/rules/tasks.smk"
+include: "workflow/rules/pretrain.smk"
+include: "workflow/rules/meta.smk"
+include: "workflow/rules/test_inputs.smk"
+include: "workflow/rules/adapt.smk"
+include: "workflow/rules/aggregate.smk"
+include: "workflow/rules/report.smk"
+
+
+rule all:
+    input:
+        ALL_TARGETS,
+        image_targets(archives=False),
+        image_targets(archives=True),
+    default_target: True

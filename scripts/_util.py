@@ -1,0 +1,51 @@
+"""What every rule script shares: the import path of mzsr, torch's thread count, the device, the
+per-job CSV. Scripts run through Snakemake's `script:` directive, which puts this folder on sys.path."""
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+if str(REPO) not in sys.path:
+    # The workflow runs the mzsr next to it, installed or not (conda envs of --sdm conda hold only
+    # the dependencies), so that rules and science always come from the same checkout.
+    sys.path.insert(0, str(REPO))
+
+CSV_COLUMNS = ("test_set", "degradation", "method", "steps", "image", "psnr", "ssim", "seconds")
+
+
+def torch_setup(snakemake):
+    """Limit torch to the job's threads and return the configured device."""
+    import torch
+
+    from mzsr.adapt import pick_device
+
+    threads = max(1, int(snakemake.threads))
+    torch.set_num_threads(threads)
+    device = pick_device(snakemake.config.get("device", "auto"))
+    print(f"device {device}, {threads} thread(s)", file=sys.stderr)
+    return device
+
+
+def write_rows(snakemake, method, results, gt_u8):
+    """Score SR results [(steps, sr_uint8, seconds)] against the mod-cropped GT; write the job CSV."""
+    import pandas as pd
+
+    from mzsr.io import atomic_write_text
+    from mzsr.metrics import psnr, ssim
+
+    scale = int(snakemake.params.scale)
+    rows = [
+        {
+            "test_set": snakemake.wildcards.test_set,
+            "degradation": snakemake.wildcards.degradation,
+            "method": method,
+            "steps": int(steps),
+            "image": snakemake.wildcards.image,
+            "psnr": psnr(sr, gt_u8, scale),
+            "ssim": ssim(sr, gt_u8, scale),
+            "seconds": float(seconds),
+        }
+        for steps, sr, seconds in results
+    ]
+    atomic_write_text(snakemake.output.csv, pd.DataFrame(rows, columns=CSV_COLUMNS).to_csv(index=False))

@@ -1,0 +1,64 @@
+import sys
+
+sys.stderr = open(snakemake.log[0], "w", buffering=1)
+# Every job's CSV -> per_image.csv, summary.csv (means) and the paper's table (CSV + Markdown).
+import pandas as pd
+
+import _util
+
+from mzsr.io import atomic_write_text
+
+order = snakemake.params.order
+METHOD_LABELS = {"bicubic": "Bicubic", "pretrained": "Pre-trained", "zssr": "ZSSR", "mzsr": "MZSR"}
+
+
+def ordered(df):
+    """Rows in config order: test set, degradation, method, steps, image."""
+    keys = {
+        "test_set": {n: i for i, n in enumerate(order["test_sets"])},
+        "degradation": {n: i for i, n in enumerate(order["degradations"])},
+        "method": {n: i for i, n in enumerate(order["methods"])},
+    }
+    return df.sort_values(
+        [c for c in ("test_set", "degradation", "method", "steps", "image") if c in df],
+        key=lambda col: col.map(keys[col.name]) if col.name in keys else col,
+        kind="stable",
+    ).reset_index(drop=True)
+
+
+per_image = ordered(pd.concat([pd.read_csv(p) for p in snakemake.input], ignore_index=True))
+if list(per_image.columns) != list(_util.CSV_COLUMNS):
+    raise ValueError(f"job CSVs have columns {list(per_image.columns)}, expected {list(_util.CSV_COLUMNS)}")
+
+summary = ordered(
+    per_image.groupby(["test_set", "degradation", "method", "steps"], sort=False)
+    .agg(psnr=("psnr", "mean"), ssim=("ssim", "mean"), seconds=("seconds", "mean"), images=("image", "count"))
+    .reset_index()
+)
+
+labels = summary.apply(
+    lambda r: f"MZSR({r.steps})" if r.method == "mzsr" else METHOD_LABELS[r.method], axis=1
+)
+cells = summary.assign(column=labels, cell=[f"{p:.2f}/{s:.4f}" for p, s in zip(summary.psnr, summary.ssim)])
+# columns as in the paper: Bicubic, ZSSR, then the pre-trained model and MZSR(n) by steps
+column_rank = {"bicubic": 0, "zssr": 1, "pretrained": 2, "mzsr": 3}
+columns = list(dict.fromkeys(cells.sort_values(["method", "steps"], key=lambda c: c.map(column_rank) if c.name == "method" else c)["column"]))
+table = (
+    cells.pivot(index=["degradation", "test_set"], columns="column", values="cell")
+    .reindex(columns=columns)
+    .reset_index()
+)
+deg_rank = {n: i for i, n in enumerate(order["degradations"])}
+set_rank = {n: i for i, n in enumerate(order["test_sets"])}
+table = table.sort_values(
+    ["degradation", "test_set"], key=lambda c: c.map(deg_rank if c.name == "degradation" else set_rank)
+).reset_index(drop=True)
+table.columns.name = None
+
+atomic_write_text(snakemake.output.per_image, per_image.to_csv(index=False, float_format="%.6f"))
+atomic_write_text(snakemake.output.summary, summary.to_csv(index=False, float_format="%.4f"))
+atomic_write_text(snakemake.output.table, table.to_csv(index=False))
+header = "| " + " | ".join(table.columns) + " |\n|" + "---|" * len(table.columns) + "\n"
+rows = "".join("| " + " | ".join(str(v) for v in row) + " |\n" for row in table.itertuples(index=False))
+atomic_write_text(snakemake.output.markdown, "PSNR/SSIM (Y channel)\n\n" + header + rows)
+print(f"{len(per_image)} rows from {len(snakemake.input)} jobs", file=sys.stderr)

@@ -1,0 +1,17 @@
+import sys
+
+sys.stderr = open(snakemake.log[0], "w", buffering=1)
+# The LR test input: the mod-cropped ground truth degraded as the authors made theirs.
+import _util
+
+from mzsr.degrade import write_lr_png
+from mzsr.images import read_image_uint8
+from mzsr.kernels import resolve_degradation, validate_kernel
+from mzsr.metrics import modcrop
+
+scale = int(snakemake.params.scale)
+deg = resolve_degradation(snakemake.params.degradation)
+hr = modcrop(read_image_uint8(snakemake.input.gt), scale)
+if deg.kernel is not None:
+    validate_kernel(deg.kernel, deg.name, hr.shape[:2])
+write_lr_png(hr / 255.0, deg.kernel, scale, deg.method, snakemake.output[0])

@@ -1,0 +1,40 @@
+import sys
+
+sys.stderr = open(snakemake.log[0], "w", buffering=1)
+# PSNR against adaptation steps: MZSR's curve per degradation, bicubic and ZSSR as levels.
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt
+import pandas as pd
+
+import _util  # noqa: F401
+
+summary = pd.read_csv(snakemake.input[0])
+test_sets = list(dict.fromkeys(summary["test_set"]))
+fig, axes = plt.subplots(1, len(test_sets), figsize=(4.5 * len(test_sets), 3.6), squeeze=False, sharey=False)
+for ax, ts in zip(axes[0], test_sets):
+    part = summary[summary["test_set"] == ts]
+    for i, deg in enumerate(dict.fromkeys(part["degradation"])):
+        rows = part[part["degradation"] == deg]
+        colour = f"C{i}"
+        mzsr = rows[rows["method"] == "mzsr"].sort_values("steps")
+        if len(mzsr):
+            ax.plot(mzsr["steps"], mzsr["psnr"], "o-", color=colour, label=f"MZSR {deg}")
+        for method, style in (("bicubic", "--"), ("zssr", ":")):
+            level = rows[rows["method"] == method]
+            if len(level):
+                ax.axhline(level["psnr"].iloc[0], color=colour, linestyle=style, linewidth=1)
+    ax.set_xscale("symlog", linthresh=1)
+    steps = sorted(set(part.loc[part["method"] == "mzsr", "steps"]))
+    if steps:
+        ax.set_xticks(steps, [str(s) for s in steps])
+    ax.set_xlabel("adaptation steps")
+    ax.set_ylabel("PSNR (dB, Y)")
+    ax.set_title(f"{ts} (x{snakemake.params.scale})")
+    ax.grid(alpha=0.3)
+    ax.plot([], [], "k--", linewidth=1, label="bicubic")
+    ax.plot([], [], "k:", linewidth=1, label="ZSSR")
+    ax.legend(fontsize=8)
+fig.tight_layout()
+fig.savefig(snakemake.output[0], dpi=110)

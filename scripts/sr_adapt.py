@@ -1,0 +1,33 @@
+import sys
+
+sys.stderr = open(snakemake.log[0], "w", buffering=1)
+# A trained model on one test image: MZSR adapted for each configured step count (the SR after
+# step n goes to output.sr[i] for the i-th smallest n), or the pre-trained model as it is (0 steps).
+import _util
+
+from mzsr.adapt import adapt
+from mzsr.checkpoints import load_model
+from mzsr.images import read_image, read_image_uint8, write_png
+from mzsr.kernels import resolve_degradation
+from mzsr.metrics import modcrop
+
+device = _util.torch_setup(snakemake)
+scale = int(snakemake.params.scale)
+cfg = snakemake.params.adapt
+deg = resolve_degradation(snakemake.params.degradation)
+model, _ = load_model(snakemake.input.weights, expected_scale=scale, device=device)
+outputs = adapt(
+    model,
+    read_image(snakemake.input.lr),
+    deg.kernel,
+    scale,
+    deg.method,
+    step_counts=sorted(cfg["steps"]),
+    schedule=cfg.get("schedule", "direct_x2"),
+    device=device,
+)
+paths = [snakemake.output.sr] if isinstance(snakemake.output.sr, str) else list(snakemake.output.sr)
+for out, path in zip(outputs, paths, strict=True):
+    write_png(path, out.sr)
+gt = modcrop(read_image_uint8(snakemake.input.gt), scale)
+_util.write_rows(snakemake, snakemake.params.method, [(o.steps, o.sr, o.seconds) for o in outputs], gt)

@@ -1,0 +1,20 @@
+import sys
+
+sys.stderr = open(snakemake.log[0], "w", buffering=1)
+# Baseline: MATLAB-bicubic upscaling of the LR input.
+import time
+
+import _util
+
+from mzsr.degrade import to_uint8
+from mzsr.images import read_image, read_image_uint8, write_png
+from mzsr.metrics import modcrop
+from mzsr.resize import imresize
+
+scale = int(snakemake.params.scale)
+lr = read_image(snakemake.input.lr)
+start = time.perf_counter()
+sr = to_uint8(imresize(lr, float(scale)))
+seconds = time.perf_counter() - start
+write_png(snakemake.output.sr, sr)
+_util.write_rows(snakemake, "bicubic", [(0, sr, seconds)], modcrop(read_image_uint8(snakemake.input.gt), scale))

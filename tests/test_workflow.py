@@ -1,0 +1,198 @@
+"""The Snakemake workflow: dry runs of both configs, an end-to-end micro run, and what a change reruns.
+
+Snakemake runs as a subprocess in a temporary folder (its working directory), so nothing lands in
+the repository. The end-to-end run (tests/micro.yaml) takes about a minute on two cores.
+"""
+from __future__ import annotations
+
+import math
+import re
+import shutil
+import subprocess
+import sys
+from collections import Counter
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+import yaml
+from PIL import Image
+
+REPO = Path(__file__).resolve().parents[1]
+SNAKEFILE = REPO / "Snakefile"
+MICRO = REPO / "tests" / "micro.yaml"
+CSV_COLUMNS = ["test_set", "degradation", "method", "steps", "image", "psnr", "ssim", "seconds"]
+STAGES = {"train_images", "patches", "task_shard", "pretrain", "meta_train", "lr_image", "sr_bicubic",
+          "sr_pretrained", "sr_mzsr", "sr_zssr", "aggregate", "plot_steps", "crop", "all"}
+
+
+def snakemake(workdir: Path, *args: str, timeout: int = 600) -> subprocess.CompletedProcess:
+    cmd = [sys.executable, "-m", "snakemake", "-s", str(SNAKEFILE), "--directory", str(workdir), *args]
+    return subprocess.run(cmd, cwd=workdir, capture_output=True, text=True, timeout=timeout)
+
+
+def check(proc: subprocess.CompletedProcess) -> str:
+    out = proc.stdout + proc.stderr
+    assert proc.returncode == 0, out[-6000:]
+    return out
+
+
+def planned_jobs(workdir: Path, *args: str) -> list[tuple[str, dict[str, str]]]:
+    """(rule, wildcards) of every job a dry run plans, parsed from Snakemake's job listing."""
+    out = check(snakemake(workdir, "-n", *args))
+    jobs: list[tuple[str, dict[str, str]]] = []
+    for line in out.splitlines():
+        if m := re.match(r"^(?:local)?(?:rule|checkpoint) (\w+):$", line):
+            jobs.append((m.group(1), {}))
+        elif (m := re.match(r"^\s+wildcards: (.*)$", line)) and jobs:
+            jobs[-1][1].update(kv.split("=", 1) for kv in m.group(1).split(", "))
+    return jobs
+
+
+def write_test_image(path: Path, seed: int, size: int = 64) -> None:
+    """A small natural-looking RGB image (a crop of a scikit-image photo)."""
+    import skimage.data
+
+    photo = skimage.data.astronaut()
+    rng = np.random.default_rng(seed)
+    y, x = rng.integers(0, photo.shape[0] - size, 2)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    Image.fromarray(photo[y : y + size, x : x + size]).save(path)
+
+
+# ------------------------------------------------------------------------------------ dry runs
+
+
+def test_demo_config_dry_run(tmp_path):
+    jobs = planned_jobs(tmp_path, "--configfile", str(REPO / "config" / "demo.yaml"))
+    rules = Counter(rule for rule, _ in jobs)
+    assert STAGES <= set(rules)
+    assert rules["meta_train"] == 2  # g2.0 (direct) and gb1.3 (bicubic) each get their model
+    images = {w["image"] for rule, w in jobs if rule == "sr_mzsr"}
+    train = yaml.safe_load((REPO / "config" / "demo.yaml").read_text())["data"]["train"]["source"]
+    assert images == {"astronaut", "chelsea"} and not images & set(train.split(":")[1].split(","))
+
+
+def test_paper_config_dry_run(tmp_path):
+    """The default config: DIV2K download, the paper's settings; a missing test-set folder is skipped."""
+    for i in range(2):
+        write_test_image(tmp_path / "resources" / "benchmarks" / "Set5" / f"img{i}.png", seed=i)
+    proc = snakemake(tmp_path, "-n")
+    out = check(proc)
+    assert "test set BSD100: folder resources/benchmarks/BSD100 not found, skipped" in out
+    jobs = planned_jobs(tmp_path)
+    rules = Counter(rule for rule, _ in jobs)
+    assert STAGES - {"crop", "aggregate", "plot_steps", "all"} <= set(rules)
+    assert rules["test_set_archive"] == 1  # DIV2K valid HR, listed once downloaded
+    assert rules["task_shard"] == 16 and rules["meta_train"] == 2  # 8 shards for each of direct, bicubic
+    assert rules["sr_mzsr"] == 2 * 4  # Set5 stand-in: 2 images x 4 degradations (DIV2K valid follows later)
+    config = yaml.safe_load((REPO / "config" / "config.yaml").read_text())
+    assert config["data"]["train"]["source"] == "div2k:train_hr"
+    assert (config["pretrain"]["steps"], config["meta"]["iterations"], config["patches"]["pretrain"]["patch_size"],
+            config["patches"]["meta"]["patch_size"], config["meta"]["meta_batch"]) == (500000, 100000, 96, 64, 5)
+
+
+def test_tf_checkpoint_replaces_pretraining(tmp_path):
+    prefix = tmp_path / "ckpt" / "Pretrained"
+    prefix.parent.mkdir()
+    for suffix in (".index", ".data-00000-of-00001"):
+        Path(f"{prefix}{suffix}").write_bytes(b"stand-in")
+    config = yaml.safe_load(MICRO.read_text())
+    config["pretrain"]["tf_checkpoint"] = str(prefix)
+    (tmp_path / "cfg.yaml").write_text(yaml.safe_dump(config))
+    write_test_image(tmp_path / "test_images" / "tiny" / "a.png", seed=0)
+    rules = {rule for rule, _ in planned_jobs(tmp_path, "--configfile", "cfg.yaml")}
+    assert "import_tf" in rules and "pretrain" not in rules
+    assert ("patches", {"kind": "pretrain"}) not in planned_jobs(tmp_path, "--configfile", "cfg.yaml")
+
+
+def test_config_schema_rejects_unknown_keys(tmp_path):
+    config = yaml.safe_load(MICRO.read_text())
+    config["meta"]["iteratons"] = 5
+    (tmp_path / "cfg.yaml").write_text(yaml.safe_dump(config))
+    proc = snakemake(tmp_path, "-n", "--configfile", "cfg.yaml")
+    assert proc.returncode != 0
+    assert "iteratons" in proc.stdout + proc.stderr
+
+
+# ------------------------------------------------------------------------------------ micro run
+
+
+@pytest.fixture(scope="module")
+def micro_run(tmp_path_factory):
+    """A finished run of tests/micro.yaml in a temporary folder."""
+    workdir = tmp_path_factory.mktemp("micro")
+    for i, name in enumerate(("a", "b")):
+        write_test_image(workdir / "test_images" / "tiny" / f"{name}.png", seed=10 + i)
+    shutil.copy(MICRO, workdir / "micro.yaml")
+    check(snakemake(workdir, "--cores", "2", "--configfile", "micro.yaml"))
+    return workdir
+
+
+def test_micro_run_metrics(micro_run):
+    per_image = pd.read_csv(micro_run / "results" / "metrics" / "per_image.csv")
+    assert list(per_image.columns) == CSV_COLUMNS
+    assert per_image["psnr"].map(math.isfinite).all() and (per_image["psnr"] > 10).all()
+    assert per_image["ssim"].between(-1, 1).all() and (per_image["seconds"] >= 0).all()
+    assert set(per_image["test_set"]) == {"tiny"} and set(per_image["degradation"]) == {"g2.0"}
+    for image in ("a", "b"):
+        rows = per_image[per_image["image"] == image]
+        assert sorted(rows.loc[rows["method"] == "mzsr", "steps"]) == [0, 1, 10]
+        assert set(rows["method"]) == {"bicubic", "pretrained", "mzsr", "zssr"}
+        assert rows.loc[rows["method"] == "zssr", "steps"].tolist() == [5]  # the configured iterations
+    summary = pd.read_csv(micro_run / "results" / "metrics" / "summary.csv")
+    assert list(summary.columns) == ["test_set", "degradation", "method", "steps", "psnr", "ssim", "seconds", "images"]
+    assert (summary["images"] == 2).all() and len(summary) == 6
+    mean = per_image[(per_image["method"] == "mzsr") & (per_image["steps"] == 10)]["psnr"].mean()
+    assert summary.query("method == 'mzsr' and steps == 10")["psnr"].item() == pytest.approx(mean, abs=1e-3)
+    table = pd.read_csv(micro_run / "results" / "metrics" / "paper_table.csv")
+    assert list(table.columns) == ["degradation", "test_set", "Bicubic", "ZSSR", "Pre-trained", "MZSR(0)", "MZSR(1)", "MZSR(10)"]
+    assert re.fullmatch(r"\d+\.\d\d/\d\.\d{4}", table.loc[0, "MZSR(10)"])
+    assert "| g2.0 | tiny |" in (micro_run / "results" / "metrics" / "paper_table.md").read_text()
+    for name in ("a", "b"):
+        sr = Image.open(micro_run / "results" / "sr" / "tiny" / "g2.0" / "mzsr-10" / f"{name}.png")
+        assert sr.size == (64, 64)
+        assert (micro_run / "results" / "report" / "crops" / "tiny" / "g2.0" / f"{name}.png").is_file()
+
+
+def test_micro_report(micro_run):
+    check(snakemake(micro_run, "--configfile", "micro.yaml", "--report", "report.html"))
+    html = (micro_run / "report.html").read_text()
+    assert "summary.csv" in html and "psnr_vs_steps.png" in html
+
+
+def _changed_config(workdir: Path, section: str, key: str, value) -> str:
+    config = yaml.safe_load((workdir / "micro.yaml").read_text())
+    config[section][key] = value
+    (workdir / "changed.yaml").write_text(yaml.safe_dump(config))
+    return "changed.yaml"
+
+
+@pytest.mark.parametrize(
+    "section, key, value, expected",
+    [
+        ("meta", "iterations", 3, {"meta_train", "sr_mzsr", "aggregate", "crop", "plot_steps", "all"}),
+        ("zssr", "iterations", 6, {"sr_zssr", "aggregate", "crop", "plot_steps", "all"}),
+        ("tasks", "seed", 1, {"task_shard", "meta_train", "sr_mzsr", "aggregate", "crop", "plot_steps", "all"}),
+    ],
+)
+def test_changed_setting_reruns_its_stage_and_what_follows(micro_run, section, key, value, expected):
+    assert planned_jobs(micro_run, "--configfile", "micro.yaml") == []  # finished and up to date
+    jobs = planned_jobs(micro_run, "--configfile", _changed_config(micro_run, section, key, value))
+    assert {rule for rule, _ in jobs} == expected
+
+
+def test_added_test_image_plans_only_its_jobs(micro_run):
+    new = micro_run / "test_images" / "tiny" / "c.png"
+    write_test_image(new, seed=99)
+    try:
+        jobs = planned_jobs(micro_run, "--configfile", "micro.yaml")
+    finally:
+        new.unlink()
+    per_image = [(rule, w) for rule, w in jobs if "image" in w]
+    assert {w["image"] for _, w in per_image} == {"c"}
+    assert Counter(rule for rule, _ in per_image) == Counter(
+        {"lr_image": 1, "sr_bicubic": 1, "sr_pretrained": 1, "sr_mzsr": 1, "sr_zssr": 1, "crop": 1}
+    )
+    assert {rule for rule, w in jobs if "image" not in w} == {"aggregate", "plot_steps", "all"}

@@ -1,0 +1,37 @@
+# Stage 7: every job's CSV into results/metrics/per_image.csv, means by test set x degradation x
+# method x steps into summary.csv, and the paper's table layout (rows: degradation x test set;
+# columns: methods) as CSV and Markdown.
+
+
+rule aggregate:
+    input:
+        job_csvs,
+    output:
+        per_image="results/metrics/per_image.csv",
+        summary=report(
+            "results/metrics/summary.csv",
+            caption="../report/summary.rst",
+            category="1. Results",
+            labels={"table": "summary (means)"},
+        ),
+        table=report(
+            "results/metrics/paper_table.csv",
+            caption="../report/paper_table.rst",
+            category="1. Results",
+            labels={"table": "paper layout"},
+        ),
+        markdown="results/metrics/paper_table.md",
+    params:
+        order={"test_sets": list(TEST_SETS), "degradations": list(DEGRADATIONS), "methods": METHODS},
+    log:
+        log_path("aggregate"),
+    benchmark:
+        benchmark_path("aggregate")
+    threads: threads_for("aggregate")
+    resources:
+        mem_mb=compute("aggregate", "mem_mb"),
+        runtime=compute("aggregate", "runtime"),
+    conda:
+        "../../envs/eval.yaml"
+    script:
+        "../../scripts/aggregate.py"

@@ -1,0 +1,275 @@
+# Helpers for the rules: paths, config sections, input functions, wildcard constraints, and which
+# test images exist. The only file of the workflow with Python logic; it never imports mzsr (the
+# rules' scripts do, inside their own environments).
+import hashlib
+import json
+import re
+from pathlib import Path
+
+from snakemake.exceptions import WorkflowError
+from snakemake.logging import logger
+
+IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp")
+SCALE = config["scale"]
+METHODS = config["methods"]
+ADAPT_STEPS = sorted(config["adapt"]["steps"])
+# Rules that run a network and so may use a GPU; they ask for compute.<rule>.gpu (default 1).
+GPU_RULES = ("pretrain", "meta_train", "sr_pretrained", "sr_mzsr", "sr_zssr")
+
+
+# ------------------------------------------------------------------------------------ sources
+
+
+def source_kind(source):
+    """skimage (bundled photos), folder (images on disk) or archive (zip file, URL, div2k:...)."""
+    if source.startswith("skimage:"):
+        return "skimage"
+    if source.startswith(("div2k:", "http://", "https://")) or source.lower().endswith(".zip"):
+        return "archive"
+    return "folder"
+
+
+def skimage_names(source):
+    names = [n.strip() for n in source[len("skimage:") :].split(",") if n.strip()]
+    if not names:
+        raise WorkflowError(f"{source!r}: name at least one scikit-image photo, e.g. skimage:coffee,rocket")
+    return names
+
+
+def scan_images(folder, recursive=False):
+    """{stem: path} of the images in a folder; two images with one stem are an error."""
+    folder = Path(folder)
+    found = folder.rglob("*") if recursive else folder.iterdir()
+    images = {}
+    for p in sorted(found):
+        if p.suffix.lower() in IMAGE_SUFFIXES and p.is_file() and not p.name.startswith("."):
+            if p.stem in images:
+                raise WorkflowError(f"{folder}: {images[p.stem].name} and {p.name} share the name {p.stem!r}; rename one")
+            if "/" in p.stem or not p.stem:
+                raise WorkflowError(f"{p}: unusable image name")
+            images[p.stem] = p
+    return images
+
+
+# ------------------------------------------------------------------------------------ test sets
+# name -> {"kind", "source", "images": {stem: path} or None until an archive is extracted}
+TEST_SETS = {}
+for _name, _source in config["test_sets"].items():
+    _kind = source_kind(_source)
+    if _kind == "folder":
+        if not Path(_source).is_dir():
+            logger.warning(f"test set {_name}: folder {_source} not found, skipped (put its HR images there to include it)")
+            continue
+        _images = scan_images(_source)
+        if not _images:
+            logger.warning(f"test set {_name}: no images in {_source}, skipped")
+            continue
+    elif _kind == "skimage":
+        _images = {n: Path(f"resources/test_sets/{_name}/{n}.png") for n in skimage_names(_source)}
+    else:
+        _images = None
+    TEST_SETS[_name] = {"kind": _kind, "source": _source, "images": _images}
+if not TEST_SETS:
+    raise WorkflowError("no test set found: check the folders named under test_sets in the config")
+
+
+def degradation_name(spec):
+    """A degradation's name in paths, CSVs and the report: the named one, or a kernel file's stem."""
+    return Path(spec).stem if spec.lower().endswith((".mat", ".npy")) else spec
+
+
+DEGRADATIONS = {degradation_name(s): s for s in config["degradations"]}
+if len(DEGRADATIONS) != len(config["degradations"]):
+    raise WorkflowError(f"degradations {config['degradations']}: two of them share a name")
+
+# Subsampling of each degradation (as in mzsr.kernels; kernel files use direct subsampling). MZSR
+# evaluates each with the meta-trained model of its subsampling, as the paper does ("Direct" and
+# "Bicubic" models); only the models that some degradation needs are trained.
+_NAMED_SUBSAMPLING = {"g0.2": "direct", "g2.0": "direct", "ani": "direct", "gb1.3": "bicubic", "bicubic": "bicubic"}
+SUBSAMPLING = {name: _NAMED_SUBSAMPLING.get(spec, "direct") for name, spec in DEGRADATIONS.items()}
+
+
+def _alternatives(names):
+    return "|".join(re.escape(n) for n in sorted(names, key=len, reverse=True))
+
+
+wildcard_constraints:
+    test_set=_alternatives(TEST_SETS),
+    degradation=_alternatives(DEGRADATIONS),
+    image=r"[^/]+",
+    shard=r"\d+",
+    kind="pretrain|meta",
+    subsample="direct|bicubic",
+    steps=r"\d+",
+
+
+def test_images(test_set):
+    """{stem: path} of one test set; for an archive set, after its checkpoint has extracted it."""
+    info = TEST_SETS[test_set]
+    if info["images"] is None:
+        folder = checkpoints.test_set_archive.get(test_set=test_set).output[0]
+        info["images"] = scan_images(folder, recursive=True)
+        if not info["images"]:
+            raise WorkflowError(f"test set {test_set}: no images in {info['source']}")
+    return info["images"]
+
+
+def gt_image(wildcards):
+    images = test_images(wildcards.test_set)
+    if wildcards.image not in images:
+        raise WorkflowError(f"test set {wildcards.test_set} has no image {wildcards.image!r}")
+    return str(images[wildcards.image])
+
+
+def kernel_file(wildcards):
+    """The kernel file of a file-given degradation (an input, so editing it reruns its jobs)."""
+    spec = DEGRADATIONS[wildcards.degradation]
+    return [spec] if spec != wildcards.degradation else []
+
+
+# ------------------------------------------------------------------------------------ config sections
+# Each rule's params carry only its own section (plus the global scale/method it depends on), so
+# that Snakemake's params trigger reruns a stage and what follows it, and nothing upstream.
+
+
+def section(value):
+    """A config section with its keys sorted: Snakemake compares params by repr, so reordering the
+    keys of a config file must not look like a change."""
+    if isinstance(value, dict):
+        return {k: section(value[k]) for k in sorted(value)}
+    return value
+
+
+def pretrain_cfg():
+    cfg = {k: v for k, v in config["pretrain"].items() if k != "tf_checkpoint"}
+    return section({**cfg, "patch_size": config["patches"]["pretrain"]["patch_size"], "scale": SCALE})
+
+
+def meta_cfg(subsample):
+    return section({**config["meta"], "scale": SCALE, "method": subsample})
+
+
+def tasks_cfg(subsample):
+    patch_size = config["patches"]["meta"]["patch_size"]
+    return section({**config["tasks"], "scale": SCALE, "method": subsample, "patch_size": patch_size})
+
+
+def work_dir(stage, cfg):
+    """Resumable checkpoints live in a folder named after the settings: a changed setting starts fresh."""
+    digest = hashlib.sha1(json.dumps(cfg, sort_keys=True).encode()).hexdigest()[:12]
+    return f"resources/work/{stage}/{digest}"
+
+
+def pretrained_weights():
+    if config["pretrain"]["tf_checkpoint"]:
+        return "resources/models/pretrained_tf.safetensors"
+    return "resources/models/pretrained.safetensors"
+
+
+def tf_checkpoint_files():
+    prefix = config["pretrain"]["tf_checkpoint"]
+    return [f"{prefix}.index", f"{prefix}.data-00000-of-00001"]
+
+
+def shard_paths(wildcards):
+    return expand(
+        "resources/tasks/{subsample}/shard={shard}.h5", subsample=wildcards.subsample, shard=range(config["tasks"]["shards"])
+    )
+
+
+def meta_weights(wildcards):
+    return f"resources/models/meta_{SUBSAMPLING[wildcards.degradation]}.safetensors"
+
+
+# ------------------------------------------------------------------------------------ compute
+
+_COMPUTE_FALLBACK = {"threads": 1, "mem_mb": 4000, "runtime": 60, "gpu": 1}
+
+
+def compute(rule, key):
+    """compute.<rule>.<key>, else compute.default.<key>, else a built-in default."""
+    own = config["compute"].get(rule) or {}
+    default = config["compute"].get("default") or {}
+    return own.get(key, default.get(key, _COMPUTE_FALLBACK[key]))
+
+
+def threads_for(rule):
+    return compute(rule, "threads")
+
+
+def log_path(rule, pattern=""):
+    return f"logs/{rule}/{pattern}.log" if pattern else f"logs/{rule}.log"
+
+
+def benchmark_path(rule, pattern=""):
+    return f"logs/benchmarks/{rule}/{pattern}.tsv" if pattern else f"logs/benchmarks/{rule}.tsv"
+
+
+# ------------------------------------------------------------------------------------ outputs
+JOB = "{test_set}/{degradation}/{image}"
+
+
+def sr_png(method, steps=None):
+    folder = f"mzsr-{steps}" if method == "mzsr" else method
+    return f"results/sr/{{test_set}}/{{degradation}}/{folder}/{{image}}.png"
+
+
+def job_csv(method):
+    return f"results/metrics/jobs/{{test_set}}/{{degradation}}/{method}/{{image}}.csv"
+
+
+def each_image(pattern, test_sets=None):
+    """`pattern` formatted for every (test set, degradation, image)."""
+    out = []
+    for ts in TEST_SETS if test_sets is None else test_sets:
+        for deg in DEGRADATIONS:
+            for image in test_images(ts):
+                out.append(pattern.format(test_set=ts, degradation=deg, image=image))
+    return out
+
+
+def job_csvs(wildcards=None, test_sets=None):
+    return [path for method in METHODS for path in each_image(job_csv(method), test_sets)]
+
+
+def crop_inputs(wildcards):
+    """What one side-by-side crop shows: GT, bicubic, MZSR after each step count > 0, ZSSR."""
+    w = dict(wildcards)
+    shown = {"gt": gt_image(wildcards)}
+    if "bicubic" in METHODS:
+        shown["bicubic"] = sr_png("bicubic").format(**w)
+    if "mzsr" in METHODS:
+        for n in [s for s in ADAPT_STEPS if s > 0] or ADAPT_STEPS:
+            shown[f"mzsr-{n}"] = sr_png("mzsr", n).format(**w)
+    if "zssr" in METHODS:
+        shown["zssr"] = sr_png("zssr").format(**w)
+    return shown
+
+
+def crop_csvs(wildcards):
+    return [job_csv(m).format(**dict(wildcards)) for m in METHODS if m != "pretrained"]
+
+
+SUMMARY_TABLES = [
+    "results/metrics/per_image.csv",
+    "results/metrics/summary.csv",
+    "results/metrics/paper_table.csv",
+    "results/metrics/paper_table.md",
+]
+
+
+def image_targets(archives):
+    """An input function for the per-image outputs of the test sets that are (not) archives. Kept
+    apart so that a test set still to be downloaded does not hold back planning of the others."""
+
+    def targets(wildcards):
+        sets = [ts for ts, info in TEST_SETS.items() if (info["kind"] == "archive") == archives]
+        return job_csvs(test_sets=sets) + each_image("results/report/crops/{test_set}/{degradation}/{image}.png", sets)
+
+    return targets
+
+
+# The models are targets of their own, so that a dry run shows (and a run starts) training while a
+# test set is still to be downloaded.
+MODELS = [pretrained_weights()] + [f"resources/models/meta_{s}.safetensors" for s in sorted(set(SUBSAMPLING.values()))]
+ALL_TARGETS = MODELS + SUMMARY_TABLES + ["results/report/psnr_vs_steps.png"]

@@ -1,0 +1,27 @@
+# Stage 4: meta-transfer learning (MAML over the kernel tasks) from theta_T -> theta_M, one model per
+# subsampling that the test degradations use (the paper's "Direct" and "Bicubic" models).
+
+
+rule meta_train:
+    input:
+        weights=pretrained_weights(),
+        shards=shard_paths,
+    output:
+        weights="resources/models/meta_{subsample}.safetensors",
+        log_csv="results/training/meta_{subsample}_log.csv",
+    params:
+        meta=lambda w: meta_cfg(w.subsample),
+        work_dir=lambda w: work_dir(f"meta_{w.subsample}", meta_cfg(w.subsample)),
+    log:
+        log_path("meta_train", "{subsample}"),
+    benchmark:
+        benchmark_path("meta_train", "{subsample}")
+    threads: threads_for("meta_train")
+    resources:
+        mem_mb=compute("meta_train", "mem_mb"),
+        runtime=compute("meta_train", "runtime"),
+        gpu=compute("meta_train", "gpu"),
+    conda:
+        "../../envs/train.yaml"
+    script:
+        "../../scripts/meta_train.py"

@@ -1,0 +1,23 @@
+# Stage 1: HR patches of the training images in HDF5 stores (uint8, chunked, compressed, with
+# provenance attributes): {kind} = pretrain (96x96 in the paper) or meta (64x64).
+
+
+rule patches:
+    input:
+        "resources/data/train",
+    output:
+        "resources/patches/{kind}.h5",
+    params:
+        patches=lambda w: section(config["patches"][w.kind]),
+    log:
+        log_path("patches", "{kind}"),
+    benchmark:
+        benchmark_path("patches", "{kind}")
+    threads: threads_for("patches")
+    resources:
+        mem_mb=compute("patches", "mem_mb"),
+        runtime=compute("patches", "runtime"),
+    conda:
+        "../../envs/data.yaml"
+    script:
+        "../../scripts/patches.py"

@@ -1,0 +1,57 @@
+# Stage 8: figures for `snakemake --report`: PSNR against adaptation steps, and for every test image
+# a side-by-side crop (GT, bicubic, MZSR after each step count, ZSSR) with its numbers.
+
+
+rule plot_steps:
+    input:
+        "results/metrics/summary.csv",
+    output:
+        report(
+            "results/report/psnr_vs_steps.png",
+            caption="../report/psnr_vs_steps.rst",
+            category="2. PSNR vs. steps",
+            labels={"figure": "PSNR vs. adaptation steps"},
+        ),
+    params:
+        scale=SCALE,
+    log:
+        log_path("plot_steps"),
+    benchmark:
+        benchmark_path("plot_steps")
+    threads: threads_for("plot_steps")
+    resources:
+        mem_mb=compute("plot_steps", "mem_mb"),
+        runtime=compute("plot_steps", "runtime"),
+    conda:
+        "../../envs/eval.yaml"
+    script:
+        "../../scripts/plot_steps.py"
+
+
+rule crop:
+    input:
+        unpack(crop_inputs),
+        csvs=crop_csvs,
+    output:
+        report(
+            "results/report/crops/{test_set}/{degradation}/{image}.png",
+            caption="../report/crop.rst",
+            category="3. Crops",
+            subcategory="{test_set} {degradation}",
+            labels={"test set": "{test_set}", "degradation": "{degradation}", "image": "{image}"},
+        ),
+    params:
+        report=section(config["report"]),
+        scale=SCALE,
+    log:
+        log_path("crop", JOB),
+    benchmark:
+        benchmark_path("crop", JOB)
+    threads: threads_for("crop")
+    resources:
+        mem_mb=compute("crop", "mem_mb"),
+        runtime=compute("crop", "runtime"),
+    conda:
+        "../../envs/eval.yaml"
+    script:
+        "../../scripts/crop.py"

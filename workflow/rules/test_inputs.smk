@@ -1,0 +1,25 @@
+# Stage 5: test inputs. For every test set, degradation and image: the LR image made from the
+# mod-cropped ground truth with that degradation, as the authors made theirs.
+
+
+rule lr_image:
+    input:
+        gt=gt_image,
+        kernel=kernel_file,
+    output:
+        "resources/test_inputs/{test_set}/{degradation}/{image}.png",
+    params:
+        degradation=lambda w: DEGRADATIONS[w.degradation],
+        scale=SCALE,
+    log:
+        log_path("lr_image", JOB),
+    benchmark:
+        benchmark_path("lr_image", JOB)
+    threads: threads_for("lr_image")
+    resources:
+        mem_mb=compute("lr_image", "mem_mb"),
+        runtime=compute("lr_image", "runtime"),
+    conda:
+        "../../envs/data.yaml"
+    script:
+        "../../scripts/lr_image.py"
