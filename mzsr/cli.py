@@ -20,8 +20,9 @@ def _kernel_args(p: argparse.ArgumentParser, required: bool) -> None:
     p.add_argument(
         "--kernel",
         required=required,
-        help="named degradation (g0.2, g2.0, ani, gb1.3, bicubic) or a kernel file (.mat with key "
-        "'kernel'/'Kernel', or .npy)",
+        help="named degradation (g0.2, g2.0, ani, gb1.3, bicubic), a kernel file (.mat with key "
+        "'kernel'/'Kernel', or .npy), or 'per-image': each image's <stem>_kernel_x<scale>.mat "
+        "(KernelGAN) or the folder's kernel.mat",
     )
     p.add_argument("--subsample", choices=("direct", "bicubic"), help="subsampling for a kernel file (default direct)")
 
@@ -49,11 +50,15 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("upscale", help="super-resolve LR images (bicubic, or MZSR with n adaptation steps)")
     p.add_argument("inputs", nargs="+", help="LR image files or folders")
     p.add_argument("--out", required=True, type=Path, help="output folder for SR PNGs (same file stems)")
-    p.add_argument("--method", choices=("bicubic", "mzsr"), default="mzsr")
+    p.add_argument("--method", choices=("bicubic", "mzsr", "zssr"), default="mzsr",
+                   help="mzsr: adapt the given weights; zssr: train from scratch on each image; bicubic")
     p.add_argument("--weights", type=Path, help="weights file (.safetensors) for --method mzsr")
     _kernel_args(p, required=False)
     p.add_argument("--steps", type=int, default=10, help="adaptation steps (0 = none; default 10)")
     p.add_argument("--schedule", default="direct_x2", help="adaptation lr schedule (default direct_x2)")
+    p.add_argument("--preset", choices=("paper", "best"), default="paper",
+                   help="paper: as published; best: add 8-way self-ensemble and back-projection")
+    p.add_argument("--zssr-iterations", type=int, default=3000, help="iteration cap for --method zssr")
     p.add_argument("--device", default="auto", help="cpu, cuda, cuda:1 ... (default: cuda when present)")
     _add_common(p)
     p.set_defaults(func=cmd_upscale)
@@ -96,15 +101,31 @@ def cmd_import_tf(args) -> int:
     return 0
 
 
+def _degradation_for(args, image: Path):
+    """(kernel, method, label) for one image: a named/file degradation, or the image's own kernel."""
+    from .kernels import kernel_file_for_image, load_kernel_file, resolve_degradation
+
+    if args.kernel is None:
+        return None, "bicubic", "bicubic"
+    if args.kernel == "per-image":
+        path = kernel_file_for_image(image, args.scale)
+        if path is None:
+            raise MZSRError(f"{image}: no kernel file for this image ({image.stem}_kernel_x{args.scale}.mat or kernel.mat)")
+        return load_kernel_file(path), args.subsample or "direct", str(path)
+    deg = resolve_degradation(args.kernel, args.subsample)
+    return deg.kernel, deg.method, args.kernel
+
+
 def cmd_upscale(args) -> int:
-    from .adapt import adapt, pick_device
+    from .adapt import PRESETS, adapt, pick_device
     from .images import list_images, read_image, write_png
-    from .kernels import resolve_degradation, validate_kernel
+    from .kernels import validate_kernel
     from .resize import imresize
 
     images = list_images(args.inputs)
     if args.steps < 0:
         raise MZSRError(f"--steps must be >= 0, got {args.steps}")
+    device = pick_device(args.device)
     if args.method == "mzsr":
         if args.weights is None:
             raise MZSRError("--method mzsr needs --weights FILE (e.g. from `mzsr import-tf`)")
@@ -113,17 +134,23 @@ def cmd_upscale(args) -> int:
         from .checkpoints import load_model
 
         model, _ = load_model(args.weights, expected_scale=args.scale)
-        deg = resolve_degradation(args.kernel, args.subsample) if args.kernel else None
-        device = pick_device(args.device)
+    if args.method == "zssr" and args.kernel is None:
+        raise MZSRError("--method zssr needs the degradation: give --kernel")
     for path in tqdm(images, desc=f"upscale ({args.method})", unit="img", disable=None):
         lr = read_image(path)
         if args.method == "bicubic":
             write_png(_out_path(args.out, path), imresize(lr, float(args.scale)))
             continue
-        kernel, method = (deg.kernel, deg.method) if deg else (None, "bicubic")
+        kernel, method, label = _degradation_for(args, path)
         if kernel is not None:
-            validate_kernel(kernel, args.kernel, lr.shape[:2])
-        (result,) = adapt(model, lr, kernel, args.scale, method, (args.steps,), args.schedule, device)
+            validate_kernel(kernel, label, lr.shape[:2])
+        if args.method == "zssr":
+            from .zssr import zssr
+
+            cfg = {"iterations": args.zssr_iterations, **PRESETS[args.preset]}
+            result = zssr(lr, kernel, args.scale, method, cfg, device)
+        else:
+            (result,) = adapt(model, lr, kernel, args.scale, method, (args.steps,), args.schedule, device, args.preset)
         write_png(_out_path(args.out, path), result.sr)
     return 0
 

@@ -130,3 +130,17 @@ def resolve_degradation(spec: str, method: str | None = None) -> Degradation:
     if p.suffix.lower() in (".mat", ".npy"):
         return Degradation(p.stem, load_kernel_file(p), method or "direct", f"kernel file {p}")
     raise MZSRError(f"{spec!r} is neither a named degradation ({', '.join(NAMED_DEGRADATIONS)}) nor a .mat/.npy kernel file")
+
+
+def kernel_file_for_image(image: str | Path, scale: int) -> Path | None:
+    """The kernel file that belongs to one test image, if any.
+
+    Looks for KernelGAN's `<stem>_kernel_x<scale>.mat` beside the image or in a `kernels/` folder
+    beside it, then for the MZSR authors' single `kernel.mat` for the whole folder.
+    """
+    image = Path(image)
+    name = f"{image.stem}_kernel_x{scale}.mat"
+    for candidate in (image.parent / name, image.parent / "kernels" / name, image.parent / "kernel.mat"):
+        if candidate.is_file():
+            return candidate
+    return None

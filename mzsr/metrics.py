@@ -53,3 +53,22 @@ def ssim(sr: np.ndarray, hr: np.ndarray, scale: int) -> float:
             ys, yh, gaussian_weights=True, sigma=1.5, use_sample_covariance=False, data_range=255.0
         )
     )
+
+
+def redegradation_psnr(sr: np.ndarray, lr: np.ndarray, kernel, scale: int, method: str) -> float:
+    """RGB PSNR between the LR input and the SR output degraded again with the given kernel.
+
+    A high value means the kernel explains the LR image from the SR result; a wrong or misaligned
+    kernel shows up as a low value. Borders reached by the kernel's boundary handling are shaved.
+    """
+    from .degrade import degrade, to_uint8
+
+    redone = to_uint8(degrade(sr / 255.0, kernel, scale, method)).astype(np.float64)
+    lr = np.asarray(lr, dtype=np.float64)
+    if redone.shape != lr.shape:
+        raise ValueError(f"re-degraded SR {redone.shape} does not match the LR image {lr.shape}")
+    k = 0 if kernel is None else max(np.shape(kernel)) // 2
+    shave = max(1, -(-k // scale))
+    diff = (redone - lr)[shave:-shave, shave:-shave]
+    mse = float(np.mean(diff**2))
+    return math.inf if mse == 0 else 10.0 * math.log10(255.0**2 / mse)

@@ -11,7 +11,7 @@ if str(REPO) not in sys.path:
     # the dependencies), so that rules and science always come from the same checkout.
     sys.path.insert(0, str(REPO))
 
-CSV_COLUMNS = ("test_set", "degradation", "method", "steps", "image", "psnr", "ssim", "seconds")
+CSV_COLUMNS = ("test_set", "degradation", "method", "steps", "image", "psnr", "ssim", "seconds", "redegradation_psnr")
 
 
 def torch_setup(snakemake):
@@ -28,13 +28,21 @@ def torch_setup(snakemake):
 
 
 def write_rows(snakemake, method, results, gt_u8):
-    """Score SR results [(steps, sr_uint8, seconds)] against the mod-cropped GT; write the job CSV."""
+    """Score SR results [(steps, sr_uint8, seconds)] against the mod-cropped GT; write the job CSV.
+
+    `redegradation_psnr` degrades each SR result again with the job's kernel and compares it with
+    the LR input: a wrong or misaligned kernel shows up there even without ground truth.
+    """
     import pandas as pd
 
+    from mzsr.images import read_image_uint8
     from mzsr.io import atomic_write_text
-    from mzsr.metrics import psnr, ssim
+    from mzsr.kernels import resolve_degradation
+    from mzsr.metrics import psnr, redegradation_psnr, ssim
 
     scale = int(snakemake.params.scale)
+    deg = resolve_degradation(snakemake.params.degradation)
+    lr_u8 = read_image_uint8(snakemake.input.lr)
     rows = [
         {
             "test_set": snakemake.wildcards.test_set,
@@ -45,6 +53,7 @@ def write_rows(snakemake, method, results, gt_u8):
             "psnr": psnr(sr, gt_u8, scale),
             "ssim": ssim(sr, gt_u8, scale),
             "seconds": float(seconds),
+            "redegradation_psnr": redegradation_psnr(sr, lr_u8, deg.kernel, scale, deg.method),
         }
         for steps, sr, seconds in results
     ]

@@ -32,7 +32,8 @@ if list(per_image.columns) != list(_util.CSV_COLUMNS):
 
 summary = ordered(
     per_image.groupby(["test_set", "degradation", "method", "steps"], sort=False)
-    .agg(psnr=("psnr", "mean"), ssim=("ssim", "mean"), seconds=("seconds", "mean"), images=("image", "count"))
+    .agg(psnr=("psnr", "mean"), ssim=("ssim", "mean"), seconds=("seconds", "mean"),
+         redegradation_psnr=("redegradation_psnr", "mean"), images=("image", "count"))
     .reset_index()
 )
 

@@ -22,7 +22,7 @@ from PIL import Image
 REPO = Path(__file__).resolve().parents[1]
 SNAKEFILE = REPO / "Snakefile"
 MICRO = REPO / "tests" / "micro.yaml"
-CSV_COLUMNS = ["test_set", "degradation", "method", "steps", "image", "psnr", "ssim", "seconds"]
+CSV_COLUMNS = ["test_set", "degradation", "method", "steps", "image", "psnr", "ssim", "seconds", "redegradation_psnr"]
 STAGES = {"train_images", "patches", "task_shard", "pretrain", "meta_train", "lr_image", "sr_bicubic",
           "sr_pretrained", "sr_mzsr", "sr_zssr", "aggregate", "plot_steps", "crop", "all"}
 
@@ -142,7 +142,7 @@ def test_micro_run_metrics(micro_run):
         assert set(rows["method"]) == {"bicubic", "pretrained", "mzsr", "zssr"}
         assert rows.loc[rows["method"] == "zssr", "steps"].tolist() == [5]  # the configured iterations
     summary = pd.read_csv(micro_run / "results" / "metrics" / "summary.csv")
-    assert list(summary.columns) == ["test_set", "degradation", "method", "steps", "psnr", "ssim", "seconds", "images"]
+    assert list(summary.columns) == ["test_set", "degradation", "method", "steps", "psnr", "ssim", "seconds", "redegradation_psnr", "images"]
     assert (summary["images"] == 2).all() and len(summary) == 6
     mean = per_image[(per_image["method"] == "mzsr") & (per_image["steps"] == 10)]["psnr"].mean()
     assert summary.query("method == 'mzsr' and steps == 10")["psnr"].item() == pytest.approx(mean, abs=1e-3)

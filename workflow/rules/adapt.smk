@@ -11,6 +11,7 @@ rule sr_bicubic:
         csv=job_csv("bicubic"),
     params:
         scale=SCALE,
+        degradation=lambda w: DEGRADATIONS[w.degradation],
     log:
         log_path("sr_bicubic", JOB),
     benchmark:
