@@ -81,9 +81,11 @@ def imresize(img: np.ndarray, scale: float | None = None, output_shape=None, ant
     for axis in sorted((0, 1), key=lambda a: scales[a]):
         idx, w = contributions(img.shape[axis], out_hw[axis], scales[axis], antialias)
         moved = np.moveaxis(out, axis, 0)  # (in, ...)
-        gathered = moved[idx]  # (out, P, ...)
-        w_b = w.reshape(w.shape + (1,) * (gathered.ndim - 2)).astype(out.dtype)
-        out = np.moveaxis((gathered * w_b).sum(axis=1), 0, axis)
+        acc = np.zeros((idx.shape[0],) + moved.shape[1:], dtype=out.dtype)
+        # One tap at a time keeps memory at the size of the output, whatever the image size.
+        for tap in range(idx.shape[1]):
+            acc += w[:, tap].reshape((-1,) + (1,) * (moved.ndim - 1)).astype(out.dtype) * moved[idx[:, tap]]
+        out = np.moveaxis(acc, 0, axis)
     return out
 
 
@@ -99,11 +101,11 @@ def imresize_torch(x: torch.Tensor, scale: float | None = None, output_shape=Non
         idx, w = contributions(x.shape[dim], out_hw[axis], scales[axis], antialias)
         idx_t = torch.as_tensor(idx, device=x.device)
         w_t = torch.as_tensor(w, dtype=x.dtype, device=x.device)
-        gathered = out.index_select(dim, idx_t.reshape(-1))
-        shape = list(out.shape)
-        shape[dim : dim + 1] = [idx.shape[0], idx.shape[1]]
-        gathered = gathered.reshape(shape)
-        w_shape = [1] * len(shape)
-        w_shape[dim], w_shape[dim + 1] = idx.shape
-        out = (gathered * w_t.reshape(w_shape)).sum(dim=dim + 1)
+        w_shape = [1] * out.dim()
+        w_shape[dim] = idx.shape[0]
+        acc = None
+        for tap in range(idx.shape[1]):  # tap by tap: memory stays at the size of the output
+            term = out.index_select(dim, idx_t[:, tap]) * w_t[:, tap].reshape(w_shape)
+            acc = term if acc is None else acc + term
+        out = acc
     return out.squeeze(0) if squeeze else out
