@@ -92,3 +92,17 @@ def test_per_image_kernels_zssr_and_redegradation(tmp_path):
     # Without a kernel file for the image, a clear error names it.
     write_png(tmp_path / "c" / "c.png", hr)
     assert main(["upscale", str(tmp_path / "c" / "c.png"), "--out", str(out), "--method", "zssr", "--kernel", "per-image"]) == 1
+
+
+def test_scale_4_needs_x4_weights(tmp_path, hr_dir):
+    lr_dir = tmp_path / "lr4"
+    assert main(["degrade", str(hr_dir / "b.png"), "--out", str(lr_dir), "--kernel", "bicubic", "--scale", "4"]) == 0
+    assert read_image_uint8(lr_dir / "b.png").shape == (12, 13, 3)
+    w2, w4 = tmp_path / "x2.safetensors", tmp_path / "x4.safetensors"
+    save_weights(w2, MZSRNet().state_dict(), {"scale": 2, "degradation": "bicubic", "step": 0})
+    save_weights(w4, MZSRNet().state_dict(), {"scale": 4, "degradation": "bicubic", "step": 0})
+    out = tmp_path / "sr4"
+    assert main(["upscale", str(lr_dir), "--out", str(out), "--weights", str(w2), "--steps", "0", "--scale", "4"]) == 1
+    assert main(["upscale", str(lr_dir), "--out", str(out), "--weights", str(w4), "--kernel", "bicubic",
+                 "--steps", "1", "--scale", "4", "--device", "cpu"]) == 0
+    assert read_image_uint8(out / "b.png").shape == (48, 52, 3)
