@@ -233,10 +233,38 @@ def fmt_bytes(n: int) -> str:
     return f"{n / 2**30:.2f} GiB" if n >= 2**30 else f"{n / 2**20:.0f} MiB"
 
 
+def plan(s: dict, device: torch.device) -> list[tuple]:
+    """Rows in run order: (name, step factory, conv FLOPs per iteration, name of the floor row it is held to)."""
+    n_meta, p, m = s["tasks"] * s["shots"], s["pre_patch"], s["meta_patch"]
+    pre_floor, meta_floor = f"floor: fwd+bwd ({s['pre_batch']}, 3, {p}, {p})", f"floor: fwd+bwd ({n_meta}, 3, {m}, {m})"
+    pre_flops = 3 * forward_flops(s["pre_batch"], p, p)
+    rows = [
+        (pre_floor, lambda: floor_step(s["pre_batch"], p, device), pre_flops, pre_floor),
+        ("pre-train fp32", lambda: pretrain_step(s, device, False), pre_flops, pre_floor),
+        ("pre-train bf16 autocast", lambda: pretrain_step(s, device, True), pre_flops, pre_floor),
+        (meta_floor, lambda: floor_step(n_meta, m, device), 3 * forward_flops(n_meta, m, m), meta_floor),
+        ("meta 2nd order (meta_loss)", lambda: meta_step(s, device, False, False), meta_flops(s, False), meta_floor),
+        ("meta 2nd order (per-task reference)", lambda: meta_step(s, device, False, True), meta_flops(s, False), meta_floor),
+        ("meta 1st order (meta_loss)", lambda: meta_step(s, device, True, False), meta_flops(s, True), meta_floor),
+    ]
+    return [r for r in rows if device.type == "cuda" or "bf16" not in r[0]]
+
+
+def measure(make, flops: float, device: torch.device, warmup: int, iters: int) -> dict:
+    """Time one row and take its peak memory (the step's model, data and optimizer are built inside)."""
+    load = os.getloadavg()[0]
+    with PeakMemory(device) as mem:
+        wall, cpu, first_loss = timed(make(), device, warmup, iters)
+    sec = statistics.median(wall)
+    return {"seconds_median": sec, "seconds_min": min(wall), "seconds": wall, "cpu_seconds": cpu,
+            "gflop": flops / 1e9, "gflops": flops / 1e9 / sec, "peak_memory_bytes": mem.peak,
+            "first_loss": first_loss, "loadavg_1min": [load, os.getloadavg()[0]]}
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--device", choices=["auto", "cpu", "cuda"], default="auto")
-    ap.add_argument("--warmup", type=int, default=None, help="untimed iterations per row (default 1 on CPU, 5 on CUDA)")
+    ap.add_argument("--warmup", type=int, default=None, help="untimed iterations per row, at least 1 (default 1 on CPU, 5 on CUDA)")
     ap.add_argument("--iters", type=int, default=None, help="timed iterations per row (default 3 on CPU, 20 on CUDA)")
     ap.add_argument("--quick", action="store_true", help="tiny sizes, for a smoke test in seconds")
     ap.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's own)")
@@ -244,55 +272,42 @@ def main() -> None:
     args = ap.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
-    device = torch.device("cuda" if args.device == "auto" and torch.cuda.is_available() else
-                          "cpu" if args.device == "auto" else args.device)
+    if args.device == "cuda" and not torch.cuda.is_available():
+        ap.error("--device cuda: this torch sees no CUDA device")
+    device = torch.device("cuda" if args.device == "cuda" or (args.device == "auto" and torch.cuda.is_available()) else "cpu")
     cuda = device.type == "cuda"
     warmup = max(1, args.warmup if args.warmup is not None else (5 if cuda else 1))
-    iters = args.iters if args.iters is not None else (20 if cuda else 3)
+    iters = max(1, args.iters if args.iters is not None else (20 if cuda else 3))
     s = QUICK if args.quick else FULL
-    n_meta = s["tasks"] * s["shots"]
-    pre_floor = f"floor: fwd+bwd ({s['pre_batch']}, 3, {s['pre_patch']}, {s['pre_patch']})"
-    meta_floor = f"floor: fwd+bwd ({n_meta}, 3, {s['meta_patch']}, {s['meta_patch']})"
-    pre_flops = 3 * forward_flops(s["pre_batch"], s["pre_patch"], s["pre_patch"])
-    plan = [  # (row, make step, conv FLOPs per iteration, floor row it is held to)
-        (pre_floor, lambda: floor_step(s["pre_batch"], s["pre_patch"], device), pre_flops, pre_floor),
-        ("pre-train fp32", lambda: pretrain_step(s, device, False), pre_flops, pre_floor),
-        *([("pre-train bf16 autocast", lambda: pretrain_step(s, device, True), pre_flops, pre_floor)] if cuda else []),
-        (meta_floor, lambda: floor_step(n_meta, s["meta_patch"], device), 3 * forward_flops(n_meta, s["meta_patch"], s["meta_patch"]), meta_floor),
-        ("meta 2nd order (meta_loss)", lambda: meta_step(s, device, False, False), meta_flops(s, False), meta_floor),
-        ("meta 2nd order (per-task reference)", lambda: meta_step(s, device, False, True), meta_flops(s, False), meta_floor),
-        ("meta 1st order (meta_loss)", lambda: meta_step(s, device, True, False), meta_flops(s, True), meta_floor),
-    ]
-    print(f"device: {device_name(device)}; torch {torch.__version__}, threads {torch.get_num_threads()}; "
-          f"{'quick' if args.quick else 'paper'} sizes {s}; warmup {warmup}, median of {iters}", flush=True)
+    header = (f"device: {device_name(device)}; torch {torch.__version__}, threads {torch.get_num_threads()}; "
+              f"{'quick' if args.quick else 'paper'} sizes {s}; warmup {warmup}, median of {iters}")
+    print(header, flush=True)
     check = check_reference()
     print(f"reference check (float64, 3 tasks x 2 shots 12x12, 3 steps): meta-loss {check['loss']:.12f} vs "
           f"{check['loss_reference']:.12f} (rel diff {check['loss_rel_diff']:.1e}), "
           f"meta-gradient max rel diff {check['grad_max_rel_diff']:.1e}", flush=True)
     rows, t_total = {}, time.perf_counter()
-    for name, make, flops, floor in plan:
-        t_row, load = time.perf_counter(), os.getloadavg()[0]
-        with PeakMemory(device) as mem:
-            times, cpu, first_loss = timed(make(), device, warmup, iters)
-        sec = statistics.median(times)
-        rows[name] = {"seconds_median": sec, "seconds_min": min(times), "seconds": times, "cpu_seconds": cpu,
-                      "gflop": flops / 1e9, "gflops": flops / 1e9 / sec, "peak_memory_bytes": mem.peak,
-                      "first_loss": first_loss, "floor": floor, "loadavg_1min": [load, os.getloadavg()[0]]}
-        rows[name]["pct_of_floor"] = 100 * rows[name]["gflops"] / rows[floor]["gflops"]
-        print(f"  {name}: {sec:.3f} s/iter (wall {', '.join(f'{x:.2f}' for x in times)}; process CPU "
-              f"{', '.join(f'{x:.2f}' for x in cpu)}), {rows[name]['gflops']:.1f} GFLOP/s, peak {fmt_bytes(mem.peak)}, "
-              f"load {load:.1f} (row took {time.perf_counter() - t_row:.0f} s)", flush=True)
-    a, b = rows["meta 2nd order (meta_loss)"]["first_loss"], rows["meta 2nd order (per-task reference)"]["first_loss"]
+    for name, make, flops, floor in plan(s, device):
+        t_row = time.perf_counter()
+        r = rows[name] = measure(make, flops, device, warmup, iters)
+        r["floor"], r["pct_of_floor"] = floor, 100 * r["gflops"] / rows[floor]["gflops"]
+        print(f"  {name}: {r['seconds_median']:.3f} s/iter (wall {', '.join(f'{x:.2f}' for x in r['seconds'])}; "
+              f"process CPU {', '.join(f'{x:.2f}' for x in r['cpu_seconds'])}), {r['gflops']:.1f} GFLOP/s, "
+              f"peak {fmt_bytes(r['peak_memory_bytes'])}, load {r['loadavg_1min'][0]:.1f} "
+              f"(row took {time.perf_counter() - t_row:.0f} s)", flush=True)
+    ours, ref = rows["meta 2nd order (meta_loss)"], rows["meta 2nd order (per-task reference)"]
+    a, b = ours["first_loss"], ref["first_loss"]
     check["float32_first_loss"] = {"meta_loss": a, "reference": b, "rel_diff": abs(a - b) / abs(b)}
     print(f"same-seed float32 first meta-loss: meta_loss {a:.8f}, reference {b:.8f} (rel diff {abs(a - b) / abs(b):.1e})")
     mem_kind = "max_memory_allocated" if cuda else "peak RSS growth"
-    print(f"\n| row | s/iter | fastest s/iter | GFLOP/iter | GFLOP/s | % of floor | {mem_kind} |\n|---|---|---|---|---|---|---|")
+    print(f"\n{header}\n\n| row | s/iter | fastest s/iter | GFLOP/iter | GFLOP/s | % of floor | {mem_kind} |\n"
+          "|---|---|---|---|---|---|---|")
     for name, r in rows.items():
         print(f"| {name} | {r['seconds_median']:.3f} | {r['seconds_min']:.3f} | {r['gflop']:.1f} | {r['gflops']:.1f} | "
               f"{r['pct_of_floor']:.0f}% | {fmt_bytes(r['peak_memory_bytes'])} |")
-    ratio = rows["meta 2nd order (per-task reference)"]["seconds_median"] / rows["meta 2nd order (meta_loss)"]["seconds_median"]
-    print(f"\nper-task reference time / meta_loss time (2nd order): {ratio:.2f} (above 1: meta_loss is faster); "
-          f"total {time.perf_counter() - t_total:.0f} s")
+    print(f"\nper-task reference time / meta_loss time (2nd order, medians): "
+          f"{ref['seconds_median'] / ours['seconds_median']:.2f} (above 1: meta_loss is faster); "
+          f"rows took {time.perf_counter() - t_total:.0f} s")
     if args.json:
         out = {"device": device_name(device), "device_type": device.type, "torch": torch.__version__,
                "threads": torch.get_num_threads(), "sizes": s, "warmup": warmup, "iters": iters,

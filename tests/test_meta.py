@@ -147,3 +147,12 @@ def test_meta_training_stops_on_nan(meta_setup):
     with pytest.raises(MZSRError, match="at step 0"):
         meta_train(init, shards, root / "nan.safetensors", cfg, root / "nan", root / "nan.csv", device="cpu")
     assert not (root / "nan.safetensors").exists()
+
+
+def test_looped_and_grouped_task_forwards_agree():
+    from mzsr.meta import looped_forward
+
+    theta = tiny_theta()
+    fast = [p.unsqueeze(0).expand(3, *p.shape) * (1 + 0.1 * torch.arange(3.0, dtype=p.dtype).reshape(-1, *[1] * p.dim())) for p in theta]
+    x = torch.rand(3, 2, 3, 7, 9, dtype=torch.float64)
+    torch.testing.assert_close(looped_forward(fast, x), grouped_forward(fast, x))
