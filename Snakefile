@@ -16,7 +16,13 @@ if not workflow.overwrite_configfiles:
     configfile: os.path.join(workflow.basedir, "config", "config.yaml")
 
 
-validate(config, "workflow/schemas/config.schema.yaml")
+try:
+    validate(config, "workflow/schemas/config.schema.yaml")
+except WorkflowError as e:  # one line naming the config file, the key and the problem
+    problem = e.__context__
+    where = ".".join(map(str, getattr(problem, "absolute_path", ()))) or "top level"
+    files = ", ".join(map(str, workflow.overwrite_configfiles or ["config/config.yaml"]))
+    raise WorkflowError(f"config {files}: {where}: {getattr(problem, 'message', e)}") from None
 
 
 report: "workflow/report/workflow.rst"

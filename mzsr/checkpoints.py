@@ -13,6 +13,7 @@ import json
 import os
 import struct
 import tempfile
+import warnings
 from functools import lru_cache
 from pathlib import Path
 from typing import Any
@@ -155,11 +156,17 @@ def _load_torch_pickle(path: Path) -> tuple[dict[str, torch.Tensor], dict[str, A
     """Read a .pt/.pth only with weights_only=True: a pickle that would build arbitrary objects
     (and so could run code) is refused instead of executed."""
     try:
-        obj = torch.load(path, map_location="cpu", weights_only=True)
+        with warnings.catch_warnings():  # "Detected pickle protocol 4 ...": moot, the file is refused or read safely
+            warnings.filterwarnings("ignore", message="Detected pickle protocol")
+            obj = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as exc:
+        # torch's message is many lines around the one that says what was refused (e.g. "Trying to
+        # load unsupported GLOBAL posix.system ..."), and suggests weights_only=False: keep that line.
+        boilerplate = ("Weights only load failed", "Please file an issue", "Check the documentation")
+        lines = [line.strip() for line in str(exc).splitlines() if line.strip() and not line.strip().startswith(boilerplate)]
         raise MZSRError(
             f"{path}: refused to load: not a plain tensor checkpoint "
-            f"(torch.load with weights_only=True failed; unsafe or corrupt pickle): {exc}"
+            f"(unsafe or corrupt pickle; only tensors are ever unpickled): {lines[0] if lines else type(exc).__name__}"
         ) from exc
     metadata: dict[str, Any] = {}
     if isinstance(obj, dict) and isinstance(obj.get("state_dict"), dict):

@@ -9,7 +9,7 @@ from pathlib import Path
 import numpy as np
 from tqdm import tqdm
 
-from . import MZSRError, __version__
+from . import MZSRError, __version__, error_line
 
 
 def _add_common(p: argparse.ArgumentParser) -> None:
@@ -79,15 +79,12 @@ def _out_path(out_dir: Path, src: Path) -> Path:
 def cmd_degrade(args) -> int:
     from .degrade import write_lr_png
     from .images import list_images, read_image_uint8
-    from .kernels import resolve_degradation, validate_kernel
     from .metrics import modcrop
 
-    deg = resolve_degradation(args.kernel, args.subsample)
-    for path in tqdm(list_images(args.inputs), desc="degrade", unit="img", disable=None):
+    jobs = _checked_inputs(args, list_images(args.inputs), hr=True)
+    for path, kernel, method in tqdm(jobs, desc="degrade", unit="img", disable=None):
         hr = modcrop(read_image_uint8(path), args.scale)
-        if deg.kernel is not None:
-            validate_kernel(deg.kernel, args.kernel, hr.shape[:2])
-        write_lr_png(hr / 255.0, deg.kernel, args.scale, deg.method, _out_path(args.out, path))
+        write_lr_png(hr / 255.0, kernel, args.scale, method, _out_path(args.out, path))
     return 0
 
 
@@ -116,13 +113,33 @@ def _degradation_for(args, image: Path):
     return deg.kernel, deg.method, args.kernel
 
 
+def _checked_inputs(args, paths: list[Path], hr: bool) -> list[tuple[Path, np.ndarray | None, str]]:
+    """(image, kernel, subsampling) of every input, after reading each image and its kernel once:
+    a bad file stops the command before anything is written, not after the good files before it."""
+    from .images import read_image
+    from .kernels import validate_kernel
+    from .metrics import modcrop
+
+    jobs = []
+    for path in paths:
+        img = read_image(path)
+        if hr:  # ground truth is mod-cropped to the scale (odd sizes lose their last row/column)
+            img = modcrop(img, args.scale)
+        kernel, method, label = _degradation_for(args, path)
+        if kernel is not None:
+            validate_kernel(kernel, label, img.shape[:2], image=path)
+        jobs.append((path, kernel, method))
+    return jobs
+
+
 def cmd_upscale(args) -> int:
     from .adapt import PRESETS, adapt, pick_device
     from .images import list_images, read_image, write_png
-    from .kernels import validate_kernel
     from .resize import imresize
 
     images = list_images(args.inputs)
+    if args.method == "bicubic":
+        args.kernel = None  # bicubic upscaling ignores the degradation
     if args.steps < 0:
         raise MZSRError(f"--steps must be >= 0, got {args.steps}")
     device = pick_device(args.device)
@@ -136,14 +153,12 @@ def cmd_upscale(args) -> int:
         model, _ = load_model(args.weights, expected_scale=args.scale)
     if args.method == "zssr" and args.kernel is None:
         raise MZSRError("--method zssr needs the degradation: give --kernel")
-    for path in tqdm(images, desc=f"upscale ({args.method})", unit="img", disable=None):
+    jobs = _checked_inputs(args, images, hr=False)
+    for path, kernel, method in tqdm(jobs, desc=f"upscale ({args.method})", unit="img", disable=None):
         lr = read_image(path)
         if args.method == "bicubic":
             write_png(_out_path(args.out, path), imresize(lr, float(args.scale)))
             continue
-        kernel, method, label = _degradation_for(args, path)
-        if kernel is not None:
-            validate_kernel(kernel, label, lr.shape[:2])
         if args.method == "zssr":
             from .zssr import zssr
 
@@ -185,17 +200,23 @@ def cmd_evaluate(args) -> int:
     return 0
 
 
+def _show_warning(message, category, filename, lineno, file=None, line=None) -> None:
+    """Warnings (e.g. a kernel normalised to sum 1) as one line, like errors."""
+    print(f"mzsr: warning: {' '.join(str(message).split())}", file=sys.stderr)
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("default")
+            warnings.showwarning = _show_warning
             return args.func(args)
     except MZSRError as e:
         if args.debug:
             raise
-        print(f"mzsr: error: {e}", file=sys.stderr)
+        print(error_line(e), file=sys.stderr)
         return 1
     except KeyboardInterrupt:
         print("mzsr: interrupted", file=sys.stderr)

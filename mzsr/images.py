@@ -34,7 +34,11 @@ def read_image(path: str | Path) -> np.ndarray:
     """Read an image as HxWx3 float64 RGB in [0, 1].
 
     Conversions (documented, not errors): EXIF orientation applied; grayscale replicated to RGB;
-    palette and CMYK converted to RGB; alpha dropped; 16-bit scaled by 1/65535.
+    palette and CMYK converted to RGB; alpha dropped, i.e. the stored colour values are kept as they
+    are, not composited on a background (super-resolution works on the colour, the output PNG has no
+    alpha, and GT and SR images read the same way compare the same values); 16-bit grayscale scaled
+    by 1/65535; 16-bit RGB PNGs come at 8 bits (Pillow keeps the high byte). Errors: missing, empty,
+    unreadable or truncated files, and images under 2x2 pixels.
     """
     path = Path(path)
     if not path.is_file():

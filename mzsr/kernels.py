@@ -67,8 +67,11 @@ def named_degradation(name: str) -> Degradation:
     return table[name]
 
 
-def validate_kernel(kernel, source: str = "kernel", image_shape: tuple[int, int] | None = None) -> np.ndarray:
-    """Check a kernel and return it as float64 summing to 1 (with a warning when it had to be scaled)."""
+def validate_kernel(kernel, source: str = "kernel", image_shape: tuple[int, int] | None = None, image=None) -> np.ndarray:
+    """Check a kernel and return it as float64 summing to 1 (with a warning when it had to be scaled).
+
+    With `image_shape`, the kernel must also fit the image; `image` (its file) is then named first.
+    """
     k = np.asarray(kernel)
     if k.ndim != 2:
         raise MZSRError(f"{source}: kernel must be 2-D, got shape {k.shape}")
@@ -85,7 +88,10 @@ def validate_kernel(kernel, source: str = "kernel", image_shape: tuple[int, int]
     if total <= 0:
         raise MZSRError(f"{source}: kernel sums to zero")
     if image_shape is not None and (k.shape[0] > image_shape[0] or k.shape[1] > image_shape[1]):
-        raise MZSRError(f"{source}: kernel {k.shape[0]}x{k.shape[1]} is larger than the image {image_shape[0]}x{image_shape[1]}")
+        (h, w), (kh, kw) = image_shape, k.shape
+        if image is None:
+            raise MZSRError(f"{source}: kernel {kw}x{kh} is larger than the image {w}x{h}")
+        raise MZSRError(f"{image}: image is {w}x{h} pixels, smaller than the {kw}x{kh} kernel {source}")
     if abs(total - 1.0) > 1e-6:
         warnings.warn(f"{source}: kernel sums to {total:.6g}, normalised to 1", stacklevel=2)
         k = k / total

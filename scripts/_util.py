@@ -11,6 +11,22 @@ if str(REPO) not in sys.path:
     # the dependencies), so that rules and science always come from the same checkout.
     sys.path.insert(0, str(REPO))
 
+
+def _one_line_errors(exc_type, exc, tb):
+    """An MZSRError (bad input, diverged training, ...) ends the job with the same one line as the
+    `mzsr` command, in the job's log and on Snakemake's console; anything else keeps its traceback."""
+    from mzsr import MZSRError, error_line
+
+    if not issubclass(exc_type, MZSRError):
+        return sys.__excepthook__(exc_type, exc, tb)
+    for stream in dict.fromkeys((sys.stderr, sys.__stderr__)):  # the log (scripts redirect stderr) and the console
+        if stream is not None:
+            print(error_line(exc), file=stream, flush=True)
+
+
+sys.excepthook = _one_line_errors
+
+
 CSV_COLUMNS = ("test_set", "degradation", "method", "steps", "image", "psnr", "ssim", "seconds", "redegradation_psnr")
 
 

@@ -13,5 +13,5 @@ scale = int(snakemake.params.scale)
 deg = resolve_degradation(snakemake.params.degradation)
 hr = modcrop(read_image_uint8(snakemake.input.gt), scale)
 if deg.kernel is not None:
-    validate_kernel(deg.kernel, deg.name, hr.shape[:2])
+    validate_kernel(deg.kernel, snakemake.params.degradation, hr.shape[:2], image=snakemake.input.gt)
 write_lr_png(hr / 255.0, deg.kernel, scale, deg.method, snakemake.output[0])

@@ -35,3 +35,20 @@ def smooth_image(h: int, w: int, seed: int = 0) -> np.ndarray:
     ], axis=-1)
     img[h // 3 : h // 2, w // 4 : w // 2] += 0.2
     return np.clip(img + 0.02 * rng.standard_normal(img.shape), 0, 1)
+
+
+# ------------------------------------------------------------------------------------ reliability count
+# The cases of RELIABILITY.md are the tests of these files; the run prints how many were tried and passed.
+RELIABILITY_FILES = ("tests/test_bad_inputs.py", "tests/test_interruptions.py")
+
+
+def pytest_terminal_summary(terminalreporter):
+    outcomes: dict[str, str] = {}
+    for outcome in ("passed", "failed", "error", "skipped", "xfailed", "xpassed"):
+        for report in terminalreporter.stats.get(outcome, []):
+            nodeid = getattr(report, "nodeid", "")
+            if nodeid.split("::")[0] in RELIABILITY_FILES and outcomes.get(nodeid, "passed") == "passed":
+                outcomes[nodeid] = outcome  # a failure in any phase (setup, call, teardown) counts
+    if outcomes:
+        passed = sum(outcome == "passed" for outcome in outcomes.values())
+        terminalreporter.write_line(f"reliability cases: {len(outcomes)} tried, {passed} passed")

@@ -70,7 +70,7 @@ for _name, _source in config["test_sets"].items():
         _images = None
     TEST_SETS[_name] = {"kind": _kind, "source": _source, "images": _images}
 if not TEST_SETS:
-    raise WorkflowError("no test set found: check the folders named under test_sets in the config")
+    raise WorkflowError(f"no test set found: none of {', '.join(config['test_sets'].values())} holds images (config test_sets)")
 
 
 def degradation_name(spec):
