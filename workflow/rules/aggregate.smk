@@ -32,6 +32,6 @@ rule aggregate:
         mem_mb=compute("aggregate", "mem_mb"),
         runtime=compute("aggregate", "runtime"),
     conda:
-        "../../envs/eval.yaml"
+        "../../envs/report.yaml"
     script:
         "../../scripts/aggregate.py"

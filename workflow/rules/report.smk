@@ -23,7 +23,7 @@ rule plot_steps:
         mem_mb=compute("plot_steps", "mem_mb"),
         runtime=compute("plot_steps", "runtime"),
     conda:
-        "../../envs/eval.yaml"
+        "../../envs/report.yaml"
     script:
         "../../scripts/plot_steps.py"
 
@@ -52,6 +52,6 @@ rule crop:
         mem_mb=compute("crop", "mem_mb"),
         runtime=compute("crop", "runtime"),
     conda:
-        "../../envs/eval.yaml"
+        "../../envs/report.yaml"
     script:
         "../../scripts/crop.py"

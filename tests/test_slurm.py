@@ -1,0 +1,384 @@
+"""Cluster execution: the SLURM profile in slurm/, and `snakemake --profile slurm` against a real SLURM.
+
+The profile tests need only the executor plugin. The cluster tests start a single-node SLURM 22.05
+on 127.0.0.1 (tests/slurm_cluster.py: munge, MariaDB, slurmdbd, slurmctld, slurmd, two fake GPUs),
+installing its Debian packages first where they are missing; they skip, saying why, where that
+cannot be done (not root, no apt-get, a real SLURM installation on the machine).
+
+One run of the micro pipeline (tests/micro.yaml, with longer training so that it can be interrupted)
+goes through `snakemake --profile slurm` from the repository root, with test overrides layered on
+top as a second profile, and is interrupted three times on the way:
+  1. the pre-training job is cancelled with scancel after its first checkpoint: Snakemake retries
+     it (the profile's `retries`), and the retry resumes from that checkpoint;
+  2. the retried pre-training job is requeued with `scontrol requeue` after its next checkpoint:
+     SLURM restarts it (the profile's `slurm-requeue`), and it resumes again;
+  3. Snakemake itself is interrupted (SIGINT, as Ctrl-C) while meta-training runs after a
+     checkpoint: it cancels its SLURM jobs; the same command run again finishes the pipeline, and
+     meta-training resumes from its checkpoint.
+Then sacct tells which SLURM jobs ran: every job of the pipeline exactly once to completion, the
+network rules on the GPU partition with a GPU (CUDA_VISIBLE_DEVICES set inside the job). A training
+job that resumed keeps the log rows of the run before it up to the checkpoint it resumed from (they
+are compared with a copy taken at the interruption); one that started over would have rewritten them.
+"""
+from __future__ import annotations
+
+import csv
+import importlib.util
+import os
+import re
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+from collections import Counter
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+import yaml
+from PIL import Image
+
+import slurm_cluster
+
+REPO = Path(__file__).resolve().parents[1]
+PROFILE = REPO / "slurm" / "config.yaml"
+MICRO = REPO / "tests" / "micro.yaml"
+GPU_RULES = {"pretrain", "meta_train", "sr_pretrained", "sr_mzsr", "sr_zssr"}
+# Long enough that each training job is still running when the test interrupts it after its first
+# checkpoint (a few tenths of a second into training), short enough to keep the run quick.
+PRETRAIN_STEPS, PRETRAIN_CHECKPOINT_EVERY = 80, 5
+META_ITERATIONS, META_CHECKPOINT_EVERY = 40, 2
+# Layered on top of slurm/ by the tests: status checks from 2 s on (the plugin waits 40 s before its
+# first by default, which would dominate a run of short jobs).
+TEST_OVERRIDES = {"slurm-init-seconds-before-status-checks": 2, "latency-wait": 10}
+RUN_TIMEOUT = 420  # seconds for one snakemake invocation
+
+pytestmark = pytest.mark.slurm
+
+PLUGIN_MISSING = None if importlib.util.find_spec("snakemake_executor_plugin_slurm") else (
+    "needs snakemake-executor-plugin-slurm (in the test extra: pip install -e '.[test]')")
+needs_plugin = pytest.mark.skipif(PLUGIN_MISSING is not None, reason=str(PLUGIN_MISSING))
+
+
+def profile_env(**site) -> dict[str, str]:
+    """This environment without SLURM job variables, GPUs or site settings, plus `site`."""
+    env = {k: v for k, v in os.environ.items()
+           if not k.startswith(("SLURM_", "SBATCH_", "SRUN_", "MZSR_SLURM_")) and k != "CUDA_VISIBLE_DEVICES"}
+    env.update(site)
+    return env
+
+
+def snakemake_cmd(workdir: Path, *args: str) -> list[str]:
+    """`snakemake --profile slurm ...` as run from the repository root (cwd=REPO), working in workdir."""
+    return [sys.executable, "-m", "snakemake", *args, "--profile", "slurm", "--directory", str(workdir)]
+
+
+def job_blocks(output: str) -> list[tuple[str, dict[str, str], dict[str, str]]]:
+    """(rule, wildcards, resources) of every job in a Snakemake job listing."""
+    jobs = []
+    for line in output.splitlines():
+        if m := re.match(r"^(?:local)?(?:rule|checkpoint) (\w+):$", line):
+            jobs.append((m.group(1), {}, {}))
+        elif jobs and (m := re.match(r"^\s+(wildcards|resources): (.*)$", line)):
+            target = jobs[-1][1] if m.group(1) == "wildcards" else jobs[-1][2]
+            target.update(kv.split("=", 1) for kv in m.group(2).split(", "))
+    return jobs
+
+
+def write_test_image(path: Path, seed: int, size: int = 64) -> None:
+    import skimage.data
+
+    photo = skimage.data.astronaut()
+    y, x = np.random.default_rng(seed).integers(0, photo.shape[0] - size, 2)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    Image.fromarray(photo[y : y + size, x : x + size]).save(path)
+
+
+def log_rows(log_csv: Path) -> list[dict[str, str]]:
+    with open(log_csv, newline="") as f:
+        return list(csv.DictReader(f))
+
+
+class Interruption:
+    """A training job's state when the test interrupted it: the step of the checkpoint on disk and a
+    copy of the training log (rows 1..step and perhaps a few more)."""
+
+    def __init__(self, work_dir: Path, job: str):
+        self.job = job
+        self.step = int(torch.load(work_dir / "last.pt", map_location="cpu", weights_only=True)["step"])
+        self.rows = log_rows(work_dir / "log.csv")
+        assert len(self.rows) >= self.step > 0, (self.step, len(self.rows))
+
+    def resumed_in(self, final_log: Path, total: int) -> bool:
+        """Whether the finished log continued this run: the rows up to its checkpoint are the very
+        rows this run wrote (with its timings), and the steps are 1..total without a gap."""
+        final = log_rows(final_log)
+        assert [int(r["step"]) for r in final] == list(range(1, total + 1)), f"{final_log}: steps are not 1..{total}"
+        return final[: self.step] == self.rows[: self.step]
+
+
+# ------------------------------------------------------------------------------------ the profile
+
+
+def read_profile(monkeypatch, **site) -> dict:
+    """slurm/config.yaml read the way Snakemake reads it (YTE, then YAML), in an environment
+    without site settings except `site`."""
+    import yte
+
+    for key in [k for k in os.environ if k.startswith("MZSR_SLURM_")]:
+        monkeypatch.delenv(key)
+    for key, value in site.items():
+        monkeypatch.setenv(key, value)
+    with open(PROFILE) as f:
+        return yte.process_yaml(f, require_use_yte=True)
+
+
+def test_profile_settings(monkeypatch):
+    """What the issue asks of the profile."""
+    profile = read_profile(monkeypatch)
+    assert profile["executor"] == "slurm"
+    assert profile["jobs"] >= 1 and profile["latency-wait"] >= 30 and profile["retries"] >= 1
+    assert profile["rerun-incomplete"] is True and profile["slurm-requeue"] is True
+    assert profile["slurm-status-command"] == "squeue"  # see the profile: sacct's "CANCELLED by <uid>"
+    assert profile["software-deployment-method"] == "conda"
+    assert "slurm_account" not in profile["default-resources"]  # only where MZSR_SLURM_ACCOUNT is set
+    assert profile["default-resources"]["slurm_partition"] == "cpu"
+    assert {"mem_mb", "runtime"} <= set(profile["default-resources"])
+    assert set(profile["set-resources"]) == GPU_RULES
+    for rule, resources in profile["set-resources"].items():
+        assert resources["slurm_partition"] == "gpu" and resources["cpus_per_gpu"] == "threads", rule
+    assert profile["set-resources"]["pretrain"]["gpu"] == profile["set-resources"]["meta_train"]["gpu"] == 1
+    site = read_profile(monkeypatch, MZSR_SLURM_ACCOUNT="acct42", MZSR_SLURM_PARTITION="", MZSR_SLURM_CONDA="0")
+    assert site["default-resources"]["slurm_account"] == "acct42"
+    assert "slurm_partition" not in site["default-resources"]  # empty: the cluster's default partition
+    assert "software-deployment-method" not in site  # MZSR_SLURM_CONDA=0: no conda
+    assert not any(k in r.get("slurm_extra", "") for r in profile["set-resources"].values() for k in ("--gres", "--gpus"))
+
+
+@needs_plugin
+def test_profile_from_repository_root_with_site_facts_from_environment(tmp_path):
+    """`--profile slurm` from the repository root finds slurm/; account and partitions come from the
+    environment; the network rules go to the GPU partition with one GPU and CPUs per GPU = threads."""
+    env = profile_env(MZSR_SLURM_ACCOUNT="acct42", MZSR_SLURM_PARTITION="short", MZSR_SLURM_GPU_PARTITION="a100",
+                      MZSR_SLURM_CONDA="0")  # dry runs with conda need conda itself
+    # --cores: a dry run otherwise scales every rule's threads down to one core
+    proc = subprocess.run(snakemake_cmd(tmp_path, "-n", "--cores", "64", "--configfile", str(REPO / "config" / "demo.yaml")),
+                          cwd=REPO, env=env, capture_output=True, text=True, timeout=300)
+    out = proc.stdout + proc.stderr
+    assert proc.returncode == 0, out[-5000:]
+    assert "Using profile slurm for setting default command line arguments" in out
+    demo = yaml.safe_load((REPO / "config" / "demo.yaml").read_text())["compute"]
+    jobs = [(rule, res) for rule, _, res in job_blocks(out) if rule != "all"]
+    assert {rule for rule, _ in jobs} >= GPU_RULES | {"train_images", "patches", "aggregate"}
+    for rule, res in jobs:
+        assert res["slurm_account"] == "acct42", rule
+        assert "mem_mb" in res and "runtime" in res, rule
+        if rule in GPU_RULES:
+            threads = (demo.get(rule) or {}).get("threads", demo["default"]["threads"])
+            assert (res["slurm_partition"], res["gpu"], res["cpus_per_gpu"]) == ("a100", "1", str(threads)), rule
+        else:
+            assert res["slurm_partition"] == "short" and "gpu" not in res, rule
+
+
+# ------------------------------------------------------------------------------------ the cluster
+
+
+@pytest.fixture(scope="module")
+def cluster(tmp_path_factory):
+    """A running single-node SLURM cluster, taken down (jobs, daemons, /etc/slurm files) at the end."""
+    if PLUGIN_MISSING:
+        pytest.skip(PLUGIN_MISSING)
+    try:
+        slurm_cluster.check_machine()
+        slurm_cluster.ensure_installed()
+    except slurm_cluster.ClusterUnavailable as e:
+        pytest.skip(str(e))
+    root = tmp_path_factory.mktemp("slurm")
+    own_root = len(str(root)) > 60  # unix socket paths are short (108 bytes)
+    if own_root:
+        root = Path(tempfile.mkdtemp(prefix="mzsr-slurm-"))
+    instance = slurm_cluster.SlurmCluster(root)
+    try:
+        try:
+            instance.start()
+        except slurm_cluster.ClusterUnavailable as e:
+            pytest.skip(str(e))
+        yield instance
+    finally:
+        instance.stop()
+        if own_root:
+            shutil.rmtree(root, ignore_errors=True)
+
+
+class Watch:
+    """Waits on an external process's progress: bounded polling with a deadline, failing early
+    when the snakemake process ends."""
+
+    def __init__(self, proc: subprocess.Popen, cluster, deadline: float, output: Path):
+        self.proc, self.cluster, self.deadline, self.output = proc, cluster, deadline, output
+
+    def until(self, what: str, probe, interval: float = 0.1):
+        while time.monotonic() < self.deadline:
+            if (value := probe()):
+                return value
+            if self.proc.poll() is not None:
+                raise AssertionError(f"snakemake ended ({self.proc.returncode}) before {what}\n"
+                                     f"{self.output.read_text()[-5000:]}")
+            time.sleep(interval)
+        raise AssertionError(f"timed out waiting for {what}\n{self.output.read_text()[-5000:]}")
+
+    def running_job(self, comment: str, exclude: set[str] = frozenset()) -> str | None:
+        out = self.cluster.cmd("squeue", "-h", "-o", "%A|%k|%T", check=False).stdout
+        for line in out.splitlines():
+            job, job_comment, state = line.split("|")
+            if job_comment == comment and state == "RUNNING" and job not in exclude:
+                return job
+        return None
+
+
+def checkpoint(workdir: Path, stage: str) -> Path | None:
+    """The work folder of a training stage once it holds a checkpoint."""
+    found = sorted((workdir / "resources" / "work" / stage).glob("*/last.pt"))
+    return found[0].parent if found else None
+
+
+@pytest.fixture(scope="module")
+def slurm_run(cluster, tmp_path_factory):
+    """The micro pipeline through `snakemake --profile slurm`, interrupted as the module docstring says."""
+    workdir = tmp_path_factory.mktemp("slurm_run")
+    for i, name in enumerate(("a", "b")):
+        write_test_image(workdir / "test_images" / "tiny" / f"{name}.png", seed=10 + i)
+    config = yaml.safe_load(MICRO.read_text())
+    config["pretrain"].update(steps=PRETRAIN_STEPS, checkpoint_every=PRETRAIN_CHECKPOINT_EVERY, log_every=1)
+    config["compute"]["pretrain"] = {"threads": 2}  # asks for --cpus-per-gpu=2
+    config["meta"].update(iterations=META_ITERATIONS, checkpoint_every=META_CHECKPOINT_EVERY, log_every=1,
+                          validate_every=META_ITERATIONS)
+    (workdir / "micro.yaml").write_text(yaml.safe_dump(config))
+    (workdir / "test-profile").mkdir()
+    (workdir / "test-profile" / "config.yaml").write_text(yaml.safe_dump(TEST_OVERRIDES))
+    env = profile_env(MZSR_SLURM_ACCOUNT=slurm_cluster.ACCOUNT, MZSR_SLURM_CONDA="0", PYTHONUNBUFFERED="1")
+    cmd = snakemake_cmd(workdir, "--configfile", str(workdir / "micro.yaml"))
+    cmd += ["--profile", str(workdir / "test-profile")]  # layered on top of slurm/
+
+    dry = subprocess.run([*cmd, "-n"], cwd=REPO, env=env, capture_output=True, text=True, timeout=300)
+    assert dry.returncode == 0, (dry.stdout + dry.stderr)[-5000:]
+    planned = [(rule, wildcards) for rule, wildcards, _ in job_blocks(dry.stdout + dry.stderr) if rule != "all"]
+
+    run = {"workdir": workdir, "planned": planned, "cmd": cmd, "env": env}
+    started = time.monotonic()
+    first_out = workdir / "first_run.txt"
+    with open(first_out, "w") as out:
+        proc = subprocess.Popen(cmd, cwd=REPO, env=env, stdout=out, stderr=subprocess.STDOUT)
+    try:
+        watch = Watch(proc, cluster, time.monotonic() + RUN_TIMEOUT, first_out)
+        # 1. cancel the pre-training job once it has written a checkpoint; Snakemake retries it
+        work = watch.until("a pre-training checkpoint", lambda: checkpoint(workdir, "pretrain"), interval=0.05)
+        job = watch.until("the pre-training job", lambda: watch.running_job("rule_pretrain"))
+        run["pretrain_cancelled"] = Interruption(work, job)
+        cluster.cmd("scancel", job)
+        # 2. requeue the retried pre-training job once it has written a checkpoint of its own
+        job = watch.until("the retried pre-training job", lambda: watch.running_job("rule_pretrain", {job}))
+        mtime = (work / "last.pt").stat().st_mtime_ns
+        watch.until("a checkpoint of the retried job", lambda: (work / "last.pt").stat().st_mtime_ns != mtime,
+                    interval=0.05)
+        run["pretrain_requeued"] = Interruption(work, job)
+        cluster.cmd("scontrol", "requeue", job)  # starts again after the credential lifetime (CRED_EXPIRE)
+        # 3. interrupt Snakemake itself once meta-training has written a checkpoint
+        work = watch.until("a meta-training checkpoint", lambda: checkpoint(workdir, "meta_direct"), interval=0.05)
+        job = watch.until("the meta-training job", lambda: watch.running_job("rule_meta_train_wildcards_direct"))
+        run["meta_interrupted"] = Interruption(work, job)
+        proc.send_signal(signal.SIGINT)
+        run["first_returncode"] = proc.wait(timeout=120)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    run["first_output"] = first_out.read_text()
+    # the same command again finishes the pipeline
+    second = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=RUN_TIMEOUT)
+    run["second_output"] = second.stdout + second.stderr
+    assert second.returncode == 0, run["second_output"][-6000:]
+    run["seconds"] = time.monotonic() - started
+    print(f"SLURM run of the micro pipeline, interruptions included: {run['seconds']:.0f} s")
+    fields = ("JobID", "JobName", "State", "Partition", "AllocTRES", "Comment", "WorkDir")
+    run["jobs"] = [row for row in cluster.sacct(*fields) if row["WorkDir"] == str(workdir)]
+    run["all_records"] = [row for row in cluster.sacct(*fields, duplicates=True) if row["WorkDir"] == str(workdir)]
+    run["task_env"] = cluster.task_env()
+    listing = cluster.cmd("sacct", "-a", "-X", "-D", f"--clusters={slurm_cluster.CLUSTER}", "--starttime=now-1days",
+                          "--format=JobID,State%16,Partition%9,AllocTRES%44,Elapsed,Comment%44").stdout
+    (workdir / "sacct.txt").write_text(listing)
+    print(listing)
+    return run
+
+
+def rule_of(comment: str) -> str:
+    """The rule of a SLURM job from the comment the plugin gives it: rule_<rule>[_wildcards_<...>]."""
+    assert comment.startswith("rule_"), comment
+    return comment[len("rule_"):].split("_wildcards_")[0]
+
+
+def completed(run) -> list[dict[str, str]]:
+    return [row for row in run["jobs"] if row["State"] == "COMPLETED"]
+
+
+def test_every_job_ran_once_as_a_completed_slurm_job(slurm_run):
+    done = completed(slurm_run)
+    assert Counter(rule_of(row["Comment"]) for row in done) == Counter(rule for rule, _ in slurm_run["planned"])
+    assert len({row["Comment"] for row in done}) == len(done) == len(slurm_run["planned"])
+    assert len({row["JobName"] for row in slurm_run["jobs"]}) == 2  # the plugin's run ID, one per invocation
+    # finished and up to date: the same command plans nothing more
+    dry = subprocess.run([*slurm_run["cmd"], "-n"], cwd=REPO, env=slurm_run["env"], capture_output=True, text=True,
+                         timeout=300)
+    assert dry.returncode == 0 and job_blocks(dry.stdout + dry.stderr) == [], (dry.stdout + dry.stderr)[-3000:]
+    summary = slurm_run["workdir"] / "results" / "metrics" / "summary.csv"
+    assert len(summary.read_text().splitlines()) == 1 + 6  # header + bicubic, pretrained, mzsr x3, zssr
+
+
+def test_network_rules_ran_on_the_gpu_partition_with_a_gpu(slurm_run):
+    for row in completed(slurm_run):
+        rule, job = rule_of(row["Comment"]), row["JobID"]
+        tasks = slurm_run["task_env"].get(job, {})
+        assert "batch" in tasks and "0" in tasks, f"{rule} (job {job}): no task record {tasks}"
+        if rule in GPU_RULES:
+            assert row["Partition"] == "gpu" and "gres/gpu=1" in row["AllocTRES"], row
+            assert f"cpu={2 if rule == 'pretrain' else 1}," in row["AllocTRES"], row  # CPUs per GPU = threads
+            # the job step that runs the rule sees its GPU
+            assert all(re.fullmatch(r"\d+", dev) for dev in tasks.values()), f"{rule} (job {job}): {tasks}"
+        else:
+            assert row["Partition"] == "cpu" and "gres/gpu" not in row["AllocTRES"], row
+            assert set(tasks.values()) == {"unset"}, f"{rule} (job {job}): {tasks}"
+
+
+def test_cancelled_training_job_is_retried_and_resumes_from_its_checkpoint(slurm_run):
+    workdir, cancelled = slurm_run["workdir"], slurm_run["pretrain_cancelled"]
+    pretrain = [row for row in slurm_run["jobs"] if row["Comment"] == "rule_pretrain"]
+    assert [(row["JobID"], row["State"].split()[0]) for row in pretrain] == [
+        (cancelled.job, "CANCELLED"), (slurm_run["pretrain_requeued"].job, "COMPLETED")]
+    assert "Trying to restart job" in slurm_run["first_output"]  # Snakemake's retry
+    assert cancelled.resumed_in(workdir / "results" / "training" / "pretrain_log.csv", PRETRAIN_STEPS)
+    # the SLURM log of the failed job is kept; those of successful jobs are removed
+    logs = workdir / "logs" / "slurm"
+    assert "CANCELLED" in (logs / "rule_pretrain" / f"{cancelled.job}.log").read_text()
+    assert not (logs / "rule_pretrain" / f"{slurm_run['pretrain_requeued'].job}.log").exists()
+    assert not (logs / "rule_aggregate").exists()
+
+
+def test_requeued_training_job_resumes_from_its_checkpoint(slurm_run):
+    requeued = slurm_run["pretrain_requeued"]
+    records = [row["State"].split()[0] for row in slurm_run["all_records"] if row["JobID"] == requeued.job]
+    assert records == ["REQUEUED", "COMPLETED"], records
+    assert requeued.step > slurm_run["pretrain_cancelled"].step
+    assert requeued.resumed_in(slurm_run["workdir"] / "results" / "training" / "pretrain_log.csv", PRETRAIN_STEPS)
+
+
+def test_interrupted_run_resumes_training_when_rerun(slurm_run):
+    interrupted = slurm_run["meta_interrupted"]
+    assert slurm_run["first_returncode"] != 0
+    meta = [row for row in slurm_run["jobs"] if rule_of(row["Comment"]) == "meta_train"]
+    assert [(row["JobID"], row["State"].split()[0]) for row in meta][0] == (interrupted.job, "CANCELLED"), meta
+    assert [row["State"].split()[0] for row in meta][1:] == ["COMPLETED"], meta
+    assert interrupted.resumed_in(slurm_run["workdir"] / "results" / "training" / "meta_direct_log.csv",
+                                  META_ITERATIONS)
