@@ -50,7 +50,7 @@ GPU_RULES = {"pretrain", "meta_train", "sr_pretrained", "sr_mzsr", "sr_zssr"}
 # Long enough that each training job is still running when the test interrupts it after its first
 # checkpoint (a few tenths of a second into training), short enough to keep the run quick.
 PRETRAIN_STEPS, PRETRAIN_CHECKPOINT_EVERY = 80, 5
-META_ITERATIONS, META_CHECKPOINT_EVERY = 40, 2
+META_ITERATIONS, META_CHECKPOINT_EVERY = 300, 2  # long enough to be caught running on a quiet machine
 # Layered on top of slurm/ by the tests: status checks from 2 s on (the plugin waits 40 s before its
 # first by default, which would dominate a run of short jobs).
 TEST_OVERRIDES = {"slurm-init-seconds-before-status-checks": 2, "latency-wait": 10}
