@@ -271,7 +271,10 @@ def slurm_run(cluster, tmp_path_factory):
     started = time.monotonic()
     first_out = workdir / "first_run.txt"
     with open(first_out, "w") as out:
-        proc = subprocess.Popen(cmd, cwd=REPO, env=env, stdout=out, stderr=subprocess.STDOUT)
+        # A shell that starts the test suite in the background ignores SIGINT, and children inherit that:
+        # give Snakemake the default disposition back so that step 3's SIGINT reaches it.
+        proc = subprocess.Popen(cmd, cwd=REPO, env=env, stdout=out, stderr=subprocess.STDOUT,
+                                preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
     try:
         watch = Watch(proc, cluster, time.monotonic() + RUN_TIMEOUT, first_out)
         # 1. cancel the pre-training job once it has written a checkpoint; Snakemake retries it
