@@ -16,6 +16,7 @@ import torch.nn.functional as F
 
 from .degrade import degrade_torch
 from .resize import imresize_torch
+from .training import setup_device
 
 # Learning rate per step, as (first step it applies to, lr), for the released models.
 LR_SCHEDULES: dict[str, tuple[tuple[int, float], ...]] = {
@@ -40,10 +41,8 @@ def learning_rate(schedule: str, step: int) -> float:
 
 
 def pick_device(requested: str | None = None) -> torch.device:
-    """CUDA when present unless told otherwise."""
-    if requested and requested != "auto":
-        return torch.device(requested)
-    return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    """CUDA when present unless told otherwise (the trainers' choice, `training.setup_device`)."""
+    return setup_device(requested)
 
 
 def _sync(device: torch.device) -> None:
