@@ -1,7 +1,8 @@
 """Degradations LR = D(HR) of MZSR, as numpy and batched-torch twins.
 
 - direct ("g^d"): correlate with kernel k (no flip, reflect boundary = scipy.ndimage mode "reflect"),
-  then keep rows/columns 0, s, 2s, ... (no kernel shift);
+  then keep rows/columns round(linspace(0, n - s, ceil(n / s))) as the release does (= 0, s, 2s, ...
+  when s divides n; grid "regular" keeps 0, s, 2s, ... at every size); no kernel shift;
 - bicubic ("g^b"): correlate with k, then MATLAB-bicubic downscale by 1/s;
 - plain bicubic: MATLAB-bicubic downscale by 1/s, no extra blur (the pre-training degradation).
 """
@@ -17,6 +18,22 @@ import torch.nn.functional as F
 from .resize import imresize, imresize_torch
 
 SUBSAMPLING = ("direct", "bicubic")
+# Which rows/columns direct subsampling keeps when the scale does not divide the size.
+GRIDS = ("release", "regular")
+
+
+def direct_indices(n: int, scale: int, grid: str = "release") -> np.ndarray:
+    """Rows (or columns) of a length-n axis that direct subsampling keeps: ceil(n / scale) of them.
+
+    "release": round(linspace(0, n - scale, ceil(n / scale))), the authors' imresize (and ZSSR's);
+    "regular": 0, scale, 2 scale, ... Both are 0, s, 2s, ... when the scale divides n.
+    """
+    if grid not in GRIDS:
+        raise ValueError(f"unknown subsampling grid {grid!r}; expected one of {GRIDS}")
+    count = -(-n // scale)
+    if grid == "regular":
+        return np.arange(0, n, scale)
+    return np.round(np.linspace(0, n - scale, count)).astype(np.int64)
 
 
 def _check_method(method: str) -> None:
@@ -34,14 +51,15 @@ def blur(img: np.ndarray, kernel: np.ndarray) -> np.ndarray:
     )
 
 
-def degrade(hr: np.ndarray, kernel: np.ndarray | None, scale: int, method: str = "direct") -> np.ndarray:
+def degrade(hr: np.ndarray, kernel: np.ndarray | None, scale: int, method: str = "direct", grid: str = "release") -> np.ndarray:
     """LR image from an HxWxC float HR image; kernel None means plain bicubic downscaling."""
     if kernel is None:
         return imresize(hr, 1.0 / scale)
     _check_method(method)
     blurred = blur(hr, kernel)
     if method == "direct":
-        return blurred[::scale, ::scale]
+        rows, cols = direct_indices(hr.shape[0], scale, grid), direct_indices(hr.shape[1], scale, grid)
+        return blurred[rows[:, None], cols]
     return imresize(blurred, 1.0 / scale)
 
 
@@ -70,14 +88,24 @@ def blur_torch(x: torch.Tensor, kernel: torch.Tensor) -> torch.Tensor:
     return out.reshape(n, c, h, w)
 
 
-def degrade_torch(x: torch.Tensor, kernel: torch.Tensor | None, scale: int, method: str = "direct") -> torch.Tensor:
+def subsample_direct_torch(x: torch.Tensor, scale: int, grid: str = "release") -> torch.Tensor:
+    """Keep the rows and columns of `direct_indices` of a (..., H, W) tensor."""
+    h, w = x.shape[-2:]
+    if h % scale == 0 and w % scale == 0:
+        return x[..., ::scale, ::scale]  # the same rows for both grids, and a cheap view
+    rows = torch.as_tensor(direct_indices(h, scale, grid), device=x.device)
+    cols = torch.as_tensor(direct_indices(w, scale, grid), device=x.device)
+    return x.index_select(-2, rows).index_select(-1, cols)
+
+
+def degrade_torch(x: torch.Tensor, kernel: torch.Tensor | None, scale: int, method: str = "direct", grid: str = "release") -> torch.Tensor:
     """Batched twin of `degrade` for (N, C, H, W) tensors; kernel (kh, kw), (N, kh, kw) or None."""
     if kernel is None:
         return imresize_torch(x, 1.0 / scale)
     _check_method(method)
     blurred = blur_torch(x, kernel)
     if method == "direct":
-        return blurred[..., ::scale, ::scale]
+        return subsample_direct_torch(blurred, scale, grid)
     return imresize_torch(blurred, 1.0 / scale)
 
 

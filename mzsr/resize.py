@@ -56,10 +56,18 @@ def output_shape_for(in_shape: tuple[int, int], scale: float) -> tuple[int, int]
 
 
 def _plan(in_hw, scale, output_shape):
-    """Resolve (scale_h, scale_w) and (out_h, out_w) the way MATLAB does."""
+    """Resolve (scale_h, scale_w) and (out_h, out_w) the way MATLAB does.
+
+    With both a scale and a size (as the release and ZSSR resize son -> father), the scale stays
+    exact and the result is cut to (or extended to) the size; with a size alone the scale becomes
+    size / input per axis.
+    """
     if output_shape is not None:
         out_hw = (int(output_shape[0]), int(output_shape[1]))
-        scales = (out_hw[0] / in_hw[0], out_hw[1] / in_hw[1])
+        if scale is not None:
+            scales = (float(scale), float(scale))
+        else:
+            scales = (out_hw[0] / in_hw[0], out_hw[1] / in_hw[1])
     elif scale is not None:
         scales = (float(scale), float(scale))
         out_hw = output_shape_for(in_hw, float(scale))
@@ -71,7 +79,11 @@ def _plan(in_hw, scale, output_shape):
 
 
 def imresize(img: np.ndarray, scale: float | None = None, output_shape=None, antialias: bool = True) -> np.ndarray:
-    """Resize an HxW or HxWxC float image like MATLAB's imresize(img, scale, 'bicubic')."""
+    """Resize an HxW or HxWxC float image like MATLAB's imresize(img, scale, 'bicubic').
+
+    Give `scale` and `output_shape` together for an upscale to a target size (son -> father,
+    LR -> HR): the scale stays exact and the output is cut to the size, as the release does.
+    """
     img = np.asarray(img)
     if not np.issubdtype(img.dtype, np.floating):
         img = img.astype(np.float64)

@@ -24,13 +24,15 @@ def test_blur_is_correlation_not_convolution():
     assert out[4, 3] == 1.0 and out.sum() == 1.0
 
 
-def test_direct_keeps_pixels_0_s_2s():
+def test_direct_keeps_pixels_0_s_2s_and_the_release_rows_at_other_sizes():
     rng = np.random.default_rng(0)
     hr = rng.random((12, 10, 3))
     delta = np.zeros((3, 3))
     delta[1, 1] = 1
     np.testing.assert_array_equal(degrade(hr, delta, 2, "direct"), hr[::2, ::2])
-    np.testing.assert_array_equal(degrade(hr, delta, 3, "direct"), hr[::3, ::3])
+    # x3 of 10 columns: the release keeps round(linspace(0, 7, 4)) = 0, 2, 5, 7; the regular grid 0, 3, 6, 9.
+    np.testing.assert_array_equal(degrade(hr, delta, 3, "direct"), hr[::3][:, [0, 2, 5, 7]])
+    np.testing.assert_array_equal(degrade(hr, delta, 3, "direct", grid="regular"), hr[::3, ::3])
 
 
 def test_direct_matches_scipy_reflect():

@@ -82,3 +82,15 @@ def test_torch_batched_and_differentiable():
         np.testing.assert_allclose(y[n].detach().permute(1, 2, 0).numpy(), imresize(x[n].detach().permute(1, 2, 0).numpy(), 2), atol=1e-12)
     y.sum().backward()
     assert x.grad is not None and torch.isfinite(x.grad).all()
+
+
+def test_scale_with_a_size_keeps_the_scale_and_cuts_to_the_size():
+    """son -> father of a 25 x 23 father: x2 of the 13 x 12 son, cut to 25 x 23 (as the release and ZSSR)."""
+    rng = np.random.default_rng(5)
+    son = rng.random((13, 12, 3))
+    cut = imresize(son, 2.0, output_shape=(25, 23))
+    np.testing.assert_array_equal(cut, imresize(son, 2.0)[:25, :23])
+    ratio = imresize(son, output_shape=(25, 23))  # a size alone: scale 25/13 x 23/12
+    assert np.abs(ratio - cut).max() > 0.05
+    t = imresize_torch(torch.from_numpy(son.transpose(2, 0, 1)).unsqueeze(0), 2.0, output_shape=(25, 23))
+    np.testing.assert_allclose(t[0].permute(1, 2, 0).numpy(), cut, atol=1e-12)
