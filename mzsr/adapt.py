@@ -1,8 +1,11 @@
 """Zero-shot adaptation of one image: MZSR's meta-test (MZSR.md, stage 3).
 
-father = the LR test image; son = father degraded once more with the given kernel and method.
+father = the LR test image; son = father degraded once more with the given kernel and method
+(plus optional Gaussian noise, the release's `noise_level`), clipped to [0, 1] as the release does.
 n plain SGD steps on L1(f(bicubic_up(son)), father) over the whole image, then the output is
-f(bicubic_up(LR)) at the HR size. The model is re-initialised from the given weights per image.
+f(bicubic_up(LR)) at the HR size. Every upscale to a target size keeps the scale exact and cuts the
+result to the size (the release's and ZSSR's imresize with both). The model is re-initialised
+from the given weights per image.
 """
 from __future__ import annotations
 
@@ -14,19 +17,23 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from .degrade import degrade_torch
+from . import MZSRError
+from .degrade import blur_torch, degrade_torch, direct_indices
 from .resize import imresize_torch
 from .training import setup_device
 
-# Learning rate per step, as (first step it applies to, lr), for the released models.
+# Learning rate per step, as (first step it applies to, lr): the authors' test.py per released model.
 LR_SCHEDULES: dict[str, tuple[tuple[int, float], ...]] = {
-    # The authors' "Direct x2" model: 0.02 at step 0, 0.01 for steps 1-3, 0.005 after.
-    "direct_x2": ((0, 0.02), (1, 0.01), (4, 0.005)),
-    # Same schedule as released for the bicubic model; kept separate so it can diverge.
-    "bicubic_x2": ((0, 0.02), (1, 0.01), (4, 0.005)),
+    "direct_x2": ((0, 0.02), (1, 0.01), (4, 0.005)),  # Direct x2: 0.02, 0.01 for steps 1-3, then 0.005
+    "bicubic_x2": ((0, 0.01), (3, 0.001)),  # Bicubic x2: 0.01 for steps 0-2, then 0.001
+    "direct_x4": ((0, 0.01), (1, 0.005), (5, 0.001)),  # Direct x4: 0.01, 0.005 for steps 1-4, then 0.001
+    "multiscale": ((0, 0.01), (3, 0.005)),  # Multi-scale: 0.01 for steps 0-2, then 0.005
     # The inner-loop lr of meta-training: what the meta-learned init was optimised for.
     "constant_0.01": ((0, 0.01),),
 }
+# The schedule that comes with weights of a given (subsampling, scale), as released.
+RELEASED_SCHEDULES = {("direct", 2): "direct_x2", ("bicubic", 2): "bicubic_x2", ("direct", 4): "direct_x4"}
+AUTO = "auto"
 
 
 def learning_rate(schedule: str, step: int) -> float:
@@ -38,6 +45,28 @@ def learning_rate(schedule: str, step: int) -> float:
         if step >= start:
             lr = value
     return lr
+
+
+def resolve_schedule(schedule: str, subsampling: str, scale: int) -> str:
+    """A named schedule as it is; "auto": the released schedule of weights for (subsampling, scale)."""
+    if schedule != AUTO:
+        if schedule not in LR_SCHEDULES:
+            raise MZSRError(f"unknown lr schedule {schedule!r}; known: auto, {', '.join(LR_SCHEDULES)}")
+        return schedule
+    if (subsampling, scale) not in RELEASED_SCHEDULES:
+        raise MZSRError(
+            f"no released adaptation schedule for {subsampling}-subsampling x{scale} weights; name one"
+            f" ({', '.join(LR_SCHEDULES)})"
+        )
+    return RELEASED_SCHEDULES[(subsampling, scale)]
+
+
+def weights_subsampling(metadata: dict, fallback: str) -> str:
+    """The subsampling meta-trained weights were trained for (their metadata), else `fallback`
+    (the test degradation's): pre-trained weights know only plain bicubic downscaling."""
+    if metadata.get("source") == "meta" and metadata.get("degradation") in ("direct", "bicubic"):
+        return str(metadata["degradation"])
+    return fallback
 
 
 def pick_device(requested: str | None = None) -> torch.device:
@@ -78,7 +107,8 @@ DEFAULT_TILE = 512
 # LR pixels trained on at once; above it each adaptation step uses a random crop of this area.
 DEFAULT_MAX_ADAPT_PIXELS = 512 * 512
 
-# Paper: plain output, as in the published tables. Best: 8-way self-ensemble and back-projection.
+# Paper: plain output, as in the published tables. Best: self-ensemble over the flips/rotations that
+# are valid for the kernel, and back-projection.
 PRESETS = {
     "paper": {"self_ensemble": False, "back_projection": 0},
     "best": {"self_ensemble": True, "back_projection": 10},
@@ -86,14 +116,14 @@ PRESETS = {
 
 
 @torch.no_grad()
-def upscale(model: torch.nn.Module, lr: torch.Tensor, scale: int, tile: int | None = DEFAULT_TILE) -> torch.Tensor:
-    """f(bicubic_up(LR)) at the HR size (ceil(H * scale), ceil(W * scale)).
+def upscale(model: torch.nn.Module, lr: torch.Tensor, scale: int, tile: int | None = DEFAULT_TILE, output_shape=None) -> torch.Tensor:
+    """f(bicubic_up(LR)) at the HR size: `output_shape`, else (ceil(H * scale), ceil(W * scale)).
 
     Large images are processed in tiles of `tile` x `tile` HR pixels with a margin of the network's
     receptive field, so the result equals whole-image inference up to float rounding while memory
     stays bounded by the tile size.
     """
-    x = imresize_torch(lr, float(scale))
+    x = imresize_torch(lr, float(scale), output_shape)
     h, w = x.shape[-2:]
     if tile is None or h * w <= tile * tile:
         return model(x)
@@ -119,6 +149,16 @@ def _training_pair(son_up: torch.Tensor, father: torch.Tensor, max_pixels: int |
     return son_up[..., y : y + ch, x : x + cw], father[..., y : y + ch, x : x + cw]
 
 
+def make_son(father: torch.Tensor, kernel: torch.Tensor | None, scale: int, method: str, grid: str = "release",
+             noise_level: float = 0.0, generator: torch.Generator | None = None) -> torch.Tensor:
+    """The release's son: father degraded once more, plus N(0, noise_level^2) noise, clipped to [0, 1]."""
+    son = degrade_torch(father, kernel, scale, method, grid)
+    if noise_level > 0:
+        noise = torch.randn(son.shape, generator=generator, dtype=son.dtype, device="cpu").to(son.device)
+        son = son + noise_level * noise
+    return son.clamp(0.0, 1.0)
+
+
 def adapt(
     model: torch.nn.Module,
     lr_image: np.ndarray,
@@ -132,23 +172,32 @@ def adapt(
     tile: int | None = DEFAULT_TILE,
     max_adapt_pixels: int | None = DEFAULT_MAX_ADAPT_PIXELS,
     seed: int = 0,
+    grid: str = "release",
+    noise_level: float = 0.0,
+    output_shape: tuple[int, int] | None = None,
 ) -> list[AdaptationOutput]:
     """Adapt a copy of `model` to one LR image and return the SR output after each step count.
 
     `lr_image` is HxWx3 float in [0, 1]; `kernel` the image's blur kernel (None = plain bicubic).
+    `schedule` names the lr schedule ("auto": the released one for `method` and `scale`); `grid` the
+    direct-subsampling grid of the son; `output_shape` the HR size (default ceil(LR size * scale)).
     Time for each entry counts adaptation up to that step plus its own inference (synchronised on
     GPUs); `step_seconds` of each entry lists the time of every adaptation step so far.
     """
     if preset not in PRESETS:
         raise ValueError(f"unknown preset {preset!r}; use one of {', '.join(PRESETS)}")
+    if noise_level < 0:
+        raise ValueError(f"noise_level must be >= 0, got {noise_level}")
+    if any(int(n) > 0 for n in step_counts):  # zero steps need no schedule (e.g. a pre-trained model as it is)
+        schedule = resolve_schedule(schedule, method, scale)
     options = PRESETS[preset]
     device = pick_device(device) if not isinstance(device, torch.device) else device
     net = copy.deepcopy(model).to(device).train()
     father = to_tensor(lr_image, device)
     k = None if kernel is None else torch.as_tensor(kernel, dtype=torch.float32, device=device)
     with torch.no_grad():
-        son = degrade_torch(father, k, scale, method)
-        son_up = imresize_torch(son, output_shape=father.shape[-2:])
+        son = make_son(father, k, scale, method, grid, noise_level, torch.Generator().manual_seed(seed))
+        son_up = imresize_torch(son, float(scale), output_shape=father.shape[-2:])
     wanted = sorted(set(int(n) for n in step_counts))
     if wanted and wanted[0] < 0:
         raise ValueError("step counts must be >= 0")
@@ -171,11 +220,11 @@ def adapt(
         start = time.perf_counter()
         net.eval()
         if options["self_ensemble"]:
-            sr = self_ensemble(net, father, scale, tile)
+            sr = self_ensemble(net, father, scale, kernel, method, tile, output_shape)
         else:
-            sr = upscale(net, father, scale, tile)
+            sr = upscale(net, father, scale, tile, output_shape)
         if options["back_projection"]:
-            sr = back_project(sr, father, k, scale, method, options["back_projection"])
+            sr = back_project(sr, father, k, scale, method, options["back_projection"], grid)
         net.train()
         sr_img = to_uint8_image(sr)
         _sync(device)
@@ -184,29 +233,128 @@ def adapt(
     return outputs
 
 
+# ------------------------------------------------------------------------------------ self-ensemble
+# The 8 flips/rotations as (transpose, flip rows, flip columns), applied in that order.
+TRANSFORMS = tuple((t, fr, fc) for t in (False, True) for fr in (False, True) for fc in (False, True))
+
+
+def apply_transform(x, transform):
+    """One of TRANSFORMS on the last two axes of a tensor or numpy array."""
+    transpose, flip_rows, flip_cols = transform
+    flip = torch.flip if isinstance(x, torch.Tensor) else np.flip
+    if transpose:
+        x = x.transpose(-1, -2) if isinstance(x, torch.Tensor) else np.swapaxes(x, -1, -2)
+    if flip_rows:
+        x = flip(x, (-2,)) if isinstance(x, torch.Tensor) else flip(x, -2)
+    if flip_cols:
+        x = flip(x, (-1,)) if isinstance(x, torch.Tensor) else flip(x, -1)
+    return x
+
+
+def invert_transform(x, transform):
+    transpose, flip_rows, flip_cols = transform
+    x = apply_transform(x, (False, flip_rows, flip_cols))  # flips are their own inverses
+    return apply_transform(x, (transpose, False, False))
+
+
 def _geometric(x: torch.Tensor, k: int) -> torch.Tensor:
-    """The k-th of the 8 flips/rotations of (N, C, H, W)."""
-    x = torch.rot90(x, k % 4, dims=(-2, -1))
-    return torch.flip(x, dims=(-1,)) if k >= 4 else x
+    """The k-th of the 8 flips/rotations of (N, C, H, W) (augmentation, where alignment does not matter)."""
+    return apply_transform(x, TRANSFORMS[k])
 
 
-def _geometric_inverse(x: torch.Tensor, k: int) -> torch.Tensor:
-    if k >= 4:
-        x = torch.flip(x, dims=(-1,))
-    return torch.rot90(x, -(k % 4), dims=(-2, -1))
+def valid_transforms(kernel: np.ndarray | None, method: str, scale: int) -> list[tuple[tuple[bool, bool, bool], tuple[int, int]]]:
+    """The flips/rotations under which the degradation keeps its form, each with its sampling phase.
+
+    Transforming an LR image made with kernel k transforms k with it, so only transforms that leave k
+    unchanged give the model an input of the degradation it was adapted to (an odd-sized kernel,
+    centred; an even-sized one has no centre pixel and keeps only the identity). Direct subsampling
+    keeps HR rows 0, s, 2s, ...: in a reversed axis those rows become s-1, 2s-1, ..., so the model's
+    output there lies s-1 HR pixels off and is shifted back (bicubic subsampling is centred: no
+    shift). Returns [(transform, (row phase, column phase))].
+    """
+    out = []
+    for transform in TRANSFORMS:
+        if kernel is not None:
+            k = np.asarray(kernel, dtype=np.float64)
+            odd = k.shape[0] % 2 == 1 and k.shape[1] % 2 == 1
+            moved = apply_transform(k, transform)
+            if transform != TRANSFORMS[0] and (not odd or moved.shape != k.shape or not np.allclose(moved, k, rtol=0, atol=1e-6 * k.max())):
+                continue
+        phase = scale - 1 if (kernel is not None and method == "direct") else 0
+        out.append((transform, (phase * transform[1], phase * transform[2])))
+    return out
+
+
+def _shift_back(x: torch.Tensor, phase: tuple[int, int]) -> torch.Tensor:
+    """x[i] <- x[i - p] along rows and columns, the first p lines repeated (content moves by +p)."""
+    for dim, p in ((-2, phase[0]), (-1, phase[1])):
+        if p:
+            n = x.shape[dim]
+            idx = torch.clamp(torch.arange(n, device=x.device) - p, min=0)
+            x = x.index_select(dim, idx)
+    return x
 
 
 @torch.no_grad()
-def self_ensemble(model: torch.nn.Module, lr: torch.Tensor, scale: int, tile: int | None = DEFAULT_TILE) -> torch.Tensor:
-    """Median over the 8 flips/rotations of the LR input, each mapped back (ZSSR's final test)."""
-    outs = [_geometric_inverse(upscale(model, _geometric(lr, k), scale, tile), k) for k in range(8)]
+def geometric_ensemble(sr_fn, lr: torch.Tensor, scale: int, kernel: np.ndarray | None, method: str, output_shape=None) -> torch.Tensor:
+    """Median over the valid flips/rotations (`valid_transforms`) of sr_fn(T(LR)), each shifted back
+    by its sampling phase and transformed back; `sr_fn(lr, output_shape)` maps LR to HR."""
+    hr_shape = tuple(output_shape) if output_shape is not None else tuple(-(-n * scale // 1) for n in lr.shape[-2:])
+    outs = []
+    for transform, phase in valid_transforms(kernel, method, scale):
+        shape = hr_shape[::-1] if transform[0] else hr_shape
+        out = _shift_back(sr_fn(apply_transform(lr, transform), shape), phase)
+        outs.append(invert_transform(out, transform))
     return torch.stack(outs).median(dim=0).values
 
 
 @torch.no_grad()
-def back_project(sr: torch.Tensor, lr: torch.Tensor, kernel: torch.Tensor | None, scale: int, method: str, iterations: int = 10) -> torch.Tensor:
-    """Iterative back-projection: push D(SR) towards the LR image, error upscaled with bicubic."""
+def self_ensemble(model: torch.nn.Module, lr: torch.Tensor, scale: int, kernel: np.ndarray | None = None, method: str = "direct",
+                  tile: int | None = DEFAULT_TILE, output_shape=None) -> torch.Tensor:
+    """ZSSR's final test (median over flips/rotations), restricted to the transforms valid for the kernel."""
+    if isinstance(kernel, torch.Tensor):
+        kernel = kernel.detach().cpu().numpy()
+    return geometric_ensemble(lambda x, shape: upscale(model, x, scale, tile, shape), lr, scale, kernel, method, output_shape)
+
+
+# ------------------------------------------------------------------------------------ back-projection
+def _lattice_gain(kernel: torch.Tensor, scale: int) -> float:
+    """Largest eigenvalue of D D^T for direct subsampling of a correlation with a non-negative kernel:
+    the kernel's autocorrelation summed over the offsets that are multiples of the scale."""
+    k = kernel.double()
+    auto = F.conv2d(k[None, None], k[None, None], padding=(k.shape[0] - 1, k.shape[1] - 1))[0, 0]
+    cy, cx = k.shape[0] - 1, k.shape[1] - 1
+    return float(auto[cy % scale :: scale, cx % scale :: scale].sum())
+
+
+def _direct_adjoint(error: torch.Tensor, kernel: torch.Tensor, scale: int, hr_shape, grid: str) -> torch.Tensor:
+    """D^T of direct subsampling: the LR error placed at its HR sampling positions, then convolved
+    with the kernel (the adjoint of correlating with it)."""
+    h, w = hr_shape
+    up = error.new_zeros(error.shape[:-2] + (h, w))
+    rows = torch.as_tensor(direct_indices(h, scale, grid), device=error.device)
+    cols = torch.as_tensor(direct_indices(w, scale, grid), device=error.device)
+    up[..., rows[:, None], cols] = error
+    return blur_torch(up, torch.flip(kernel, (0, 1)))
+
+
+@torch.no_grad()
+def back_project(sr: torch.Tensor, lr: torch.Tensor, kernel: torch.Tensor | None, scale: int, method: str,
+                 iterations: int = 10, grid: str = "release") -> torch.Tensor:
+    """Iterative back-projection: push D(SR) towards the LR image, clipping to [0, 1] each round.
+
+    Bicubic subsampling (and plain bicubic): the release's and ZSSR's rule, the error bicubic-upscaled.
+    Direct subsampling: bicubic upscaling would put the error half an LR pixel away from the HR rows
+    0, s, 2s, ... it came from, so the error goes back through the adjoint of D with the step
+    1 / ||D D^T|| (Landweber), aligned by construction.
+    """
+    if kernel is not None and method == "direct":
+        step = 1.0 / _lattice_gain(kernel, scale)
+        for _ in range(iterations):
+            error = lr - degrade_torch(sr, kernel, scale, method, grid)
+            sr = (sr + step * _direct_adjoint(error, kernel.to(sr.dtype), scale, sr.shape[-2:], grid)).clamp(0.0, 1.0)
+        return sr
     for _ in range(iterations):
-        error = lr - degrade_torch(sr, kernel, scale, method)
-        sr = sr + imresize_torch(error, output_shape=sr.shape[-2:])
+        error = lr - degrade_torch(sr, kernel, scale, method, grid)
+        sr = (sr + imresize_torch(error, float(scale), output_shape=sr.shape[-2:])).clamp(0.0, 1.0)
     return sr

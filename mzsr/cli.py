@@ -10,6 +10,8 @@ import numpy as np
 from tqdm import tqdm
 
 from . import MZSRError, __version__, error_line
+from .adapt import LR_SCHEDULES
+from .degrade import GRIDS
 
 
 def _add_common(p: argparse.ArgumentParser) -> None:
@@ -55,9 +57,17 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--weights", type=Path, help="weights file (.safetensors) for --method mzsr")
     _kernel_args(p, required=False)
     p.add_argument("--steps", type=int, default=10, help="adaptation steps (0 = none; default 10)")
-    p.add_argument("--schedule", default="direct_x2", help="adaptation lr schedule (default direct_x2)")
+    p.add_argument("--schedule", default="auto", choices=("auto", *LR_SCHEDULES),
+                   help="adaptation lr schedule; auto (default): the released one for the weights' subsampling"
+                   " and scale (direct_x2, bicubic_x2, direct_x4)")
+    p.add_argument("--grid", choices=GRIDS, default="release",
+                   help="rows/columns that direct subsampling of the son keeps when the scale does not divide"
+                   " the size: release (round(linspace(0, n - s, ceil(n / s))), default) or regular (0, s, 2s, ...)")
+    p.add_argument("--noise-level", type=float, default=0.0,
+                   help="std of Gaussian noise added to the son (the release's noise_level, for real photos; default 0)")
     p.add_argument("--preset", choices=("paper", "best"), default="paper",
-                   help="paper: as published; best: add 8-way self-ensemble and back-projection")
+                   help="paper: as published; best: add a self-ensemble over the flips/rotations the kernel allows,"
+                   " and back-projection")
     p.add_argument("--zssr-iterations", type=int, default=3000, help="iteration cap for --method zssr")
     p.add_argument("--device", default="auto", help="cpu, cuda, cuda:1 ... (default: cuda when present)")
     _add_common(p)
@@ -133,7 +143,7 @@ def _checked_inputs(args, paths: list[Path], hr: bool) -> list[tuple[Path, np.nd
 
 
 def cmd_upscale(args) -> int:
-    from .adapt import PRESETS, adapt, pick_device
+    from .adapt import PRESETS, adapt, pick_device, resolve_schedule, weights_subsampling
     from .images import list_images, read_image, write_png
     from .resize import imresize
 
@@ -142,6 +152,8 @@ def cmd_upscale(args) -> int:
         args.kernel = None  # bicubic upscaling ignores the degradation
     if args.steps < 0:
         raise MZSRError(f"--steps must be >= 0, got {args.steps}")
+    if not args.noise_level >= 0:
+        raise MZSRError(f"--noise-level must be >= 0, got {args.noise_level}")
     device = pick_device(args.device)
     if args.method == "mzsr":
         if args.weights is None:
@@ -150,7 +162,7 @@ def cmd_upscale(args) -> int:
             raise MZSRError("adaptation (--steps > 0) needs the degradation: give --kernel")
         from .checkpoints import load_model
 
-        model, _ = load_model(args.weights, expected_scale=args.scale)
+        model, weights_meta = load_model(args.weights, expected_scale=args.scale)
     if args.method == "zssr" and args.kernel is None:
         raise MZSRError("--method zssr needs the degradation: give --kernel")
     jobs = _checked_inputs(args, images, hr=False)
@@ -165,7 +177,11 @@ def cmd_upscale(args) -> int:
             cfg = {"iterations": args.zssr_iterations, **PRESETS[args.preset]}
             result = zssr(lr, kernel, args.scale, method, cfg, device)
         else:
-            (result,) = adapt(model, lr, kernel, args.scale, method, (args.steps,), args.schedule, device, args.preset)
+            schedule = args.schedule
+            if args.steps > 0:  # the weights decide the schedule: their subsampling, else the kernel's
+                schedule = resolve_schedule(args.schedule, weights_subsampling(weights_meta, method), args.scale)
+            (result,) = adapt(model, lr, kernel, args.scale, method, (args.steps,), schedule, device, args.preset,
+                              grid=args.grid, noise_level=args.noise_level)
         write_png(_out_path(args.out, path), result.sr)
     return 0
 

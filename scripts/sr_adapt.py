@@ -5,7 +5,7 @@ sys.stderr = open(snakemake.log[0], "w", buffering=1)
 # step n goes to output.sr[i] for the i-th smallest n), or the pre-trained model as it is (0 steps).
 import _util
 
-from mzsr.adapt import adapt
+from mzsr.adapt import adapt, resolve_schedule, weights_subsampling
 from mzsr.checkpoints import load_model
 from mzsr.images import read_image, read_image_uint8, write_png
 from mzsr.kernels import resolve_degradation
@@ -15,19 +15,28 @@ device = _util.torch_setup(snakemake)
 scale = int(snakemake.params.scale)
 cfg = snakemake.params.adapt
 deg = resolve_degradation(snakemake.params.degradation)
-model, _ = load_model(snakemake.input.weights, expected_scale=scale, device=device)
+model, weights_meta = load_model(snakemake.input.weights, expected_scale=scale, device=device)
+gt = modcrop(read_image_uint8(snakemake.input.gt), scale)
+steps = sorted(cfg["steps"])
+schedule = cfg.get("schedule", "auto")
+if max(steps) > 0:  # each degradation adapts with its model's schedule (the weights' subsampling)
+    schedule = resolve_schedule(schedule, weights_subsampling(weights_meta, deg.method), scale)
+    print(f"schedule {schedule}, grid {cfg.get('grid', 'release')}, preset {cfg.get('preset', 'paper')}", file=sys.stderr)
 outputs = adapt(
     model,
     read_image(snakemake.input.lr),
     deg.kernel,
     scale,
     deg.method,
-    step_counts=sorted(cfg["steps"]),
-    schedule=cfg.get("schedule", "direct_x2"),
+    step_counts=steps,
+    schedule=schedule,
     device=device,
+    preset=cfg.get("preset", "paper"),
+    grid=cfg.get("grid", "release"),
+    noise_level=float(cfg.get("noise_level", 0.0)),
+    output_shape=gt.shape[:2],  # the mod-cropped ground truth's size, as the release's test.py
 )
 paths = [snakemake.output.sr] if isinstance(snakemake.output.sr, str) else list(snakemake.output.sr)
 for out, path in zip(outputs, paths, strict=True):
     write_png(path, out.sr)
-gt = modcrop(read_image_uint8(snakemake.input.gt), scale)
 _util.write_rows(snakemake, snakemake.params.method, [(o.steps, o.sr, o.seconds) for o in outputs], gt)

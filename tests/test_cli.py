@@ -103,6 +103,8 @@ def test_scale_4_needs_x4_weights(tmp_path, hr_dir):
     save_weights(w4, MZSRNet().state_dict(), {"scale": 4, "degradation": "bicubic", "step": 0})
     out = tmp_path / "sr4"
     assert main(["upscale", str(lr_dir), "--out", str(out), "--weights", str(w2), "--steps", "0", "--scale", "4"]) == 1
-    assert main(["upscale", str(lr_dir), "--out", str(out), "--weights", str(w4), "--kernel", "bicubic",
-                 "--steps", "1", "--scale", "4", "--device", "cpu"]) == 0
+    x4_bicubic = ["upscale", str(lr_dir), "--out", str(out), "--weights", str(w4), "--kernel", "bicubic",
+                  "--steps", "1", "--scale", "4", "--device", "cpu"]
+    assert main(x4_bicubic) == 1  # no released schedule for bicubic x4: the user must name one
+    assert main(x4_bicubic + ["--schedule", "constant_0.01"]) == 0
     assert read_image_uint8(out / "b.png").shape == (48, 52, 3)
