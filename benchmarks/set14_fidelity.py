@@ -35,7 +35,9 @@ def main() -> None:
     ap.add_argument("--images", nargs="*", help="image stems to use (default: all 14)")
     ap.add_argument("--degradations", nargs="+", default=["g2.0", "ani", "gb1.3"])
     ap.add_argument("--steps", nargs="+", type=int, default=[0, 1, 10])
-    ap.add_argument("--schedule", default="auto", help="auto: the weights' released schedule")
+    ap.add_argument("--schedule", default="auto",
+                    help="auto: the schedule released for the degradation's model (bicubic_x2 for gb1.3, as the"
+                    " pipeline's Bicubic model); 'weights': the one of these weights' own subsampling")
     ap.add_argument("--grid", default="release", help="direct subsampling grid of the son: release or regular")
     ap.add_argument("--preset", default="paper")
     ap.add_argument("--threads", type=int, default=2)
@@ -57,7 +59,12 @@ def main() -> None:
         for path in paths:
             hr = modcrop(read_image_uint8(path), 2)
             lr = to_uint8(degrade(hr / 255.0, deg.kernel, 2, deg.method)) / 255.0
-            outs = adapt(model, lr, deg.kernel, 2, deg.method, args.steps, args.schedule, "cpu", args.preset, **options)
+            schedule = args.schedule
+            if schedule == "weights":
+                from mzsr.adapt import resolve_schedule, weights_subsampling
+
+                schedule = resolve_schedule("auto", weights_subsampling(meta, deg.method), 2)
+            outs = adapt(model, lr, deg.kernel, 2, deg.method, args.steps, schedule, "cpu", args.preset, **options)
             for out in outs:
                 rows.append({"degradation": name, "image": path.stem, "steps": out.steps, "lr_size": list(lr.shape[:2]),
                              "psnr": psnr(out.sr, hr, 2), "ssim": ssim(out.sr, hr, 2)})

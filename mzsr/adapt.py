@@ -203,7 +203,7 @@ def adapt(
         raise ValueError("step counts must be >= 0")
     rng = np.random.default_rng(seed)
     outputs: list[AdaptationOutput] = []
-    optimizer = torch.optim.SGD(net.parameters(), lr=learning_rate(schedule, 0))
+    optimizer = torch.optim.SGD(net.parameters(), lr=0.0)  # each step sets its own lr
     step_seconds: list[float] = []
     for target in wanted:
         while len(step_seconds) < target:

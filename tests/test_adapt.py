@@ -265,3 +265,13 @@ def test_best_preset_differs_and_is_sane():
     assert psnr(best.sr, hr_u8, 2) > psnr(paper.sr, hr_u8, 2) - 0.5
     with pytest.raises(ValueError, match="preset"):
         adapt(model, lr, deg.kernel, 2, "direct", (0,), device="cpu", preset="fast")
+
+
+def test_zero_steps_need_no_schedule():
+    """A pre-trained model as it is (the pipeline's sr_pretrained) adapts nothing, so no schedule is
+    looked up, even for a scale without a released one."""
+    lr = smooth_image(10, 10)
+    (out,) = adapt(MZSRNet(), lr, None, 3, "bicubic", (0,), "auto", "cpu")
+    assert out.sr.shape == (30, 30, 3) and out.steps == 0
+    with pytest.raises(MZSRError, match="no released adaptation schedule"):
+        adapt(MZSRNet(), lr, None, 3, "bicubic", (0, 1), "auto", "cpu")
