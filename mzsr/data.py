@@ -1,10 +1,13 @@
-"""HDF5 patch store and meta-learning task shards (write and read), and the training loaders.
+"""HDF5 patch stores and meta-learning task shards (write and read), and the training loaders.
 
 Patch store: dataset `patches` (N, P, P, 3) uint8, one chunk per patch so that random access
-decompresses only what a batch needs; `source` (N,) int32 image index; provenance as attributes.
-Task shard: for T tasks, `kernels` (T, k, k), `hr` (T, S+Q, p, p, 3) uint8, `lr` (T, S+Q, p/s, p/s, 3)
-float32 synthesized with the task's kernel, `support` / `query` (T, S) / (T, Q) row indices into
-the task's patches, `patch_index` (T, S+Q) rows of the patch store they came from.
+decompresses only what a batch needs; `source` (N,) int32 image index; `mode` (N,) uint8 flip/rotation
+of the patch (0-7, see `dihedral`); provenance as attributes. As the authors' generators do, flat
+patches can be dropped and every patch stored in all 8 flips/rotations.
+Task shard: the specifications of T tasks, nothing synthesised: `kernel_params` (T, 3) float32
+(l1, l2, theta of the task's Gaussian training kernel) and `patches` (T, S+Q) int32 rows of the
+patch store, D_tr first. The LR inputs are made from them on the training device at batch time
+(mzsr.meta.make_batch): about 76 B a task, 38 MB for the release's 100K x 5 = 500K tasks.
 """
 from __future__ import annotations
 
@@ -16,10 +19,32 @@ import numpy as np
 import torch
 
 from . import MZSRError
-from .degrade import degrade
 from .images import read_image_uint8
 from .io import atomic_path
-from .kernels import sample_training_kernel
+from .kernels import gaussian_kernels_torch, sample_training_params
+
+FLAT_THRESHOLD = -6.0  # the authors' generators keep a patch when log(gradient energy + 1e-10) >= -6
+
+
+def gradient_energy(patches: np.ndarray) -> np.ndarray:
+    """Mean over the [:-1, :-1] region and channels of the squared row and column differences of
+    uint8 patches (..., P, P, C) taken to [0, 1]: the authors' `gradients()`."""
+    x = patches.astype(np.float64) / 255.0
+    corner = x[..., :-1, :-1, :]
+    energy = (corner - x[..., 1:, :-1, :]) ** 2 + (corner - x[..., :-1, 1:, :]) ** 2
+    return energy.mean(axis=(-3, -2, -1))
+
+
+def is_flat(patches: np.ndarray, threshold: float = FLAT_THRESHOLD) -> np.ndarray:
+    """True for the patches the authors' generators drop: log(gradient energy + 1e-10) < threshold."""
+    return np.log(gradient_energy(patches) + 1e-10) < threshold
+
+
+def dihedral(x: np.ndarray, mode: int) -> np.ndarray:
+    """Flip/rotation `mode` (0-7) of (..., H, W, C) arrays, numbered as the release's augmentation():
+    `mode // 2` quarter turns (np.rot90), then an up-down flip when `mode` is odd."""
+    y = np.rot90(x, mode // 2, axes=(-3, -2))
+    return y[..., ::-1, :, :] if mode % 2 else y
 
 
 def grid_patches(img: np.ndarray, patch_size: int, stride: int) -> np.ndarray:
@@ -40,15 +65,21 @@ def write_patch_store(
     max_per_image: int | None,
     seed: int,
     provenance: dict | None = None,
+    reject_flat: bool = False,
+    flat_threshold: float = FLAT_THRESHOLD,
+    store_augmented: bool = False,
 ) -> int:
     """Cut HR images into uint8 patches and store them in HDF5 atomically; returns the patch count.
 
-    Images smaller than a patch are skipped (and listed in the `skipped` attribute); when an image
-    gives more than `max_per_image` patches, a seeded random subset is kept.
+    Per image: the grid patches, less the flat ones (`reject_flat`, see `is_flat`); when more than
+    `max_per_image` remain, a seeded random subset; with `store_augmented`, each of them in all 8
+    flips/rotations (8 consecutive rows). Images smaller than a patch are skipped (and listed in the
+    `skipped` attribute); `grid_patches` and `flat_patches` count what the grid gave and what was dropped.
     """
     paths = [Path(p) for p in image_paths]
     if not paths:
         raise MZSRError(f"{out_path}: no training images given")
+    modes = np.arange(8 if store_augmented else 1, dtype=np.uint8)
     with atomic_path(out_path) as tmp, h5py.File(tmp, "w") as f:
         ds = f.create_dataset(
             "patches",
@@ -61,31 +92,48 @@ def write_patch_store(
         )
         sources: list[np.ndarray] = []
         skipped: list[str] = []
+        n_grid = n_flat = 0
         for i, path in enumerate(paths):
             patches = grid_patches(read_image_uint8(path), patch_size, stride)
             if len(patches) == 0:
                 skipped.append(path.name)
                 continue
+            n_grid += len(patches)
+            if reject_flat:
+                flat = is_flat(patches, flat_threshold)
+                n_flat += int(flat.sum())
+                patches = patches[~flat]
             if max_per_image and len(patches) > max_per_image:
                 keep = np.sort(np.random.default_rng([seed, i]).choice(len(patches), max_per_image, replace=False))
                 patches = patches[keep]
+            if len(patches) == 0:
+                continue
+            patches = np.stack([dihedral(patches, m) for m in modes], axis=1).reshape(-1, *patches.shape[1:])
             n0 = ds.shape[0]
             ds.resize(n0 + len(patches), axis=0)
             ds[n0:] = patches
             sources.append(np.full(len(patches), i, np.int32))
         if ds.shape[0] == 0:
-            raise MZSRError(f"{out_path}: no image is at least {patch_size}x{patch_size}; nothing to train on")
+            why = f"all {n_grid} patches are flat (threshold {flat_threshold})" if n_grid else \
+                f"no image is at least {patch_size}x{patch_size}"
+            raise MZSRError(f"{out_path}: {why}; nothing to train on")
+        count = ds.shape[0]
         f.create_dataset("source", data=np.concatenate(sources))
+        f.create_dataset("mode", data=np.tile(modes, count // len(modes)))
         f.attrs.update(
             patch_size=patch_size,
             stride=stride,
             max_per_image=max_per_image or 0,
             seed=seed,
+            reject_flat=reject_flat,
+            flat_threshold=flat_threshold,
+            store_augmented=store_augmented,
+            grid_patches=n_grid,
+            flat_patches=n_flat,
             images=json.dumps([str(p) for p in paths]),
             skipped=json.dumps(skipped),
             provenance=json.dumps(provenance or {}, sort_keys=True),
         )
-        count = ds.shape[0]
     return count
 
 
@@ -103,79 +151,77 @@ def write_task_shard(
     shard_index: int,
     tasks: int,
     scale: int,
-    method: str,
-    patch_size: int,
     n_support: int = 8,
     n_query: int = 8,
     seed: int = 0,
 ) -> None:
-    """Synthesize `tasks` meta-learning tasks (one training kernel each), reproducible per shard."""
-    rng = np.random.default_rng([seed, shard_index])
+    """Draw the specifications of `tasks` meta-learning tasks from rng(seed, shard_index).
+
+    Per task, as the release draws them: one training kernel (l1, l2, theta) and S + Q distinct
+    patches of the store. The shard records the store's size, so that a pool refuses another store.
+    """
     n = n_support + n_query
-    if patch_size % scale:
-        raise MZSRError(f"meta patch size {patch_size} is not a multiple of the scale {scale}")
     with open_store(patch_store) as f:
-        patches = f["patches"]
-        count, stored = patches.shape[0], patches.shape[1]
-        if stored < patch_size:
-            raise MZSRError(f"{patch_store}: patches are {stored}px, smaller than the meta patch size {patch_size}")
-        if count < n:
-            raise MZSRError(f"{patch_store}: {count} patches, a task needs {n}")
-        kernels, hrs, lrs, rows = [], [], [], []
-        for _ in range(tasks):
-            kernel = sample_training_kernel(rng, scale)
-            idx = np.sort(rng.choice(count, n, replace=False))
-            hr = patches[idx]
-            y, x = rng.integers(0, stored - patch_size + 1, size=2)
-            hr = hr[:, y : y + patch_size, x : x + patch_size]
-            lr = np.stack([degrade(p / 255.0, kernel, scale, method) for p in hr]).astype(np.float32)
-            kernels.append(kernel.astype(np.float32))
-            hrs.append(hr)
-            lrs.append(lr)
-            rows.append(idx)
-    order = np.stack([rng.permutation(n) for _ in range(tasks)])
+        count, patch_size = f["patches"].shape[:2]
+    if patch_size % scale:
+        raise MZSRError(f"{patch_store}: meta patch size {patch_size} is not a multiple of the scale {scale}")
+    if count < n:
+        raise MZSRError(f"{patch_store}: {count} patches, a task needs {n}")
+    rng = np.random.default_rng([seed, shard_index])
+    params = sample_training_params(rng, scale, tasks).astype(np.float32)
+    rows = np.array([rng.choice(count, n, replace=False) for _ in range(tasks)], dtype=np.int32).reshape(tasks, n)
     with atomic_path(out_path) as tmp, h5py.File(tmp, "w") as g:
-        g.create_dataset("kernels", data=np.stack(kernels))
-        g.create_dataset("hr", data=np.stack(hrs), compression="gzip", compression_opts=1)
-        g.create_dataset("lr", data=np.stack(lrs), compression="gzip", compression_opts=1)
-        g.create_dataset("support", data=order[:, :n_support].astype(np.int16))
-        g.create_dataset("query", data=order[:, n_support:].astype(np.int16))
-        g.create_dataset("patch_index", data=np.stack(rows).astype(np.int64))
-        g.attrs.update(scale=scale, method=method, seed=seed, shard_index=shard_index, patch_size=patch_size,
-                       patch_store=str(patch_store))
+        g.create_dataset("kernel_params", data=params)
+        g.create_dataset("patches", data=rows, compression="gzip", compression_opts=1)
+        g.attrs.update(scale=scale, seed=seed, shard_index=shard_index, n_support=n_support, n_query=n_query,
+                       patch_size=patch_size, store_patches=count, patch_store=str(patch_store))
 
 
 class TaskPool:
-    """All tasks of a set of shards in memory (they are small): support/query LR and HR as tensors."""
+    """The task specifications of a set of shards (in memory: they are small) and the patch store they
+    index, whose HR patches are read at batch time (~10 ms of CPU for a paper meta-batch of 80 patches,
+    so even a DIV2K store of ~1M augmented patches, 11 GB, need not fit in memory)."""
 
-    def __init__(self, shard_paths):
+    def __init__(self, shard_paths, patch_store):
         self.paths = [Path(p) for p in shard_paths]
         if not self.paths:
             raise MZSRError("meta-training needs at least one task shard")
-        lr_s, hr_s, lr_q, hr_q, meta = [], [], [], [], set()
+        params, rows, meta = [], [], set()
         for p in self.paths:
             with open_store(p) as g:
-                lr, hr = g["lr"][()], g["hr"][()]
-                sup, qry = g["support"][()].astype(np.int64), g["query"][()].astype(np.int64)
-                meta.add((int(g.attrs["scale"]), str(g.attrs["method"]), int(g.attrs["patch_size"])))
-            take = lambda a, i: np.take_along_axis(a, i.reshape(i.shape + (1,) * (a.ndim - 2)), axis=1)  # noqa: E731
-            lr_s.append(take(lr, sup)), lr_q.append(take(lr, qry))
-            hr_s.append(take(hr, sup)), hr_q.append(take(hr, qry))
+                params.append(g["kernel_params"][()])
+                rows.append(g["patches"][()])
+                a = g.attrs
+                meta.add((int(a["scale"]), int(a["n_support"]), int(a["n_query"]), int(a["patch_size"]), int(a["store_patches"])))
         if len(meta) != 1:
-            raise MZSRError(f"task shards disagree on (scale, method, patch size): {sorted(meta)}")
-        self.scale, self.method, self.patch_size = meta.pop()
-        to_t = lambda a: torch.from_numpy(np.concatenate(a)).permute(0, 1, 4, 2, 3).contiguous()  # noqa: E731
-        self.support_lr, self.query_lr = to_t(lr_s).float(), to_t(lr_q).float()  # (T, S, 3, h, w)
-        self.support_hr, self.query_hr = to_t(hr_s), to_t(hr_q)  # uint8 (T, S, 3, p, p)
+            raise MZSRError(f"task shards disagree on (scale, D_tr, D_te, patch size, store size): {sorted(meta)}")
+        self.scale, self.n_support, self.n_query, self.patch_size, store_patches = meta.pop()
+        self.kernel_params, self.rows = np.concatenate(params), np.concatenate(rows)
+        self._file = open_store(patch_store)
+        self.patches = self._file["patches"]
+        if self.patches.shape[:2] != (store_patches, self.patch_size):
+            raise MZSRError(f"{patch_store}: {self.patches.shape[0]} patches of {self.patches.shape[1]}px, but the task shards "
+                            f"were drawn from a store of {store_patches} of {self.patch_size}px; rerun the task shards")
 
     def __len__(self) -> int:
-        return self.support_lr.shape[0]
+        return len(self.rows)
+
+    def close(self) -> None:
+        self._file.close()
+
+    def read(self, rows: np.ndarray) -> np.ndarray:
+        """HR patches (len(rows), P, P, 3) uint8 of store rows, one read a row: one h5py fancy-indexing
+        read of 80 rows costs 7-11x more (benchmarks/bench_tasks.py)."""
+        return np.stack([self.patches[r] for r in np.asarray(rows).tolist()])
 
     def batch(self, task_ids, device):
-        """(support LR, support HR, query LR, query HR) for the given tasks, HR as float in [0, 1]."""
-        ids = torch.as_tensor(task_ids, dtype=torch.long)
-        f = lambda t: t[ids].to(device, non_blocking=True)  # noqa: E731
-        return (f(self.support_lr), f(self.support_hr).float() / 255.0, f(self.query_lr), f(self.query_hr).float() / 255.0)
+        """HR patches (T, S+Q, 3, P, P) in [0, 1] (D_tr first) and kernels (T, k, k) of the tasks, on `device`."""
+        ids = np.asarray(task_ids, dtype=np.int64)
+        rows = self.rows[ids]
+        hr = torch.from_numpy(self.read(rows.ravel())).to(device, non_blocking=True)
+        hr = hr.permute(0, 3, 1, 2).contiguous().float().div_(255.0).reshape(*rows.shape, 3, self.patch_size, self.patch_size)
+        kernels = gaussian_kernels_torch(torch.from_numpy(self.kernel_params[ids]).to(device)).float()
+        return hr, kernels
 
 
 class PatchDataset(torch.utils.data.Dataset):
@@ -199,21 +245,17 @@ class PatchDataset(torch.utils.data.Dataset):
         index, aug = item
         if self._file is None:
             self._file = h5py.File(self.path, "r")
-        patch = self._file["patches"][index]
-        if aug & 1:
-            patch = patch[:, ::-1]
-        if aug & 2:
-            patch = patch[::-1]
-        if aug & 4:
-            patch = patch.transpose(1, 0, 2)
+        patch = dihedral(self._file["patches"][index], aug)
         return torch.from_numpy(np.ascontiguousarray(patch)).permute(2, 0, 1)
 
 
 class StepBatchSampler(torch.utils.data.Sampler):
-    """Yields, for steps start..steps-1, a batch of (patch index, augmentation) drawn from rng(seed, step)."""
+    """Yields, for steps start..steps-1, a batch of (patch index, flip/rotation) drawn from rng(seed, step);
+    without `augment` (the release's pre-training) every patch comes as stored, mode 0."""
 
-    def __init__(self, length: int, batch_size: int, seed: int, start: int, steps: int):
+    def __init__(self, length: int, batch_size: int, seed: int, start: int, steps: int, augment: bool = False):
         self.length, self.batch_size, self.seed, self.start, self.steps = length, batch_size, seed, start, steps
+        self.augment = augment
 
     def __len__(self) -> int:
         return max(0, self.steps - self.start)
@@ -222,5 +264,5 @@ class StepBatchSampler(torch.utils.data.Sampler):
         for step in range(self.start, self.steps):
             rng = np.random.default_rng([self.seed, step])
             idx = rng.integers(0, self.length, self.batch_size)
-            aug = rng.integers(0, 8, self.batch_size)
+            aug = rng.integers(0, 8, self.batch_size) if self.augment else np.zeros(self.batch_size, np.int64)
             yield list(zip(idx.tolist(), aug.tolist()))

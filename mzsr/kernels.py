@@ -10,6 +10,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
+import torch
 
 from . import MZSRError
 
@@ -29,11 +30,34 @@ def gaussian_kernel(l1: float, l2: float, theta: float, size: int = TRAIN_KERNEL
     return k / k.sum()
 
 
-def sample_training_kernel(rng: np.random.Generator, scale: int, size: int = TRAIN_KERNEL_SIZE) -> np.ndarray:
-    """One task kernel of MZSR's training distribution: t ~ U[0, pi), l1 ~ U[1, 2.5 s], l2 ~ U[1, l1]."""
-    theta = rng.uniform(0.0, np.pi)
-    l1 = rng.uniform(1.0, 2.5 * scale)
+def gaussian_kernels_torch(params: torch.Tensor, size: int = TRAIN_KERNEL_SIZE) -> torch.Tensor:
+    """Batched twin of `gaussian_kernel` on any device: params (N, 3) = (l1, l2, theta) -> (N, size, size).
+
+    Computed in float64 (as the numpy one) so that the kernels agree to float32 precision and more.
+    """
+    l1, l2, theta = params.to(torch.float64).unbind(-1)
+    c, s = torch.cos(theta), torch.sin(theta)
+    # inverse covariance R diag(1/l1, 1/l2) R^T, written out per entry
+    a = (c * c / l1 + s * s / l2)[:, None, None]
+    b = (c * s * (1 / l1 - 1 / l2))[:, None, None]
+    d = (s * s / l1 + c * c / l2)[:, None, None]
+    r = torch.arange(size, dtype=torch.float64, device=params.device) - (size - 1) / 2.0
+    yy, xx = torch.meshgrid(r, r, indexing="ij")  # yy: row offset, xx: column offset
+    k = torch.exp(-0.5 * (a * xx * xx + 2 * b * xx * yy + d * yy * yy))
+    return k / k.sum(dim=(-2, -1), keepdim=True)
+
+
+def sample_training_params(rng: np.random.Generator, scale: int, n: int) -> np.ndarray:
+    """(n, 3) (l1, l2, theta) of MZSR's training distribution: t ~ U[0, pi), l1 ~ U[1, 2.5 s], l2 ~ U[1, l1]."""
+    theta = rng.uniform(0.0, np.pi, n)
+    l1 = rng.uniform(1.0, 2.5 * scale, n)
     l2 = rng.uniform(1.0, l1)
+    return np.stack([l1, l2, theta], axis=1)
+
+
+def sample_training_kernel(rng: np.random.Generator, scale: int, size: int = TRAIN_KERNEL_SIZE) -> np.ndarray:
+    """One task kernel of MZSR's training distribution (see `sample_training_params`)."""
+    l1, l2, theta = sample_training_params(rng, scale, 1)[0]
     return gaussian_kernel(l1, l2, theta, size)
 
 

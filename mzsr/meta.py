@@ -9,6 +9,10 @@ Per task: fast weights start at theta; for j = 1..J, one plain SGD step on L1 ov
 then the query loss L_j = L1 over D_te with the new fast weights. Meta loss = mean over tasks of
 sum_j w_j L_j; Adam on theta. Gradients flow through the inner steps (second order) unless
 `first_order` is set.
+
+Tasks: every iteration takes `meta_batch` tasks not used before (the release draws fresh ones each
+time); a task shard holds only its kernel parameters and patch-store rows, and `make_batch` reads the
+HR patches and synthesises the LR inputs on the training device.
 """
 from __future__ import annotations
 
@@ -20,8 +24,10 @@ import torch
 import torch.nn.functional as F
 from tqdm import tqdm
 
+from . import MZSRError
 from .checkpoints import load_weights, save_weights
 from .data import TaskPool
+from .degrade import degrade_torch
 from .model import MZSRNet
 from .resize import imresize_torch
 from .training import CsvLog, check_finite, latest_checkpoint, load_training_state, save_training_state, setup_device
@@ -42,6 +48,7 @@ META_DEFAULTS = {
     "validation_tasks": 10,
     "seed": 0,
     "scale": 2,
+    "method": "direct",  # subsampling of the tasks' LR: "direct" or "bicubic" (the paper's two models)
 }
 
 
@@ -126,16 +133,22 @@ def meta_loss(theta, batch, steps: int, inner_lr: float, weights, first_order: b
     return (w[:, None] * losses).sum(dim=0).mean()
 
 
-def upscale_inputs(lr: torch.Tensor, size: int) -> torch.Tensor:
-    """(T, B, 3, h, w) LR patches -> bicubic-upscaled (T, B, 3, size, size) network inputs."""
-    t, b = lr.shape[:2]
-    return imresize_torch(lr.flatten(0, 1), output_shape=(size, size)).reshape(t, b, 3, size, size)
+@torch.no_grad()
+def synthesise(hr: torch.Tensor, kernels: torch.Tensor, scale: int, method: str, n_support: int):
+    """(support_x, support_y, query_x, query_y) of tasks from their HR patches (T, S+Q, 3, P, P) and
+    kernels (T, k, k): LR = the task's degradation of each patch, input = its bicubic upscale to P
+    (as the release's dataGenerator), all on the patches' device."""
+    t, n = hr.shape[:2]
+    flat = hr.flatten(0, 1)
+    lr = degrade_torch(flat, kernels.repeat_interleave(n, dim=0), scale, method)
+    x = imresize_torch(lr, scale=scale, output_shape=flat.shape[-2:]).reshape(hr.shape)
+    return x[:, :n_support], hr[:, :n_support], x[:, n_support:], hr[:, n_support:]
 
 
-def make_batch(pool: TaskPool, task_ids, device):
-    s_lr, s_hr, q_lr, q_hr = pool.batch(task_ids, device)
-    size = s_hr.shape[-1]
-    return upscale_inputs(s_lr, size), s_hr, upscale_inputs(q_lr, size), q_hr
+def make_batch(pool: TaskPool, task_ids, device, method: str):
+    """One meta-batch of the given tasks, synthesised on `device`."""
+    hr, kernels = pool.batch(task_ids, device)
+    return synthesise(hr, kernels, pool.scale, method, pool.n_support)
 
 
 @torch.no_grad()
@@ -168,18 +181,25 @@ def split_pool(pool_size: int, validation_tasks: int, seed: int) -> tuple[np.nda
     return np.sort(order[:n_val]), np.sort(order[n_val:])
 
 
-def tasks_for_iteration(train_ids: np.ndarray, meta_batch: int, seed: int, iteration: int) -> np.ndarray:
-    """Task ids of one meta-batch: the pool is cycled in a per-epoch shuffled order (pure in iteration)."""
-    n = len(train_ids)
-    picks = []
-    for k in range(iteration * meta_batch, (iteration + 1) * meta_batch):
-        epoch, pos = divmod(k, n)
-        picks.append(train_ids[np.random.default_rng([seed, epoch]).permutation(n)[pos]])
-    return np.asarray(picks)
+def tasks_for_iteration(train_ids: np.ndarray, meta_batch: int, iteration: int) -> np.ndarray:
+    """Task ids of one meta-batch: fresh tasks for every iteration, as the release draws them (the
+    shards' tasks are independent draws, so taking them in order is a random order)."""
+    return train_ids[iteration * meta_batch : (iteration + 1) * meta_batch]
 
 
-def meta_train(init_weights, shard_paths, out_weights, cfg: dict, work_dir, log_csv, device=None, on_step=None) -> Path:
-    """Meta-transfer learning from `init_weights` (theta_T); resumes from work_dir/last.pt when present.
+def check_pool_size(pool_size: int, n_val: int, cfg: dict) -> None:
+    """A pool too small for one fresh task per (iteration, meta-batch slot) is an error, not a cycle."""
+    needed = cfg["iterations"] * cfg["meta_batch"]
+    if pool_size - n_val < needed:
+        raise MZSRError(f"the task shards hold {pool_size} tasks; with {n_val} held aside for validation that leaves "
+                        f"{pool_size - n_val}, fewer than the {needed} that {cfg['iterations']} iterations x meta-batch "
+                        f"{cfg['meta_batch']} use (raise tasks.count or leave it unset)")
+
+
+def meta_train(init_weights, shard_paths, patch_store, out_weights, cfg: dict, work_dir, log_csv, device=None,
+               on_step=None) -> Path:
+    """Meta-transfer learning from `init_weights` (theta_T) over the tasks of `shard_paths`, whose HR
+    patches are rows of `patch_store`; resumes from work_dir/last.pt when present.
 
     `on_step(step)` is called after every finished iteration (progress hooks, fault-injection tests).
     """
@@ -188,7 +208,9 @@ def meta_train(init_weights, shard_paths, out_weights, cfg: dict, work_dir, log_
     work_dir.mkdir(parents=True, exist_ok=True)
     device = setup_device(device)
     torch.manual_seed(cfg["seed"])
-    pool = TaskPool(shard_paths)
+    pool = TaskPool(shard_paths, patch_store)
+    if pool.scale != cfg["scale"]:
+        raise MZSRError(f"the task shards were drawn for x{pool.scale} kernels, meta-training is x{cfg['scale']}")
     model = MZSRNet().to(device)
     model.load_state_dict(load_weights(init_weights, expected_scale=cfg["scale"])[0])
     theta = list(model.parameters())
@@ -197,14 +219,13 @@ def meta_train(init_weights, shard_paths, out_weights, cfg: dict, work_dir, log_
     if (ckpt := latest_checkpoint(work_dir)) is not None:
         start = load_training_state(ckpt, model, optimizer)["step"]
     val_ids, train_ids = split_pool(len(pool), cfg["validation_tasks"], cfg["seed"])
-    if len(train_ids) < cfg["meta_batch"]:
-        raise ValueError(f"the task pool has {len(train_ids)} training tasks, fewer than a meta-batch of {cfg['meta_batch']}")
-    val_batch = make_batch(pool, val_ids, device) if len(val_ids) else None
+    check_pool_size(len(pool), len(val_ids), cfg)
+    val_batch = make_batch(pool, val_ids, device, cfg["method"]) if len(val_ids) else None
     log = CsvLog(log_csv, ["step", "loss", "psnr_0", "psnr_1", "psnr_5", "seconds"], resume_step=start)
     t0 = time.perf_counter()
     bar = tqdm(total=cfg["iterations"], initial=start, desc="meta-train", unit="it", disable=None)
     for it in range(start, cfg["iterations"]):
-        batch = make_batch(pool, tasks_for_iteration(train_ids, cfg["meta_batch"], cfg["seed"], it), device)
+        batch = make_batch(pool, tasks_for_iteration(train_ids, cfg["meta_batch"], it), device, cfg["method"])
         weights = query_loss_weights(cfg["loss_weights"], cfg["inner_steps"], it, cfg["anneal_steps"], cfg["final_weight_floor"])
         loss = meta_loss(theta, batch, cfg["inner_steps"], cfg["inner_lr"], weights, cfg["first_order"])
         check_finite(loss, it, work_dir)
@@ -225,6 +246,7 @@ def meta_train(init_weights, shard_paths, out_weights, cfg: dict, work_dir, log_
         if on_step is not None:
             on_step(step)
     bar.close()
-    meta = {"scale": cfg["scale"], "degradation": pool.method, "step": cfg["iterations"], "source": "meta", "config": cfg}
+    pool.close()
+    meta = {"scale": cfg["scale"], "degradation": cfg["method"], "step": cfg["iterations"], "source": "meta", "config": cfg}
     save_weights(out_weights, {k: v.detach().cpu() for k, v in model.state_dict().items()}, meta)
     return Path(out_weights)

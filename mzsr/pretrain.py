@@ -31,6 +31,7 @@ PRETRAIN_DEFAULTS = {
     "num_workers": 4,
     "amp": False,
     "scale": 2,
+    "augment": False,  # random flips/rotations; the release reads its patches as stored
 }
 
 
@@ -61,7 +62,7 @@ def pretrain(patch_store, out_weights, cfg: dict, work_dir, log_csv, device=None
         start = load_training_state(ckpt, model, optimizer)["step"]
     log = CsvLog(log_csv, ["step", "loss", "lr", "seconds"], resume_step=start)
     dataset = PatchDataset(patch_store)
-    sampler = StepBatchSampler(len(dataset), cfg["batch_size"], cfg["seed"], start, cfg["steps"])
+    sampler = StepBatchSampler(len(dataset), cfg["batch_size"], cfg["seed"], start, cfg["steps"], cfg["augment"])
     loader = torch.utils.data.DataLoader(
         dataset,
         batch_sampler=sampler,

@@ -1,8 +1,9 @@
 import sys
 
 sys.stderr = open(snakemake.log[0], "w", buffering=1)
-# Meta-transfer learning (theta_M) from theta_T over the task shards; resumes from the checkpoint
-# in params.work_dir, where the training log also lives until it is copied to output.log_csv.
+# Meta-transfer learning (theta_M) from theta_T over the task shards, whose HR patches are rows of the
+# meta patch store; resumes from the checkpoint in params.work_dir, where the training log also lives
+# until it is copied to output.log_csv.
 import shutil
 from pathlib import Path
 
@@ -15,6 +16,7 @@ work_dir = Path(snakemake.params.work_dir)
 meta_train(
     snakemake.input.weights,
     list(snakemake.input.shards),
+    snakemake.input.patches,
     snakemake.output.weights,
     dict(snakemake.params.meta),
     work_dir=work_dir,

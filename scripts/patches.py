@@ -6,18 +6,24 @@ from pathlib import Path
 
 import _util
 
-from mzsr.data import write_patch_store
+from mzsr.data import open_store, write_patch_store
 from mzsr.images import IMAGE_SUFFIXES
 
 cfg = snakemake.params.patches
 folder = Path(snakemake.input[0])
 images = sorted(p for p in folder.rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES and p.is_file())
-write_patch_store(
+count = write_patch_store(
     images,
     snakemake.output[0],
     patch_size=cfg["patch_size"],
     stride=cfg["stride"],
     max_per_image=cfg["max_per_image"],
     seed=cfg["seed"],
+    reject_flat=cfg["reject_flat"],
+    flat_threshold=cfg["flat_threshold"],
+    store_augmented=cfg["store_augmented"],
     provenance={"source": snakemake.config["data"]["train"]["source"], "kind": snakemake.wildcards.kind, **cfg},
 )
+with open_store(snakemake.output[0]) as f:
+    print(f"{count} patches stored; the grid gave {f.attrs['grid_patches']}, {f.attrs['flat_patches']} of them flat (dropped)",
+          file=sys.stderr)

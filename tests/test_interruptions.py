@@ -100,21 +100,21 @@ def test_patch_store_killed_while_writing(tmp_path):
 # ------------------------------------------------------------------------------------ task shards
 
 KILL_POINTS = {
-    # while synthesising: on the 6th LR patch (the 2nd of 3 tasks; each has 2 + 2 patches)
-    "synthesising tasks": "data.degrade = on_call(6, data.degrade)",
-    # while writing the HDF5 file: kernels and HR patches are in, the LR patches not yet
+    # while drawing the tasks: the store is open, nothing written yet
+    "drawing tasks": "data.sample_training_params = on_call(1, data.sample_training_params)",
+    # while writing the HDF5 file: the kernel parameters are in, the patch rows not yet
     "writing the HDF5 file": """
         import h5py
         create = h5py.Group.create_dataset
-        h5py.Group.create_dataset = lambda self, name, *a, **k: die() if name == "lr" else create(self, name, *a, **k)
+        h5py.Group.create_dataset = lambda self, name, *a, **k: die() if name == "patches" else create(self, name, *a, **k)
         """,
 }
 
 
 @pytest.mark.parametrize("kill_point", KILL_POINTS)
 def test_task_shard_killed(tmp_path, kill_point):
-    store, _ = make_training_data(tmp_path, shards=0)
-    args = dict(shard_index=1, tasks=3, scale=2, method="direct", patch_size=16, n_support=2, n_query=2, seed=0)
+    _, store, _ = make_training_data(tmp_path, shards=0)
+    args = dict(shard_index=1, tasks=3, scale=2, n_support=2, n_query=2, seed=0)
     write_task_shard(store, tmp_path / "reference.h5", **args)
     out = tmp_path / "tasks" / "shard=1.h5"
     killed = run_child("import mzsr.data as data", KILL_POINTS[kill_point],
@@ -238,7 +238,7 @@ PRETRAIN = {"steps": 6, "batch_size": 4, "patch_size": 24, "lr": 1e-3, "lr_halve
 def pretrain_run(tmp_path):
     from mzsr.pretrain import pretrain
 
-    store, _ = make_training_data(tmp_path, shards=0)
+    store, _, _ = make_training_data(tmp_path, shards=0)
 
     def run(name):
         return pretrain(store, tmp_path / f"{name}.safetensors", PRETRAIN, tmp_path / name, tmp_path / f"{name}.csv", device="cpu")

@@ -9,7 +9,8 @@ import torch
 from torch.func import functional_call
 
 from mzsr.checkpoints import load_weights, save_weights
-from mzsr.meta import grouped_forward, inner_loop, meta_loss, meta_train, query_loss_weights, tasks_for_iteration
+from mzsr import MZSRError
+from mzsr.meta import grouped_forward, inner_loop, meta_loss, meta_train, query_loss_weights, split_pool, tasks_for_iteration
 from mzsr.model import MZSRNet
 from training_helpers import make_training_data
 
@@ -86,24 +87,26 @@ def test_loss_weight_policies():
         query_loss_weights("cosine", 5, 0, 10)
 
 
-def test_task_cycling_is_pure_and_covers_the_pool():
-    ids = np.arange(10, 20)
-    first_epoch = np.concatenate([tasks_for_iteration(ids, 5, 0, it) for it in range(2)])
-    assert sorted(first_epoch) == list(ids)
-    np.testing.assert_array_equal(tasks_for_iteration(ids, 5, 0, 7), tasks_for_iteration(ids, 5, 0, 7))
+def test_every_iteration_takes_fresh_training_tasks():
+    val, train = split_pool(1010, 10, seed=3)
+    assert len(val) == 10 and len(train) == 1000 and not set(val) & set(train)
+    used = np.concatenate([tasks_for_iteration(train, 5, it) for it in range(200)])  # 200 iterations x 5
+    assert len(used) == len(set(used)) == 1000 and not set(used) & set(val)
+    np.testing.assert_array_equal(tasks_for_iteration(train, 5, 7), tasks_for_iteration(train, 5, 7))
 
 
 @pytest.fixture(scope="module")
 def meta_setup(tmp_path_factory):
     root = tmp_path_factory.mktemp("meta")
-    store, shards = make_training_data(root)
+    # MICRO uses 6 iterations x 2 tasks and holds 2 aside: 2 shards of 7 tasks are exactly enough
+    _, meta_store, shards = make_training_data(root, shards=2, tasks=7)
     init = root / "init.safetensors"
     torch.manual_seed(0)
     save_weights(init, MZSRNet().state_dict(), {"scale": 2, "degradation": "bicubic", "step": 0})
-    return root, init, shards
+    return root, init, meta_store, shards
 
 
-def _run_meta(root, init, shards, name, cfg, kill_after=None):
+def _run_meta(root, init, store, shards, name, cfg, kill_after=None):
     """Run meta_train in a child process; optionally SIGKILL it right after iteration `kill_after`."""
     code = textwrap.dedent(f"""
         import os, signal, torch
@@ -112,21 +115,21 @@ def _run_meta(root, init, shards, name, cfg, kill_after=None):
         def hook(step):
             if step == {kill_after!r}:
                 os.kill(os.getpid(), signal.SIGKILL)
-        meta_train({str(init)!r}, {[str(s) for s in shards]!r}, {str(root / (name + '.safetensors'))!r}, {cfg!r},
+        meta_train({str(init)!r}, {[str(s) for s in shards]!r}, {str(store)!r}, {str(root / (name + '.safetensors'))!r}, {cfg!r},
                    {str(root / name)!r}, {str(root / (name + '.csv'))!r}, device="cpu", on_step=hook)
     """)
     return subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env={**os.environ, "TQDM_DISABLE": "1"})
 
 
 def test_meta_training_resumes_to_identical_weights(meta_setup):
-    root, init, shards = meta_setup
-    full = _run_meta(root, init, shards, "full", MICRO)
+    root, init, store, shards = meta_setup
+    full = _run_meta(root, init, store, shards, "full", MICRO)
     assert full.returncode == 0, full.stderr
-    killed = _run_meta(root, init, shards, "resumed", MICRO, kill_after=4)
+    killed = _run_meta(root, init, store, shards, "resumed", MICRO, kill_after=4)
     assert killed.returncode == -9
     assert not (root / "resumed.safetensors").exists()
     assert (root / "resumed" / "last.pt").exists()
-    again = _run_meta(root, init, shards, "resumed", MICRO)
+    again = _run_meta(root, init, store, shards, "resumed", MICRO)
     assert again.returncode == 0, again.stderr
     a, meta = load_weights(root / "full.safetensors")
     b, _ = load_weights(root / "resumed.safetensors")
@@ -140,13 +143,21 @@ def test_meta_training_resumes_to_identical_weights(meta_setup):
 
 
 def test_meta_training_stops_on_nan(meta_setup):
-    root, init, shards = meta_setup
-    from mzsr import MZSRError
-
+    root, init, store, shards = meta_setup
     cfg = {**MICRO, "iterations": 2, "inner_lr": float("nan")}
     with pytest.raises(MZSRError, match="at step 0"):
-        meta_train(init, shards, root / "nan.safetensors", cfg, root / "nan", root / "nan.csv", device="cpu")
+        meta_train(init, shards, store, root / "nan.safetensors", cfg, root / "nan", root / "nan.csv", device="cpu")
     assert not (root / "nan.safetensors").exists()
+
+
+def test_a_pool_too_small_for_the_run_is_an_error(meta_setup):
+    root, init, store, shards = meta_setup
+    cfg = {**MICRO, "iterations": 7}  # 7 x 2 = 14 training tasks, but 14 - 2 held aside leave 12
+    message = (r"^the task shards hold 14 tasks; with 2 held aside for validation that leaves 12, fewer than the 14 "
+               r"that 7 iterations x meta-batch 2 use \(raise tasks.count or leave it unset\)$")
+    with pytest.raises(MZSRError, match=message):
+        meta_train(init, shards, store, root / "small.safetensors", cfg, root / "small", root / "small.csv", device="cpu")
+    assert not (root / "small" / "last.pt").exists()
 
 
 def test_looped_and_grouped_task_forwards_agree():

@@ -5,7 +5,6 @@ import textwrap
 
 import h5py
 import numpy as np
-import pytest
 import torch
 
 from mzsr.checkpoints import load_weights
@@ -31,7 +30,7 @@ def test_bicubic_pair_matches_numpy():
 
 
 def test_patch_store_contents(tmp_path):
-    store, _ = make_training_data(tmp_path, shards=1, tasks=2)
+    store, _, _ = make_training_data(tmp_path, shards=1, tasks=2)
     with h5py.File(store) as f:
         patches = f["patches"]
         assert patches.dtype == np.uint8 and patches.shape[1:] == (24, 24, 3)
@@ -41,32 +40,21 @@ def test_patch_store_contents(tmp_path):
     assert len(grid_patches(np.zeros((40, 48, 3)), 24, 8)) == 3 * 4
 
 
-def test_task_shard_is_reproducible_and_consistent(tmp_path):
-    from mzsr.data import write_task_shard
-    from mzsr.degrade import degrade
-
-    store, (shard,) = make_training_data(tmp_path, shards=1, tasks=3)
-    write_task_shard(store, tmp_path / "again.h5", 0, 3, 2, "direct", 16, 2, 2, seed=0)
-    with h5py.File(shard) as a, h5py.File(tmp_path / "again.h5") as b:
-        for key in ("kernels", "hr", "lr", "support", "query", "patch_index"):
-            np.testing.assert_array_equal(a[key][()], b[key][()])
-        assert a["lr"].shape == (3, 4, 8, 8, 3) and a.attrs["method"] == "direct"
-        lr = degrade(a["hr"][1, 2] / 255.0, a["kernels"][1].astype(np.float64), 2, "direct")
-        np.testing.assert_allclose(a["lr"][1, 2], lr, atol=1e-6)
-        assert sorted(np.concatenate([a["support"][0], a["query"][0]])) == [0, 1, 2, 3]
-
-
-def test_sampler_is_pure_in_step_and_dataset_augments(tmp_path):
-    store, _ = make_training_data(tmp_path, shards=1, tasks=2)
-    full = list(StepBatchSampler(24, 4, 1, 0, 5))
-    tail = list(StepBatchSampler(24, 4, 1, 3, 5))
+def test_sampler_is_pure_in_step_and_augments_only_when_asked(tmp_path):
+    store, _, _ = make_training_data(tmp_path, shards=1, tasks=2)
+    full = list(StepBatchSampler(24, 4, 1, 0, 5, augment=True))
+    tail = list(StepBatchSampler(24, 4, 1, 3, 5, augment=True))
     assert full[3:] == tail
+    assert len({aug for batch in full for _, aug in batch}) > 1
+    plain = list(StepBatchSampler(24, 4, 1, 0, 5))  # the release: patches as stored
+    assert [[i for i, _ in b] for b in plain] == [[i for i, _ in b] for b in full]
+    assert {aug for batch in plain for _, aug in batch} == {0}
     ds = PatchDataset(store)
     with h5py.File(store) as f:
         raw = f["patches"][2]
     np.testing.assert_array_equal(ds[(2, 0)].permute(1, 2, 0).numpy(), raw)
-    np.testing.assert_array_equal(ds[(2, 1)].permute(1, 2, 0).numpy(), raw[:, ::-1])
-    np.testing.assert_array_equal(ds[(2, 4)].permute(1, 2, 0).numpy(), raw.transpose(1, 0, 2))
+    np.testing.assert_array_equal(ds[(2, 1)].permute(1, 2, 0).numpy(), raw[::-1])  # the release's modes
+    np.testing.assert_array_equal(ds[(2, 2)].permute(1, 2, 0).numpy(), np.rot90(raw))
 
 
 def _run(root, store, name, kill_after=None, cfg=MICRO):
@@ -84,7 +72,7 @@ def _run(root, store, name, kill_after=None, cfg=MICRO):
 
 
 def test_pretraining_learns_and_resumes_identically(tmp_path):
-    store, _ = make_training_data(tmp_path, shards=1, tasks=2)
+    store, _, _ = make_training_data(tmp_path, shards=1, tasks=2)
     assert _run(tmp_path, store, "full").returncode == 0
     killed = _run(tmp_path, store, "resumed", kill_after=5)
     assert killed.returncode == -9 and not (tmp_path / "resumed.safetensors").exists()
@@ -102,7 +90,7 @@ def test_pretraining_learns_and_resumes_identically(tmp_path):
 
 
 def test_pretraining_reduces_loss(tmp_path):
-    store, _ = make_training_data(tmp_path, shards=1, tasks=2)
+    store, _, _ = make_training_data(tmp_path, shards=1, tasks=2)
     cfg = {**MICRO, "steps": 40, "lr": 2e-3, "lr_halve_every": 1000, "checkpoint_every": 40}
     assert _run(tmp_path, store, "long", cfg=cfg).returncode == 0
     losses = [float(r.split(",")[1]) for r in (tmp_path / "long.csv").read_text().splitlines()[1:]]

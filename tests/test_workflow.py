@@ -85,7 +85,7 @@ def test_paper_config_dry_run(tmp_path):
     rules = Counter(rule for rule, _ in jobs)
     assert STAGES - {"crop", "aggregate", "plot_steps", "all"} <= set(rules)
     assert rules["test_set_archive"] == 1  # DIV2K valid HR, listed once downloaded
-    assert rules["task_shard"] == 16 and rules["meta_train"] == 2  # 8 shards for each of direct, bicubic
+    assert rules["task_shard"] == 8 and rules["meta_train"] == 2  # 8 shards of specs serve direct and bicubic
     assert rules["sr_mzsr"] == 2 * 4  # Set5 stand-in: 2 images x 4 degradations (DIV2K valid follows later)
     config = yaml.safe_load((REPO / "config" / "config.yaml").read_text())
     assert config["data"]["train"]["source"] == "div2k:train_hr"
@@ -156,6 +156,33 @@ def test_micro_run_metrics(micro_run):
         assert (micro_run / "results" / "report" / "crops" / "tiny" / "g2.0" / f"{name}.png").is_file()
 
 
+def test_micro_run_draws_the_tasks_the_run_uses(micro_run):
+    import h5py
+
+    config = yaml.safe_load(MICRO.read_text())
+    meta = config["meta"]
+    shards = sorted((micro_run / "resources" / "tasks").glob("shard=*.h5"))
+    assert len(shards) == config["tasks"]["shards"]
+    sizes = []
+    for path in shards:
+        with h5py.File(path) as g:
+            sizes.append(g["patches"].shape[0])
+    assert sum(sizes) == meta["iterations"] * meta["meta_batch"] + meta["validation_tasks"]  # 2 x 2 + 2
+    with h5py.File(micro_run / "resources" / "patches" / "meta.h5") as f:
+        assert f.attrs["store_augmented"] and f.attrs["reject_flat"] and f["patches"].shape[0] % 8 == 0
+
+
+def test_too_small_a_task_count_fails_at_planning(tmp_path):
+    write_test_image(tmp_path / "test_images" / "tiny" / "a.png", seed=0)
+    config = yaml.safe_load(MICRO.read_text())
+    config["tasks"]["count"] = 3
+    (tmp_path / "cfg.yaml").write_text(yaml.safe_dump(config))
+    proc = snakemake(tmp_path, "-n", "--configfile", "cfg.yaml")
+    assert proc.returncode != 0
+    assert ("tasks.count 3 is smaller than the 4 tasks that meta.iterations 2 x meta.meta_batch 2 use; "
+            "raise it or leave it null") in proc.stdout + proc.stderr
+
+
 def test_micro_report(micro_run):
     check(snakemake(micro_run, "--configfile", "micro.yaml", "--report", "report.html"))
     html = (micro_run / "report.html").read_text()
@@ -172,7 +199,9 @@ def _changed_config(workdir: Path, section: str, key: str, value) -> str:
 @pytest.mark.parametrize(
     "section, key, value, expected",
     [
-        ("meta", "iterations", 3, {"meta_train", "sr_mzsr", "aggregate", "crop", "plot_steps", "all"}),
+        # the task count follows iterations x meta-batch
+        ("meta", "iterations", 3, {"task_shard", "meta_train", "sr_mzsr", "aggregate", "crop", "plot_steps", "all"}),
+        ("meta", "outer_lr", 0.001, {"meta_train", "sr_mzsr", "aggregate", "crop", "plot_steps", "all"}),
         ("zssr", "iterations", 6, {"sr_zssr", "aggregate", "crop", "plot_steps", "all"}),
         ("tasks", "seed", 1, {"task_shard", "meta_train", "sr_mzsr", "aggregate", "crop", "plot_steps", "all"}),
     ],

@@ -149,9 +149,34 @@ def meta_cfg(subsample):
     return section({**config["meta"], "scale": SCALE, "method": subsample})
 
 
-def tasks_cfg(subsample):
-    patch_size = config["patches"]["meta"]["patch_size"]
-    return section({**config["tasks"], "scale": SCALE, "method": subsample, "patch_size": patch_size})
+def task_count():
+    """Tasks in the shards: tasks.count, else meta.iterations x meta.meta_batch (the release draws fresh
+    tasks for every iteration), plus the meta.validation_tasks held aside. Fewer is an error here, at
+    planning, rather than after pre-training."""
+    meta, count = config["meta"], config["tasks"]["count"]
+    needed = meta["iterations"] * meta["meta_batch"]
+    if count is not None and count < needed:
+        raise WorkflowError(f"tasks.count {count} is smaller than the {needed} tasks that meta.iterations "
+                            f"{meta['iterations']} x meta.meta_batch {meta['meta_batch']} use; raise it or leave it null")
+    return (count or needed) + meta["validation_tasks"]
+
+
+def tasks_cfg(shard):
+    """One shard's settings: its share of task_count() (shares differ by at most one task)."""
+    cfg = {k: v for k, v in config["tasks"].items() if k not in ("count", "shards")}
+    total, shards = task_count(), config["tasks"]["shards"]
+    return section({**cfg, "tasks": total * (shard + 1) // shards - total * shard // shards, "scale": SCALE})
+
+
+def pretrain_work_dir():
+    """Pre-training resumes only on the same patches: the patch settings name its folder too."""
+    return work_dir("pretrain", {"pretrain": pretrain_cfg(), "patches": section(config["patches"]["pretrain"])})
+
+
+def meta_work_dir(subsample):
+    """Meta-training resumes only on the same tasks: the task and meta-patch settings name its folder too."""
+    key = {"meta": meta_cfg(subsample), "tasks": section(config["tasks"]), "patches": section(config["patches"]["meta"])}
+    return work_dir(f"meta_{subsample}", key)
 
 
 def work_dir(stage, cfg):
@@ -171,10 +196,8 @@ def tf_checkpoint_files():
     return [f"{prefix}.index", f"{prefix}.data-00000-of-00001"]
 
 
-def shard_paths(wildcards):
-    return expand(
-        "resources/tasks/{subsample}/shard={shard}.h5", subsample=wildcards.subsample, shard=range(config["tasks"]["shards"])
-    )
+def shard_paths():
+    return expand("resources/tasks/shard={shard}.h5", shard=range(config["tasks"]["shards"]))
 
 
 def meta_weights(wildcards):

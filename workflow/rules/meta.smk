@@ -1,17 +1,19 @@
 # Stage 4: meta-transfer learning (MAML over the kernel tasks) from theta_T -> theta_M, one model per
-# subsampling that the test degradations use (the paper's "Direct" and "Bicubic" models).
+# subsampling that the test degradations use (the paper's "Direct" and "Bicubic" models); the tasks'
+# HR patches come from the meta patch store, their LR inputs are made on the training device.
 
 
 rule meta_train:
     input:
         weights=pretrained_weights(),
-        shards=shard_paths,
+        shards=shard_paths(),
+        patches="resources/patches/meta.h5",
     output:
         weights="resources/models/meta_{subsample}.safetensors",
         log_csv="results/training/meta_{subsample}_log.csv",
     params:
         meta=lambda w: meta_cfg(w.subsample),
-        work_dir=lambda w: work_dir(f"meta_{w.subsample}", meta_cfg(w.subsample)),
+        work_dir=lambda w: meta_work_dir(w.subsample),
     log:
         log_path("meta_train", "{subsample}"),
     benchmark:

@@ -10,7 +10,7 @@ rule pretrain:
         log_csv="results/training/pretrain_log.csv",
     params:
         pretrain=pretrain_cfg(),
-        work_dir=work_dir("pretrain", pretrain_cfg()),
+        work_dir=pretrain_work_dir(),
     log:
         log_path("pretrain"),
     benchmark:

@@ -1,19 +1,21 @@
-# Stage 2: the meta-training task pool, one shard per job: each task is one training kernel, its
-# D_tr/D_te patch indices and their synthesized LR patches; every shard has its own seed.
-# {subsample}: direct or bicubic subsampling, one pool per meta-trained model.
+# Stage 2: the meta-training task specifications, one shard per job, each with its own seed: per
+# task one training kernel (l1, l2, theta) and the rows of its D_tr/D_te patches in the meta patch
+# store. Nothing is synthesised here: meta-training makes the LR inputs on its device, so one set of
+# shards serves both subsamplings (direct and bicubic models), and there are as many tasks as the
+# run uses (task_count()).
 
 
 rule task_shard:
     input:
         "resources/patches/meta.h5",
     output:
-        "resources/tasks/{subsample}/shard={shard}.h5",
+        "resources/tasks/shard={shard}.h5",
     params:
-        tasks=lambda w: tasks_cfg(w.subsample),
+        tasks=lambda w: tasks_cfg(int(w.shard)),
     log:
-        log_path("task_shard", "{subsample}/shard={shard}"),
+        log_path("task_shard", "shard={shard}"),
     benchmark:
-        benchmark_path("task_shard", "{subsample}/shard={shard}")
+        benchmark_path("task_shard", "shard={shard}")
     threads: threads_for("task_shard")
     resources:
         mem_mb=compute("task_shard", "mem_mb"),
