@@ -174,7 +174,9 @@ def cmd_upscale(args) -> int:
         if args.method == "zssr":
             from .zssr import zssr
 
-            cfg = {"iterations": args.zssr_iterations, **PRESETS[args.preset]}
+            cfg = {"iterations": args.zssr_iterations}  # paper: the original's own output (2 back-projections)
+            if args.preset == "best":
+                cfg.update(PRESETS["best"])
             result = zssr(lr, kernel, args.scale, method, cfg, device)
         else:
             schedule = args.schedule

@@ -5,6 +5,8 @@ bicubic-upscaled first (pre-upsampling) and the network predicts the residual.
 """
 from __future__ import annotations
 
+import math
+
 import torch
 from torch import nn
 from torch.func import functional_call
@@ -16,13 +18,16 @@ PARAMETER_COUNT = 225_091
 
 
 class MZSRNet(nn.Module):
-    """conv3x3(3->64) + ReLU, 6 x [conv3x3(64->64) + ReLU], conv3x3(64->3); output = x + net(x)."""
+    """conv3x3(3->64) + ReLU, 6 x [conv3x3(64->64) + ReLU], conv3x3(64->3); output = x + net(x).
 
-    def __init__(self, width: int = WIDTH, layers: int = NUM_LAYERS, channels: int = CHANNELS):
+    `bias=False` gives ZSSR's original network (its convolutions have no biases).
+    """
+
+    def __init__(self, width: int = WIDTH, layers: int = NUM_LAYERS, channels: int = CHANNELS, bias: bool = True):
         super().__init__()
         sizes = [channels] + [width] * (layers - 1) + [channels]
         self.convs = nn.ModuleList(
-            nn.Conv2d(cin, cout, kernel_size=3, stride=1, padding=1, bias=True)
+            nn.Conv2d(cin, cout, kernel_size=3, stride=1, padding=1, bias=bias)
             for cin, cout in zip(sizes[:-1], sizes[1:])
         )
 
@@ -33,6 +38,20 @@ class MZSRNet(nn.Module):
             if i < len(self.convs) - 1:
                 h = torch.relu(h)
         return x + h
+
+
+@torch.no_grad()
+def init_zssr_(model: MZSRNet, variance: float = 0.1) -> MZSRNet:
+    """ZSSR's initialisation: weights ~ N(0, variance / (kh * kw * cin)), biases (if any) zero.
+
+    Small on purpose: with residual learning the untrained net should stay close to the bicubic input.
+    """
+    for conv in model.convs:
+        kh, kw = conv.kernel_size
+        conv.weight.normal_(0.0, math.sqrt(variance / (kh * kw * conv.in_channels)))
+        if conv.bias is not None:
+            conv.bias.zero_()
+    return model
 
 
 def functional_forward(model: nn.Module, params: dict[str, torch.Tensor], x: torch.Tensor) -> torch.Tensor:

@@ -1,0 +1,103 @@
+"""ZSSR as first written here (variant simple) against ZSSR as the original runs it with a given
+kernel (variant original) and MZSR(10), on three Set14 images under g2.0 (x2, direct).
+
+Y-PSNR (2-px shave) against the mod-cropped HR, the iterations each ZSSR actually ran (its lr
+policy may stop before the cap) and wall seconds. Each trained ZSSR net is also scored with the
+other back-projection choice (0 or 2 rounds), to separate the training from the post-processing. The table is rewritten after every image, so an
+interrupted run keeps what it finished.
+
+    python benchmarks/zssr_compare.py [--iterations 3000] [--images face comic foreman] [--threads 1]
+"""
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from mzsr.adapt import adapt, to_tensor, to_uint8_image
+from mzsr.checkpoints import load_model
+from mzsr.degrade import degrade, to_uint8
+from mzsr.images import read_image_uint8
+from mzsr.kernels import named_degradation
+from mzsr.metrics import modcrop, psnr
+from mzsr.resize import imresize
+from mzsr.zssr import final_output, resolve_config, train_zssr
+
+REPO = Path(__file__).resolve().parents[1]
+SET14 = REPO.parent / "shared" / "data" / "test" / "Set14"
+WEIGHTS = REPO / "benchmarks" / "results" / "meta_direct_x2_h100_700it.safetensors"
+METHODS = ("Bicubic", "MZSR(10)", "ZSSR simple", "ZSSR simple, back-projection 2", "ZSSR original",
+           "ZSSR original, back-projection 0")
+
+
+def run_image(name: str, model, kernel, iterations: int, seed: int):
+    """Rows (method, PSNR, iterations, seconds) for one Set14 image."""
+    hr = modcrop(read_image_uint8(SET14 / f"{name}.png"), 2)
+    lr = to_uint8(degrade(hr / 255.0, kernel, 2, "direct")) / 255.0
+    rows = [("Bicubic", psnr(to_uint8(imresize(lr, 2)), hr, 2), 0, 0.0)]
+    out = adapt(model, lr, kernel, 2, "direct", (10,), "direct_x2", "cpu")[0]
+    rows.append(("MZSR(10)", psnr(out.sr, hr, 2), out.steps, out.seconds))
+    k = torch.as_tensor(kernel, dtype=torch.float32)
+    lr_t = to_tensor(lr, "cpu")
+    for variant in ("simple", "original"):
+        cfg = resolve_config({"variant": variant, "iterations": iterations})
+        torch.manual_seed(seed)  # as zssr() does: the same net as `zssr(lr, kernel, 2, "direct", cfg, "cpu", seed)`
+        start = time.perf_counter()
+        trained = train_zssr(lr_t, k, 2, "direct", cfg, np.random.default_rng(seed))
+        seconds = time.perf_counter() - start
+        # the variant's own output first, then the same net with the other back-projection choice
+        for rounds in dict.fromkeys((cfg["back_projection"], 2 - cfg["back_projection"])):
+            start = time.perf_counter()
+            sr = to_uint8_image(final_output(trained.net, lr_t, k, 2, "direct", cfg["self_ensemble"], rounds))
+            label = f"ZSSR {variant}" + ("" if rounds == cfg["back_projection"] else f", back-projection {rounds}")
+            rows.append((label, psnr(sr, hr, 2), trained.iterations, seconds + time.perf_counter() - start))
+    return hr.shape[:2], rows
+
+
+def table(results: dict, header: list[str]) -> str:
+    lines = header + ["", "| image (HR size) | method | Y-PSNR (dB) | iterations run | seconds |", "|---|---|---|---|---|"]
+    for name, (shape, rows) in results.items():
+        for method, value, steps, seconds in rows:
+            lines.append(f"| {name} ({shape[0]}x{shape[1]}) | {method} | {value:.2f} | {steps} | {seconds:.1f} |")
+    for method in METHODS:
+        picked = [row for _, rows in results.values() for row in rows if row[0] == method]
+        if picked:
+            lines.append(f"| mean of {len(picked)} | {method} | {np.mean([r[1] for r in picked]):.2f} | "
+                         f"{np.mean([r[2] for r in picked]):.0f} | {np.mean([r[3] for r in picked]):.1f} |")
+    return "\n".join(lines) + "\n"
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--iterations", type=int, default=3000, help="ZSSR iteration cap (the original's max_iters is 3000)")
+    ap.add_argument("--images", nargs="+", default=["face", "comic", "foreman"], help="Set14 image names")
+    ap.add_argument("--threads", type=int, default=1)
+    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--out", type=Path, default=REPO / "benchmarks" / "results" / "zssr_compare_cpu.txt")
+    args = ap.parse_args()
+    torch.set_num_threads(args.threads)
+    kernel = named_degradation("g2.0").kernel
+    model, _ = load_model(WEIGHTS, expected_scale=2, device="cpu")
+    header = [
+        f"# ZSSR simple vs original vs MZSR(10), Set14 g2.0 (x2, direct), CPU, {args.threads} thread(s), torch {torch.__version__}",
+        f"# command: python benchmarks/zssr_compare.py {' '.join(sys.argv[1:])}",
+        f"# ZSSR iteration cap {args.iterations}, seed {args.seed}; MZSR weights {WEIGHTS.name}",
+    ]
+    results: dict = {}
+    start = time.perf_counter()
+    for name in args.images:
+        results[name] = run_image(name, model, kernel, args.iterations, args.seed)
+        done = [f"# {len(results)}/{len(args.images)} images, {time.perf_counter() - start:.0f} s so far, "
+                f"load average {os.getloadavg()[0]:.1f}"]
+        text = table(results, header + done)
+        args.out.write_text(text)
+        print(text, flush=True)
+
+
+if __name__ == "__main__":
+    main()
