@@ -24,8 +24,8 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from .adapt import AdaptationOutput, _geometric, _sync, back_project, pick_device, self_ensemble, to_tensor, to_uint8_image, upscale
-from .degrade import degrade_torch
+from .adapt import (AdaptationOutput, _geometric, _sync, back_project, make_son, pick_device, self_ensemble, to_tensor,
+                    to_uint8_image, upscale)
 from .model import MZSRNet, init_zssr_
 from .resize import imresize_torch
 
@@ -221,11 +221,12 @@ def train_zssr(lr_t: torch.Tensor, kernel: torch.Tensor | None, scale: int, meth
     augment = {key: cfg[key] for key in AUGMENT_DEFAULTS}
     policy = LrPolicy(cfg)
 
+    noise = torch.Generator().manual_seed(int(rng.integers(2**31))) if cfg["noise_std"] > 0 else None
+
     def son_up(father: torch.Tensor) -> torch.Tensor:
-        """The network input for `father`: its son, bicubic-upscaled at the exact scale, cut to its size."""
-        son = degrade_torch(father, kernel, scale, method)
-        if cfg["noise_std"] > 0:
-            son = (son + cfg["noise_std"] * torch.from_numpy(rng.standard_normal(son.shape)).to(son)).clamp(0.0, 1.0)
+        """The network input for `father`: its son (as MZSR's, clipped, with noise_std), bicubic-upscaled
+        at the exact scale and cut to its size."""
+        son = make_son(father, kernel, scale, method, noise_level=cfg["noise_std"], generator=noise)
         return imresize_torch(son, float(scale), output_shape=father.shape[-2:])
 
     iteration = 0
