@@ -8,7 +8,8 @@ convolutions would leave it idle (1.21x faster on an H100). On a CPU grouped con
 Per task: fast weights start at theta; for j = 1..J, one plain SGD step on L1 over D_tr (support),
 then the query loss L_j = L1 over D_te with the new fast weights. Meta loss = mean over tasks of
 sum_j w_j L_j; Adam on theta. Gradients flow through the inner steps (second order) unless
-`first_order` is set.
+`first_order` is set, or for the first `first_order_iterations` iterations (the release's warm-up,
+SECOND_ORDER_GRAD_ITER, 0 there: it stops the inner gradients until that step).
 
 Tasks: every iteration takes `meta_batch` tasks not used before (the release draws fresh ones each
 time); a task shard holds only its kernel parameters and patch-store rows, and `make_batch` reads the
@@ -39,6 +40,7 @@ META_DEFAULTS = {
     "inner_lr": 0.01,
     "outer_lr": 1e-4,
     "first_order": False,
+    "first_order_iterations": 0,  # the release's SECOND_ORDER_GRAD_ITER: first-order MAML before this iteration
     "loss_weights": "uniform",  # what the authors' release does in practice; "annealed" = as intended
     "anneal_steps": 3200,
     "final_weight_floor": 0.006,
@@ -227,7 +229,8 @@ def meta_train(init_weights, shard_paths, patch_store, out_weights, cfg: dict, w
     for it in range(start, cfg["iterations"]):
         batch = make_batch(pool, tasks_for_iteration(train_ids, cfg["meta_batch"], it), device, cfg["method"])
         weights = query_loss_weights(cfg["loss_weights"], cfg["inner_steps"], it, cfg["anneal_steps"], cfg["final_weight_floor"])
-        loss = meta_loss(theta, batch, cfg["inner_steps"], cfg["inner_lr"], weights, cfg["first_order"])
+        first_order = cfg["first_order"] or it < cfg["first_order_iterations"]
+        loss = meta_loss(theta, batch, cfg["inner_steps"], cfg["inner_lr"], weights, first_order)
         check_finite(loss, it, work_dir)
         optimizer.zero_grad(set_to_none=True)
         loss.backward()

@@ -167,3 +167,27 @@ def test_looped_and_grouped_task_forwards_agree():
     fast = [p.unsqueeze(0).expand(3, *p.shape) * (1 + 0.1 * torch.arange(3.0, dtype=p.dtype).reshape(-1, *[1] * p.dim())) for p in theta]
     x = torch.rand(3, 2, 3, 7, 9, dtype=torch.float64)
     torch.testing.assert_close(looped_forward(fast, x), grouped_forward(fast, x))
+
+
+def test_first_order_warm_up_switches_to_second_order(meta_setup):
+    """first_order_iterations = 3 (the release's SECOND_ORDER_GRAD_ITER): iterations 0-2 are exactly
+    first-order MAML, iterations 3-5 second order, and a run resumed across the switch is unchanged."""
+    root, init, store, shards = meta_setup
+
+    def run(name, **cfg):
+        out = root / f"{name}.safetensors"
+        meta_train(init, shards, store, out, {**MICRO, **cfg}, root / name, root / f"{name}.csv", device="cpu")
+        return load_weights(out)[0]
+
+    warm3 = run("warm", iterations=3, first_order_iterations=3)
+    first3 = run("first3", iterations=3, first_order=True)
+    second3 = run("second3", iterations=3)
+    for k in warm3:
+        torch.testing.assert_close(warm3[k], first3[k], rtol=0, atol=0)
+    assert max((warm3[k] - second3[k]).abs().max() for k in warm3) > 0
+    warm6 = run("warm", iterations=6, first_order_iterations=3)  # resumes the 3-iteration run
+    first6 = run("first6", iterations=6, first_order=True)
+    straight = run("straight", iterations=6, first_order_iterations=3)
+    for k in warm6:
+        torch.testing.assert_close(warm6[k], straight[k], rtol=0, atol=0)
+    assert max((warm6[k] - first6[k]).abs().max() for k in warm6) > 0
