@@ -28,6 +28,37 @@ from mzsr.metrics import modcrop, psnr, ssim
 SHARED = Path(__file__).resolve().parents[2] / "shared" / "data"
 
 
+def score_rows(model, meta: dict, paths, degradations, steps, schedule: str = "auto", device="cpu", preset: str = "paper",
+               grid: str = "release") -> list[dict]:
+    """One row (degradation, image, steps, lr_size, psnr, ssim) per image, degradation and step count."""
+    options = {"grid": grid} if "grid" in inspect.signature(adapt).parameters else {}  # also measures older code
+    rows = []
+    for name in degradations:
+        deg = named_degradation(name)
+        for path in paths:
+            hr = modcrop(read_image_uint8(path), 2)
+            lr = to_uint8(degrade(hr / 255.0, deg.kernel, 2, deg.method)) / 255.0
+            sched = schedule
+            if sched == "weights":
+                from mzsr.adapt import resolve_schedule, weights_subsampling
+
+                sched = resolve_schedule("auto", weights_subsampling(meta, deg.method), 2)
+            for out in adapt(model, lr, deg.kernel, 2, deg.method, steps, sched, device, preset, **options):
+                rows.append({"degradation": name, "image": path.stem, "steps": out.steps, "lr_size": list(lr.shape[:2]),
+                             "psnr": psnr(out.sr, hr, 2), "ssim": ssim(out.sr, hr, 2)})
+    return rows
+
+
+def mean_table(rows: list[dict]) -> dict[str, dict[int, tuple[float, float]]]:
+    """{degradation: {steps: (mean PSNR, mean SSIM)}}."""
+    table: dict = {}
+    for name in dict.fromkeys(r["degradation"] for r in rows):
+        for n in dict.fromkeys(r["steps"] for r in rows):
+            sel = [r for r in rows if r["degradation"] == name and r["steps"] == n]
+            table.setdefault(name, {})[n] = (float(np.mean([r["psnr"] for r in sel])), float(np.mean([r["ssim"] for r in sel])))
+    return table
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--weights", type=Path, required=True)
@@ -49,35 +80,14 @@ def main() -> None:
     paths = sorted(args.set14.glob("*.png"))
     if args.images:
         paths = [p for p in paths if p.stem in args.images]
-    options = {}
-    if "grid" in inspect.signature(adapt).parameters:  # the same script measures code before and after
-        options["grid"] = args.grid
-    rows = []
     t0 = time.perf_counter()
-    for name in args.degradations:
-        deg = named_degradation(name)
-        for path in paths:
-            hr = modcrop(read_image_uint8(path), 2)
-            lr = to_uint8(degrade(hr / 255.0, deg.kernel, 2, deg.method)) / 255.0
-            schedule = args.schedule
-            if schedule == "weights":
-                from mzsr.adapt import resolve_schedule, weights_subsampling
-
-                schedule = resolve_schedule("auto", weights_subsampling(meta, deg.method), 2)
-            outs = adapt(model, lr, deg.kernel, 2, deg.method, args.steps, schedule, "cpu", args.preset, **options)
-            for out in outs:
-                rows.append({"degradation": name, "image": path.stem, "steps": out.steps, "lr_size": list(lr.shape[:2]),
-                             "psnr": psnr(out.sr, hr, 2), "ssim": ssim(out.sr, hr, 2)})
+    rows = score_rows(model, meta, paths, args.degradations, args.steps, args.schedule, "cpu", args.preset, args.grid)
     print(f"Set14 ({len(paths)} images), x2, Y, weights {args.weights}, schedule {args.schedule}, grid {args.grid},"
           f" preset {args.preset}; {time.perf_counter() - t0:.0f} s")
     print("| degradation | " + " | ".join(f"MZSR({n})" for n in args.steps) + " |")
     print("|---|" + "---|" * len(args.steps))
-    for name in args.degradations:
-        cells = []
-        for n in args.steps:
-            sel = [r for r in rows if r["degradation"] == name and r["steps"] == n]
-            cells.append(f"{np.mean([r['psnr'] for r in sel]):.2f}/{np.mean([r['ssim'] for r in sel]):.4f}")
-        print(f"| {name} | " + " | ".join(cells) + " |")
+    for name, by_steps in mean_table(rows).items():
+        print(f"| {name} | " + " | ".join(f"{by_steps[n][0]:.2f}/{by_steps[n][1]:.4f}" for n in args.steps) + " |")
     if args.per_image:
         for r in rows:
             print(f"{r['degradation']:6s} {r['image']:10s} LR {r['lr_size'][0]}x{r['lr_size'][1]} steps {r['steps']:2d}"

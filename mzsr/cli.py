@@ -54,7 +54,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", required=True, type=Path, help="output folder for SR PNGs (same file stems)")
     p.add_argument("--method", choices=("bicubic", "mzsr", "zssr"), default="mzsr",
                    help="mzsr: adapt the given weights; zssr: train from scratch on each image; bicubic")
-    p.add_argument("--weights", type=Path, help="weights file (.safetensors) for --method mzsr")
+    p.add_argument("--weights", type=Path,
+                   help="weights file (.safetensors) for --method mzsr; default: the released model for the kernel's"
+                   " subsampling and the scale (models/direct_x2.safetensors, ...)")
     _kernel_args(p, required=False)
     p.add_argument("--steps", type=int, default=10, help="adaptation steps (0 = none; default 10)")
     p.add_argument("--schedule", default="auto", choices=("auto", *LR_SCHEDULES),
@@ -123,6 +125,18 @@ def _degradation_for(args, image: Path):
     return deg.kernel, deg.method, args.kernel
 
 
+def _released_for(args, images: list[Path]) -> Path:
+    """The released model that fits the kernel's subsampling and the scale (one for all inputs)."""
+    from .released import released_weights
+
+    kinds = {_degradation_for(args, image)[1] for image in images} if args.kernel is not None else {"bicubic"}
+    if len(kinds) > 1:
+        raise MZSRError("the inputs' kernels use both direct and bicubic subsampling: give --weights, or run them apart")
+    path = released_weights(kinds.pop(), args.scale)
+    print(f"mzsr: weights {path}", file=sys.stderr)
+    return path
+
+
 def _checked_inputs(args, paths: list[Path], hr: bool) -> list[tuple[Path, np.ndarray | None, str]]:
     """(image, kernel, subsampling) of every input, after reading each image and its kernel once:
     a bad file stops the command before anything is written, not after the good files before it."""
@@ -156,13 +170,11 @@ def cmd_upscale(args) -> int:
         raise MZSRError(f"--noise-level must be >= 0, got {args.noise_level}")
     device = pick_device(args.device)
     if args.method == "mzsr":
-        if args.weights is None:
-            raise MZSRError("--method mzsr needs --weights FILE (e.g. from `mzsr import-tf`)")
         if args.steps > 0 and args.kernel is None:
             raise MZSRError("adaptation (--steps > 0) needs the degradation: give --kernel")
         from .checkpoints import load_model
 
-        model, weights_meta = load_model(args.weights, expected_scale=args.scale)
+        model, weights_meta = load_model(args.weights or _released_for(args, images), expected_scale=args.scale)
     if args.method == "zssr" and args.kernel is None:
         raise MZSRError("--method zssr needs the degradation: give --kernel")
     jobs = _checked_inputs(args, images, hr=False)

@@ -7,6 +7,7 @@ import pandas as pd
 import _util
 
 from mzsr.io import atomic_write_text
+from mzsr.released import describe_weights
 
 order = snakemake.params.order
 METHOD_LABELS = {"bicubic": "Bicubic", "pretrained": "Pre-trained", "zssr": "ZSSR", "mzsr": "MZSR"}
@@ -61,5 +62,6 @@ atomic_write_text(snakemake.output.summary, summary.to_csv(index=False, float_fo
 atomic_write_text(snakemake.output.table, table.to_csv(index=False))
 header = "| " + " | ".join(table.columns) + " |\n|" + "---|" * len(table.columns) + "\n"
 rows = "".join("| " + " | ".join(str(v) for v in row) + " |\n" for row in table.itertuples(index=False))
-atomic_write_text(snakemake.output.markdown, "PSNR/SSIM (Y channel)\n\n" + header + rows)
+models = "".join(f"- MZSR, {sub} subsampling: {describe_weights(path)}\n" for sub, path in snakemake.params.models.items())
+atomic_write_text(snakemake.output.markdown, "PSNR/SSIM (Y channel)\n\n" + header + rows + (f"\nModels:\n{models}" if models else ""))
 print(f"{len(per_image)} rows from {len(snakemake.input)} jobs", file=sys.stderr)

@@ -225,3 +225,34 @@ def test_added_test_image_plans_only_its_jobs(micro_run):
         {"lr_image": 1, "sr_bicubic": 1, "sr_pretrained": 1, "sr_mzsr": 1, "sr_zssr": 1, "crop": 1}
     )
     assert {rule for rule, w in jobs if "image" not in w} == {"aggregate", "plot_steps", "all"}
+
+
+# ------------------------------------------------------------------------------------ released models
+
+
+def _released_config(tmp_path: Path, degradations: list[str]) -> str:
+    config = yaml.safe_load(MICRO.read_text())
+    config.update(methods=["bicubic", "mzsr"], degradations=degradations)
+    config["meta"]["weights_folder"] = "released"  # the repository's models/
+    (tmp_path / "released.yaml").write_text(yaml.safe_dump(config))
+    return "released.yaml"
+
+
+def test_pipeline_from_the_released_models_trains_nothing_and_names_them(tmp_path):
+    write_test_image(tmp_path / "test_images" / "tiny" / "a.png", seed=3)
+    cfg = _released_config(tmp_path, ["g2.0"])
+    rules = {rule for rule, _ in planned_jobs(tmp_path, "--configfile", cfg)}
+    assert rules == {"lr_image", "sr_bicubic", "sr_mzsr", "aggregate", "plot_steps", "crop", "all"}
+    check(snakemake(tmp_path, "--cores", "2", "--configfile", cfg))
+    table = (tmp_path / "results" / "metrics" / "paper_table.md").read_text()
+    assert f"- MZSR, direct subsampling: {REPO / 'models' / 'direct_x2.safetensors'}: released direct_x2, 700 meta-iterations" in table
+    check(snakemake(tmp_path, "--configfile", cfg, "--report", "report.html"))
+    assert "the released models of" in (tmp_path / "report.html").read_text()
+
+
+def test_a_model_not_released_stops_planning_with_one_line(tmp_path):
+    write_test_image(tmp_path / "test_images" / "tiny" / "a.png", seed=3)
+    proc = snakemake(tmp_path, "-n", "--configfile", _released_config(tmp_path, ["g2.0", "gb1.3"]))
+    assert proc.returncode != 0
+    assert (f"meta.weights_folder {REPO / 'models'}: no bicubic_x2.safetensors for degradation(s) gb1.3 (it holds: "
+            "direct_x2); drop them from degradations, or set meta.weights_folder: null to train it") in proc.stdout + proc.stderr

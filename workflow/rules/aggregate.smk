@@ -23,6 +23,7 @@ rule aggregate:
         markdown="results/metrics/paper_table.md",
     params:
         order={"test_sets": list(TEST_SETS), "degradations": list(DEGRADATIONS), "methods": METHODS},
+        models=USED_META_MODELS,
     log:
         log_path("aggregate"),
     benchmark:

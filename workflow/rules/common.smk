@@ -146,7 +146,8 @@ def pretrain_cfg():
 
 
 def meta_cfg(subsample):
-    return section({**config["meta"], "scale": SCALE, "method": subsample})
+    cfg = {k: v for k, v in config["meta"].items() if k != "weights_folder"}  # where models come from, not how
+    return section({**cfg, "scale": SCALE, "method": subsample})
 
 
 def task_count():
@@ -200,8 +201,32 @@ def shard_paths():
     return expand("resources/tasks/shard={shard}.h5", shard=range(config["tasks"]["shards"]))
 
 
+# meta.weights_folder: null (train here), "released" (this repository's models/) or a folder
+RELEASED_FOLDER = config["meta"]["weights_folder"]
+if RELEASED_FOLDER == "released":
+    RELEASED_FOLDER = os.path.join(workflow.basedir, "models")
+
+
+def meta_model(subsample):
+    """The meta-trained model of a subsampling: trained here, or taken from meta.weights_folder."""
+    if RELEASED_FOLDER is None:
+        return f"resources/models/meta_{subsample}.safetensors"
+    path = Path(RELEASED_FOLDER) / f"{subsample}_x{SCALE}.safetensors"
+    if not path.is_file():
+        have = ", ".join(sorted(p.stem for p in Path(RELEASED_FOLDER).glob("*_x*.safetensors"))) or "none"
+        users = ", ".join(d for d, s in SUBSAMPLING.items() if s == subsample)
+        raise WorkflowError(f"meta.weights_folder {RELEASED_FOLDER}: no {path.name} for degradation(s) {users} "
+                            f"(it holds: {have}); drop them from degradations, or set meta.weights_folder: null to train it")
+    return str(path)
+
+
 def meta_weights(wildcards):
-    return f"resources/models/meta_{SUBSAMPLING[wildcards.degradation]}.safetensors"
+    return meta_model(SUBSAMPLING[wildcards.degradation])
+
+
+def used_meta_models():
+    """{subsampling: weights file} of the meta-trained models that the degradations use."""
+    return {s: meta_model(s) for s in sorted(set(SUBSAMPLING.values()))} if "mzsr" in METHODS else {}
 
 
 # ------------------------------------------------------------------------------------ compute
@@ -294,5 +319,10 @@ def image_targets(archives):
 
 # The models are targets of their own, so that a dry run shows (and a run starts) training while a
 # test set is still to be downloaded.
-MODELS = [pretrained_weights()] + [f"resources/models/meta_{s}.safetensors" for s in sorted(set(SUBSAMPLING.values()))]
+USED_META_MODELS = used_meta_models()  # checked here: a released model that is missing stops planning
+# Starting from released models (meta.weights_folder), nothing is trained unless the pre-trained
+# model is itself a method.
+MODELS = [pretrained_weights()] if RELEASED_FOLDER is None or "pretrained" in METHODS else []
+if RELEASED_FOLDER is None:
+    MODELS += [meta_model(s) for s in sorted(set(SUBSAMPLING.values()))]
 ALL_TARGETS = MODELS + SUMMARY_TABLES + ["results/report/psnr_vs_steps.png"]

@@ -1,0 +1,268 @@
+"""Extend the long meta-training run of a released model by one slot of GPU time, and adopt the result.
+
+One resumable run per released model (direct_x2 first, then bicubic_x2) lives in the repository:
+models/training/<model>/ holds its state (weights + Adam state, last.pt), its log (log.csv) and one
+row per slot (slots.csv). A slot of GPU time continues it for as many iterations as fit:
+
+    # here (CPU): the data the GPU machine needs, within the 64 MiB that travels with the tree
+    python benchmarks/extend_release.py bundle --out .gpu_bundle
+    # there (GPU): resume, train until the time budget, save, evaluate on Set14
+    python benchmarks/extend_release.py train --bundle .gpu_bundle --model direct_x2 --minutes 6 --out $OUT
+    # here, with the files that came back: state, log and slot row into models/training/, and the
+    # model into models/ when it beats the released one on Set14 (mean MZSR(10) of its degradations)
+    python benchmarks/extend_release.py adopt FILES_AT --model direct_x2
+
+The recipe is the paper configuration's (config/config.yaml: meta, tasks and meta patches), trained
+from the authors' theta_T on T91 + BSD200 (the DIV2K stand-in that ../shared/data holds). The bundle
+carries the meta patches un-augmented as 64x64 PNGs (the store built from them on the GPU machine,
+with the 8 flips/rotations, equals the one cut from the images), theta_T and Set14.
+"""
+from __future__ import annotations
+
+import argparse
+import csv
+import json
+import os
+import shutil
+import sys
+import time
+from concurrent.futures import ProcessPoolExecutor
+from pathlib import Path
+
+import numpy as np
+import torch
+import yaml
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO / "benchmarks"))
+
+from mzsr import MZSRError  # noqa: E402
+from mzsr.checkpoints import import_tf_checkpoint, load_model, save_weights  # noqa: E402
+from mzsr.data import write_patch_store, write_task_shard  # noqa: E402
+from mzsr.images import list_images, read_image_uint8, write_png  # noqa: E402
+from mzsr.meta import META_DEFAULTS, meta_train  # noqa: E402
+from mzsr.released import config_digest, release_info  # noqa: E402
+from set14_fidelity import mean_table, score_rows  # noqa: E402
+
+SHARED = REPO.parent / "shared" / "data"
+MODELS = {"direct_x2": ("direct", ["g0.2", "g2.0", "ani"]), "bicubic_x2": ("bicubic", ["gb1.3"])}
+DATA = "T91 + BSD200 (DIV2K stand-in), 64 px meta patches, stride 120, flat ones dropped, 8 flips/rotations"
+STEPS = (0, 1, 10)
+SLOT_COLUMNS = ["date", "device", "torch", "start_step", "end_step", "train_seconds", "seconds_per_iteration",
+                "set14", "adopted"]
+
+
+def paper_recipe(model: str, tiny: bool = False) -> dict:
+    """Meta, task and patch settings of the run: config/config.yaml's (tiny: a CPU check in seconds)."""
+    paper = yaml.safe_load((REPO / "config" / "config.yaml").read_text())
+    meta = {k: v for k, v in paper["meta"].items() if k in META_DEFAULTS}
+    meta.update(scale=2, method=MODELS[model][0], checkpoint_every=100, log_every=50)
+    tasks = {k: paper["tasks"][k] for k in ("n_support", "n_query", "seed")}
+    patches = {k: paper["patches"]["meta"][k] for k in ("patch_size", "stride", "reject_flat", "flat_threshold")}
+    shards = paper["tasks"]["shards"]
+    if tiny:
+        meta.update(iterations=4, meta_batch=1, inner_steps=1, checkpoint_every=2, validate_every=4, validation_tasks=1,
+                    log_every=1)
+        tasks.update(n_support=2, n_query=2)
+        patches.update(patch_size=32, stride=32)
+        shards = 2
+    return {"meta": meta, "tasks": tasks, "patches": patches, "shards": shards}
+
+
+# ------------------------------------------------------------------------------------ bundle (CPU)
+
+
+def bundle(out: Path, data: Path, tiny: bool = False) -> None:
+    """theta_T, the meta patches as PNGs (un-augmented) and Set14, in `out`."""
+    recipe = paper_recipe("direct_x2", tiny)["patches"]
+    images = list_images([data / "train" / "T91", data / "train" / "BSD200"])
+    if tiny:
+        images = images[:3]
+    out.mkdir(parents=True, exist_ok=True)
+    save_weights(out / "theta_T.safetensors", import_tf_checkpoint(data / "checkpoints" / "mzsr-official-pretrained" / "Pretrained"),
+                 {"scale": 2, "degradation": "bicubic", "step": 500_000, "source": "tf:authors' Pretrained"})
+    store = out / "cut.h5"
+    write_patch_store(images, store, recipe["patch_size"], recipe["stride"], None, seed=0, reject_flat=recipe["reject_flat"],
+                      flat_threshold=recipe["flat_threshold"])
+    import h5py
+
+    patch_dir = out / "meta_patches"
+    shutil.rmtree(patch_dir, ignore_errors=True)
+    with h5py.File(store, "r") as f:
+        for i, patch in enumerate(f["patches"]):
+            write_png(patch_dir / f"{i:06d}.png", patch)
+    store.unlink()
+    set14 = out / "Set14"
+    set14.mkdir(exist_ok=True)
+    for p in sorted((data / "test" / "Set14").glob("*.png"))[: 1 if tiny else None]:
+        if tiny:  # a 64x64 corner: adaptation in a second on a CPU
+            write_png(set14 / p.name, read_image_uint8(p)[:64, :64])
+        else:
+            shutil.copy(p, set14 / p.name)
+    size = sum(p.stat().st_size for p in out.rglob("*") if p.is_file())
+    print(f"{out}: {len(list(patch_dir.iterdir()))} meta patches, theta_T, {len(list(set14.iterdir()))} Set14 images;"
+          f" {size / 2**20:.1f} MiB")
+
+
+# ------------------------------------------------------------------------------------ train (GPU)
+
+
+class OutOfTime(Exception):
+    """Raised by the step hook at a checkpoint when the next chunk would not fit the budget."""
+
+
+def _shard(job):
+    store, out, index, count, scale, tasks = job
+    write_task_shard(store, out, index, count, scale, **tasks)
+
+
+def prepare_data(bundle_dir: Path, work: Path, recipe: dict) -> tuple[Path, list[Path]]:
+    """The augmented meta patch store and the run's task shards, rebuilt from the bundle."""
+    work.mkdir(parents=True, exist_ok=True)
+    store = work / "meta.h5"
+    if not store.exists():  # one 64x64 PNG = one grid patch; 8 flips/rotations as the release stores them
+        p = recipe["patches"]
+        write_patch_store(sorted((bundle_dir / "meta_patches").glob("*.png")), store, p["patch_size"], p["stride"], None,
+                          seed=0, reject_flat=p["reject_flat"], flat_threshold=p["flat_threshold"], store_augmented=True)
+    meta = recipe["meta"]
+    total = meta["iterations"] * meta["meta_batch"] + meta["validation_tasks"]
+    n = recipe["shards"]
+    shards = [work / f"tasks{total}_{i}.h5" for i in range(n)]
+    jobs = [(store, out, i, total * (i + 1) // n - total * i // n, meta["scale"], recipe["tasks"])
+            for i, out in enumerate(shards) if not out.exists()]
+    if jobs:
+        with ProcessPoolExecutor(max_workers=min(len(jobs), os.cpu_count() or 1)) as pool:
+            list(pool.map(_shard, jobs))
+    return store, shards
+
+
+def train(args) -> None:
+    t_start = time.perf_counter()
+    recipe = paper_recipe(args.model, args.tiny)
+    state_dir = args.state_dir or REPO / "models" / "training" / args.model
+    work = args.work
+    store, shards = prepare_data(args.bundle, work, recipe)
+    (work / "train").mkdir(parents=True, exist_ok=True)
+    if (state_dir / "last.pt").exists():
+        shutil.copy(state_dir / "last.pt", work / "train" / "last.pt")
+    if (state_dir / "log.csv").exists():
+        shutil.copy(state_dir / "log.csv", work / "log.csv")
+    start_step = torch.load(work / "train" / "last.pt", weights_only=True)["step"] if (work / "train" / "last.pt").exists() else 0
+    cfg = recipe["meta"]
+    budget = 60 * args.minutes
+    t_train = time.perf_counter()
+    marks = [(t_train, start_step)]
+
+    def hook(step):  # at each checkpoint: stop when another chunk would overrun the budget
+        if step % cfg["checkpoint_every"]:
+            return
+        marks.append((time.perf_counter(), step))
+        (t0, s0), (t1, s1) = marks[0], marks[-1]
+        per_step = (t1 - t0) / max(s1 - s0, 1)
+        if t1 - t_train + per_step * cfg["checkpoint_every"] > budget:
+            raise OutOfTime
+
+    weights_out = work / "meta_final.safetensors"
+    try:
+        meta_train(args.bundle / "theta_T.safetensors", shards, store, weights_out, cfg, work / "train", work / "log.csv",
+                   device=args.device, on_step=hook)
+    except OutOfTime:
+        pass
+    train_seconds = time.perf_counter() - t_train
+    state = torch.load(work / "train" / "last.pt", map_location="cpu", weights_only=True)
+    end_step = state["step"]
+    device_name = torch.cuda.get_device_name() if torch.cuda.is_available() and args.device != "cpu" else "cpu"
+    info = {"name": args.model, "iterations": end_step, "start": "theta_T: the authors' pre-trained x2 model (500K steps,"
+            " bicubic), imported from TensorFlow", "data": DATA, "device": device_name, "config_digest": config_digest(recipe),
+            "recipe": recipe, "log": f"models/training/{args.model}/log.csv"}
+    meta = {"scale": 2, "degradation": cfg["method"], "step": end_step, "source": "meta", "config": cfg}
+    args.out.mkdir(parents=True, exist_ok=True)
+    model_path = args.out / f"{args.model}.safetensors"
+    save_weights(model_path, state["model"], meta)
+    model, _ = load_model(model_path, expected_scale=2)
+    images = sorted((args.bundle / "Set14").glob("*.png"))
+    t_eval = time.perf_counter()
+    eval_device = args.device if args.device != "auto" else ("cuda" if torch.cuda.is_available() else "cpu")
+    table = mean_table(score_rows(model, meta, images, MODELS[args.model][1], STEPS, "auto", eval_device))
+    set14 = {name: {str(k): [round(v[0], 3), round(v[1], 4)] for k, v in by.items()} for name, by in table.items()}
+    info["set14"] = set14
+    save_weights(model_path, state["model"], {**meta, "released": info})
+    shutil.copy(work / "train" / "last.pt", args.out / "last.pt")
+    shutil.copy(work / "log.csv", args.out / "log.csv")
+    slot = {"date": time.strftime("%Y-%m-%d"), "device": device_name, "torch": torch.__version__, "start_step": start_step,
+            "end_step": end_step, "train_seconds": round(train_seconds, 1),
+            "seconds_per_iteration": round(train_seconds / max(end_step - start_step, 1), 4), "set14": set14,
+            "eval_seconds": round(time.perf_counter() - t_eval, 1), "total_seconds": round(time.perf_counter() - t_start, 1)}
+    (args.out / "slot.json").write_text(json.dumps(slot, indent=1))
+    print(json.dumps(slot, indent=1))
+
+
+# ------------------------------------------------------------------------------------ adopt (CPU)
+
+
+def mean_after(set14: dict, steps: str = "10") -> float:
+    """Mean PSNR after `steps` over the model's degradations (the adoption criterion)."""
+    return float(np.mean([by[steps][0] for by in set14.values()]))
+
+
+def adopt(args) -> None:
+    """State, log and slot row into models/training/<model>/; the model into models/ if it is better."""
+    came = Path(args.files)
+    slot = json.loads((came / "slot.json").read_text())
+    state_dir = args.state_dir or REPO / "models" / "training" / args.model
+    models_dir = args.models_dir or REPO / "models"
+    state_dir.mkdir(parents=True, exist_ok=True)
+    models_dir.mkdir(parents=True, exist_ok=True)
+    for name in ("last.pt", "log.csv"):
+        shutil.copy(came / name, state_dir / name)
+    released = models_dir / f"{args.model}.safetensors"
+    old = release_info(released).get("set14") if released.exists() else None
+    degradations = MODELS[args.model][1]
+    better = old is None or set(old) != set(degradations) or mean_after(slot["set14"]) >= mean_after(old)
+    if better:
+        shutil.copy(came / f"{args.model}.safetensors", released)
+    slots = state_dir / "slots.csv"
+    new = not slots.exists()
+    with open(slots, "a", newline="") as f:
+        w = csv.DictWriter(f, SLOT_COLUMNS, extrasaction="ignore")
+        if new:
+            w.writeheader()
+        w.writerow({**slot, "set14": json.dumps(slot["set14"], sort_keys=True), "adopted": better})
+    verdict = "adopted as" if better else "kept out of"
+    print(f"{args.model}: steps {slot['start_step']} -> {slot['end_step']} on {slot['device']}, "
+          f"{slot['seconds_per_iteration']} s/iteration; Set14 mean MZSR(10) {mean_after(slot['set14']):.2f} dB"
+          f" (released: {mean_after(old) if old else float('nan'):.2f}); {verdict} {released}")
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    sub = ap.add_subparsers(dest="command", required=True)
+    p = sub.add_parser("bundle", help="write the data that the GPU machine needs")
+    p.add_argument("--out", type=Path, default=REPO / ".gpu_bundle")
+    p.add_argument("--data", type=Path, default=SHARED)
+    p.add_argument("--tiny", action="store_true", help="3 training images, 32 px patches, one Set14 corner (CPU check)")
+    p = sub.add_parser("train", help="resume the model's run, train until the budget, save, evaluate")
+    p.add_argument("--bundle", type=Path, default=REPO / ".gpu_bundle")
+    p.add_argument("--model", choices=MODELS, default="direct_x2")
+    p.add_argument("--minutes", type=float, required=True, help="training budget (data, evaluation not counted)")
+    p.add_argument("--device", default="auto")
+    p.add_argument("--work", type=Path, default=Path("/tmp/mzsr_release"))
+    p.add_argument("--state-dir", type=Path, help="default models/training/<model>")
+    p.add_argument("--out", type=Path, required=True)
+    p.add_argument("--tiny", action="store_true")
+    p = sub.add_parser("adopt", help="take a slot's files into models/")
+    p.add_argument("files", help="the folder with the files the GPU run returned")
+    p.add_argument("--model", choices=MODELS, default="direct_x2")
+    p.add_argument("--state-dir", type=Path)
+    p.add_argument("--models-dir", type=Path)
+    args = ap.parse_args(argv)
+    try:
+        {"bundle": lambda: bundle(args.out, args.data, args.tiny), "train": lambda: train(args), "adopt": lambda: adopt(args)}[args.command]()
+    except MZSRError as e:
+        print(f"extend_release: {e}", file=sys.stderr)
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

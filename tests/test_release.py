@@ -1,0 +1,91 @@
+"""Released models: where they are found, what `mzsr upscale` takes without --weights, their
+metadata, and the script that extends their training run by one slot of GPU time (tiny, on the CPU)."""
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+import h5py
+import numpy as np
+import pytest
+
+from conftest import REPO, SHARED_DATA, needs_shared_data, smooth_image
+from mzsr import MZSRError
+from mzsr.cli import main
+from mzsr.data import write_patch_store
+from mzsr.images import list_images, read_image_uint8, write_png
+from mzsr.released import MODELS_ENV, describe_weights, release_info, released_weights
+
+EXTEND = REPO / "benchmarks" / "extend_release.py"
+
+
+def test_the_released_direct_x2_model_is_found_and_says_where_it_comes_from():
+    path = released_weights("direct", 2)
+    assert path == REPO / "models" / "direct_x2.safetensors"
+    info = release_info(path)
+    assert info["name"] == "direct_x2" and info["iterations"] == 700 and info["device"] == "NVIDIA H100 80GB HBM3"
+    assert {"data", "config_digest", "recipe", "set14", "start"} <= set(info)
+    assert set(info["set14"]) == {"g0.2", "g2.0", "ani"} and set(info["set14"]["g2.0"]) == {"0", "1", "10"}
+    assert describe_weights(path).endswith("released direct_x2, 700 meta-iterations on NVIDIA H100 80GB HBM3 "
+                                           f"({info['data']})")
+
+
+def test_a_model_not_released_is_a_clear_error(tmp_path, monkeypatch):
+    with pytest.raises(MZSRError, match=r"^no released model bicubic_x2 \(for bicubic subsampling at x2\) in .*models "
+                                        r"\(released: direct_x2\); give --weights FILE"):
+        released_weights("bicubic", 2)
+    monkeypatch.setenv(MODELS_ENV, str(tmp_path / "elsewhere"))
+    with pytest.raises(MZSRError, match=r"elsewhere: no models folder \(set MZSR_MODELS"):
+        released_weights("direct", 2)
+    with pytest.raises(MZSRError, match="unknown subsampling 'nearest'"):
+        released_weights("nearest", 2)
+
+
+def test_upscale_without_weights_takes_the_released_model(tmp_path, capsys):
+    write_png(tmp_path / "lr" / "a.png", smooth_image(30, 26, seed=4))
+    assert main(["upscale", str(tmp_path / "lr"), "--out", str(tmp_path / "sr"), "--kernel", "g2.0", "--steps", "1",
+                 "--device", "cpu"]) == 0
+    assert read_image_uint8(tmp_path / "sr" / "a.png").shape == (60, 52, 3)
+    assert f"mzsr: weights {REPO / 'models' / 'direct_x2.safetensors'}" in capsys.readouterr().err
+    assert main(["upscale", str(tmp_path / "lr"), "--out", str(tmp_path / "sr2"), "--kernel", "gb1.3"]) == 1
+    assert "mzsr: error: no released model bicubic_x2 (for bicubic subsampling at x2)" in capsys.readouterr().err
+    assert not (tmp_path / "sr2").exists()
+
+
+def _extend(*args):
+    proc = subprocess.run([sys.executable, str(EXTEND), *map(str, args)], capture_output=True, text=True,
+                          env={"TQDM_DISABLE": "1", "PATH": "/usr/bin:/bin", "OMP_NUM_THREADS": "2"}, timeout=600)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    return proc.stdout
+
+
+@needs_shared_data
+def test_two_slots_extend_one_run_and_the_better_model_is_adopted(tmp_path):
+    bundle, state, models = tmp_path / "bundle", tmp_path / "state", tmp_path / "models"
+    _extend("bundle", "--out", bundle, "--tiny")
+    # the store rebuilt from the bundle's PNGs is the one cut from the images, 8 flips/rotations each
+    images = list_images([SHARED_DATA / "train" / "T91", SHARED_DATA / "train" / "BSD200"])[:3]
+    direct = tmp_path / "direct.h5"
+    write_patch_store(images, direct, 32, 32, None, seed=0, reject_flat=True, store_augmented=True)
+    slot = lambda n, minutes: ("train", "--bundle", bundle, "--tiny", "--minutes", minutes, "--device", "cpu",  # noqa: E731
+                               "--work", tmp_path / f"work{n}", "--state-dir", state, "--out", tmp_path / f"out{n}")
+    _extend(*slot(1, 1e-4))  # a budget that ends the slot at its first checkpoint (step 2 of 4)
+    with h5py.File(direct, "r") as a, h5py.File(tmp_path / "work1" / "meta.h5", "r") as b:
+        np.testing.assert_array_equal(a["patches"][:], b["patches"][:])
+        assert a["patches"].shape[0] % 8 == 0 and a["patches"].shape[0] > 8
+    first = json.loads((tmp_path / "out1" / "slot.json").read_text())
+    assert (first["start_step"], first["end_step"], first["device"]) == (0, 2, "cpu")
+    assert "steps 0 -> 2 on cpu" in _extend("adopt", tmp_path / "out1", "--state-dir", state, "--models-dir", models)
+    assert (models / "direct_x2.safetensors").is_file() and (state / "last.pt").is_file()
+    _extend(*slot(2, 30))  # the next slot resumes at step 2 and finishes the 4 iterations
+    second = json.loads((tmp_path / "out2" / "slot.json").read_text())
+    assert (second["start_step"], second["end_step"]) == (2, 4)
+    log = (tmp_path / "out2" / "log.csv").read_text().splitlines()
+    assert [r.split(",")[0] for r in log[1:]] == ["1", "2", "3", "4"]
+    _extend("adopt", tmp_path / "out2", "--state-dir", state, "--models-dir", models)
+    rows = (state / "slots.csv").read_text().splitlines()
+    assert len(rows) == 3 and rows[0].startswith("date,device,torch,start_step,end_step")
+    info = release_info(models / "direct_x2.safetensors")
+    adopted = rows[2].endswith("True")
+    assert info["iterations"] == (4 if adopted else 2) and info["device"] == "cpu"
