@@ -37,7 +37,7 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO / "benchmarks"))
 
 from mzsr import MZSRError  # noqa: E402
-from mzsr.checkpoints import import_tf_checkpoint, load_model, save_weights  # noqa: E402
+from mzsr.checkpoints import import_tf_checkpoint, save_weights  # noqa: E402
 from mzsr.data import write_patch_store, write_task_shard  # noqa: E402
 from mzsr.images import list_images, read_image_uint8, write_png  # noqa: E402
 from mzsr.meta import META_DEFAULTS, meta_train  # noqa: E402
@@ -136,6 +136,48 @@ def prepare_data(bundle_dir: Path, work: Path, recipe: dict) -> tuple[Path, list
     return store, shards
 
 
+def budgeted_meta_train(init: Path, shards, store: Path, cfg: dict, work: Path, minutes: float, device: str):
+    """meta_train in work/train (resuming from its last.pt) until `minutes` of training are spent:
+    it stops at the last checkpoint before the budget. Returns (start step, end step, seconds, state)."""
+    last = work / "train" / "last.pt"
+    start_step = torch.load(last, weights_only=True)["step"] if last.exists() else 0
+    t_train = time.perf_counter()
+    marks = [(t_train, start_step)]
+
+    def hook(step):  # at each checkpoint: stop when another chunk would overrun the budget
+        if step % cfg["checkpoint_every"]:
+            return
+        marks.append((time.perf_counter(), step))
+        (t0, s0), (t1, s1) = marks[0], marks[-1]
+        if t1 - t_train + (t1 - t0) / max(s1 - s0, 1) * cfg["checkpoint_every"] > 60 * minutes:
+            raise OutOfTime
+
+    try:
+        meta_train(init, shards, store, work / "meta_final.safetensors", cfg, work / "train", work / "log.csv",
+                   device=device, on_step=hook)
+    except OutOfTime:
+        pass
+    state = torch.load(last, map_location="cpu", weights_only=True)
+    return start_step, state["step"], time.perf_counter() - t_train, state
+
+
+def device_name(device: str) -> str:
+    return torch.cuda.get_device_name() if torch.cuda.is_available() and device != "cpu" else "cpu"
+
+
+def set14_means(state: dict, meta: dict, bundle_dir: Path, degradations, device: str) -> dict:
+    """{degradation: {steps: [PSNR, SSIM]}} of the weights on the bundle's Set14."""
+    from mzsr.model import MZSRNet
+
+    model = MZSRNet()
+    model.load_state_dict(state["model"])
+    model.eval()
+    images = sorted((bundle_dir / "Set14").glob("*.png"))
+    device = device if device != "auto" else ("cuda" if torch.cuda.is_available() else "cpu")
+    table = mean_table(score_rows(model, meta, images, degradations, STEPS, "auto", device))
+    return {name: {str(k): [round(v[0], 3), round(v[1], 4)] for k, v in by.items()} for name, by in table.items()}
+
+
 def train(args) -> None:
     t_start = time.perf_counter()
     recipe = paper_recipe(args.model, args.tiny)
@@ -147,54 +189,52 @@ def train(args) -> None:
         shutil.copy(state_dir / "last.pt", work / "train" / "last.pt")
     if (state_dir / "log.csv").exists():
         shutil.copy(state_dir / "log.csv", work / "log.csv")
-    start_step = torch.load(work / "train" / "last.pt", weights_only=True)["step"] if (work / "train" / "last.pt").exists() else 0
     cfg = recipe["meta"]
-    budget = 60 * args.minutes
-    t_train = time.perf_counter()
-    marks = [(t_train, start_step)]
-
-    def hook(step):  # at each checkpoint: stop when another chunk would overrun the budget
-        if step % cfg["checkpoint_every"]:
-            return
-        marks.append((time.perf_counter(), step))
-        (t0, s0), (t1, s1) = marks[0], marks[-1]
-        per_step = (t1 - t0) / max(s1 - s0, 1)
-        if t1 - t_train + per_step * cfg["checkpoint_every"] > budget:
-            raise OutOfTime
-
-    weights_out = work / "meta_final.safetensors"
-    try:
-        meta_train(args.bundle / "theta_T.safetensors", shards, store, weights_out, cfg, work / "train", work / "log.csv",
-                   device=args.device, on_step=hook)
-    except OutOfTime:
-        pass
-    train_seconds = time.perf_counter() - t_train
-    state = torch.load(work / "train" / "last.pt", map_location="cpu", weights_only=True)
-    end_step = state["step"]
-    device_name = torch.cuda.get_device_name() if torch.cuda.is_available() and args.device != "cpu" else "cpu"
+    start_step, end_step, train_seconds, state = budgeted_meta_train(
+        args.bundle / "theta_T.safetensors", shards, store, cfg, work, args.minutes, args.device)
+    card = device_name(args.device)
     info = {"name": args.model, "iterations": end_step, "start": "theta_T: the authors' pre-trained x2 model (500K steps,"
-            " bicubic), imported from TensorFlow", "data": DATA, "device": device_name, "config_digest": config_digest(recipe),
+            " bicubic), imported from TensorFlow", "data": DATA, "device": card, "config_digest": config_digest(recipe),
             "recipe": recipe, "log": f"models/training/{args.model}/log.csv"}
     meta = {"scale": 2, "degradation": cfg["method"], "step": end_step, "source": "meta", "config": cfg}
-    args.out.mkdir(parents=True, exist_ok=True)
-    model_path = args.out / f"{args.model}.safetensors"
-    save_weights(model_path, state["model"], meta)
-    model, _ = load_model(model_path, expected_scale=2)
-    images = sorted((args.bundle / "Set14").glob("*.png"))
     t_eval = time.perf_counter()
-    eval_device = args.device if args.device != "auto" else ("cuda" if torch.cuda.is_available() else "cpu")
-    table = mean_table(score_rows(model, meta, images, MODELS[args.model][1], STEPS, "auto", eval_device))
-    set14 = {name: {str(k): [round(v[0], 3), round(v[1], 4)] for k, v in by.items()} for name, by in table.items()}
-    info["set14"] = set14
-    save_weights(model_path, state["model"], {**meta, "released": info})
+    info["set14"] = set14 = set14_means(state, meta, args.bundle, MODELS[args.model][1], args.device)
+    args.out.mkdir(parents=True, exist_ok=True)
+    save_weights(args.out / f"{args.model}.safetensors", state["model"], {**meta, "released": info})
     shutil.copy(work / "train" / "last.pt", args.out / "last.pt")
     shutil.copy(work / "log.csv", args.out / "log.csv")
-    slot = {"date": time.strftime("%Y-%m-%d"), "device": device_name, "torch": torch.__version__, "start_step": start_step,
+    slot = {"date": time.strftime("%Y-%m-%d"), "device": card, "torch": torch.__version__, "start_step": start_step,
             "end_step": end_step, "train_seconds": round(train_seconds, 1),
             "seconds_per_iteration": round(train_seconds / max(end_step - start_step, 1), 4), "set14": set14,
             "eval_seconds": round(time.perf_counter() - t_eval, 1), "total_seconds": round(time.perf_counter() - t_start, 1)}
     (args.out / "slot.json").write_text(json.dumps(slot, indent=1))
     print(json.dumps(slot, indent=1))
+
+
+def ab(args) -> None:
+    """The release's first-order warm-up against second order throughout, at equal training time,
+    each arm from theta_T with the same tasks; Set14 after each."""
+    recipe = paper_recipe(args.model, args.tiny)
+    store, shards = prepare_data(args.bundle, args.work, recipe)
+    arms = {"second order throughout": 0, f"first order for {args.warm_up} iterations": args.warm_up}
+    result = {"device": device_name(args.device), "torch": torch.__version__, "minutes_per_arm": args.minutes, "arms": {}}
+    for i, (arm, warm_up) in enumerate(arms.items()):
+        cfg = {**recipe["meta"], "first_order_iterations": warm_up}
+        work = args.work / f"arm{i}"
+        shutil.rmtree(work, ignore_errors=True)
+        (work / "train").mkdir(parents=True)
+        _, end, seconds, state = budgeted_meta_train(args.bundle / "theta_T.safetensors", shards, store, cfg, work,
+                                                     args.minutes, args.device)
+        meta = {"scale": 2, "degradation": cfg["method"], "step": end, "source": "meta", "config": cfg}
+        result["arms"][arm] = {"iterations": end, "train_seconds": round(seconds, 1),
+                               "set14": set14_means(state, meta, args.bundle, MODELS[args.model][1], args.device)}
+        print(arm, json.dumps(result["arms"][arm]), flush=True)
+    args.out.mkdir(parents=True, exist_ok=True)
+    (args.out / "ab.json").write_text(json.dumps(result, indent=1))
+    print("| arm | iterations | " + " | ".join(f"{d} MZSR(1) / MZSR(10)" for d in MODELS[args.model][1]) + " |")
+    for arm, r in result["arms"].items():
+        cells = " | ".join(f"{by['1'][0]:.2f} / {by['10'][0]:.2f}" for by in r["set14"].values())
+        print(f"| {arm} | {r['iterations']} | {cells} |")
 
 
 # ------------------------------------------------------------------------------------ adopt (CPU)
@@ -250,6 +290,15 @@ def main(argv=None) -> int:
     p.add_argument("--state-dir", type=Path, help="default models/training/<model>")
     p.add_argument("--out", type=Path, required=True)
     p.add_argument("--tiny", action="store_true")
+    p = sub.add_parser("ab", help="first-order warm-up against second order throughout, equal time per arm")
+    p.add_argument("--bundle", type=Path, default=REPO / ".gpu_bundle")
+    p.add_argument("--model", choices=MODELS, default="direct_x2")
+    p.add_argument("--minutes", type=float, required=True, help="training time of each arm")
+    p.add_argument("--warm-up", type=int, default=1000, help="first-order iterations of the warm-up arm")
+    p.add_argument("--device", default="auto")
+    p.add_argument("--work", type=Path, default=Path("/tmp/mzsr_ab"))
+    p.add_argument("--out", type=Path, required=True)
+    p.add_argument("--tiny", action="store_true")
     p = sub.add_parser("adopt", help="take a slot's files into models/")
     p.add_argument("files", help="the folder with the files the GPU run returned")
     p.add_argument("--model", choices=MODELS, default="direct_x2")
@@ -257,7 +306,7 @@ def main(argv=None) -> int:
     p.add_argument("--models-dir", type=Path)
     args = ap.parse_args(argv)
     try:
-        {"bundle": lambda: bundle(args.out, args.data, args.tiny), "train": lambda: train(args), "adopt": lambda: adopt(args)}[args.command]()
+        {"bundle": lambda: bundle(args.out, args.data, args.tiny), "train": lambda: train(args), "ab": lambda: ab(args), "adopt": lambda: adopt(args)}[args.command]()
     except MZSRError as e:
         print(f"extend_release: {e}", file=sys.stderr)
         return 1

@@ -256,3 +256,15 @@ def test_a_model_not_released_stops_planning_with_one_line(tmp_path):
     assert proc.returncode != 0
     assert (f"meta.weights_folder {REPO / 'models'}: no bicubic_x2.safetensors for degradation(s) gb1.3 (it holds: "
             "direct_x2); drop them from degradations, or set meta.weights_folder: null to train it") in proc.stdout + proc.stderr
+
+
+def test_table2_config_plans_the_papers_table_from_the_released_models(tmp_path):
+    for i in range(2):
+        write_test_image(tmp_path / "resources" / "benchmarks" / "Set5" / f"img{i}.png", seed=i)
+    table2 = str(REPO / "config" / "table2.yaml")
+    jobs = planned_jobs(tmp_path, "--configfile", table2, "--config", "degradations=[g0.2,g2.0,ani]")
+    rules = Counter(rule for rule, _ in jobs)
+    assert set(rules) == {"lr_image", "sr_bicubic", "sr_zssr", "sr_mzsr", "aggregate", "plot_steps", "crop", "all"}
+    assert rules["sr_mzsr"] == 2 * 3
+    proc = snakemake(tmp_path, "-n", "--configfile", table2)  # gb1.3 waits for the released Bicubic model
+    assert proc.returncode != 0 and "no bicubic_x2.safetensors for degradation(s) gb1.3" in proc.stdout + proc.stderr
