@@ -52,6 +52,13 @@ SLOT_COLUMNS = ["date", "device", "torch", "start_step", "end_step", "train_seco
                 "set14", "adopted"]
 
 
+OPERATIONAL = ("checkpoint_every", "log_every", "validate_every", "cuda_graph")  # not part of the recipe's digest
+
+
+def recipe_digest(recipe: dict) -> str:
+    return config_digest({**recipe, "meta": {k: v for k, v in recipe["meta"].items() if k not in OPERATIONAL}})
+
+
 def paper_recipe(model: str, tiny: bool = False) -> dict:
     """Meta, task and patch settings of the run: config/config.yaml's (tiny: a CPU check in seconds)."""
     paper = yaml.safe_load((REPO / "config" / "config.yaml").read_text())
@@ -181,6 +188,8 @@ def set14_means(state: dict, meta: dict, bundle_dir: Path, degradations, device:
 def train(args) -> None:
     t_start = time.perf_counter()
     recipe = paper_recipe(args.model, args.tiny)
+    if args.no_cuda_graph:
+        recipe["meta"]["cuda_graph"] = False
     state_dir = args.state_dir or REPO / "models" / "training" / args.model
     work = args.work
     store, shards = prepare_data(args.bundle, work, recipe)
@@ -194,7 +203,7 @@ def train(args) -> None:
         args.bundle / "theta_T.safetensors", shards, store, cfg, work, args.minutes, args.device)
     card = device_name(args.device)
     info = {"name": args.model, "iterations": end_step, "start": "theta_T: the authors' pre-trained x2 model (500K steps,"
-            " bicubic), imported from TensorFlow", "data": DATA, "device": card, "config_digest": config_digest(recipe),
+            " bicubic), imported from TensorFlow", "data": DATA, "device": card, "config_digest": recipe_digest(recipe),
             "recipe": recipe, "log": f"models/training/{args.model}/log.csv"}
     meta = {"scale": 2, "degradation": cfg["method"], "step": end_step, "source": "meta", "config": cfg}
     t_eval = time.perf_counter()
@@ -215,6 +224,8 @@ def ab(args) -> None:
     """The release's first-order warm-up against second order throughout, at equal training time,
     each arm from theta_T with the same tasks; Set14 after each."""
     recipe = paper_recipe(args.model, args.tiny)
+    if args.no_cuda_graph:
+        recipe["meta"]["cuda_graph"] = False
     store, shards = prepare_data(args.bundle, args.work, recipe)
     arms = {"second order throughout": 0, f"first order for {args.warm_up} iterations": args.warm_up}
     result = {"device": device_name(args.device), "torch": torch.__version__, "minutes_per_arm": args.minutes, "arms": {}}
@@ -290,6 +301,7 @@ def main(argv=None) -> int:
     p.add_argument("--state-dir", type=Path, help="default models/training/<model>")
     p.add_argument("--out", type=Path, required=True)
     p.add_argument("--tiny", action="store_true")
+    p.add_argument("--no-cuda-graph", action="store_true", help="eager meta-steps (meta.cuda_graph: false)")
     p = sub.add_parser("ab", help="first-order warm-up against second order throughout, equal time per arm")
     p.add_argument("--bundle", type=Path, default=REPO / ".gpu_bundle")
     p.add_argument("--model", choices=MODELS, default="direct_x2")
@@ -299,6 +311,7 @@ def main(argv=None) -> int:
     p.add_argument("--work", type=Path, default=Path("/tmp/mzsr_ab"))
     p.add_argument("--out", type=Path, required=True)
     p.add_argument("--tiny", action="store_true")
+    p.add_argument("--no-cuda-graph", action="store_true", help="eager meta-steps (meta.cuda_graph: false)")
     p = sub.add_parser("adopt", help="take a slot's files into models/")
     p.add_argument("files", help="the folder with the files the GPU run returned")
     p.add_argument("--model", choices=MODELS, default="direct_x2")
