@@ -11,13 +11,14 @@ from __future__ import annotations
 
 import copy
 import time
+import warnings
 from dataclasses import dataclass, field
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 
-from . import MZSRError
+from . import MZSRError, MZSRWarning
 from .degrade import blur_torch, degrade_torch, direct_indices
 from .resize import imresize_torch
 from .training import setup_device
@@ -70,7 +71,23 @@ def weights_subsampling(metadata: dict, fallback: str) -> str:
 
 
 def pick_device(requested: str | None = None) -> torch.device:
-    """CUDA when present unless told otherwise (the trainers' choice, `training.setup_device`)."""
+    """CUDA when present unless told otherwise (the trainers' choice, `training.setup_device`); a
+    device that does not exist here (`cuda:7`, `cuda` without a GPU, `tpu`) is one clear error."""
+    if requested and requested != "auto":
+        try:
+            device = torch.device(requested)
+        except (RuntimeError, ValueError):
+            raise MZSRError(f"device {requested!r}: not a torch device (use auto, cpu, cuda, cuda:N or mps)") from None
+        if device.type == "cuda":
+            count = torch.cuda.device_count() if torch.cuda.is_available() else 0
+            if count == 0:
+                raise MZSRError(f"device {requested!r}: CUDA is not available on this machine (use cpu or auto)")
+            if device.index is not None and device.index >= count:
+                raise MZSRError(f"device {requested!r}: this machine has {count} CUDA device(s), cuda:0 to cuda:{count - 1}")
+        elif device.type == "mps" and not (hasattr(torch.backends, "mps") and torch.backends.mps.is_available()):
+            raise MZSRError(f"device {requested!r}: MPS is not available on this machine (use cpu or auto)")
+        elif device.type not in ("cpu", "cuda", "mps"):
+            raise MZSRError(f"device {requested!r}: not supported (use auto, cpu, cuda, cuda:N or mps)")
     return setup_device(requested)
 
 
@@ -106,6 +123,14 @@ RECEPTIVE_RADIUS = 8
 DEFAULT_TILE = 512
 # LR pixels trained on at once; above it each adaptation step uses a random crop of this area.
 DEFAULT_MAX_ADAPT_PIXELS = 512 * 512
+# Out of GPU memory, tiles and adaptation crops are halved down to these sides before giving up.
+MIN_TILE = 32
+MIN_CROP = 32
+
+
+def _free() -> None:
+    if torch.cuda.is_available():
+        torch.cuda.empty_cache()
 
 # Paper: plain output, as in the published tables. Best: self-ensemble over the flips/rotations that
 # are valid for the kernel, and back-projection.
@@ -121,9 +146,27 @@ def upscale(model: torch.nn.Module, lr: torch.Tensor, scale: int, tile: int | No
 
     Large images are processed in tiles of `tile` x `tile` HR pixels with a margin of the network's
     receptive field, so the result equals whole-image inference up to float rounding while memory
-    stays bounded by the tile size.
+    stays bounded by the tile size. Out of GPU memory, the tiles are halved (down to MIN_TILE) with
+    a one-line warning, and the result stays the same.
     """
     x = imresize_torch(lr, float(scale), output_shape)
+    h, w = x.shape[-2:]
+    while True:
+        try:
+            return _tiled(model, x, tile)
+        except torch.OutOfMemoryError:
+            current = tile if tile is not None and h * w > tile * tile else max(h, w)
+            smaller = current // 2
+            _free()
+            if smaller < MIN_TILE:
+                raise MZSRError(f"out of GPU memory in inference even with {current}x{current} tiles; use a smaller image "
+                                "or --device cpu") from None
+            warnings.warn(f"out of GPU memory in inference with {current}x{current} tiles; retrying with "
+                          f"{smaller}x{smaller} tiles (same result)", MZSRWarning, stacklevel=2)
+            tile = smaller
+
+
+def _tiled(model: torch.nn.Module, x: torch.Tensor, tile: int | None) -> torch.Tensor:
     h, w = x.shape[-2:]
     if tile is None or h * w <= tile * tile:
         return model(x)
@@ -184,6 +227,25 @@ def adapt(
     Time for each entry counts adaptation up to that step plus its own inference (synchronised on
     GPUs); `step_seconds` of each entry lists the time of every adaptation step so far.
     """
+    while True:
+        try:
+            return _adapt_once(model, lr_image, kernel, scale, method, step_counts, schedule, device, preset, tile,
+                               max_adapt_pixels, seed, grid, noise_level, output_shape)
+        except torch.OutOfMemoryError:  # inference retries on its own (`upscale`): this is an adaptation step
+            h, w = lr_image.shape[:2]
+            area = max_adapt_pixels if max_adapt_pixels is not None and h * w > max_adapt_pixels else h * w
+            side = int(area**0.5)
+            smaller = side // 2
+            _free()
+            if smaller < MIN_CROP:
+                raise MZSRError(f"out of GPU memory adapting even on {side}x{side} crops; use --device cpu") from None
+            warnings.warn(f"out of GPU memory adapting on {side}x{side} crops; starting the image again with "
+                          f"{smaller}x{smaller} crops", MZSRWarning, stacklevel=2)
+            max_adapt_pixels = smaller * smaller
+
+
+def _adapt_once(model, lr_image, kernel, scale, method, step_counts, schedule, device, preset, tile, max_adapt_pixels,
+                seed, grid, noise_level, output_shape) -> list[AdaptationOutput]:
     if preset not in PRESETS:
         raise ValueError(f"unknown preset {preset!r}; use one of {', '.join(PRESETS)}")
     if noise_level < 0:

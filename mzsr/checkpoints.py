@@ -10,9 +10,7 @@ Why a hand-written TF reader: the authors' released theta_T is a TF-1 "tensor bu
 from __future__ import annotations
 
 import json
-import os
 import struct
-import tempfile
 import warnings
 from functools import lru_cache
 from pathlib import Path
@@ -91,42 +89,44 @@ def _validate_state_dict(state: dict[str, Any], path: Path | str) -> dict[str, t
 # safetensors save / load
 # --------------------------------------------------------------------------------------------------
 
+WEIGHTS_SUFFIXES = (".safetensors", ".pt", ".pth")
+
+
+def check_weights_suffix(path: str | Path) -> str:
+    """The format a weights file name asks for: safetensors for `.safetensors`, a plain-tensor
+    torch file (read back with weights_only=True) for `.pt`/`.pth`; any other suffix is refused
+    before any work, so that the file written is the file asked for."""
+    suffix = Path(path).suffix.lower()
+    if suffix not in WEIGHTS_SUFFIXES:
+        raise MZSRError(f"{path}: unsupported weights file suffix {suffix or '(none)'!r}; use .safetensors (or .pt/.pth)")
+    return "torch" if suffix in _PICKLE_SUFFIXES else "safetensors"
+
+
 def save_weights(path: str | Path, state_dict: dict[str, torch.Tensor], metadata: dict[str, Any]) -> None:
-    """Write `state_dict` + `metadata` as safetensors, atomically.
+    """Write `state_dict` + `metadata` atomically in the format the suffix names (`check_weights_suffix`).
 
-    Atomic (temp file in the same directory, fsync, os.replace) so an interrupted run or a parallel
-    reader never sees a half-written file under the final name. Metadata values are stored as JSON
-    strings because safetensors metadata must be str -> str; `load_weights` decodes them back.
+    Atomic (temp file in the same directory, fsync, os.replace: `mzsr.io.atomic_path`) so an
+    interrupted run or a parallel reader never sees a half-written file under the final name, and a
+    full disk or read-only folder is one error naming the path. Safetensors metadata must be
+    str -> str, so values are stored as JSON strings; `load_weights` decodes them back. A `.pt`/`.pth`
+    file holds {"state_dict": tensors, "metadata": the same JSON strings}: plain types only.
     """
-    from safetensors.torch import save_file
+    import io
 
-    path = Path(path)
+    import safetensors.torch
+
+    from .io import atomic_path
+
+    kind = check_weights_suffix(path)
     tensors = {k: v.detach().to("cpu").contiguous() for k, v in state_dict.items()}
     meta = {str(k): json.dumps(v, sort_keys=True) for k, v in metadata.items()}
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp_name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    os.close(fd)
-    try:
-        save_file(tensors, tmp_name, metadata=meta)
-        with open(tmp_name, "rb") as fh:
-            os.fsync(fh.fileno())
-        os.replace(tmp_name, path)
-    except BaseException:
-        try:
-            os.unlink(tmp_name)
-        except FileNotFoundError:
-            pass
-        raise
-    try:  # persist the rename itself; not possible on every platform/filesystem
-        dir_fd = os.open(path.parent, os.O_RDONLY)
-    except OSError:
-        return
-    try:
-        os.fsync(dir_fd)
-    except OSError:
-        pass
-    finally:
-        os.close(dir_fd)
+    with atomic_path(path) as tmp:
+        if kind == "safetensors":
+            safetensors.torch.save_file(tensors, str(tmp), metadata=meta)
+        else:  # serialised in memory first: torch's zip writer reports a full disk without its errno
+            buf = io.BytesIO()
+            torch.save({"state_dict": tensors, "metadata": meta}, buf)
+            tmp.write_bytes(buf.getvalue())
 
 
 def _decode_metadata(raw: dict[str, str] | None) -> dict[str, Any]:
@@ -158,7 +158,8 @@ def _load_torch_pickle(path: Path) -> tuple[dict[str, torch.Tensor], dict[str, A
     try:
         with warnings.catch_warnings():  # "Detected pickle protocol 4 ...": moot, the file is refused or read safely
             warnings.filterwarnings("ignore", message="Detected pickle protocol")
-            obj = torch.load(path, map_location="cpu", weights_only=True)
+            with open(path, "rb") as fh:  # a file object: torch.load would go by a path's suffix
+                obj = torch.load(fh, map_location="cpu", weights_only=True)
     except Exception as exc:
         # torch's message is many lines around the one that says what was refused (e.g. "Trying to
         # load unsupported GLOBAL posix.system ..."), and suggests weights_only=False: keep that line.
@@ -171,11 +172,27 @@ def _load_torch_pickle(path: Path) -> tuple[dict[str, torch.Tensor], dict[str, A
     metadata: dict[str, Any] = {}
     if isinstance(obj, dict) and isinstance(obj.get("state_dict"), dict):
         if isinstance(obj.get("metadata"), dict):
-            metadata = dict(obj["metadata"])
+            metadata = _decode_metadata({k: v for k, v in obj["metadata"].items() if isinstance(v, str)})
+            metadata.update({k: v for k, v in obj["metadata"].items() if not isinstance(v, str)})
         obj = obj["state_dict"]
     if not isinstance(obj, dict):
         raise MZSRError(f"{path}: expected a dict of tensors, got {type(obj).__name__}")
     return dict(obj), metadata
+
+
+def _sniff(path: Path) -> str:
+    """"torch" for a torch.save zip (PK..) or a raw pickle (protocol byte 0x80), else "safetensors"
+    (8-byte header length, then a JSON header)."""
+    try:
+        with open(path, "rb") as f:
+            head = f.read(9)
+    except OSError as e:
+        from .io import os_problem
+
+        raise MZSRError(f"{path}: cannot read: {os_problem(e)}") from None
+    if head[:4] == b"PK\x03\x04" or head[:1] == b"\x80":
+        return "torch"
+    return "safetensors"
 
 
 def load_weights(
@@ -183,7 +200,8 @@ def load_weights(
 ) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
     """Load and validate MZSRNet weights; return (state_dict as float32 CPU tensors, metadata).
 
-    `.pt`/`.pth` go through torch.load(weights_only=True); anything else is read as safetensors.
+    The format is recognised by content, not by name: a zip (torch.save) or a pickle goes through
+    torch.load(weights_only=True), anything else is read as safetensors.
     If `expected_scale` is given and the file records a different `scale`, fail: x4 weights used
     for x2 run silently but give wrong results. A file without a recorded scale is accepted.
     """
@@ -194,7 +212,7 @@ def load_weights(
         raise MZSRError(f"{path}: not a regular file")
     if path.stat().st_size == 0:
         raise MZSRError(f"{path}: weights file is empty")
-    if path.suffix.lower() in _PICKLE_SUFFIXES:
+    if _sniff(path) == "torch":
         state, metadata = _load_torch_pickle(path)
     else:
         state, metadata = _load_safetensors(path)

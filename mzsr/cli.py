@@ -44,8 +44,9 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("import-tf", help="convert the authors' TensorFlow-1 checkpoint to a weights file")
     p.add_argument("checkpoint", help="checkpoint prefix, e.g. .../Pretrained (without .index)")
-    p.add_argument("out", type=Path, help="output .safetensors file")
-    p.add_argument("--degradation", default="bicubic", help="degradation family the model was trained for")
+    p.add_argument("out", type=Path, help="output weights file: .safetensors, or .pt/.pth (a plain-tensor torch file)")
+    p.add_argument("--degradation", default="bicubic", choices=("bicubic", "direct"),
+                   help="degradation family the model was trained for (default bicubic: the authors' theta_T)")
     _add_common(p)
     p.set_defaults(func=cmd_import_tf)
 
@@ -88,12 +89,33 @@ def _out_path(out_dir: Path, src: Path) -> Path:
     return out_dir / f"{src.stem}.png"
 
 
+def _checked_outputs(args, images: list[Path]) -> list[Path]:
+    """Before any work: --out is a writable folder, no two inputs write one output (a.png and a.jpg
+    both make a.png: refused, as the pipeline refuses two test images with one stem), and no output
+    would overwrite an input. The same file given twice is taken once."""
+    from .io import check_output_folder
+
+    check_output_folder(args.out)
+    unique, by_output = [], {}
+    for path in images:
+        out = _out_path(args.out, path)
+        if out in by_output:
+            if by_output[out].resolve() == path.resolve():
+                continue
+            raise MZSRError(f"{by_output[out]} and {path} would both be written to {out}; rename one, or run them apart")
+        if out.exists() and out.resolve() == path.resolve():
+            raise MZSRError(f"{path}: the output {out} would overwrite this input; give another --out")
+        by_output[out] = path
+        unique.append(path)
+    return unique
+
+
 def cmd_degrade(args) -> int:
     from .degrade import write_lr_png
     from .images import list_images, read_image_uint8
     from .metrics import modcrop
 
-    jobs = _checked_inputs(args, list_images(args.inputs), hr=True)
+    jobs = _checked_inputs(args, _checked_outputs(args, list_images(args.inputs)), hr=True)
     for path, kernel, method in tqdm(jobs, desc="degrade", unit="img", disable=None):
         hr = modcrop(read_image_uint8(path), args.scale)
         write_lr_png(hr / 255.0, kernel, args.scale, method, _out_path(args.out, path))
@@ -101,8 +123,11 @@ def cmd_degrade(args) -> int:
 
 
 def cmd_import_tf(args) -> int:
-    from .checkpoints import import_tf_checkpoint, save_weights
+    from .checkpoints import check_weights_suffix, import_tf_checkpoint, save_weights
+    from .io import check_output_file
 
+    check_weights_suffix(args.out)  # the format the name asks for, or a refusal before any work
+    check_output_file(args.out)
     state = import_tf_checkpoint(args.checkpoint)
     meta = {"scale": args.scale, "degradation": args.degradation, "step": 0, "source": f"tf:{args.checkpoint}"}
     save_weights(args.out, state, meta)
@@ -162,13 +187,16 @@ def cmd_upscale(args) -> int:
     from .resize import imresize
 
     images = list_images(args.inputs)
+    if args.zssr_iterations < 1:
+        raise MZSRError(f"--zssr-iterations must be >= 1, got {args.zssr_iterations}")
     if args.method == "bicubic":
         args.kernel = None  # bicubic upscaling ignores the degradation
     if args.steps < 0:
         raise MZSRError(f"--steps must be >= 0, got {args.steps}")
-    if not args.noise_level >= 0:
-        raise MZSRError(f"--noise-level must be >= 0, got {args.noise_level}")
+    if not 0 <= args.noise_level < float("inf"):
+        raise MZSRError(f"--noise-level must be a finite number >= 0, got {args.noise_level}")
     device = pick_device(args.device)
+    images = _checked_outputs(args, images)
     if args.method == "mzsr":
         if args.steps > 0 and args.kernel is None:
             raise MZSRError("adaptation (--steps > 0) needs the degradation: give --kernel")
@@ -207,6 +235,10 @@ def cmd_evaluate(args) -> int:
     for d in (args.sr_dir, args.gt_dir):
         if not d.is_dir():
             raise MZSRError(f"{d}: not a folder")
+    if args.csv:
+        from .io import check_output_file
+
+        check_output_file(args.csv)
     gt_by_stem = {p.stem: p for p in list_images([args.gt_dir])}
     rows = []
     for sr_path in list_images([args.sr_dir]):
@@ -239,6 +271,8 @@ def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     try:
+        if args.scale < 2:
+            raise MZSRError(f"--scale must be an integer >= 2, got {args.scale}")
         with warnings.catch_warnings():
             warnings.simplefilter("default")
             warnings.showwarning = _show_warning

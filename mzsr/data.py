@@ -11,17 +11,27 @@ patch store, D_tr first. The LR inputs are made from them on the training device
 """
 from __future__ import annotations
 
+import hashlib
 import json
+import os
+import warnings
 from pathlib import Path
 
 import h5py
 import numpy as np
 import torch
 
-from . import MZSRError
+from . import MZSRError, MZSRWarning
 from .images import read_image_uint8
 from .io import atomic_path
 from .kernels import gaussian_kernels_torch, sample_training_params
+
+STORE_FORMAT = "mzsr-patches/1"
+SHARD_FORMAT = "mzsr-tasks/1"
+# Patch stores up to this size on disk are verified in full against their digest when a trainer opens
+# them (about 1 s per 100 MB); larger ones are checked chunk by chunk as they are read (gzip's adler32).
+VERIFY_LIMIT = 2 << 30
+_SLAB = 4096  # rows hashed at once
 
 FLAT_THRESHOLD = -6.0  # the authors' generators keep a patch when log(gradient energy + 1e-10) >= -6
 
@@ -80,6 +90,7 @@ def write_patch_store(
     if not paths:
         raise MZSRError(f"{out_path}: no training images given")
     modes = np.arange(8 if store_augmented else 1, dtype=np.uint8)
+    digest = hashlib.sha256()
     with atomic_path(out_path) as tmp, h5py.File(tmp, "w") as f:
         ds = f.create_dataset(
             "patches",
@@ -112,15 +123,25 @@ def write_patch_store(
             n0 = ds.shape[0]
             ds.resize(n0 + len(patches), axis=0)
             ds[n0:] = patches
+            digest.update(np.ascontiguousarray(patches).tobytes())
             sources.append(np.full(len(patches), i, np.int32))
         if ds.shape[0] == 0:
             why = f"all {n_grid} patches are flat (threshold {flat_threshold})" if n_grid else \
                 f"no image is at least {patch_size}x{patch_size}"
             raise MZSRError(f"{out_path}: {why}; nothing to train on")
         count = ds.shape[0]
-        f.create_dataset("source", data=np.concatenate(sources))
-        f.create_dataset("mode", data=np.tile(modes, count // len(modes)))
+        source, mode = np.concatenate(sources), np.tile(modes, count // len(modes))
+        f.create_dataset("source", data=source)
+        f.create_dataset("mode", data=mode)
+        for arr in (source, mode):
+            digest.update(np.ascontiguousarray(arr).tobytes())
+        settings = dict(patch_size=patch_size, stride=stride, max_per_image=max_per_image or 0, seed=seed,
+                        reject_flat=bool(reject_flat), flat_threshold=float(flat_threshold),
+                        store_augmented=bool(store_augmented), images=[str(p) for p in paths])
         f.attrs.update(
+            format=STORE_FORMAT,
+            digest=_finish(digest, f, ("patches", "source", "mode")),
+            settings=json.dumps(settings, sort_keys=True),
             patch_size=patch_size,
             stride=stride,
             max_per_image=max_per_image or 0,
@@ -137,12 +158,72 @@ def write_patch_store(
     return count
 
 
+def _finish(digest, f: h5py.File, names) -> str:
+    """The content digest: sha256 of the datasets' bytes in order, then of their names, dtypes, shapes."""
+    layout = [[n, f[n].dtype.str, list(f[n].shape)] for n in names]
+    digest.update(json.dumps(layout).encode())
+    return "sha256:" + digest.hexdigest()
+
+
+def content_digest(f: h5py.File, names) -> str:
+    """Recompute the digest `_finish` recorded, reading `_SLAB` rows at a time."""
+    digest = hashlib.sha256()
+    for n in names:
+        ds = f[n]
+        for start in range(0, ds.shape[0], _SLAB):
+            digest.update(np.ascontiguousarray(ds[start:start + _SLAB]).tobytes())
+    return _finish(digest, f, names)
+
+
+def set_aside(path: str | Path, why: str) -> Path:
+    """Move a bad project file out of the way (`<name>.corrupt`), so that a rerun of the pipeline
+    rebuilds it instead of reading it again; the file is kept for inspection (safe to delete)."""
+    path = Path(path)
+    aside = path.with_name(path.name + f".{why}")
+    try:
+        os.replace(path, aside)
+    except OSError:
+        return path
+    return aside
+
+
 def open_store(path: str | Path) -> h5py.File:
     """Open an HDF5 file for reading with a clear error for missing or corrupt files."""
     try:
         return h5py.File(path, "r")
     except (OSError, FileNotFoundError) as e:
         raise MZSRError(f"{path}: cannot open HDF5 file ({e}); delete it and rerun the step that makes it") from None
+
+
+def _legacy(path, kind: str) -> None:
+    warnings.warn(f"{path}: {kind} has no content digest (written by an older mzsr); not verified", MZSRWarning, stacklevel=3)
+
+
+def verify_patch_store(path: str | Path, full: bool | None = None) -> str | None:
+    """Check a patch store against its recorded digest; return the digest (None for an old store).
+
+    `full=None`: in full up to VERIFY_LIMIT bytes on disk. A store that cannot be read or does not
+    match is moved aside (`set_aside`) and reported by name, so that the pipeline rebuilds it.
+    """
+    path = Path(path)
+    with open_store(path) as f:
+        recorded = f.attrs.get("digest")
+        if recorded is None:
+            _legacy(path, "patch store")
+            return None
+        if full is None:
+            full = path.stat().st_size <= VERIFY_LIMIT
+        if not full:
+            return str(recorded)
+        try:
+            actual = content_digest(f, ("patches", "source", "mode"))
+        except (OSError, KeyError, ValueError) as e:
+            actual = f"unreadable ({' '.join(str(e).split())[:120]})"
+    if actual != recorded:
+        aside = set_aside(path, "corrupt")
+        problem = actual if actual.startswith("unreadable") else "content digest mismatch"
+        raise MZSRError(f"{path}: corrupt patch store ({problem}); moved aside to {aside.name}, rerun to rebuild it")
+    return str(recorded)
 
 
 def write_task_shard(
@@ -161,8 +242,11 @@ def write_task_shard(
     patches of the store. The shard records the store's size, so that a pool refuses another store.
     """
     n = n_support + n_query
+    if tasks < 0 or n_support < 1 or n_query < 1:
+        raise MZSRError(f"{out_path}: a shard needs tasks >= 0 and n_support, n_query >= 1 (got {tasks}, {n_support}, {n_query})")
     with open_store(patch_store) as f:
         count, patch_size = f["patches"].shape[:2]
+        store_digest = f.attrs.get("digest")
     if patch_size % scale:
         raise MZSRError(f"{patch_store}: meta patch size {patch_size} is not a multiple of the scale {scale}")
     if count < n:
@@ -170,11 +254,45 @@ def write_task_shard(
     rng = np.random.default_rng([seed, shard_index])
     params = sample_training_params(rng, scale, tasks).astype(np.float32)
     rows = np.array([rng.choice(count, n, replace=False) for _ in range(tasks)], dtype=np.int32).reshape(tasks, n)
+    settings = dict(scale=scale, seed=seed, shard_index=shard_index, tasks=tasks, n_support=n_support, n_query=n_query)
     with atomic_path(out_path) as tmp, h5py.File(tmp, "w") as g:
         g.create_dataset("kernel_params", data=params)
         g.create_dataset("patches", data=rows, compression="gzip", compression_opts=1)
+        digest = hashlib.sha256()
+        for arr in (params, rows):
+            digest.update(np.ascontiguousarray(arr).tobytes())
         g.attrs.update(scale=scale, seed=seed, shard_index=shard_index, n_support=n_support, n_query=n_query,
-                       patch_size=patch_size, store_patches=count, patch_store=str(patch_store))
+                       patch_size=patch_size, store_patches=count, patch_store=str(patch_store),
+                       format=SHARD_FORMAT, digest=_finish(digest, g, ("kernel_params", "patches")),
+                       settings=json.dumps(settings, sort_keys=True))
+        if store_digest is not None:
+            g.attrs["store_digest"] = store_digest
+
+
+def _read_shard(path: Path, store_digest: str | None):
+    """(problem, None) for a shard that is unreadable, corrupt or stale; else (None, (params, rows, meta))."""
+    try:
+        g = h5py.File(path, "r")
+    except FileNotFoundError:
+        raise MZSRError(f"{path}: task shard not found") from None
+    except OSError as e:
+        return f"unreadable task shard ({' '.join(str(e).split())[:120]})", None
+    try:
+        with g:
+            params, rows = g["kernel_params"][()], g["patches"][()]
+            a = g.attrs
+            meta = (int(a["scale"]), int(a["n_support"]), int(a["n_query"]), int(a["patch_size"]), int(a["store_patches"]))
+            recorded, made_from = a.get("digest"), a.get("store_digest")
+            actual = content_digest(g, ("kernel_params", "patches")) if recorded is not None else None
+    except (OSError, KeyError, ValueError, TypeError) as e:
+        return f"unreadable task shard ({' '.join(str(e).split())[:120]})", None
+    if recorded is None:
+        _legacy(path, "task shard")
+    elif actual != recorded:
+        return "corrupt task shard (content digest mismatch: bit flip or partial copy)", None
+    if store_digest is not None and made_from is not None and made_from != store_digest:
+        return "stale task shard (drawn from another version of the patch store)", None
+    return None, (params, rows, meta)
 
 
 class TaskPool:
@@ -186,18 +304,32 @@ class TaskPool:
         self.paths = [Path(p) for p in shard_paths]
         if not self.paths:
             raise MZSRError("meta-training needs at least one task shard")
-        params, rows, meta = [], [], set()
+        store_digest = verify_patch_store(patch_store)
+        params, rows, meta, bad = [], [], set(), []
         for p in self.paths:
-            with open_store(p) as g:
-                params.append(g["kernel_params"][()])
-                rows.append(g["patches"][()])
-                a = g.attrs
-                meta.add((int(a["scale"]), int(a["n_support"]), int(a["n_query"]), int(a["patch_size"]), int(a["store_patches"])))
+            problem, shard = _read_shard(p, store_digest)
+            if problem:
+                bad.append((p, problem))
+                continue
+            params.append(shard[0])
+            rows.append(shard[1])
+            meta.add(shard[2])
+        stale = [(p, why) for p, why in bad if why.startswith("stale")]
+        if stale and len(stale) == len(bad):  # another store was given, or it was rebuilt: nothing is broken
+            (first, why), more = stale[0], f" (and {len(stale) - 1} more shards)" if len(stale) > 1 else ""
+            raise MZSRError(f"{first}: {why}{more}, not from {patch_store}; rerun the task shards"
+                            " (snakemake --forcerun task_shard)")
+        if bad:  # every corrupt shard is set aside at once, so that one rerun rebuilds them all
+            corrupt = [(p, why) for p, why in bad if not why.startswith("stale")]
+            moved = [set_aside(p, "corrupt") for p, _ in corrupt]
+            (first, why), more = corrupt[0], f" (and {len(corrupt) - 1} more shards)" if len(corrupt) > 1 else ""
+            raise MZSRError(f"{first}: {why}{more}; moved aside to {moved[0].name}, rerun to rebuild it")
         if len(meta) != 1:
             raise MZSRError(f"task shards disagree on (scale, D_tr, D_te, patch size, store size): {sorted(meta)}")
         self.scale, self.n_support, self.n_query, self.patch_size, store_patches = meta.pop()
         self.kernel_params, self.rows = np.concatenate(params), np.concatenate(rows)
         self._file = open_store(patch_store)
+        self.store_path = Path(patch_store)
         self.patches = self._file["patches"]
         if self.patches.shape[:2] != (store_patches, self.patch_size):
             raise MZSRError(f"{patch_store}: {self.patches.shape[0]} patches of {self.patches.shape[1]}px, but the task shards "
@@ -212,7 +344,11 @@ class TaskPool:
     def read(self, rows: np.ndarray) -> np.ndarray:
         """HR patches (len(rows), P, P, 3) uint8 of store rows, one read a row: one h5py fancy-indexing
         read of 80 rows costs 7-11x more (benchmarks/bench_tasks.py)."""
-        return np.stack([self.patches[r] for r in np.asarray(rows).tolist()])
+        try:
+            return np.stack([self.patches[r] for r in np.asarray(rows).tolist()])
+        except OSError as e:
+            raise MZSRError(f"{self.store_path}: cannot read patch rows ({' '.join(str(e).split())[:160]}); the store is"
+                            " corrupt: delete it and rerun the step that makes it") from None
 
     def batch(self, task_ids, device):
         """HR patches (T, S+Q, 3, P, P) in [0, 1] (D_tr first) and kernels (T, k, k) of the tasks, on `device`."""
@@ -233,6 +369,7 @@ class PatchDataset(torch.utils.data.Dataset):
 
     def __init__(self, path: str | Path):
         self.path = str(path)
+        verify_patch_store(self.path)
         with open_store(self.path) as f:
             self.length = f["patches"].shape[0]
             self.patch_size = f["patches"].shape[1]
@@ -245,7 +382,11 @@ class PatchDataset(torch.utils.data.Dataset):
         index, aug = item
         if self._file is None:
             self._file = h5py.File(self.path, "r")
-        patch = dihedral(self._file["patches"][index], aug)
+        try:
+            patch = dihedral(self._file["patches"][index], aug)
+        except OSError as e:
+            raise MZSRError(f"{self.path}: cannot read patch {index} ({' '.join(str(e).split())[:160]}); the store is"
+                            " corrupt: delete it and rerun the step that makes it") from None
         return torch.from_numpy(np.ascontiguousarray(patch)).permute(2, 0, 1)
 
 

@@ -1,6 +1,11 @@
-"""Atomic file writes: a file either does not exist or is complete, even if the process is killed."""
+"""Atomic file writes: a file either does not exist or is complete, even if the process is killed.
+
+File-system faults (no space left, a read-only or missing parent, a path that is a file or a folder,
+permission denied) become one MZSRError naming the path and the problem, and leave nothing behind.
+"""
 from __future__ import annotations
 
+import errno
 import os
 import re
 import socket
@@ -8,10 +13,70 @@ import tempfile
 from contextlib import contextmanager
 from pathlib import Path
 
+from . import MZSRError, MZSRFileError
 
 _UMASK = os.umask(0)
 os.umask(_UMASK)
 _HOST = socket.gethostname()
+_ERRNO_IN_TEXT = re.compile(r"errno\s*=?\s*(\d+)", re.IGNORECASE)
+
+
+def os_problem(exc: BaseException) -> str:
+    """What went wrong in a few words: the errno's text (also when a library, e.g. HDF5 or torch,
+    buried it in its message), else the message's first line."""
+    code = getattr(exc, "errno", None)
+    if not isinstance(code, int):
+        m = _ERRNO_IN_TEXT.search(str(exc))
+        code = int(m.group(1)) if m else None
+    if isinstance(code, int) and code in errno.errorcode:
+        return os.strerror(code)
+    text = " ".join(str(exc).split())
+    if "No space left" in text or "file write failed" in text:  # torch's stream writer says no more
+        return os.strerror(errno.ENOSPC) if "No space left" in text else "write failed (disk full?)"
+    return text[:200] or type(exc).__name__
+
+
+def _existing_ancestor(path: Path) -> Path:
+    p = path
+    while not p.exists() and p != p.parent:
+        p = p.parent
+    return p
+
+
+def _probe(folder: Path, shown: Path) -> None:
+    """Create and delete a temp file in `folder`: the only test of writability that root, read-only
+    mounts and network file systems all answer truthfully."""
+    try:
+        fd, tmp = tempfile.mkstemp(dir=folder, prefix=".mzsr-probe.", suffix=".tmp")
+    except OSError as e:
+        raise MZSRError(f"{shown}: cannot write in {folder}: {os_problem(e)}") from None
+    os.close(fd)
+    os.unlink(tmp)
+
+
+def check_output_folder(folder: str | Path) -> None:
+    """Before any work: `folder` is (or can become) a writable folder. Creates nothing."""
+    folder = Path(folder)
+    if folder.exists():
+        if not folder.is_dir():
+            raise MZSRError(f"{folder}: exists and is a file, not a folder")
+        _probe(folder, folder)
+        return
+    base = _existing_ancestor(folder.parent)
+    if not base.is_dir():
+        raise MZSRError(f"{folder}: cannot create the folder: {base} is a file, not a folder")
+    _probe(base, folder)
+
+
+def check_output_file(path: str | Path) -> None:
+    """Before any work: `path` can be written (its folder writable or creatable, not a folder itself)."""
+    path = Path(path)
+    if path.is_dir():
+        raise MZSRError(f"{path}: is a folder, expected a file name")
+    base = _existing_ancestor(path.parent)
+    if not base.is_dir():
+        raise MZSRError(f"{path}: cannot create its folder: {base} is a file, not a folder")
+    _probe(base, path)
 
 
 def _alive(pid: int) -> bool:
@@ -43,21 +108,42 @@ def remove_stale_temps(path: str | Path) -> list[Path]:
     return removed
 
 
+def _fsync_dir(folder: Path) -> None:
+    try:  # persist the rename itself; not possible on every platform/filesystem
+        fd = os.open(folder, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
+
+
 @contextmanager
 def atomic_path(path: str | Path):
     """Yield a temporary path beside `path`; rename it onto `path` only if the block succeeds.
 
     The data are flushed to disk (fsync) before the rename, so that even after a power loss the
     file under the final name is complete. The temp file is `.<name>.<host>-<pid>.<random>.tmp`,
-    so that the next writer of `path` can remove it if this process is killed.
+    so that the next writer of `path` can remove it if this process is killed. An OSError of the
+    file system (here or in the block: no space left, read-only, permission denied, ...) becomes
+    an MZSRError `<path>: cannot write: <problem>`, and the temp file is removed.
     """
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    remove_stale_temps(path)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.{_HOST}-{os.getpid()}.", suffix=".tmp")
-    os.close(fd)
-    os.chmod(tmp, 0o666 & ~_UMASK)  # mkstemp makes 0600 files; results should read like any other file
+    tmp = None
     try:
+        if path.is_dir():
+            raise MZSRError(f"{path}: is a folder, cannot write a file there")
+        try:
+            path.parent.mkdir(parents=True, exist_ok=True)
+        except (FileExistsError, NotADirectoryError):
+            raise MZSRError(f"{path}: cannot create its folder: {_existing_ancestor(path.parent)} is a file, not a folder") from None
+        remove_stale_temps(path)
+        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.{_HOST}-{os.getpid()}.", suffix=".tmp")
+        os.close(fd)
+        os.chmod(tmp, 0o666 & ~_UMASK)  # mkstemp makes 0600 files; results should read like any other file
         yield Path(tmp)
         fd = os.open(tmp, os.O_RDONLY)
         try:
@@ -65,11 +151,36 @@ def atomic_path(path: str | Path):
         finally:
             os.close(fd)
         os.replace(tmp, path)
+        _fsync_dir(path.parent)
+    except MZSRError:
+        raise
+    except OSError as e:
+        raise MZSRFileError(f"{path}: cannot write: {os_problem(e)}") from None
+    except Exception as e:  # torch/safetensors wrap some OSErrors in their own types; only I/O ones
+        if not any(w in str(e).lower() for w in ("write", "space", "i/o", "ioerror", "storagefull")):
+            raise
+        raise MZSRFileError(f"{path}: cannot write: {os_problem(e)}") from None
     finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
+        if tmp is not None and os.path.exists(tmp):
+            try:
+                os.unlink(tmp)
+            except OSError:
+                pass
 
 
 def atomic_write_text(path: str | Path, text: str) -> None:
     with atomic_path(path) as tmp:
         tmp.write_text(text)
+
+
+def atomic_write_bytes(path: str | Path, data: bytes) -> None:
+    with atomic_path(path) as tmp:
+        tmp.write_bytes(data)
+
+
+def atomic_copy(src: str | Path, dst: str | Path) -> None:
+    """Copy a file so that `dst` is either absent or complete."""
+    import shutil
+
+    with atomic_path(dst) as tmp:
+        shutil.copyfile(src, tmp)

@@ -2,14 +2,19 @@
 from __future__ import annotations
 
 import csv
+import hashlib
+import io
+import json
 import math
+import os
+import warnings
 from pathlib import Path
 
 import numpy as np
 import torch
 
-from . import MZSRError
-from .io import atomic_path
+from . import MZSRError, MZSRWarning
+from .io import atomic_path, atomic_write_text
 
 
 def setup_device(requested: str | None = None, tf32: bool = True) -> torch.device:
@@ -27,13 +32,101 @@ def step_lr(step: int, lr: float, halve_every: int, lr_min: float) -> float:
     return max(lr * 0.5 ** (step // halve_every), lr_min) if halve_every > 0 else lr
 
 
+SETTINGS_FILE = "settings.json"
+
+
+def _digest(value, h) -> None:
+    """Feed a checkpoint's content (tensors by their bytes, containers in key order) into a hash."""
+    if isinstance(value, torch.Tensor):
+        t = value.detach().cpu().contiguous()
+        h.update(f"T{t.dtype}{list(t.shape)}".encode())
+        h.update(t.reshape(-1).view(torch.uint8).numpy().tobytes() if t.numel() else b"")
+    elif isinstance(value, dict):
+        h.update(b"{")
+        for k in sorted(value, key=str):
+            h.update(repr(k).encode())
+            _digest(value[k], h)
+        h.update(b"}")
+    elif isinstance(value, (list, tuple)):
+        h.update(b"[")
+        for v in value:
+            _digest(v, h)
+        h.update(b"]")
+    else:
+        h.update(repr(value).encode())
+
+
+def state_digest(state: dict) -> str:
+    h = hashlib.sha256()
+    _digest({k: v for k, v in state.items() if k != "digest"}, h)
+    return "sha256:" + h.hexdigest()
+
+
+def _settings_digest(settings) -> str:
+    return "sha256:" + hashlib.sha256(json.dumps(settings, sort_keys=True, default=str).encode()).hexdigest()
+
+
+def bind_settings(work_dir: str | Path, settings: dict) -> None:
+    """Record what a training run in `work_dir` is made with (its config and the digests of its
+    inputs) in work_dir/settings.json. A checkpoint records the settings digest it was made with;
+    one made with other settings (a rebuilt patch store, another theta_T) is stale, and
+    `latest_checkpoint` sets it aside instead of resuming from it."""
+    work_dir = Path(work_dir)
+    atomic_write_text(work_dir / SETTINGS_FILE, json.dumps(settings, sort_keys=True, indent=1, default=str) + "\n")
+
+
+def _current_settings(work_dir: Path) -> str | None:
+    try:
+        return _settings_digest(json.loads((work_dir / SETTINGS_FILE).read_text()))
+    except (OSError, ValueError):
+        return None
+
+
+def _read_state(path: Path) -> dict:
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as e:
+        reason = " ".join(str(e).split()).split(". ")[0][:160]
+        raise MZSRError(f"{path}: unreadable training checkpoint ({reason})") from None
+    if not isinstance(state, dict) or "step" not in state or "model" not in state:
+        raise MZSRError(f"{path}: not a training checkpoint of mzsr")
+    if "digest" in state and state["digest"] != state_digest(state):
+        raise MZSRError(f"{path}: corrupt training checkpoint (content digest mismatch)")
+    return state
+
+
+def check_checkpoint(path: str | Path) -> str | None:
+    """None for a checkpoint that can be resumed from; else why not (unreadable, corrupt, stale)."""
+    path = Path(path)
+    try:
+        state = _read_state(path)
+    except MZSRError as e:
+        return str(e).split(": ", 1)[1]
+    current, recorded = _current_settings(path.parent), state.get("settings")
+    if current is not None and recorded is not None and recorded != current:
+        return "stale training checkpoint (made with other settings or inputs than this run's)"
+    return None
+
+
 def latest_checkpoint(work_dir: str | Path) -> Path | None:
+    """work_dir/last.pt when it exists and can be resumed from. An unreadable, corrupt (digest
+    mismatch) or stale (other settings) checkpoint is set aside as last.pt.bad with a one-line
+    warning and training starts over: a checkpoint only saves time, restarting is always right."""
     path = Path(work_dir) / "last.pt"
-    return path if path.exists() else None
+    if not path.exists():
+        return None
+    problem = check_checkpoint(path)
+    if problem is None:
+        return path
+    aside = path.with_name("last.pt.bad")
+    os.replace(path, aside)
+    warnings.warn(f"{path}: {problem}; set aside as {aside.name}, training starts over", MZSRWarning, stacklevel=2)
+    return None
 
 
 def save_training_state(work_dir: str | Path, step: int, model: torch.nn.Module, optimizer: torch.optim.Optimizer, extra: dict | None = None) -> Path:
-    """Weights, optimiser state, step and RNG state, written atomically to work_dir/last.pt.
+    """Weights, optimiser state, step and RNG state, written atomically to work_dir/last.pt, with a
+    content digest and the digest of the run's settings (`bind_settings`), checked when resumed.
 
     Weights that are no longer finite (a finite loss can still give overflowing gradients) are not
     written: the error names the step and the last good checkpoint stays.
@@ -53,15 +146,21 @@ def save_training_state(work_dir: str | Path, step: int, model: torch.nn.Module,
         "numpy_rng": np.random.get_state()[1].tolist(),
         "extra": extra or {},
     }
+    settings = _current_settings(Path(work_dir))
+    if settings is not None:
+        state["settings"] = settings
+    state["digest"] = state_digest(state)
+    buf = io.BytesIO()  # in memory first: torch's zip writer hides the errno of a full disk
+    torch.save(state, buf)
     with atomic_path(path) as tmp:
-        torch.save(state, tmp)
+        tmp.write_bytes(buf.getvalue())
     return path
 
 
 def load_training_state(path: str | Path, model: torch.nn.Module, optimizer: torch.optim.Optimizer) -> dict:
     """Restore a checkpoint written by save_training_state (safe loading: tensors and plain types only)."""
+    state = _read_state(Path(path))
     try:
-        state = torch.load(path, map_location="cpu", weights_only=True)
         model.load_state_dict(state["model"])
         optimizer.load_state_dict(state["optimizer"])
     except Exception as e:

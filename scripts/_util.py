@@ -27,6 +27,36 @@ def _one_line_errors(exc_type, exc, tb):
 sys.excepthook = _one_line_errors
 
 
+def _one_line_warnings(message, category, filename, lineno, file=None, line=None):
+    """Warnings (a kernel normalised, a checkpoint set aside, a retry with smaller tiles) as one line."""
+    print(f"mzsr: warning: {' '.join(str(message).split())}", file=sys.stderr if file is None else file, flush=True)
+
+
+import warnings  # noqa: E402
+
+warnings.showwarning = _one_line_warnings
+
+
+def input_digests(weights=None, patches=None, shards=()):
+    """The digests of a training run's inputs, for `mzsr.training.bind_settings`: the patch store's and
+    shards' recorded content digests, the initial weights' SHA-256."""
+    import hashlib
+
+    from mzsr.data import open_store
+
+    out = {}
+    if weights is not None:
+        out["weights"] = "sha256:" + hashlib.sha256(Path(weights).read_bytes()).hexdigest()
+    if patches is not None:
+        with open_store(patches) as f:
+            out["patches"] = str(f.attrs.get("digest", "none"))
+    out["shards"] = []
+    for shard in shards:
+        with open_store(shard) as f:
+            out["shards"].append(str(f.attrs.get("digest", "none")))
+    return out
+
+
 CSV_COLUMNS = ("test_set", "degradation", "method", "steps", "image", "psnr", "ssim", "seconds", "redegradation_psnr")
 
 

@@ -46,4 +46,7 @@ for ax, (key, img) in zip(axes[0], panels):
 w_ = snakemake.wildcards
 fig.suptitle(f"{w_.test_set} / {w_.degradation} / {w_.image} (x{scale})", fontsize=10)
 fig.tight_layout(rect=(0, 0, 1, 0.93))
-fig.savefig(snakemake.output[0], dpi=100)
+from mzsr.io import atomic_path  # noqa: E402
+
+with atomic_path(snakemake.output[0]) as tmp:
+    fig.savefig(tmp, dpi=100, format="png")

@@ -37,4 +37,7 @@ for ax, ts in zip(axes[0], test_sets):
     ax.plot([], [], "k:", linewidth=1, label="ZSSR")
     ax.legend(fontsize=8)
 fig.tight_layout()
-fig.savefig(snakemake.output[0], dpi=110)
+from mzsr.io import atomic_path  # noqa: E402
+
+with atomic_path(snakemake.output[0]) as tmp:
+    fig.savefig(tmp, dpi=110, format="png")

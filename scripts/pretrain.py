@@ -3,15 +3,19 @@ import sys
 sys.stderr = open(snakemake.log[0], "w", buffering=1)
 # Large-scale pre-training (theta_T); resumes from the checkpoint in params.work_dir, where the
 # training log also lives until it is copied to output.log_csv at the end.
-import shutil
 from pathlib import Path
 
 import _util
 
+from mzsr.io import atomic_copy
 from mzsr.pretrain import pretrain
+from mzsr.training import bind_settings
 
 device = _util.torch_setup(snakemake)
 work_dir = Path(snakemake.params.work_dir)
+# a checkpoint made from another patch store (same settings, other images) is stale: set aside, not resumed
+bind_settings(work_dir, {"stage": "pretrain", "config": dict(snakemake.params.pretrain),
+                         "inputs": _util.input_digests(patches=snakemake.input[0])})
 pretrain(
     snakemake.input[0],
     snakemake.output.weights,
@@ -20,4 +24,4 @@ pretrain(
     log_csv=work_dir / "log.csv",
     device=device,
 )
-shutil.copyfile(work_dir / "log.csv", snakemake.output.log_csv)
+atomic_copy(work_dir / "log.csv", snakemake.output.log_csv)

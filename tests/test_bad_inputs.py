@@ -339,8 +339,9 @@ WEIGHTS_CASES = [
      r"'convs\.2\.bias' contains NaN or infinite values"),
     ("pickle that would run code (torch.save)", "evil.pt", _torch_evil, r"refused to load: not a plain tensor checkpoint"),
     ("pickle that would run code (pickle.dump)", "evil2.pth", _pickle_evil, r"refused to load: not a plain tensor checkpoint"),
+    # recognised by content (issue #13): a pickle is a pickle whatever its name, and is refused as one
     ("pickle named .safetensors", "evil.safetensors", lambda p: p.write_bytes(pickle.dumps(_Evil(p.with_suffix(".ran")))),
-     r"not a readable safetensors file"),
+     r"refused to load: not a plain tensor checkpoint"),
     ("truncated weights file", "truncated.safetensors", _truncated_weights, r"not a readable safetensors file"),
     ("empty weights file", "empty.safetensors", lambda p: p.write_bytes(b""), r"weights file is empty"),
 ]
