@@ -4,15 +4,21 @@ sys.stderr = open(snakemake.log[0], "w", buffering=1)
 # Meta-transfer learning (theta_M) from theta_T over the task shards, whose HR patches are rows of the
 # meta patch store; resumes from the checkpoint in params.work_dir, where the training log also lives
 # until it is copied to output.log_csv.
-import shutil
 from pathlib import Path
 
 import _util
 
+from mzsr.io import atomic_copy
 from mzsr.meta import meta_train
+from mzsr.training import bind_settings
 
 device = _util.torch_setup(snakemake)
 work_dir = Path(snakemake.params.work_dir)
+# a checkpoint made from another theta_T, patch store or shards is stale: set aside, not resumed
+learns = {k: v for k, v in snakemake.params.meta.items() if k != "cuda_graph"}  # a graph or not: the same run
+bind_settings(work_dir, {"stage": "meta", "config": learns,
+                         "inputs": _util.input_digests(snakemake.input.weights, snakemake.input.patches,
+                                                       list(snakemake.input.shards))})
 meta_train(
     snakemake.input.weights,
     list(snakemake.input.shards),
@@ -23,4 +29,4 @@ meta_train(
     log_csv=work_dir / "log.csv",
     device=device,
 )
-shutil.copyfile(work_dir / "log.csv", snakemake.output.log_csv)
+atomic_copy(work_dir / "log.csv", snakemake.output.log_csv)

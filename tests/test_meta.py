@@ -170,24 +170,268 @@ def test_looped_and_grouped_task_forwards_agree():
 
 
 def test_first_order_warm_up_switches_to_second_order(meta_setup):
-    """first_order_iterations = 3 (the release's SECOND_ORDER_GRAD_ITER): iterations 0-2 are exactly
-    first-order MAML, iterations 3-5 second order, and a run resumed across the switch is unchanged."""
+    """first_order_iterations = 2 (the release's SECOND_ORDER_GRAD_ITER): iterations 0-1 are exactly
+    first-order MAML, iterations 2-3 second order, and a run resumed across the switch is unchanged."""
     root, init, store, shards = meta_setup
 
     def run(name, **cfg):
         out = root / f"{name}.safetensors"
-        meta_train(init, shards, store, out, {**MICRO, **cfg}, root / name, root / f"{name}.csv", device="cpu")
+        meta_train(init, shards, store, out, {**MICRO, "checkpoint_every": 2, "validate_every": 100, **cfg}, root / name, root / f"{name}.csv", device="cpu")
         return load_weights(out)[0]
 
-    warm3 = run("warm", iterations=3, first_order_iterations=3)
-    first3 = run("first3", iterations=3, first_order=True)
-    second3 = run("second3", iterations=3)
-    for k in warm3:
-        torch.testing.assert_close(warm3[k], first3[k], rtol=0, atol=0)
-    assert max((warm3[k] - second3[k]).abs().max() for k in warm3) > 0
-    warm6 = run("warm", iterations=6, first_order_iterations=3)  # resumes the 3-iteration run
-    first6 = run("first6", iterations=6, first_order=True)
-    straight = run("straight", iterations=6, first_order_iterations=3)
-    for k in warm6:
-        torch.testing.assert_close(warm6[k], straight[k], rtol=0, atol=0)
-    assert max((warm6[k] - first6[k]).abs().max() for k in warm6) > 0
+    warm2 = run("warm", iterations=2, first_order_iterations=2)
+    first2 = run("first2", iterations=2, first_order=True)
+    second2 = run("second2", iterations=2)
+    for k in warm2:
+        torch.testing.assert_close(warm2[k], first2[k], rtol=0, atol=0)
+    assert max((warm2[k] - second2[k]).abs().max() for k in warm2) > 0
+    warm4 = run("warm", iterations=4, first_order_iterations=2)  # resumes the 2-iteration run
+    first4 = run("first4", iterations=4, first_order=True)
+    straight = run("straight", iterations=4, first_order_iterations=2)
+    for k in warm4:
+        torch.testing.assert_close(warm4[k], straight[k], rtol=0, atol=0)
+    assert max((warm4[k] - first4[k]).abs().max() for k in warm4) > 0
+
+
+# ------------------------------------------------------------------ the meta-step object (issue #14)
+
+needs_cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device (CUDA graph capture); "
+                                "run on a GPU machine, or see benchmarks/bench_training.py --device cuda")
+
+
+def _small_meta_batches(n, tasks=2, seed=5, dtype=torch.float32, device="cpu"):
+    g = torch.Generator().manual_seed(seed)
+    return [tuple(torch.rand(tasks, 2, 3, 10, 10, generator=g, dtype=dtype).to(device) for _ in range(4)) for _ in range(n)]
+
+
+def _previous_eager_loop(model, optimizer, batches, cfg):
+    """What meta_train ran per iteration before the meta-step object (the code of the previous commit)."""
+    theta = list(model.parameters())
+    losses = []
+    for it, batch in enumerate(batches):
+        weights = query_loss_weights("annealed", cfg["inner_steps"], it, 3, 0.006)
+        first_order = it < cfg["first_order_iterations"]
+        loss = meta_loss(theta, batch, cfg["inner_steps"], cfg["inner_lr"], weights, first_order)
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+        losses.append(loss.item())
+    return losses
+
+
+def test_meta_step_gives_the_previous_eager_weights_bit_for_bit():
+    """make_meta_step on a CPU (cuda_graph true is ignored there) = the earlier meta_loss + backward +
+    Adam, float32, across a first-order -> second-order switch and annealed weights."""
+    from mzsr.meta import make_meta_step
+
+    cfg = {"inner_steps": 2, "inner_lr": 0.01, "first_order_iterations": 2, "cuda_graph": True}
+    batches = _small_meta_batches(4)
+    runs = []
+    for new in (False, True):
+        torch.manual_seed(0)
+        model = MZSRNet(width=16, layers=4)
+        opt = torch.optim.Adam(model.parameters(), lr=1e-3)
+        if new:
+            step = make_meta_step(list(model.parameters()), opt, cfg, "cpu")
+            assert not step.graphed and step.graph_count == 0
+            seen = []
+            losses = [step(b, query_loss_weights("annealed", 2, it, 3, 0.006), it < 2, check=seen.append).item()
+                      for it, b in enumerate(batches)]
+            assert len(seen) == 4
+        else:
+            losses = _previous_eager_loop(model, opt, batches, cfg)
+        runs.append((losses, model.state_dict(), opt.state_dict()))
+    (l0, w0, o0), (l1, w1, o1) = runs
+    assert l0 == l1
+    for k in w0:
+        torch.testing.assert_close(w0[k], w1[k], rtol=0, atol=0)
+    for i in o0["state"]:
+        for k in ("step", "exp_avg", "exp_avg_sq"):
+            torch.testing.assert_close(o0["state"][i][k], o1["state"][i][k], rtol=0, atol=0)
+    assert o1["param_groups"][0]["capturable"] is False
+
+
+@pytest.mark.parametrize("first_order", [False, True])
+def test_meta_step_candidates_give_the_reference_meta_gradient(first_order):
+    """vmap, channels_last and the split conv backward, grouped and looped: the per-task loop's
+    meta-gradient in float64 (to ~1e-10), through MetaStep.loss as the benchmark times them."""
+    from mzsr.meta import MetaStep, make_forward
+
+    theta, batch = tiny_theta(), tiny_batch(tasks=3)
+    weights = [0.3, 0.7]
+    ref = torch.autograd.grad(meta_loss(theta, batch, 2, 0.05, weights, first_order, forward=make_forward("looped")), theta)
+    options = [dict(forward="grouped"), dict(forward="vmap"), dict(forward="looped", channels_last=True),
+               dict(forward="grouped", channels_last=True), dict(forward="looped", split_backward=True),
+               dict(forward="grouped", split_backward=True), dict(forward="grouped", split_backward=True, channels_last=True)]
+    for opts in options:
+        step = MetaStep(theta, torch.optim.Adam(theta), 2, 0.05, "cpu", **opts)
+        grads = torch.autograd.grad(step.loss(batch, weights, first_order), theta)
+        for g, r in zip(grads, ref):
+            torch.testing.assert_close(g, r, rtol=1e-10, atol=1e-13, msg=lambda m, o=opts: f"{o}: {m}")
+    if not first_order:  # the candidates really are second order
+        first = torch.autograd.grad(MetaStep(theta, torch.optim.Adam(theta), 2, 0.05, forward="vmap").loss(batch, weights, True), theta)
+        assert max(float((a - b).abs().max()) for a, b in zip(first, ref)) > 1e-8
+    with pytest.raises(ValueError, match="unknown task forward"):
+        MetaStep(theta, torch.optim.Adam(theta), 2, 0.05, forward="scan")
+
+
+def test_a_failed_graph_capture_falls_back_to_eager_with_one_warning():
+    """Forced into graph mode on a CPU, the capture fails: one warning, theta and Adam state as before
+    the warm-up, and the same weights as the eager step."""
+    from mzsr.meta import MetaStep
+
+    batches = _small_meta_batches(2, dtype=torch.float64)
+    results = []
+    for force in (False, True):
+        theta = tiny_theta()
+        opt = torch.optim.Adam(theta, lr=1e-2)
+        step = MetaStep(theta, opt, 2, 0.05, "cpu")
+        if force:
+            step.graphed = True
+            with pytest.warns(RuntimeWarning, match="CUDA graph capture failed") as record:
+                step(batches[0], [0.5, 0.5], False)
+            assert len(record) == 1 and step.fallback_reason and not step.graphed
+        else:
+            step(batches[0], [0.5, 0.5], False)
+        step(batches[1], [0.5, 0.5], False)
+        results.append([p.detach().clone() for p in theta] + [opt.state[theta[0]]["step"]])
+    for a, b in zip(*results):
+        torch.testing.assert_close(a, b, rtol=0, atol=0)
+
+
+def test_a_state_saved_under_a_cuda_graph_resumes_on_a_cpu(tmp_path):
+    """Adam state saved with capturable=True (a CUDA-graph run) loads into a CPU run: make_meta_step
+    turns capturable off and keeps the step counters on the host; the run continues as if never saved."""
+    from mzsr.meta import make_meta_step, set_capturable
+    from mzsr.training import load_training_state, save_training_state
+
+    cfg = {"inner_steps": 2, "inner_lr": 0.05}
+    batches = _small_meta_batches(3, dtype=torch.float64)
+
+    def fresh():
+        torch.manual_seed(0)
+        model = MZSRNet(width=4, layers=3).double()
+        return model, torch.optim.Adam(model.parameters(), lr=1e-2)
+
+    model, opt = fresh()
+    step = make_meta_step(list(model.parameters()), opt, cfg, "cpu")
+    for b in batches:
+        step(b, [0.5, 0.5], False)
+    straight = [p.detach().clone() for p in model.parameters()]
+
+    model, opt = fresh()
+    make_meta_step(list(model.parameters()), opt, cfg, "cpu")(batches[0], [0.5, 0.5], False)
+    opt.param_groups[0]["capturable"] = True  # as a CUDA-graph run saves it
+    save_training_state(tmp_path, 1, model, opt)
+    model, opt = fresh()
+    load_training_state(tmp_path / "last.pt", model, opt)
+    assert opt.param_groups[0]["capturable"] is True
+    step = make_meta_step(list(model.parameters()), opt, cfg, "cpu")
+    assert opt.param_groups[0]["capturable"] is False
+    assert all(s["step"].device.type == "cpu" and s["step"].dtype == torch.float32 for s in opt.state.values())
+    for b in batches[1:]:
+        step(b, [0.5, 0.5], False)
+    for a, b in zip(straight, model.parameters()):
+        torch.testing.assert_close(a, b.detach(), rtol=0, atol=0)
+    set_capturable(opt, True)  # the other way: counters go to the parameters' device as float32
+    assert opt.param_groups[0]["capturable"] is True and all(s["step"].dtype == torch.float32 for s in opt.state.values())
+
+
+def test_cuda_graph_key_in_the_schema_configs_and_defaults():
+    from pathlib import Path
+
+    import jsonschema
+    import yaml
+
+    from mzsr.meta import META_DEFAULTS
+
+    repo = Path(__file__).resolve().parents[1]
+    schema = yaml.safe_load((repo / "workflow/schemas/config.schema.yaml").read_text())
+    meta = schema["properties"]["meta"]
+    assert meta["properties"]["cuda_graph"]["type"] == "boolean" and meta["properties"]["cuda_graph"]["default"] is True
+    assert META_DEFAULTS["cuda_graph"] is True
+    assert set(meta["properties"]) - {"weights_folder"} <= set(META_DEFAULTS)
+    jsonschema.validate({"cuda_graph": False}, meta)
+    with pytest.raises(jsonschema.ValidationError):
+        jsonschema.validate({"cuda_graph": "yes"}, meta)
+    with pytest.raises(jsonschema.ValidationError):
+        jsonschema.validate({"cuda_grahp": True}, meta)
+    for cfg in ("config/config.yaml", "config/demo.yaml", "tests/micro.yaml"):
+        assert yaml.safe_load((repo / cfg).read_text())["meta"]["cuda_graph"] is True, cfg
+
+
+@needs_cuda
+def test_cuda_graph_meta_step_matches_eager_on_cuda():
+    """CUDA graph replay = the eager capturable step (TF32 off, float32, up to non-deterministic conv
+    reductions), across a first-order -> second-order switch; keep_graphs=False keeps one graph."""
+    from mzsr.meta import MetaStep
+
+    saved = torch.backends.cudnn.allow_tf32
+    torch.backends.cudnn.allow_tf32 = False
+    try:
+        batches = _small_meta_batches(5, tasks=3, device="cuda")
+        runs = []
+        for graph in (False, True):
+            torch.manual_seed(0)
+            model = MZSRNet().cuda()
+            opt = torch.optim.Adam(model.parameters(), lr=1e-3, capturable=True)
+            step = MetaStep(list(model.parameters()), opt, 2, 0.01, "cuda", cuda_graph=graph, keep_graphs=False)
+            losses = [step(b, [0.4, 0.6], it < 2).item() for it, b in enumerate(batches)]
+            assert step.graphed == graph and step.graph_count == int(graph), step.fallback_reason
+            runs.append((losses, [p.detach().clone() for p in model.parameters()]))
+        (l0, w0), (l1, w1) = runs
+        assert l0 == pytest.approx(l1, rel=1e-5)
+        for a, b in zip(w0, w1):
+            torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-6)
+    finally:
+        torch.backends.cudnn.allow_tf32 = saved
+
+
+@needs_cuda
+def test_a_cpu_saved_state_resumes_under_a_cuda_graph(tmp_path):
+    """A CPU run's checkpoint (capturable=False, step counters on the host) resumes on CUDA in graph
+    mode: the counters move to the device, the capture works, and the run continues."""
+    from mzsr.meta import make_meta_step
+    from mzsr.training import load_training_state, save_training_state
+
+    cfg = {"inner_steps": 2, "inner_lr": 0.01, "cuda_graph": True}
+    batches = _small_meta_batches(3)
+    torch.manual_seed(0)
+    model = MZSRNet()
+    opt = torch.optim.Adam(model.parameters(), lr=1e-3)
+    make_meta_step(list(model.parameters()), opt, cfg, "cpu")(batches[0], [0.5, 0.5], False)
+    save_training_state(tmp_path, 1, model, opt)
+    model = MZSRNet().cuda()
+    opt = torch.optim.Adam(model.parameters(), lr=1e-3)
+    load_training_state(tmp_path / "last.pt", model, opt)
+    step = make_meta_step(list(model.parameters()), opt, cfg, "cuda")
+    assert opt.param_groups[0]["capturable"] is True
+    for b in batches[1:]:
+        loss = step(tuple(t.cuda() for t in b), [0.5, 0.5], False)
+    assert step.graphed and step.graph_count == 1, step.fallback_reason
+    assert torch.isfinite(loss) and all(float(s["step"]) == 3 for s in opt.state.values())
+
+
+@pytest.mark.parametrize("resumed", [False, True])
+def test_graph_warm_up_leaves_no_trace(resumed):
+    """What the capture does before recording (warm-up steps, then theta and the Adam state put back,
+    or zeroed when there was none) leaves the run exactly as if the warm-up had not happened."""
+    from mzsr.meta import MetaStep
+
+    batches = _small_meta_batches(3, dtype=torch.float64)
+    runs = []
+    for warm in (False, True):
+        theta = tiny_theta()
+        step = MetaStep(theta, torch.optim.Adam(theta, lr=1e-2), 2, 0.05, "cpu")
+        if resumed:  # Adam state exists before the capture
+            step(batches[2], [0.5, 0.5], True)
+        if warm:
+            snapshot = step._snapshot()
+            for _ in range(3):
+                step._eager(batches[0], [0.5, 0.5], False)
+            step._restore(snapshot)
+        for b in batches[:2]:
+            step(b, [0.5, 0.5], False)
+        runs.append([p.detach().clone() for p in theta] + [v for p in theta for v in step.optimizer.state[p].values()])
+    for a, b in zip(*runs):
+        torch.testing.assert_close(a, b, rtol=0, atol=0)
