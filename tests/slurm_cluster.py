@@ -15,12 +15,22 @@ Snakemake SLURM executor runs inside each job (srun) drops SLURM_CONF, so the co
 be where SLURM looks by default. Those files carry MARKER; an existing slurm.conf without it (a
 real SLURM installation) makes the tests skip, and stop() removes only files that carry it.
 
-No systemd and no cgroups: ProctrackType=proctrack/linuxproc, TaskPlugin=task/none (slurmd still
-wants a mounted cgroup file system to be present). Fake GPUs: GresTypes=gpu, node Gres=gpu:N,
-gres.conf AutoDetect=off with File= character devices (clones of /dev/null; SLURM rejects a plain
-file), so a job that asks for a GPU gets CUDA_VISIBLE_DEVICES set to its device's index. A
-TaskProlog appends every task's SLURM_JOB_ID, SLURM_STEP_ID and CUDA_VISIBLE_DEVICES to
-task_env.log in the cluster's folder (see task_env()), so a test can see what each job was given.
+No systemd and no cgroups: ProctrackType=proctrack/pgid, TaskPlugin=task/none (slurmd still
+wants a mounted cgroup file system to be present). SLURM ends a job's processes by their process
+groups: with proctrack/linuxproc it followed parent links, and a process whose parent had died
+(re-parented to init) escaped it, e.g. the `snakemake --executor slurm-jobstep` of a cancelled
+job, which waits on SIGTERM for its job step and then lived on. Fake GPUs: GresTypes=gpu, node
+Gres=gpu:<GPU_MODEL>:N, gres.conf AutoDetect=off with File= character devices (clones of
+/dev/null; SLURM rejects a plain file), so a job that asks for a GPU gets CUDA_VISIBLE_DEVICES set
+to its device's index; the node has the feature NODE_FEATURE. The partition `gresonly` (the same
+node) stands for a site that takes GPU requests only with --gres: a job_submit.lua refuses jobs
+there that ask for GPUs with --gpus. A TaskProlog appends every task's SLURM_JOB_ID, SLURM_STEP_ID
+and CUDA_VISIBLE_DEVICES to task_env.log in the cluster's folder (see task_env()), so a test can
+see what each job was given.
+
+Every process of the cluster carries the environment variable PROCESS_MARK=<its folder>: the
+daemons get it from start(), every task of every job from the TaskProlog, and a test gives it to
+the processes it starts (env()). stop() ends whatever still carries it, and processes() lists it.
 """
 from __future__ import annotations
 
@@ -38,7 +48,11 @@ from pathlib import Path
 
 MARKER = "# Written by mzsr tests/slurm_cluster.py for a throwaway test cluster; removed when the test ends."
 ETC = Path("/etc/slurm")
-CONF_FILES = ("slurm.conf", "gres.conf", "slurmdbd.conf")
+CONF_FILES = ("slurm.conf", "gres.conf", "slurmdbd.conf", "job_submit.lua")
+GPU_MODEL = "testgpu"  # the GRES type of the fake GPUs (--gres=gpu:testgpu:1, --gpus=testgpu:1)
+NODE_FEATURE = "fakegpu"  # a node feature, for sbatch -C
+GRES_ONLY_PARTITION = "gresonly"
+PROCESS_MARK = "MZSR_SLURM_TEST_CLUSTER"
 CLUSTER = "mzsrtest"
 # Lifetime of job credentials, and so how long a requeued job waits before it starts again
 # (SLURM's default: 120 s; starting it sooner fails with "Job credential revoked").
@@ -140,7 +154,71 @@ def stop_leftovers() -> None:
                 time.sleep(0.1)
             if Path(f"/proc/{pid}").exists():
                 os.kill(pid, signal.SIGKILL)
+    if root:
+        end_processes(marked_processes(root))
     STATE_FILE.unlink(missing_ok=True)
+
+
+def _alive(pid: int) -> bool:
+    """Whether a process exists and is not a zombie (which only waits for its parent to reap it)."""
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] != "Z"
+    except (OSError, IndexError):
+        return False
+
+
+def marked_processes(root: str | Path) -> dict[int, str]:
+    """{pid: command line} of the live processes that carry PROCESS_MARK=root in their environment,
+    except this process and its ancestors."""
+    mark = f"{PROCESS_MARK}={root}".encode()
+    own = set()
+    pid = os.getpid()
+    while pid > 1:
+        own.add(pid)
+        try:
+            pid = int(Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[1])
+        except (OSError, IndexError, ValueError):
+            break
+    found = {}
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit() or int(entry.name) in own:
+            continue
+        try:
+            if mark in (entry / "environ").read_bytes().split(b"\0") and _alive(int(entry.name)):
+                found[int(entry.name)] = (entry / "cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace").strip()
+        except OSError:
+            continue
+    return found
+
+
+def end_processes(processes: dict[int, str], grace: float = 5.0) -> dict[int, str]:
+    """SIGTERM, then after `grace` seconds SIGKILL, each of these processes; returns those still
+    alive after that (none, unless one is stuck in the kernel)."""
+    for pid in processes:
+        try:
+            os.kill(pid, signal.SIGTERM)
+        except ProcessLookupError:
+            pass
+    deadline = time.monotonic() + grace
+    while time.monotonic() < deadline and any(_alive(pid) for pid in processes):
+        time.sleep(0.1)
+    for pid in processes:
+        if _alive(pid):
+            try:
+                os.kill(pid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
+    deadline = time.monotonic() + grace
+    while time.monotonic() < deadline and any(_alive(pid) for pid in processes):
+        time.sleep(0.1)
+    return {pid: cmd for pid, cmd in processes.items() if _alive(pid)}
+
+
+def _session(pid: int) -> int | None:
+    try:
+        return int(Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[3])
+    except (OSError, IndexError, ValueError):
+        return None
 
 
 def free_port() -> int:
@@ -176,6 +254,7 @@ class SlurmCluster:
         self.gpu_devices = [self.root / "dev" / f"nvidia{i}" for i in range(gpus)]
         self.task_prolog = self.root / "task_prolog.sh"
         self.task_env_log = self.root / "task_env.log"
+        self.stragglers: dict[int, str] = {}  # what stop() had to end: processes that outlived their job
 
     # ------------------------------------------------------------------------------ files
 
@@ -192,6 +271,8 @@ class SlurmCluster:
             "# Runs before every task of every job, in the task's environment.\n"
             'echo "SLURM_JOB_ID=$SLURM_JOB_ID SLURM_STEP_ID=${SLURM_STEP_ID:-batch}'
             f' CUDA_VISIBLE_DEVICES=${{CUDA_VISIBLE_DEVICES:-unset}}" >> {self.task_env_log}\n'
+            "# A line 'export NAME=value' on stdout sets NAME in the task: every job process carries the mark.\n"
+            f'echo "export {PROCESS_MARK}={self.root}"\n'
         )
         self.task_prolog.chmod(0o755)
         slurm_conf = f"""{MARKER}
@@ -212,7 +293,7 @@ SlurmctldLogFile={r / 'log' / 'slurmctld.log'}
 SlurmdLogFile={r / 'log' / 'slurmd.log'}
 SlurmctldDebug=info
 SlurmdDebug=info
-ProctrackType=proctrack/linuxproc
+ProctrackType=proctrack/pgid
 TaskPlugin=task/none
 TaskProlog={self.task_prolog}
 JobAcctGatherType=jobacct_gather/none
@@ -224,6 +305,7 @@ AccountingStoragePort={self.ports['slurmdbd']}
 AccountingStoragePass={self.munge_socket}
 AccountingStorageTRES=gres/gpu
 AccountingStoreFlags=job_comment
+JobSubmitPlugins=lua
 GresTypes=gpu
 SchedulerType=sched/backfill
 SchedulerParameters=bf_interval=1,sched_interval=2
@@ -237,12 +319,28 @@ InactiveLimit=0
 SlurmctldTimeout=30
 SlurmdTimeout=60
 DefMemPerCPU=1000
-NodeName={self.host} NodeAddr=127.0.0.1 CPUs={self.cpus} RealMemory=8000 Gres=gpu:{self.gpus} State=UNKNOWN
+NodeName={self.host} NodeAddr=127.0.0.1 CPUs={self.cpus} RealMemory=8000 Gres=gpu:{GPU_MODEL}:{self.gpus} Features={NODE_FEATURE} State=UNKNOWN
 PartitionName=cpu Nodes={self.host} Default=YES MaxTime=INFINITE State=UP
 PartitionName=gpu Nodes={self.host} MaxTime=INFINITE State=UP
+PartitionName={GRES_ONLY_PARTITION} Nodes={self.host} MaxTime=INFINITE State=UP
 """
         gres_conf = f"{MARKER}\nAutoDetect=off\n" + "".join(
-            f"NodeName={self.host} Name=gpu File={device}\n" for device in self.gpu_devices)
+            f"NodeName={self.host} Name=gpu Type={GPU_MODEL} File={device}\n" for device in self.gpu_devices)
+        job_submit_lua = f"""-- {MARKER}
+-- Partition {GRES_ONLY_PARTITION} stands for a site that takes GPU requests only with --gres.
+function slurm_job_submit(job_desc, part_list, submit_uid)
+    if job_desc.partition == "{GRES_ONLY_PARTITION}" and job_desc.tres_per_job ~= nil
+            and string.find(job_desc.tres_per_job, "gpu") then
+        slurm.log_user("partition {GRES_ONLY_PARTITION} takes GPU requests with --gres only, not --gpus")
+        return slurm.ERROR
+    end
+    return slurm.SUCCESS
+end
+
+function slurm_job_modify(job_desc, job_rec, part_list, modify_uid)
+    return slurm.SUCCESS
+end
+"""
         slurmdbd_conf = f"""{MARKER}
 AuthType=auth/munge
 AuthInfo=socket={self.munge_socket}
@@ -261,7 +359,7 @@ DebugLevel=info
 """
         ETC.mkdir(parents=True, exist_ok=True)
         for name, text, mode in (("slurm.conf", slurm_conf, 0o644), ("gres.conf", gres_conf, 0o644),
-                                 ("slurmdbd.conf", slurmdbd_conf, 0o600)):
+                                 ("slurmdbd.conf", slurmdbd_conf, 0o600), ("job_submit.lua", job_submit_lua, 0o644)):
             path = ETC / name
             if path.exists() and MARKER not in path.read_text(errors="replace"):
                 raise ClusterUnavailable(f"SLURM test cluster: {path} belongs to a real SLURM installation")
@@ -282,7 +380,7 @@ DebugLevel=info
     def _spawn(self, name: str, argv: list[str]) -> subprocess.Popen:
         out = open(self.root / "log" / f"{name}.out", "ab")
         proc = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=out, stderr=subprocess.STDOUT,
-                                start_new_session=True, cwd=self.root)
+                                start_new_session=True, cwd=self.root, env=self.env())
         out.close()
         self.procs[name] = proc
         (self.root / "run" / f"{name}.popen.pid").write_text(f"{proc.pid}\n")
@@ -358,8 +456,8 @@ DebugLevel=info
         self._spawn("slurmctld", [which("slurmctld"), "-D", "-i"])
         self._wait("slurmctld", lambda: self.cmd("scontrol", "ping", check=False).returncode == 0, daemon="slurmctld")
         self._spawn("slurmd", [which("slurmd"), "-D", "-N", self.host])
-        self._wait("the node to be idle", lambda: self.cmd("sinfo", "-h", "-N", "-o", "%t", check=False).stdout.split()
-                   in (["idle"], ["idle", "idle"]), daemon="slurmd")
+        self._wait("the node to be idle", lambda: set(self.cmd("sinfo", "-h", "-N", "-o", "%t", check=False).stdout.split())
+                   == {"idle"}, daemon="slurmd")  # one line per partition
         # slurmctld registers the cluster with slurmdbd; wait for its association tree (account root).
         self._wait("the cluster's accounts in slurmdbd",
                    lambda: ACCOUNT in self.cmd("sacctmgr", "-n", "-P", "list", "associations", f"cluster={CLUSTER}",
@@ -378,11 +476,18 @@ DebugLevel=info
         finally:
             for name in reversed(list(self.procs)):
                 self._terminate(self.procs[name])
+            # what outlived its job or its daemon (slurmstepd and job processes run in sessions of
+            # their own): end it, and note it for the tests
+            left = marked_processes(self.root)
+            self.stragglers.update(left)
+            stuck = end_processes(left)
             if self._lock_fd is not None:
                 self._remove_configs()
                 STATE_FILE.unlink(missing_ok=True)
                 os.close(self._lock_fd)  # releases the lock
                 self._lock_fd = None
+            if stuck:
+                raise RuntimeError(f"SLURM test cluster: processes that survived SIGKILL: {stuck}")
 
     @staticmethod
     def _terminate(proc: subprocess.Popen, timeout: float = 15.0) -> None:
@@ -397,6 +502,22 @@ DebugLevel=info
             os.killpg(proc.pid, signal.SIGKILL)
         except (ProcessLookupError, PermissionError):
             pass
+
+    # ------------------------------------------------------------------------------ processes
+
+    def env(self, base: dict[str, str] | None = None, **extra: str) -> dict[str, str]:
+        """`base` (default: this process's environment) with the cluster's process mark: give it to
+        every process a test starts (sbatch --export=ALL passes it on to the jobs)."""
+        return {**(os.environ if base is None else base), **extra, PROCESS_MARK: str(self.root)}
+
+    def processes(self, jobs_only: bool = True) -> dict[int, str]:
+        """{pid: command line} of the live processes of this cluster; with jobs_only, without the
+        daemons (and their own children, e.g. slurmctld's slurmscriptd)."""
+        found = marked_processes(self.root)
+        if jobs_only:
+            daemons = {p.pid for p in self.procs.values() if p.poll() is None}
+            found = {pid: cmd for pid, cmd in found.items() if pid not in daemons and _session(pid) not in daemons}
+        return found
 
     # ------------------------------------------------------------------------------ commands
 

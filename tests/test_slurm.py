@@ -15,10 +15,15 @@ top as a second profile, and is interrupted three times on the way:
   3. Snakemake itself is interrupted (SIGINT, as Ctrl-C) while meta-training runs after a
      checkpoint: it cancels its SLURM jobs; the same command run again finishes the pipeline, and
      meta-training resumes from its checkpoint.
-Then sacct tells which SLURM jobs ran: every job of the pipeline exactly once to completion, the
-network rules on the GPU partition with a GPU (CUDA_VISIBLE_DEVICES set inside the job). A training
-job that resumed keeps the log rows of the run before it up to the checkpoint it resumed from (they
-are compared with a copy taken at the interruption); one that started over would have rewritten them.
+Then sacct tells which SLURM jobs ran: every submission that the dry run planned exactly once to
+completion (the per-image jobs in group jobs: 14 submissions for the micro pipeline, 21 without
+groups), the network rules on the GPU partition with a GPU (CUDA_VISIBLE_DEVICES set inside the
+job), a group job asking for one job's CPUs, memory and GPU and the sum of its jobs' run times. A
+training job that resumed keeps the log rows of the run before it up to the checkpoint it resumed
+from (they are compared with a copy taken at the interruption); one that started over would have
+rewritten them. One more job goes through the profile's site settings for a cluster that takes GPU
+requests only with --gres (the partition gresonly refuses --gpus), and at the end no process that
+the test started, directly or through SLURM, is left.
 """
 from __future__ import annotations
 
@@ -43,10 +48,17 @@ from PIL import Image
 
 import slurm_cluster
 
+_spec = importlib.util.spec_from_file_location("count_submissions",
+                                               Path(__file__).resolve().parents[1] / "benchmarks" / "count_submissions.py")
+count_submissions = importlib.util.module_from_spec(_spec)
+_spec.loader.exec_module(count_submissions)
+
 REPO = Path(__file__).resolve().parents[1]
 PROFILE = REPO / "slurm" / "config.yaml"
 MICRO = REPO / "tests" / "micro.yaml"
 GPU_RULES = {"pretrain", "meta_train", "sr_pretrained", "sr_mzsr", "sr_zssr"}
+GPU_GROUPS = {"sr_pretrained", "sr_mzsr", "sr_zssr"}  # group kinds (workflow/rules/common.smk)
+JOB_PREFIX = "mzsrtest"  # MZSR_SLURM_JOB_PREFIX of the test run
 # Long enough that each training job is still running when the test interrupts it after its first
 # checkpoint (a few tenths of a second into training), short enough to keep the run quick.
 PRETRAIN_STEPS, PRETRAIN_CHECKPOINT_EVERY = 80, 5
@@ -77,10 +89,11 @@ def snakemake_cmd(workdir: Path, *args: str) -> list[str]:
 
 
 def job_blocks(output: str) -> list[tuple[str, dict[str, str], dict[str, str]]]:
-    """(rule, wildcards, resources) of every job in a Snakemake job listing."""
+    """(rule, wildcards, resources) of every job in a Snakemake job listing (group members included:
+    they are listed indented under their group)."""
     jobs = []
     for line in output.splitlines():
-        if m := re.match(r"^(?:local)?(?:rule|checkpoint) (\w+):$", line):
+        if m := re.match(r"^\s*(?:local)?(?:rule|checkpoint) (\w+):$", line):
             jobs.append((m.group(1), {}, {}))
         elif jobs and (m := re.match(r"^\s+(wildcards|resources): (.*)$", line)):
             target = jobs[-1][1] if m.group(1) == "wildcards" else jobs[-1][2]
@@ -142,7 +155,9 @@ def test_profile_settings(monkeypatch):
     assert profile["executor"] == "slurm"
     assert profile["jobs"] >= 1 and profile["latency-wait"] >= 30 and profile["retries"] >= 1
     assert profile["rerun-incomplete"] is True and profile["slurm-requeue"] is True
+    assert profile["keep-incomplete"] is True  # a failed group job keeps what its other images made
     assert profile["slurm-status-command"] == "squeue"  # see the profile: sacct's "CANCELLED by <uid>"
+    assert not {"slurm-jobname-prefix", "slurm-efficiency-report", "slurm-no-requeue"} & set(profile)
     assert profile["software-deployment-method"] == "conda"
     assert "slurm_account" not in profile["default-resources"]  # only where MZSR_SLURM_ACCOUNT is set
     assert profile["default-resources"]["slurm_partition"] == "cpu"
@@ -156,6 +171,32 @@ def test_profile_settings(monkeypatch):
     assert "slurm_partition" not in site["default-resources"]  # empty: the cluster's default partition
     assert "software-deployment-method" not in site  # MZSR_SLURM_CONDA=0: no conda
     assert not any(k in r.get("slurm_extra", "") for r in profile["set-resources"].values() for k in ("--gres", "--gpus"))
+    assert not any({"gres", "gpu_model", "constraint", "cpus_per_task"} & set(r) for r in profile["set-resources"].values())
+    assert "mem_mb_per_cpu" not in profile["default-resources"]
+
+
+def test_profile_site_settings(monkeypatch):
+    """What users of the plugin trip over, each an environment variable of the profile."""
+    site = read_profile(monkeypatch, MZSR_SLURM_GPU_FLAG="gres", MZSR_SLURM_GPU_MODEL="a100",
+                        MZSR_SLURM_GPU_CONSTRAINT="a100|h100", MZSR_SLURM_CPU_FLAG="cpus-per-task",
+                        MZSR_SLURM_MEM_PER_CPU="3968", MZSR_SLURM_JOB_PREFIX="mzsr", MZSR_SLURM_REQUEUE="no",
+                        MZSR_SLURM_EFFICIENCY_REPORT="1")
+    for rule, resources in site["set-resources"].items():
+        # --gres=gpu:a100:1 and no --gpus (gpu=0), -C, --cpus-per-task instead of --cpus-per-gpu
+        assert resources == {"slurm_partition": "gpu", "gpu": 0, "gres": "gpu:a100:1", "constraint": "a100|h100",
+                             "cpus_per_task": "threads"}, rule
+    assert site["default-resources"]["mem_mb_per_cpu"] == 3968  # the plugin then passes --mem-per-cpu only
+    assert site["slurm-jobname-prefix"] == "mzsr"
+    assert site["slurm-no-requeue"] is True and "slurm-requeue" not in site
+    assert site["slurm-efficiency-report"] is True and site["slurm-efficiency-report-path"] == "logs/slurm"
+    model = read_profile(monkeypatch, MZSR_SLURM_GPU_MODEL="a100")["set-resources"]  # with --gpus=a100:N
+    assert all(r["gpu_model"] == "a100" and "gres" not in r for r in model.values())
+    cluster_default = read_profile(monkeypatch, MZSR_SLURM_REQUEUE="site")
+    assert not {"slurm-requeue", "slurm-no-requeue"} & set(cluster_default)
+    import yte
+
+    with pytest.raises(yte.exceptions.YteError, match="MZSR_SLURM_GPU_FLAG"):
+        read_profile(monkeypatch, MZSR_SLURM_GPU_FLAG="gpu")
 
 
 @needs_plugin
@@ -211,6 +252,8 @@ def cluster(tmp_path_factory):
         instance.stop()
         if own_root:
             shutil.rmtree(root, ignore_errors=True)
+    # nothing of the cluster (daemons, jobs, the processes the tests started) outlived it
+    assert not instance.stragglers, f"processes that outlived the test cluster, ended by its teardown: {instance.stragglers}"
 
 
 class Watch:
@@ -259,15 +302,24 @@ def slurm_run(cluster, tmp_path_factory):
     (workdir / "micro.yaml").write_text(yaml.safe_dump(config))
     (workdir / "test-profile").mkdir()
     (workdir / "test-profile" / "config.yaml").write_text(yaml.safe_dump(TEST_OVERRIDES))
-    env = profile_env(MZSR_SLURM_ACCOUNT=slurm_cluster.ACCOUNT, MZSR_SLURM_CONDA="0", PYTHONUNBUFFERED="1")
+    # every process started from here on carries the cluster's mark (see test_no_process_outlives_the_run)
+    env = cluster.env(profile_env(MZSR_SLURM_ACCOUNT=slurm_cluster.ACCOUNT, MZSR_SLURM_CONDA="0", PYTHONUNBUFFERED="1",
+                                  MZSR_SLURM_JOB_PREFIX=JOB_PREFIX, MZSR_SLURM_EFFICIENCY_REPORT="1"))
     cmd = snakemake_cmd(workdir, "--configfile", str(workdir / "micro.yaml"))
     cmd += ["--profile", str(workdir / "test-profile")]  # layered on top of slurm/
 
     dry = subprocess.run([*cmd, "-n"], cwd=REPO, env=env, capture_output=True, text=True, timeout=300)
     assert dry.returncode == 0, (dry.stdout + dry.stderr)[-5000:]
     planned = [(rule, wildcards) for rule, wildcards, _ in job_blocks(dry.stdout + dry.stderr) if rule != "all"]
+    # the same without groups, planned only: what the run would submit job by job
+    (workdir / "ungrouped.yaml").write_text(yaml.safe_dump({**config, "cluster": {"group": False}}))
+    ungrouped = subprocess.run([*snakemake_cmd(workdir, "--configfile", str(workdir / "ungrouped.yaml")), "-n"], cwd=REPO,
+                               env=env, capture_output=True, text=True, timeout=300)
+    assert ungrouped.returncode == 0, (ungrouped.stdout + ungrouped.stderr)[-5000:]
 
-    run = {"workdir": workdir, "planned": planned, "cmd": cmd, "env": env}
+    run = {"workdir": workdir, "planned": planned, "cmd": cmd, "env": env,
+           "submissions": count_submissions.submissions(dry.stdout + dry.stderr),
+           "ungrouped_submissions": count_submissions.submissions(ungrouped.stdout + ungrouped.stderr)}
     started = time.monotonic()
     first_out = workdir / "first_run.txt"
     with open(first_out, "w") as out:
@@ -306,21 +358,28 @@ def slurm_run(cluster, tmp_path_factory):
     assert second.returncode == 0, run["second_output"][-6000:]
     run["seconds"] = time.monotonic() - started
     print(f"SLURM run of the micro pipeline, interruptions included: {run['seconds']:.0f} s")
-    fields = ("JobID", "JobName", "State", "Partition", "AllocTRES", "Comment", "WorkDir")
+    fields = ("JobID", "JobName", "State", "Partition", "AllocTRES", "Timelimit", "Comment", "WorkDir", "SubmitLine")
     run["jobs"] = [row for row in cluster.sacct(*fields) if row["WorkDir"] == str(workdir)]
     run["all_records"] = [row for row in cluster.sacct(*fields, duplicates=True) if row["WorkDir"] == str(workdir)]
     run["task_env"] = cluster.task_env()
     listing = cluster.cmd("sacct", "-a", "-X", "-D", f"--clusters={slurm_cluster.CLUSTER}", "--starttime=now-1days",
-                          "--format=JobID,State%16,Partition%9,AllocTRES%44,Elapsed,Comment%44").stdout
+                          "--format=JobID,State%16,Partition%9,AllocTRES%44,Timelimit,Elapsed,Comment%60").stdout
     (workdir / "sacct.txt").write_text(listing)
     print(listing)
     return run
 
 
 def rule_of(comment: str) -> str:
-    """The rule of a SLURM job from the comment the plugin gives it: rule_<rule>[_wildcards_<...>]."""
+    """What a SLURM job ran, from the comment the plugin gives it: rule_<rule>[_wildcards_<...>], or
+    rule_<group>_<its rules>[_wildcards_<...>] for a group job, <group> = <kind>-<test set>-<chunk>:
+    the rule, or "group <kind>" (as count_submissions.submissions() names them)."""
     assert comment.startswith("rule_"), comment
-    return comment[len("rule_"):].split("_wildcards_")[0]
+    name = comment[len("rule_"):].split("_wildcards_")[0]
+    return f"group {name.split('-')[0]}" if "-" in name else name
+
+
+def is_gpu_job(kind: str) -> bool:
+    return kind in GPU_RULES or kind.removeprefix("group ") in GPU_GROUPS
 
 
 def completed(run) -> list[dict[str, str]]:
@@ -328,10 +387,25 @@ def completed(run) -> list[dict[str, str]]:
 
 
 def test_every_job_ran_once_as_a_completed_slurm_job(slurm_run):
+    """Every planned submission (a group job or a job of its own) ran once to completion: the micro
+    pipeline's 21 jobs in 14 SLURM jobs, where job by job it would take 21."""
     done = completed(slurm_run)
-    assert Counter(rule_of(row["Comment"]) for row in done) == Counter(rule for rule, _ in slurm_run["planned"])
-    assert len({row["Comment"] for row in done}) == len(done) == len(slurm_run["planned"])
-    assert len({row["JobName"] for row in slurm_run["jobs"]}) == 2  # the plugin's run ID, one per invocation
+    planned, ungrouped = slurm_run["submissions"], slurm_run["ungrouped_submissions"]
+    print(f"SLURM submissions of the micro pipeline: {sum(planned.values())} grouped (completed: {len(done)}), "
+          f"{sum(ungrouped.values())} job by job (planned)")
+    assert Counter(rule_of(row["Comment"]) for row in done) == planned
+    assert len({row["Comment"] for row in done}) == len(done) == sum(planned.values()) == 14
+    assert sum(ungrouped.values()) == len(slurm_run["planned"]) == 21
+    # the groups hold the per-image jobs, and nothing else
+    assert all(count == 1 for kind, count in planned.items() if kind.startswith("group "))
+    assert {kind for kind in planned if kind.startswith("group ")} == {
+        "group inputs", "group crop", *(f"group {g}" for g in GPU_GROUPS)}
+    # the plugin's run ID, one per invocation, after the site's prefix (MZSR_SLURM_JOB_PREFIX)
+    assert len({row["JobName"] for row in slurm_run["jobs"]}) == 2
+    assert all(row["JobName"].startswith(JOB_PREFIX + "_") for row in slurm_run["jobs"])
+    # the efficiency report (MZSR_SLURM_EFFICIENCY_REPORT) of the run that finished
+    reports = list((slurm_run["workdir"] / "logs" / "slurm").glob("efficiency_report_*.csv"))
+    assert any(len(r.read_text().splitlines()) > 1 for r in reports), reports
     # finished and up to date: the same command plans nothing more
     dry = subprocess.run([*slurm_run["cmd"], "-n"], cwd=REPO, env=slurm_run["env"], capture_output=True, text=True,
                          timeout=300)
@@ -345,7 +419,8 @@ def test_network_rules_ran_on_the_gpu_partition_with_a_gpu(slurm_run):
         rule, job = rule_of(row["Comment"]), row["JobID"]
         tasks = slurm_run["task_env"].get(job, {})
         assert "batch" in tasks and "0" in tasks, f"{rule} (job {job}): no task record {tasks}"
-        if rule in GPU_RULES:
+        if is_gpu_job(rule):
+            assert "--gpus=1" in row["SubmitLine"] and "--gres" not in row["SubmitLine"], row
             assert row["Partition"] == "gpu" and "gres/gpu=1" in row["AllocTRES"], row
             assert f"cpu={2 if rule == 'pretrain' else 1}," in row["AllocTRES"], row  # CPUs per GPU = threads
             # the job step that runs the rule sees its GPU
@@ -385,3 +460,58 @@ def test_interrupted_run_resumes_training_when_rerun(slurm_run):
     assert [row["State"].split()[0] for row in meta][1:] == ["COMPLETED"], meta
     assert interrupted.resumed_in(slurm_run["workdir"] / "results" / "training" / "meta_direct_log.csv",
                                   META_ITERATIONS)
+
+
+def test_a_group_job_asks_for_one_job_and_the_sum_of_run_times(slurm_run):
+    """The per-image jobs of a group job run one after another: it asks for the CPUs, memory and GPU
+    of one of them and for the sum of their run times (10 minutes each in tests/micro.yaml)."""
+    groups = {rule_of(row["Comment"]): row for row in completed(slurm_run) if rule_of(row["Comment"]).startswith("group ")}
+    jobs = Counter(f"group {'inputs' if rule in ('lr_image', 'sr_bicubic') else rule}" for rule, _ in slurm_run["planned"])
+    for kind, row in groups.items():
+        assert row["Timelimit"] == f"00:{10 * jobs[kind]:02d}:00", (kind, row)
+        assert "cpu=1," in row["AllocTRES"] and "mem=1000M" in row["AllocTRES"], row
+        assert ("gres/gpu=1" in row["AllocTRES"]) == is_gpu_job(kind), row
+    assert jobs["group inputs"] == 4 and jobs["group sr_zssr"] == 2
+
+
+def test_a_site_that_takes_gpus_with_gres_only(slurm_run, cluster):
+    """The profile's site settings on a partition that refuses --gpus (as sites with select/cons_res
+    do): one GPU job with --gres=gpu:<model>:1, a node feature (-C), --cpus-per-task instead of
+    --cpus-per-gpu, --mem-per-cpu instead of --mem, --no-requeue; it runs and its job step sees the GPU."""
+    refused = cluster.cmd("sbatch", "-A", slurm_cluster.ACCOUNT, "-p", slurm_cluster.GRES_ONLY_PARTITION, "--gpus=1",
+                          "--wrap", "true", check=False)
+    assert refused.returncode != 0 and "--gres only" in refused.stderr, refused
+    env = {k: v for k, v in slurm_run["env"].items() if k != "MZSR_SLURM_EFFICIENCY_REPORT"}
+    env.update(MZSR_SLURM_GPU_PARTITION=slurm_cluster.GRES_ONLY_PARTITION, MZSR_SLURM_GPU_FLAG="gres",
+               MZSR_SLURM_GPU_MODEL=slurm_cluster.GPU_MODEL, MZSR_SLURM_GPU_CONSTRAINT=slurm_cluster.NODE_FEATURE,
+               MZSR_SLURM_CPU_FLAG="cpus-per-task", MZSR_SLURM_MEM_PER_CPU="700", MZSR_SLURM_REQUEUE="no")
+    before = {row["JobID"] for row in cluster.sacct("JobID")}
+    target = "results/metrics/jobs/tiny/g2.0/pretrained/a.csv"
+    proc = subprocess.run([*slurm_run["cmd"], "--force", target], cwd=REPO, env=env, capture_output=True, text=True,
+                          timeout=RUN_TIMEOUT)
+    assert proc.returncode == 0, (proc.stdout + proc.stderr)[-5000:]
+    fields = ("JobID", "State", "Partition", "AllocTRES", "Comment", "SubmitLine")
+    rows = [row for row in cluster.sacct(*fields) if row["JobID"] not in before]
+    assert len(rows) == 1 and rule_of(rows[0]["Comment"]) == "group sr_pretrained", rows
+    row, line = rows[0], rows[0]["SubmitLine"]
+    assert (row["State"], row["Partition"]) == ("COMPLETED", slurm_cluster.GRES_ONLY_PARTITION), row
+    assert "gres/gpu=1" in row["AllocTRES"] and "cpu=1," in row["AllocTRES"] and "mem=700M" in row["AllocTRES"], row
+    assert f"--gres=gpu:{slurm_cluster.GPU_MODEL}:1" in line and "--gpus" not in line, line
+    assert f"-C {slurm_cluster.NODE_FEATURE}" in line and "--cpus-per-task=1" in line and "--cpus-per-gpu" not in line, line
+    assert "--mem-per-cpu 700" in line and "--mem " not in line and "--no-requeue" in line, line
+    steps = cluster.task_env()[row["JobID"]]
+    assert re.fullmatch(r"\d+", steps["0"]), steps  # the job step that ran the rule had the GPU
+
+
+def test_no_process_outlives_the_run(slurm_run, cluster):
+    """Every process that the test started, itself or through SLURM (batch scripts, the
+    `snakemake --executor slurm-jobstep` in them, job steps), has ended once the queue is empty:
+    SLURM ends a cancelled job's processes by their process group (slurm_cluster.py), so that none
+    that lost its parent escapes; the cluster's teardown checks again after stopping the daemons."""
+    deadline = time.monotonic() + 60
+    while cluster.cmd("squeue", "-h", "-o", "%A").stdout.split() and time.monotonic() < deadline:
+        time.sleep(0.5)
+    deadline = time.monotonic() + 20  # KillWait (5 s) and the end of the last job steps
+    while (left := cluster.processes()) and time.monotonic() < deadline:
+        time.sleep(0.5)
+    assert not left, f"processes left behind: {left}"

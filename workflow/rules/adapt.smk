@@ -1,5 +1,7 @@
 # Stage 6: one job per (test set, degradation, image, method). Each writes its SR image(s) and a
 # CSV with columns test_set, degradation, method, steps, image, psnr, ssim, seconds.
+# On a cluster they travel in group jobs, several images of one method per SLURM job (image_group,
+# common.smk): LR inputs with the bicubic baseline, and each network method on its own.
 
 
 rule sr_bicubic:
@@ -17,9 +19,11 @@ rule sr_bicubic:
     benchmark:
         benchmark_path("sr_bicubic", JOB)
     threads: threads_for("sr_bicubic")
+    group: image_group("inputs")
     resources:
         mem_mb=compute("sr_bicubic", "mem_mb"),
         runtime=compute("sr_bicubic", "runtime"),
+        image_jobs=1,
     conda:
         "../../envs/eval.yaml"
     script:
@@ -45,9 +49,11 @@ rule sr_pretrained:
     benchmark:
         benchmark_path("sr_pretrained", JOB)
     threads: threads_for("sr_pretrained")
+    group: image_group("sr_pretrained")
     resources:
         mem_mb=compute("sr_pretrained", "mem_mb"),
         runtime=compute("sr_pretrained", "runtime"),
+        image_jobs=1,
         gpu=compute("sr_pretrained", "gpu"),
     conda:
         "../../envs/eval.yaml"
@@ -74,9 +80,11 @@ rule sr_mzsr:
     benchmark:
         benchmark_path("sr_mzsr", JOB)
     threads: threads_for("sr_mzsr")
+    group: image_group("sr_mzsr")
     resources:
         mem_mb=compute("sr_mzsr", "mem_mb"),
         runtime=compute("sr_mzsr", "runtime"),
+        image_jobs=1,
         gpu=compute("sr_mzsr", "gpu"),
     conda:
         "../../envs/eval.yaml"
@@ -101,9 +109,11 @@ rule sr_zssr:
     benchmark:
         benchmark_path("sr_zssr", JOB)
     threads: threads_for("sr_zssr")
+    group: image_group("sr_zssr")
     resources:
         mem_mb=compute("sr_zssr", "mem_mb"),
         runtime=compute("sr_zssr", "runtime"),
+        image_jobs=1,
         gpu=compute("sr_zssr", "gpu"),
     conda:
         "../../envs/eval.yaml"

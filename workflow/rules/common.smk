@@ -176,7 +176,8 @@ def pretrain_work_dir():
 
 def meta_work_dir(subsample):
     """Meta-training resumes only on the same tasks: the task and meta-patch settings name its folder too."""
-    key = {"meta": meta_cfg(subsample), "tasks": section(config["tasks"]), "patches": section(config["patches"]["meta"])}
+    meta = {k: v for k, v in meta_cfg(subsample).items() if k != "cuda_graph"}  # how it runs, not what it learns
+    key = {"meta": meta, "tasks": section(config["tasks"]), "patches": section(config["patches"]["meta"])}
     return work_dir(f"meta_{subsample}", key)
 
 
@@ -251,6 +252,99 @@ def log_path(rule, pattern=""):
 
 def benchmark_path(rule, pattern=""):
     return f"logs/benchmarks/{rule}/{pattern}.tsv" if pattern else f"logs/benchmarks/{rule}.tsv"
+
+
+# ------------------------------------------------------------------------------------ cluster submissions
+# On a cluster (snakemake --profile slurm) the per-image jobs travel in group jobs: one SLURM job
+# runs one kind of per-image job for up to cluster.images_per_cpu_job (LR inputs with their bicubic
+# baseline; crops) or cluster.images_per_gpu_job (each network method on its own) test images x
+# degradations of one test set, one after another (image_jobs=1, below). CPU and GPU work
+# never share a group, and each network method has its own, so that ZSSR and the pre-trained model
+# do not wait for meta-training. Snakemake groups only jobs that need to run, so a rerun submits
+# only what changed; local runs ignore groups. cluster.group: false submits every job on its own.
+#
+# A group's name says which images it holds (<kind>-<test set>-<chunk>), so that the same images
+# travel together however often Snakemake regroups (it does at every checkpoint, e.g. after a test
+# set's download; with one name per kind and --group-components, Snakemake 9.27 merges its cached
+# groups again on each regrouping and runs some jobs twice). A chunk's jobs are not connected in
+# the DAG, so its name points to its kind (parent group id) and the kind's --group-components is
+# the chunk size: Snakemake has no Snakefile directive for either, hence the two workflow
+# attributes set below; a --group-components on the command line takes precedence.
+IMAGE_GROUP_KINDS = {"inputs": "cpu", "sr_pretrained": "gpu", "sr_mzsr": "gpu", "sr_zssr": "gpu", "crop": "cpu"}
+GROUP_JOBS = config["cluster"]["group"]
+_IMAGE_UNITS = {}  # test set -> {image: position}
+
+
+def images_per_job(kind):
+    return config["cluster"][f"images_per_{IMAGE_GROUP_KINDS[kind]}_job"]
+
+
+def image_group(kind):
+    """The `group:` of a per-image rule: a function naming the job's chunk, or None (no groups)."""
+    if not GROUP_JOBS:
+        return None
+    size = images_per_job(kind)
+
+    def group(wildcards):
+        if workflow.global_resources["_nodes"].value is None:
+            return None  # not a cluster run (--jobs unset): a local run's dry run lists no groups either
+        ts = wildcards.test_set
+        if ts not in _IMAGE_UNITS:
+            _IMAGE_UNITS[ts] = {image: i for i, image in enumerate(test_images(ts))}
+        images = _IMAGE_UNITS[ts]
+        unit = list(DEGRADATIONS).index(wildcards.degradation) * len(images) + images[wildcards.image]
+        name = f"{kind}-{ts}-{unit // size}"
+        workflow.parent_groupids[name] = kind
+        _set_group_components()
+        _limit_image_jobs()
+        return name
+
+    return group
+
+
+# The jobs of a group job run one after another: each per-image rule asks for image_jobs=1, and
+# image_jobs is 1 per submitted job (scope local: not a limit of the whole run). Snakemake sizes a
+# group's request (sbatch) and its job step (srun, in the SLURM job) from its jobs' resources within
+# this limit: one job's CPUs, memory and GPU, the sum of the run times. Registered where groups are
+# formed, in Snakemake and in the SLURM job, not in local runs; --resources image_jobs=N wins.
+resource_scopes:
+    image_jobs="local",
+
+
+def _limit_image_jobs():
+    if "image_jobs" not in workflow.global_resources:
+        workflow.register_resource("image_jobs", 1)
+
+
+def _set_group_components():
+    """The chunk size of every kind as its --group-components, unless given on the command line.
+    Set while the DAG is built: Snakemake puts its command-line group settings in place after
+    parsing the Snakefile."""
+    settings = workflow.group_settings
+    if any(kind not in settings.group_components for kind in IMAGE_GROUP_KINDS):
+        sizes = {kind: images_per_job(kind) for kind in IMAGE_GROUP_KINDS}
+        settings.group_components = type(settings.group_components)({**sizes, **settings.group_components})
+
+
+# A failed group job fails all its jobs: Snakemake cannot tell which one failed, and removes the
+# outputs of every one of them. The SLURM profile sets --keep-incomplete, so that the images that
+# succeeded keep their results and the next run redoes only the failed one. Snakemake then takes
+# whatever outputs a failed job leaves for complete, so: every script writes each output file whole
+# (temporary file, then rename), and here, before any job runs, the outputs of the jobs that are to
+# run are removed (what Snakemake does for each job as it starts), so that a job that fails before
+# it starts, or a group member that a killed group job never reached, leaves no result of an
+# earlier run that would pass for a current one.
+def remove_outputs_of_jobs_to_run():
+    if not workflow.execution_settings.keep_incomplete or workflow.dryrun or workflow.touch:
+        return
+    jobs = [job for job in workflow.dag.needrun_jobs() if not job.is_norun]
+    for job in jobs:
+        workflow.async_run(job.remove_existing_output())
+    logger.info(f"Outputs of the {len(jobs)} jobs to run removed before the first starts (--keep-incomplete)")
+
+
+onstart:
+    remove_outputs_of_jobs_to_run()
 
 
 # ------------------------------------------------------------------------------------ outputs

@@ -48,9 +48,11 @@ rule crop:
     benchmark:
         benchmark_path("crop", JOB)
     threads: threads_for("crop")
+    group: image_group("crop")
     resources:
         mem_mb=compute("crop", "mem_mb"),
         runtime=compute("crop", "runtime"),
+        image_jobs=1,
     conda:
         "../../envs/report.yaml"
     script:
