@@ -213,6 +213,11 @@ SEMANTIC = [
     ("task pool smaller than iterations x meta-batch",
      lambda c: c.update(tasks={**c["tasks"], "count": 3}, meta={**c["meta"], "iterations": 2, "meta_batch": 2}),
      r"tasks\.count 3 is smaller than the 4 tasks that meta\.iterations 2 x meta\.meta_batch 2 use"),
+    ("a NaN learning rate (the schema's number type admits NaN)",
+     lambda c: c["pretrain"].update(lr=float("nan")),
+     r"config \S*cfg\.yaml: pretrain\.lr: NaN or infinity, expected a finite number"),
+    ("an infinite noise level", lambda c: c["adapt"].update(noise_level=float("inf")),
+     r"adapt\.noise_level: NaN or infinity, expected a finite number"),
 ]
 
 
