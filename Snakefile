@@ -6,8 +6,6 @@
 #
 # A --configfile replaces config/config.yaml instead of being merged into it; whatever it leaves out
 # takes the defaults of workflow/schemas/config.schema.yaml (the paper's settings).
-import math
-
 from snakemake.utils import min_version, validate
 
 min_version("9.0")
@@ -18,18 +16,6 @@ if not workflow.overwrite_configfiles:
     configfile: os.path.join(workflow.basedir, "config", "config.yaml")
 
 
-def non_finite_key(value, where=""):
-    """The dotted key of the first NaN or infinite number (JSON Schema's number type admits them)."""
-    if isinstance(value, float) and not math.isfinite(value):
-        return where
-    items = value.items() if isinstance(value, dict) else enumerate(value) if isinstance(value, list) else ()
-    for key, item in items:
-        found = non_finite_key(item, f"{where}.{key}" if where else str(key))
-        if found:
-            return found
-    return None
-
-
 CONFIG_FILES = ", ".join(map(str, workflow.overwrite_configfiles or ["config/config.yaml"]))
 try:
     validate(config, "workflow/schemas/config.schema.yaml")
@@ -37,8 +23,6 @@ except WorkflowError as e:  # one line naming the config file, the key and the p
     problem = e.__context__
     where = ".".join(map(str, getattr(problem, "absolute_path", ()))) or "top level"
     raise WorkflowError(f"config {CONFIG_FILES}: {where}: {getattr(problem, 'message', e)}") from None
-if (bad := non_finite_key(config)) is not None:
-    raise WorkflowError(f"config {CONFIG_FILES}: {bad}: NaN or infinity, expected a finite number")
 
 
 report: "workflow/report/workflow.rst"

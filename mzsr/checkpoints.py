@@ -181,8 +181,9 @@ def _load_torch_pickle(path: Path) -> tuple[dict[str, torch.Tensor], dict[str, A
 
 
 def _sniff(path: Path) -> str:
-    """"torch" for a torch.save zip (PK..) or a raw pickle (protocol byte 0x80), else "safetensors"
-    (8-byte header length, then a JSON header)."""
+    """"safetensors" for an 8-byte little-endian header length that fits the file followed by a JSON
+    header, "torch" for a torch.save zip (PK..) or a raw pickle (protocol byte 0x80), else
+    "safetensors" (whose reader then names the problem)."""
     try:
         with open(path, "rb") as f:
             head = f.read(9)
@@ -190,6 +191,9 @@ def _sniff(path: Path) -> str:
         from .io import os_problem
 
         raise MZSRError(f"{path}: cannot read: {os_problem(e)}") from None
+    size = path.stat().st_size
+    if len(head) == 9 and head[8:9] == b"{" and 8 + int.from_bytes(head[:8], "little") <= size:
+        return "safetensors"  # checked first: a header length's low byte may be 0x80, a pickle's first byte
     if head[:4] == b"PK\x03\x04" or head[:1] == b"\x80":
         return "torch"
     return "safetensors"

@@ -74,11 +74,28 @@ def release_info(path: str | Path) -> dict:
     return load_weights(path)[1].get("released") or {}
 
 
+def header_metadata(path: str | Path) -> dict:
+    """The metadata of a safetensors file from its header alone: no torch, so that the report's
+    environment (pandas, matplotlib) can name the models in its tables. {} for another format."""
+    with open(path, "rb") as f:
+        head = f.read(8)
+        size = int.from_bytes(head, "little") if len(head) == 8 else 0
+        try:
+            header = json.loads(f.read(size)) if 0 < size < 100_000_000 else {}
+        except ValueError:
+            header = {}
+    out = {}
+    for key, value in (header.get("__metadata__") or {}).items():
+        try:
+            out[key] = json.loads(value)
+        except (TypeError, ValueError):
+            out[key] = value
+    return out
+
+
 def describe_weights(path: str | Path) -> str:
     """One line on where a model comes from, for tables and reports."""
-    from .checkpoints import load_weights
-
-    meta = load_weights(path)[1]
+    meta = header_metadata(path)
     info = meta.get("released") or {}
     if info:
         return (f"{path}: released {info.get('name', Path(path).stem)}, {info.get('iterations', '?')} meta-iterations"

@@ -517,3 +517,19 @@ def test_official_round_trips_through_safetensors(tmp_path):
     model, meta = load_model(path, expected_scale=2)
     assert meta["step"] == 500_000
     assert all(torch.equal(model.state_dict()[k], state[k]) for k in state)
+
+
+def test_a_safetensors_header_length_that_starts_like_a_pickle_is_still_safetensors(tmp_path):
+    """The header length is little-endian: a low byte of 0x80 is a pickle's first byte (PROTO)."""
+    from mzsr.checkpoints import _sniff, load_weights, save_weights
+    from mzsr.model import MZSRNet
+
+    state = MZSRNet().state_dict()
+    for pad in range(0, 400):  # metadata lengths until the header length's low byte is 0x80
+        path = tmp_path / "w.safetensors"
+        save_weights(path, state, {"scale": 2, "pad": "x" * pad})
+        if path.read_bytes()[0] == 0x80:
+            break
+    assert path.read_bytes()[0] == 0x80
+    assert _sniff(path) == "safetensors"
+    assert load_weights(path)[1]["pad"] == "x" * pad

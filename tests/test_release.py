@@ -89,3 +89,13 @@ def test_two_slots_extend_one_run_and_the_better_model_is_adopted(tmp_path):
     info = release_info(models / "direct_x2.safetensors")
     adopted = rows[2].endswith("True")
     assert info["iterations"] == (4 if adopted else 2) and info["device"] == "cpu"
+
+
+def test_provenance_is_read_without_torch_for_the_report_environment(tmp_path):
+    from mzsr.released import header_metadata
+
+    meta = header_metadata(REPO / "models" / "direct_x2.safetensors")
+    assert meta["released"] == release_info(REPO / "models" / "direct_x2.safetensors") and meta["scale"] == 2
+    (tmp_path / "x.pt").write_bytes(b"PK\x03\x04 not safetensors")
+    assert header_metadata(tmp_path / "x.pt") == {}
+    assert describe_weights(tmp_path / "x.pt") == f"{tmp_path / 'x.pt'}: unknown weights, step ?"

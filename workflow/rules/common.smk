@@ -3,11 +3,30 @@
 # rules' scripts do, inside their own environments).
 import hashlib
 import json
+import math
 import re
 from pathlib import Path
 
 from snakemake.exceptions import WorkflowError
 from snakemake.logging import logger
+
+
+def non_finite_key(value, where=""):
+    """The dotted key of the first NaN or infinite number (JSON Schema's number type admits them)."""
+    if isinstance(value, float) and not math.isfinite(value):
+        return where
+    items = value.items() if isinstance(value, dict) else enumerate(value) if isinstance(value, list) else ()
+    for key, item in items:
+        found = non_finite_key(item, f"{where}.{key}" if where else str(key))
+        if found:
+            return found
+    return None
+
+
+# JSON Schema's number type admits NaN and infinity; no setting means them (validated config only)
+if (_bad := non_finite_key(config)) is not None:
+    raise WorkflowError(f"config {CONFIG_FILES}: {_bad}: NaN or infinity, expected a finite number")
+
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp")
 SCALE = config["scale"]
