@@ -194,23 +194,16 @@ def marked_processes(root: str | Path) -> dict[int, str]:
 def end_processes(processes: dict[int, str], grace: float = 5.0) -> dict[int, str]:
     """SIGTERM, then after `grace` seconds SIGKILL, each of these processes; returns those still
     alive after that (none, unless one is stuck in the kernel)."""
-    for pid in processes:
-        try:
-            os.kill(pid, signal.SIGTERM)
-        except ProcessLookupError:
-            pass
-    deadline = time.monotonic() + grace
-    while time.monotonic() < deadline and any(_alive(pid) for pid in processes):
-        time.sleep(0.1)
-    for pid in processes:
-        if _alive(pid):
-            try:
-                os.kill(pid, signal.SIGKILL)
-            except ProcessLookupError:
-                pass
-    deadline = time.monotonic() + grace
-    while time.monotonic() < deadline and any(_alive(pid) for pid in processes):
-        time.sleep(0.1)
+    for sig in (signal.SIGTERM, signal.SIGKILL):
+        for pid in processes:
+            if _alive(pid):
+                try:
+                    os.kill(pid, sig)
+                except ProcessLookupError:
+                    pass
+        deadline = time.monotonic() + grace
+        while time.monotonic() < deadline and any(_alive(pid) for pid in processes):
+            time.sleep(0.1)
     return {pid: cmd for pid, cmd in processes.items() if _alive(pid)}
 
 
