@@ -22,9 +22,10 @@ def _kernel_args(p: argparse.ArgumentParser, required: bool) -> None:
     p.add_argument(
         "--kernel",
         required=required,
-        help="named degradation (g0.2, g2.0, ani, gb1.3, bicubic), a kernel file (.mat with key "
-        "'kernel'/'Kernel', or .npy), or 'per-image': each image's <stem>_kernel_x<scale>.mat "
-        "(KernelGAN) or the folder's kernel.mat",
+        help="named degradation (g0.2, g2.0, ani, gb1.3, bicubic), rk or rk<seed> (a random DIV2KRK-style "
+        "kernel of its own for every image, drawn from the seed and the image's stem; degrade writes it to "
+        "<out>/kernels/<stem>_kernel_x<scale>.mat), a kernel file (.mat with key 'kernel'/'Kernel', or .npy), "
+        "or 'per-image': each image's <stem>_kernel_x<scale>.mat (KernelGAN) or the folder's kernel.mat",
     )
     p.add_argument("--subsample", choices=("direct", "bicubic"), help="subsampling for a kernel file (default direct)")
 
@@ -113,12 +114,23 @@ def _checked_outputs(args, images: list[Path]) -> list[Path]:
 def cmd_degrade(args) -> int:
     from .degrade import write_lr_png
     from .images import list_images, read_image_uint8
+    from .io import atomic_path
+    from .kernels import random_kernel_seed
     from .metrics import modcrop
 
     jobs = _checked_inputs(args, _checked_outputs(args, list_images(args.inputs)), hr=True)
     for path, kernel, method in tqdm(jobs, desc="degrade", unit="img", disable=None):
         hr = modcrop(read_image_uint8(path), args.scale)
         write_lr_png(hr / 255.0, kernel, args.scale, method, _out_path(args.out, path))
+        if random_kernel_seed(args.kernel) is not None:
+            # rk: each image's own kernel beside its LR image, key "kernel" (MZSR convention, read back
+            # as it is by --kernel per-image)
+            import scipy.io
+
+            kernel_path = args.out / "kernels" / f"{path.stem}_kernel_x{args.scale}.mat"
+            kernel_path.parent.mkdir(exist_ok=True)
+            with atomic_path(kernel_path) as tmp, open(tmp, "wb") as f:
+                scipy.io.savemat(f, {"kernel": kernel})
     return 0
 
 
@@ -146,7 +158,7 @@ def _degradation_for(args, image: Path):
         if path is None:
             raise MZSRError(f"{image}: no kernel file for this image ({image.stem}_kernel_x{args.scale}.mat or kernel.mat)")
         return load_kernel_file(path), args.subsample or "direct", str(path)
-    deg = resolve_degradation(args.kernel, args.subsample)
+    deg = resolve_degradation(args.kernel, args.subsample, image=image.stem, scale=args.scale)
     return deg.kernel, deg.method, args.kernel
 
 

@@ -5,7 +5,9 @@ Gaussian kernels have covariance S = R(theta) diag(l1, l2) R(theta)^T where l1, 
 """
 from __future__ import annotations
 
+import re
 import warnings
+import zlib
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -122,8 +124,87 @@ def validate_kernel(kernel, source: str = "kernel", image_shape: tuple[int, int]
     return k
 
 
+# ------------------------------------------------------------------ kernel conventions
+# MZSR correlates with the kernel and keeps rows 0, s, 2s, ...: a kernel is centred when its centre of
+# mass sits on the correlation origin, index size // 2 (the middle pixel of an odd kernel); no shift.
+# KernelGAN (and the ZSSR it feeds) moves the centre of mass further, by 0.5 (sf - size % 2) pixels
+# down and right, so that the first LR pixel sits in the middle of the first sf x sf HR block (their
+# kernel_shift). The same blur in the two conventions differs by that sub-pixel shift; converting is
+# a re-centring of the centre of mass.
+
+
+def mzsr_center(shape) -> np.ndarray:
+    """Where MZSR wants a kernel's centre of mass: the correlation origin, size // 2 per axis."""
+    return np.asarray(shape) // 2
+
+
+def kernelgan_center(shape, sf: int = 2) -> np.ndarray:
+    """Where KernelGAN's kernel_shift puts the centre of mass: size // 2 + 0.5 (sf - size % 2)."""
+    shape = np.asarray(shape)
+    return shape // 2 + 0.5 * (sf - shape % 2)
+
+
+def recenter_kernel(kernel: np.ndarray, center, clip: bool = True) -> np.ndarray:
+    """Shift `kernel` (cubic spline, as KernelGAN's kernel_shift) so that its centre of mass lands on
+    `center` (in the unpadded kernel's coordinates). It is first zero-padded by ceil(max |shift|) + 1
+    on every side, as KernelGAN does, so no mass is lost. `clip`: zero the spline's small negative
+    ringing and normalise to sum 1 (a blur kernel for MZSR); KernelGAN itself does neither."""
+    import scipy.ndimage
+
+    k = np.asarray(kernel, dtype=np.float64)
+    shift = np.asarray(center, dtype=np.float64) - np.asarray(scipy.ndimage.center_of_mass(k))
+    pad = int(np.ceil(np.max(np.abs(shift)) - 1e-9)) + 1  # (a rounding-level shift needs no extra pixel)
+    k = scipy.ndimage.shift(np.pad(k, pad), shift)
+    if clip:
+        k = np.clip(k, 0.0, None)
+        # zeroing the ringing moves the centre of mass by up to ~0.01 pixel: one more (tiny) shift
+        # brings it back to ~1e-5 pixel
+        residual = np.asarray(center, dtype=np.float64) + pad - np.asarray(scipy.ndimage.center_of_mass(k))
+        k = np.clip(scipy.ndimage.shift(k, residual), 0.0, None)
+        k = k / k.sum()
+    return k
+
+
+def kernelgan_to_mzsr(kernel: np.ndarray, source: str = "kernel", sf: int = 2) -> np.ndarray:
+    """A kernel in KernelGAN's convention (its .mat files, key "Kernel") as MZSR uses it: centre of
+    mass back on the correlation origin. Spline ringing below 1% of the peak is tolerated."""
+    k = np.asarray(kernel)
+    if k.ndim == 2 and np.issubdtype(k.dtype, np.number) and k.size and np.all(np.isfinite(k)):
+        k = k.astype(np.float64)
+        if k.max() > 0 and k.min() >= -0.01 * k.max():
+            total = k.sum()  # its own sum kept, so that validate_kernel warns only if the file is off
+            k = np.clip(k, 0.0, None)
+            k = k * (total / k.sum())
+    k = validate_kernel(k, source)
+    return recenter_kernel(k, mzsr_center(k.shape))
+
+
+def mzsr_to_kernelgan(kernel: np.ndarray, sf: int = 2) -> np.ndarray:
+    """The inverse: an MZSR-convention kernel as KernelGAN writes it (its kernel_shift, no clipping)."""
+    k = np.asarray(kernel, dtype=np.float64)
+    return recenter_kernel(k, kernelgan_center(k.shape, sf), clip=False)
+
+
+def analytic_kernel(kernel: np.ndarray) -> np.ndarray:
+    """The x4 kernel equal to blurring and subsampling twice by 2 with `kernel` (KernelGAN's analytic
+    kernel, appendix of its paper): big[2r + u] += k[r] k[u], then the (size // 2)-pixel border of
+    negligible values cropped. A centred x2 kernel gives a centred x4 kernel."""
+    k = np.asarray(kernel, dtype=np.float64)
+    n = k.shape[0]
+    if k.shape != (n, n):
+        raise MZSRError(f"analytic x4 kernel: needs a square x2 kernel, got shape {k.shape}")
+    big = np.zeros((3 * n - 2, 3 * n - 2))
+    for r in range(n):
+        for c in range(n):
+            big[2 * r : 2 * r + n, 2 * c : 2 * c + n] += k[r, c] * k
+    crop = n // 2
+    big = big[crop : big.shape[0] - crop, crop : big.shape[1] - crop]
+    return big / big.sum()
+
+
 def load_kernel_file(path: str | Path) -> np.ndarray:
-    """Read a kernel from .npy or .mat (key "kernel" as the MZSR authors, or "Kernel" as KernelGAN)."""
+    """Read a kernel from .npy or .mat: key "kernel" (the MZSR authors') is taken as it is, key "Kernel"
+    (KernelGAN's and ZSSR's) is converted from KernelGAN's shifted convention (`kernelgan_to_mzsr`)."""
     path = Path(path)
     if not path.is_file():
         raise MZSRError(f"{path}: no such kernel file")
@@ -140,6 +221,8 @@ def load_kernel_file(path: str | Path) -> np.ndarray:
                 found = sorted(k for k in mat if not k.startswith("__"))
                 raise MZSRError(f"{path}: no 'kernel' or 'Kernel' variable in the .mat file (found {found})")
             k = mat[keys[0]]
+            if keys[0] == "Kernel":  # KernelGAN's convention: its half-pixel shift undone
+                return kernelgan_to_mzsr(k, str(path))
         else:
             raise MZSRError(f"{path}: unsupported kernel file type {suffix!r} (use .mat or .npy)")
     except MZSRError:
@@ -149,9 +232,19 @@ def load_kernel_file(path: str | Path) -> np.ndarray:
     return validate_kernel(k, str(path))
 
 
-def resolve_degradation(spec: str, method: str | None = None) -> Degradation:
-    """A degradation from a name (g0.2, g2.0, ani, gb1.3, bicubic) or a kernel file plus a method."""
+def resolve_degradation(spec: str, method: str | None = None, image: str | Path | None = None, scale: int = 2) -> Degradation:
+    """A degradation from a name (g0.2, g2.0, ani, gb1.3, bicubic), a kernel file plus a method, or
+    `rk`/`rk<N>`: a random kernel of its own for every image (see `random_kernel_for_image`), which
+    needs the `image` (its stem, the pipeline's {image}; a Path gives its stem) and the `scale`."""
     p = Path(spec)
+    if (seed := random_kernel_seed(spec)) is not None:
+        if method is not None and method != "direct":
+            raise MZSRError(f"degradation {spec!r} uses direct subsampling; --subsample {method} contradicts it")
+        if image is None:
+            raise MZSRError(f"degradation {spec!r} draws a kernel of its own for every image: it needs the image")
+        stem = image.stem if isinstance(image, Path) else str(image)
+        kernel = random_kernel_for_image(seed, stem, scale)
+        return Degradation(spec, kernel, "direct", f"random DIV2KRK-style kernel of image {stem!r} (seed {seed}), direct subsampling")
     if spec in NAMED_DEGRADATIONS:
         d = named_degradation(spec)
         if method is not None and method != d.method:
@@ -159,7 +252,8 @@ def resolve_degradation(spec: str, method: str | None = None) -> Degradation:
         return d
     if p.suffix.lower() in (".mat", ".npy"):
         return Degradation(p.stem, load_kernel_file(p), method or "direct", f"kernel file {p}")
-    raise MZSRError(f"{spec!r} is neither a named degradation ({', '.join(NAMED_DEGRADATIONS)}) nor a .mat/.npy kernel file")
+    raise MZSRError(f"{spec!r} is neither a named degradation ({', '.join(NAMED_DEGRADATIONS)}), a random per-image "
+                    "kernel (rk, rk<seed>) nor a .mat/.npy kernel file")
 
 
 def kernel_file_for_image(image: str | Path, scale: int) -> Path | None:
@@ -174,3 +268,88 @@ def kernel_file_for_image(image: str | Path, scale: int) -> Path | None:
         if candidate.is_file():
             return candidate
     return None
+
+
+# ------------------------------------------------------------------ random per-image kernels (DIV2KRK)
+# KernelGAN (Bell-Kligler et al., NeurIPS 2019, sec. 5) made its blind benchmark DIV2KRK by degrading
+# every image with a random kernel of its own: an 11x11 anisotropic Gaussian at x2 with eigen-variances
+# l1, l2 ~ U(0.6, 5) drawn independently and a rotation theta ~ U(-pi, pi), times uniform
+# multiplicative noise of up to 25% per pixel, normalised, its centre of mass re-centred; at x4 the
+# analytic x4 kernel of such an x2 kernel. Here in MZSR's convention: the Gaussian's mean on the middle
+# pixel and the noisy kernel's centre of mass moved back there, no half-pixel shift.
+
+RANDOM_KERNEL_SIZE = 11
+RANDOM_KERNEL_VARIANCES = (0.6, 5.0)
+RANDOM_KERNEL_NOISE = 0.25
+RANDOM_KERNEL_SCALES = (2, 4)
+_RANDOM_SPEC = re.compile(r"rk([0-9]*)")
+
+
+def random_kernel_params(rng: np.random.Generator, size: int = RANDOM_KERNEL_SIZE):
+    """(l1, l2, theta, noise) of one random x2 kernel, drawn in this order: the eigen-variances
+    l1, l2 ~ U(0.6, 5) independently (so l2 may exceed l1), theta ~ U(-pi, pi), and the size x size
+    multiplicative noise ~ U(-0.25, 0.25) per pixel."""
+    lo, hi = RANDOM_KERNEL_VARIANCES
+    l1, l2 = rng.uniform(lo, hi, 2)
+    theta = rng.uniform(-np.pi, np.pi)
+    noise = rng.uniform(-RANDOM_KERNEL_NOISE, RANDOM_KERNEL_NOISE, (size, size))
+    return float(l1), float(l2), float(theta), noise
+
+
+def noisy_gaussian_kernel(l1: float, l2: float, theta: float, noise: np.ndarray | None = None,
+                          size: int = RANDOM_KERNEL_SIZE) -> np.ndarray:
+    """The Gaussian `gaussian_kernel(l1, l2, theta, size)` times (1 + noise), normalised, with its
+    centre of mass re-centred on the middle pixel. `noise` None: the plain Gaussian (centred already).
+
+    The re-centring is `recenter_kernel` (a cubic-spline shift into a zero-padded frame), cut back to
+    size x size as KernelGAN's generator keeps its frame (the spline's spill over the border is under
+    0.1% of the mass), then a first-order correction k *= 1 + a . (x - c), with a chosen so that the
+    first moment about the middle pixel c is zero: the spline's clipped ringing and the cut leave the
+    centre of mass up to about 0.006 px off, and the correction (at most about 1% per pixel, far below
+    the 25% noise) puts it on the middle pixel to rounding error.
+    """
+    k = gaussian_kernel(l1, l2, theta, size)
+    if noise is None:
+        return k
+    noise = np.asarray(noise, dtype=np.float64)
+    if noise.shape != k.shape:
+        raise MZSRError(f"random kernel: noise of shape {noise.shape} for a {size}x{size} kernel")
+    k = k * (1.0 + noise)
+    k = recenter_kernel(k / k.sum(), mzsr_center(k.shape))
+    pad = (k.shape[0] - size) // 2
+    k = k[pad : pad + size, pad : pad + size]
+    k = k / k.sum()
+    offsets = np.arange(size, dtype=np.float64) - mzsr_center((size,))[0]
+    yy, xx = np.meshgrid(offsets, offsets, indexing="ij")  # row, column offsets from the middle pixel
+    first = np.array([(k * yy).sum(), (k * xx).sum()])
+    second = np.array([[(k * yy * yy).sum(), (k * yy * xx).sum()], [(k * yy * xx).sum(), (k * xx * xx).sum()]])
+    a = -np.linalg.solve(second, first)
+    k = np.clip(k * (1.0 + a[0] * yy + a[1] * xx), 0.0, None)
+    return k / k.sum()
+
+
+def random_kernel(rng: np.random.Generator, scale: int) -> np.ndarray:
+    """One random DIV2KRK-style kernel, MZSR convention: x2 the noisy Gaussian of
+    `random_kernel_params` (11x11), x4 the `analytic_kernel` of such an x2 kernel (21x21)."""
+    if scale == 2:
+        return noisy_gaussian_kernel(*random_kernel_params(rng))
+    if scale == 4:
+        return analytic_kernel(random_kernel(rng, 2))
+    raise MZSRError(f"random kernels (rk) exist for x2 and x4 as in KernelGAN's DIV2KRK, not for scale {scale}")
+
+
+def random_kernel_seed(spec: str) -> int | None:
+    """The seed of a random per-image degradation spec, `rk` (seed 0) or `rk<N>` (seed N); else None."""
+    m = _RANDOM_SPEC.fullmatch(str(spec))
+    return None if m is None else int(m.group(1) or 0)
+
+
+def random_kernel_rng(seed: int, stem: str) -> np.random.Generator:
+    """The generator of one image's random kernel: seeded by (seed, CRC-32 of the image's stem)."""
+    return np.random.default_rng([int(seed), zlib.crc32(str(stem).encode())])
+
+
+def random_kernel_for_image(seed: int, stem: str, scale: int) -> np.ndarray:
+    """The kernel of degradation rk<seed> for the image named `stem` (its file name without suffix):
+    the same for the same (seed, stem, scale), and drawn afresh for another image or seed."""
+    return random_kernel(random_kernel_rng(seed, stem), scale)

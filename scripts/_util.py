@@ -76,8 +76,8 @@ def torch_setup(snakemake):
 def write_rows(snakemake, method, results, gt_u8):
     """Score SR results [(steps, sr_uint8, seconds)] against the mod-cropped GT; write the job CSV.
 
-    `redegradation_psnr` degrades each SR result again with the job's kernel and compares it with
-    the LR input: a wrong or misaligned kernel shows up there even without ground truth.
+    `redegradation_psnr` degrades each SR result again with the job's kernel (the image's own for
+    rk) and compares it with the LR input: a wrong or misaligned kernel shows up there even without ground truth.
     """
     import pandas as pd
 
@@ -87,7 +87,7 @@ def write_rows(snakemake, method, results, gt_u8):
     from mzsr.metrics import psnr, redegradation_psnr, ssim
 
     scale = int(snakemake.params.scale)
-    deg = resolve_degradation(snakemake.params.degradation)
+    deg = resolve_degradation(snakemake.params.degradation, image=snakemake.wildcards.image, scale=scale)
     lr_u8 = read_image_uint8(snakemake.input.lr)
     rows = [
         {

@@ -10,7 +10,7 @@ from mzsr.kernels import resolve_degradation, validate_kernel
 from mzsr.metrics import modcrop
 
 scale = int(snakemake.params.scale)
-deg = resolve_degradation(snakemake.params.degradation)
+deg = resolve_degradation(snakemake.params.degradation, image=snakemake.wildcards.image, scale=scale)
 hr = modcrop(read_image_uint8(snakemake.input.gt), scale)
 if deg.kernel is not None:
     validate_kernel(deg.kernel, snakemake.params.degradation, hr.shape[:2], image=snakemake.input.gt)

@@ -14,7 +14,7 @@ from mzsr.metrics import modcrop
 device = _util.torch_setup(snakemake)
 scale = int(snakemake.params.scale)
 cfg = snakemake.params.adapt
-deg = resolve_degradation(snakemake.params.degradation)
+deg = resolve_degradation(snakemake.params.degradation, image=snakemake.wildcards.image, scale=scale)
 model, weights_meta = load_model(snakemake.input.weights, expected_scale=scale, device=device)
 gt = modcrop(read_image_uint8(snakemake.input.gt), scale)
 steps = sorted(cfg["steps"])

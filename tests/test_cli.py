@@ -108,3 +108,38 @@ def test_scale_4_needs_x4_weights(tmp_path, hr_dir):
     assert main(x4_bicubic) == 1  # no released schedule for bicubic x4: the user must name one
     assert main(x4_bicubic + ["--schedule", "constant_0.01"]) == 0
     assert read_image_uint8(out / "b.png").shape == (48, 52, 3)
+
+
+def test_degrade_with_random_per_image_kernels_writes_them_for_per_image(tmp_path, hr_dir):
+    """`degrade --kernel rk`: every image its own kernel, written beside the LR images with key "kernel";
+    `--kernel per-image` reads exactly that kernel back, and it reproduces the LR PNG from the HR."""
+    import argparse
+
+    import scipy.io
+
+    from mzsr.cli import _degradation_for
+    from mzsr.degrade import degrade, to_uint8
+    from mzsr.kernels import resolve_degradation
+    from mzsr.metrics import modcrop
+
+    lr_dir = tmp_path / "lr"
+    assert main(["degrade", str(hr_dir), "--out", str(lr_dir), "--kernel", "rk", "--scale", "2"]) == 0
+    assert sorted(p.name for p in (lr_dir / "kernels").iterdir()) == ["a_kernel_x2.mat", "b_kernel_x2.mat"]
+    kernels = {}
+    for stem in ("a", "b"):
+        mat = scipy.io.loadmat(lr_dir / "kernels" / f"{stem}_kernel_x2.mat")
+        assert "kernel" in mat and "Kernel" not in mat
+        np.testing.assert_array_equal(mat["kernel"], resolve_degradation("rk", image=stem).kernel)
+        per_image = argparse.Namespace(kernel="per-image", subsample=None, scale=2)
+        kernels[stem], method, label = _degradation_for(per_image, lr_dir / f"{stem}.png")
+        assert method == "direct" and label.endswith(f"kernels/{stem}_kernel_x2.mat")
+        np.testing.assert_array_equal(kernels[stem], mat["kernel"])  # read as it is, no shift
+        hr = modcrop(read_image_uint8(hr_dir / f"{stem}.png"), 2) / 255.0
+        np.testing.assert_array_equal(to_uint8(degrade(hr, kernels[stem], 2, "direct")), read_image_uint8(lr_dir / f"{stem}.png"))
+    assert np.abs(kernels["a"] - kernels["b"]).max() > 1e-3
+    out, weights = tmp_path / "sr", tmp_path / "w.safetensors"
+    save_weights(weights, MZSRNet().state_dict(), {"scale": 2, "degradation": "direct", "step": 0})
+    assert main(["upscale", str(lr_dir), "--out", str(out), "--weights", str(weights), "--kernel", "per-image",
+                 "--steps", "1", "--device", "cpu"]) == 0
+    assert sorted(p.name for p in out.iterdir()) == ["a.png", "b.png"]
+    assert main(["degrade", str(hr_dir), "--out", str(tmp_path / "x3"), "--kernel", "rk", "--scale", "3"]) == 1

@@ -1,13 +1,19 @@
 import warnings
+from pathlib import Path
 
 import numpy as np
 import pytest
 import scipy.io
+import scipy.ndimage
 
 from mzsr import MZSRError
 from mzsr.kernels import (
     NAMED_DEGRADATIONS,
+    analytic_kernel,
     gaussian_kernel,
+    kernelgan_center,
+    mzsr_center,
+    mzsr_to_kernelgan,
     load_kernel_file,
     named_degradation,
     resolve_degradation,
@@ -92,8 +98,10 @@ def test_kernel_files(tmp_path):
     scipy.io.savemat(tmp_path / "b.mat", {"Kernel": k})
     scipy.io.savemat(tmp_path / "c.mat", {"weights": k})
     np.save(tmp_path / "d.npy", k)
-    for name in ("a.mat", "b.mat", "d.npy"):
+    for name in ("a.mat", "d.npy"):
         np.testing.assert_allclose(load_kernel_file(tmp_path / name), k, atol=1e-12)
+    # key "Kernel": KernelGAN's convention, re-centred (k is centred already: only padded)
+    np.testing.assert_allclose(load_kernel_file(tmp_path / "b.mat"), np.pad(k, 1), atol=1e-9)
     with pytest.raises(MZSRError, match=r"c\.mat.*no 'kernel' or 'Kernel'"):
         load_kernel_file(tmp_path / "c.mat")
     (tmp_path / "e.mat").write_text("not a mat file")
@@ -107,5 +115,117 @@ def test_kernel_files(tmp_path):
 
 @needs_shared_data
 def test_kernelgan_file():
-    k = load_kernel_file(SHARED_DATA / "kernels" / "random_kernel_x2_Kernel_key.mat")
-    assert k.shape == (9, 9) and k.sum() == pytest.approx(1.0)
+    """ZSSR's 9x9 kernel has its centre of mass at (4.48, 4.46), KernelGAN's half-pixel-shifted centre
+    (4.5, 4.5), not the middle pixel: it is read with that shift undone."""
+    path = SHARED_DATA / "kernels" / "random_kernel_x2_Kernel_key.mat"
+    raw = scipy.io.loadmat(path)["Kernel"]
+    np.testing.assert_allclose(scipy.ndimage.center_of_mass(raw), kernelgan_center(raw.shape), atol=0.05)
+    k = load_kernel_file(path)
+    assert k.shape == (13, 13) and k.min() >= 0 and k.sum() == pytest.approx(1.0)
+    np.testing.assert_allclose(scipy.ndimage.center_of_mass(k), mzsr_center(k.shape), atol=1e-4)
+
+
+def test_kernelgan_convention_round_trip(tmp_path):
+    """A kernel written as KernelGAN writes it (half-pixel shift, spline ringing) reads back as the
+    centred original, up to the spline's smoothing of two half-pixel shifts."""
+    k = gaussian_kernel(4.0, 1.0, 0.3, 15)
+    shifted = mzsr_to_kernelgan(k)
+    assert shifted.min() < 0  # KernelGAN's files carry the spline's ringing
+    np.testing.assert_allclose(scipy.ndimage.center_of_mass(shifted), kernelgan_center(k.shape) + 2, atol=1e-9)
+    scipy.io.savemat(tmp_path / "x_kernel_x2.mat", {"Kernel": shifted})
+    back = load_kernel_file(tmp_path / "x_kernel_x2.mat")
+    assert back.shape == (23, 23)
+    np.testing.assert_allclose(back[4:-4, 4:-4], k, atol=0.04 * k.max())
+    np.testing.assert_allclose(scipy.ndimage.center_of_mass(back), (11, 11), atol=1e-5)
+    # an x2 blur applied twice = the analytic x4 kernel once (away from the borders)
+    rng = np.random.default_rng(0)
+    img = rng.random((96, 96))
+    from mzsr.degrade import degrade
+
+    twice = degrade(degrade(img, k, 2, "direct"), k, 2, "direct")
+    once = degrade(img, analytic_kernel(k), 4, "direct")
+    np.testing.assert_allclose(twice[4:-4, 4:-4], once[4:-4, 4:-4], atol=1e-3)
+
+
+# ------------------------------------------------------------------ random per-image kernels (rk)
+
+
+def _center_offset(k):
+    return np.asarray(scipy.ndimage.center_of_mass(k)) - np.asarray(k.shape) // 2
+
+
+def test_random_kernel_recipe_and_centre():
+    from mzsr.kernels import analytic_kernel, random_kernel, random_kernel_params
+
+    rng = np.random.default_rng(3)
+    params = [random_kernel_params(rng) for _ in range(300)]
+    l1, l2, theta = (np.array([p[i] for p in params]) for i in range(3))
+    noise = np.stack([p[3] for p in params])
+    assert l1.min() >= 0.6 and l1.max() <= 5 and l2.min() >= 0.6 and l2.max() <= 5
+    assert (l2 > l1).any() and (l1 > l2).any()  # independent, not ordered
+    assert theta.min() >= -np.pi and theta.max() < np.pi and theta.min() < -2.5 and theta.max() > 2.5
+    assert noise.shape == (300, 11, 11) and noise.min() >= -0.25 and noise.max() <= 0.25 and noise.max() > 0.24
+    rng = np.random.default_rng(4)
+    for _ in range(50):
+        k = random_kernel(rng, 2)
+        assert k.shape == (11, 11) and k.min() >= 0 and abs(k.sum() - 1) < 1e-12
+        np.testing.assert_allclose(_center_offset(k), 0, atol=1e-6)
+    # x4: KernelGAN's analytic x4 kernel of the x2 kernel the same generator would have drawn
+    k4 = random_kernel(np.random.default_rng(5), 4)
+    np.testing.assert_array_equal(k4, analytic_kernel(random_kernel(np.random.default_rng(5), 2)))
+    assert k4.shape == (21, 21) and abs(k4.sum() - 1) < 1e-12
+    assert np.abs(_center_offset(k4)).max() < 0.02  # analytic_kernel's border crop, not re-centred
+    with pytest.raises(MZSRError, match="not for scale 3"):
+        random_kernel(np.random.default_rng(0), 3)
+
+
+def test_random_kernel_gaussian_part_and_noise():
+    """Noise factored out: the Gaussian has the drawn eigen-variances and rotation; the noise multiplies it."""
+    from mzsr.kernels import noisy_gaussian_kernel, random_kernel_params
+
+    rng = np.random.default_rng(11)
+    for _ in range(20):
+        l1, l2, theta, noise = random_kernel_params(rng)
+        np.testing.assert_array_equal(noisy_gaussian_kernel(l1, l2, theta), gaussian_kernel(l1, l2, theta, 11))
+        big = noisy_gaussian_kernel(l1, l2, theta, size=41)  # wide enough that truncation is negligible
+        cov = moments(big)[2]
+        np.testing.assert_allclose(np.linalg.eigvalsh(cov), sorted([l1, l2]), atol=1e-3)
+        if abs(l1 - l2) > 0.5:  # the first eigenvector (variance l1) points along theta (row down = +y)
+            v = np.linalg.eigh(cov)[1][:, np.argmin(np.abs(np.linalg.eigvalsh(cov) - l1))]
+            assert abs(abs(v @ [np.cos(theta), np.sin(theta)]) - 1) < 1e-3
+        noisy, plain = noisy_gaussian_kernel(l1, l2, theta, noise), gaussian_kernel(l1, l2, theta, 11)
+        # (1 + noise) times the Gaussian, up to normalisation and the sub-pixel re-centring (which moves
+        # the steep tails of a narrow Gaussian a lot, so compare where it holds a percent of its peak)
+        core = plain > 0.01 * plain.max()
+        assert np.corrcoef((noisy / plain)[core], noise[core])[0, 1] > 0.5
+        np.testing.assert_allclose(_center_offset(noisy), 0, atol=1e-6)
+    with pytest.raises(MZSRError, match="noise of shape"):
+        noisy_gaussian_kernel(2, 1, 0, np.zeros((5, 5)))
+
+
+def test_rk_degradation_is_per_image_and_reproducible():
+    import zlib
+
+    from mzsr.kernels import random_kernel, random_kernel_seed
+
+    a = resolve_degradation("rk", image="a")
+    assert a.method == "direct" and a.name == "rk" and a.kernel.shape == (11, 11)
+    np.testing.assert_array_equal(a.kernel, resolve_degradation("rk", image="a").kernel)
+    np.testing.assert_array_equal(a.kernel, resolve_degradation("rk0", image="a").kernel)  # rk = seed 0
+    np.testing.assert_array_equal(a.kernel, resolve_degradation("rk", "direct", image=Path("x/a.png")).kernel)
+    np.testing.assert_array_equal(a.kernel, random_kernel(np.random.default_rng([0, zlib.crc32(b"a")]), 2))
+    seven = resolve_degradation("rk7", image="img_001").kernel
+    np.testing.assert_array_equal(seven, random_kernel(np.random.default_rng([7, zlib.crc32(b"img_001")]), 2))
+    others = [resolve_degradation("rk", image="b").kernel, resolve_degradation("rk1", image="a").kernel, seven]
+    assert all(np.abs(o - a.kernel).max() > 1e-3 for o in others)
+    x4 = resolve_degradation("rk", image="a", scale=4)
+    assert x4.kernel.shape == (21, 21) and x4.method == "direct"
+    assert (random_kernel_seed("rk"), random_kernel_seed("rk12"), random_kernel_seed("rkx"), random_kernel_seed("g2.0")) == (0, 12, None, None)
+    with pytest.raises(MZSRError, match="'rk' draws a kernel of its own for every image"):
+        resolve_degradation("rk")
+    with pytest.raises(MZSRError, match="'rk3' uses direct subsampling; --subsample bicubic contradicts it"):
+        resolve_degradation("rk3", "bicubic", image="a")
+    with pytest.raises(MZSRError, match="not for scale 3"):
+        resolve_degradation("rk", image="a", scale=3)
+    with pytest.raises(MZSRError, match=r"random per-image kernel \(rk, rk<seed>\)"):
+        resolve_degradation("rkx")

@@ -239,11 +239,22 @@ def _released_config(tmp_path: Path, degradations: list[str]) -> str:
 
 
 def test_pipeline_from_the_released_models_trains_nothing_and_names_them(tmp_path):
+    """Also the blind degradation rk: each test image's own random kernel (direct, the released Direct model)."""
+    from mzsr.degrade import degrade, to_uint8
+    from mzsr.kernels import random_kernel, random_kernel_rng
+    from mzsr.metrics import modcrop
+
     write_test_image(tmp_path / "test_images" / "tiny" / "a.png", seed=3)
-    cfg = _released_config(tmp_path, ["g2.0"])
+    cfg = _released_config(tmp_path, ["g2.0", "rk"])
     rules = {rule for rule, _ in planned_jobs(tmp_path, "--configfile", cfg)}
     assert rules == {"lr_image", "sr_bicubic", "sr_mzsr", "aggregate", "plot_steps", "crop", "all"}
     check(snakemake(tmp_path, "--cores", "2", "--configfile", cfg))
+    hr = modcrop(np.asarray(Image.open(tmp_path / "test_images" / "tiny" / "a.png").convert("RGB")), 2) / 255.0
+    lr = np.asarray(Image.open(tmp_path / "resources" / "test_inputs" / "tiny" / "rk" / "a.png"))
+    np.testing.assert_array_equal(lr, to_uint8(degrade(hr, random_kernel(random_kernel_rng(0, "a"), 2), 2, "direct")))
+    per_image = pd.read_csv(tmp_path / "results" / "metrics" / "per_image.csv").set_index(["degradation", "method", "steps"])
+    # the re-degradation check uses the image's own kernel: MZSR's SR re-degraded matches the LR closely
+    assert per_image.loc[("rk", "mzsr", 10), "redegradation_psnr"].item() > 40
     table = (tmp_path / "results" / "metrics" / "paper_table.md").read_text()
     assert f"- MZSR, direct subsampling: {REPO / 'models' / 'direct_x2.safetensors'}: released direct_x2, 700 meta-iterations" in table
     check(snakemake(tmp_path, "--configfile", cfg, "--report", "report.html"))

@@ -101,11 +101,18 @@ DEGRADATIONS = {degradation_name(s): s for s in config["degradations"]}
 if len(DEGRADATIONS) != len(config["degradations"]):
     raise WorkflowError(f"degradations {config['degradations']}: two of them share a name")
 
-# Subsampling of each degradation (as in mzsr.kernels; kernel files use direct subsampling). MZSR
-# evaluates each with the meta-trained model of its subsampling, as the paper does ("Direct" and
-# "Bicubic" models); only the models that some degradation needs are trained.
+# Subsampling of each degradation (as in mzsr.kernels; kernel files and the random per-image kernels
+# rk, rk<seed> use direct subsampling). MZSR evaluates each with the meta-trained model of its
+# subsampling, as the paper does ("Direct" and "Bicubic" models); only the models that some
+# degradation needs are trained.
 _NAMED_SUBSAMPLING = {"g0.2": "direct", "g2.0": "direct", "ani": "direct", "gb1.3": "bicubic", "bicubic": "bicubic"}
 SUBSAMPLING = {name: _NAMED_SUBSAMPLING.get(spec, "direct") for name, spec in DEGRADATIONS.items()}
+# rk, rk<seed>: each image's own random kernel (KernelGAN's DIV2KRK recipe), drawn by the rules'
+# scripts from the seed and the image's stem; DIV2KRK defines it at x2 and x4 only.
+RANDOM_KERNEL_DEGRADATIONS = [name for name in DEGRADATIONS if re.fullmatch(r"rk[0-9]*", name)]
+if RANDOM_KERNEL_DEGRADATIONS and SCALE not in (2, 4):
+    raise WorkflowError(f"degradations {', '.join(RANDOM_KERNEL_DEGRADATIONS)}: random kernels exist for scale 2 and 4 "
+                        f"(KernelGAN's DIV2KRK), not for scale {SCALE}")
 
 
 def _alternatives(names):
