@@ -1,4 +1,4 @@
-"""The `mzsr` command: degrade, import-tf, upscale, evaluate. Thin over the package modules."""
+"""The `mzsr` command: degrade, import-tf, estimate-kernel, upscale, evaluate. Thin over the package modules."""
 from __future__ import annotations
 
 import argparse
@@ -18,16 +18,42 @@ def _add_common(p: argparse.ArgumentParser) -> None:
     p.add_argument("--scale", type=int, default=2, help="super-resolution scale factor (default 2)")
 
 
-def _kernel_args(p: argparse.ArgumentParser, required: bool) -> None:
+ESTIMATE = "estimate"  # --kernel estimate: each image's kernel estimated with KernelGAN first
+KERNELGAN_SCALES = (2, 4)
+KERNELGAN_ABOUT = ("KernelGAN (Bell-Kligler et al. 2019, after the authors' release; 3,000 iterations by default, "
+                   "about 100 s per image on one CPU core, faster on a GPU)")
+FORMATS = {
+    "mzsr": "key 'kernel', MZSR's convention (centre of mass on the middle pixel), read as it is",
+    "kernelgan": "key 'Kernel', exactly what KernelGAN's release writes (its kernel_shift: centre of mass half "
+                 "a pixel per axis further down/right); --kernel per-image and kernel files undo the shift",
+}
+
+
+def _kernel_args(p: argparse.ArgumentParser, required: bool, estimate: bool = False) -> None:
     p.add_argument(
         "--kernel",
         required=required,
         help="named degradation (g0.2, g2.0, ani, gb1.3, bicubic), rk or rk<seed> (a random DIV2KRK-style "
         "kernel of its own for every image, drawn from the seed and the image's stem; degrade writes it to "
         "<out>/kernels/<stem>_kernel_x<scale>.mat), a kernel file (.mat with key 'kernel'/'Kernel', or .npy), "
-        "or 'per-image': each image's <stem>_kernel_x<scale>.mat (KernelGAN) or the folder's kernel.mat",
+        "or 'per-image': each image's <stem>_kernel_x<scale>.mat (KernelGAN) or the folder's kernel.mat"
+        + (f"; or 'estimate': each image's kernel estimated first with {KERNELGAN_ABOUT}, written to "
+           "<out>/kernels/<stem>_kernel_x<scale>.mat (key 'kernel') and .png; direct subsampling unless --subsample"
+           if estimate else ""),
     )
-    p.add_argument("--subsample", choices=("direct", "bicubic"), help="subsampling for a kernel file (default direct)")
+    p.add_argument("--subsample", choices=("direct", "bicubic"),
+                   help="subsampling for a kernel file" + (" or an estimated kernel" if estimate else "") + " (default direct)")
+
+
+def _estimate_args(p: argparse.ArgumentParser, upscale: bool) -> None:
+    """KernelGAN's options, for estimate-kernel and upscale --kernel estimate (defaults: None, filled by
+    `_kernelgan_settings`, so that upscale can tell them given without --kernel estimate)."""
+    only = "with --kernel estimate: " if upscale else ""
+    p.add_argument("--iterations", type=int, help=f"{only}KernelGAN's iterations (default 3000, as the release)")
+    p.add_argument("--seed", type=int, help=f"{only}seed of KernelGAN's initialisation and crops (default 0)")
+    p.add_argument("--real", action="store_true", default=None,
+                   help=f"{only}KernelGAN's real-image setting: use the whole image (default: shave 10 pixels off"
+                        " each edge first, as the release does for synthetic LR images)")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -51,6 +77,23 @@ def build_parser() -> argparse.ArgumentParser:
     _add_common(p)
     p.set_defaults(func=cmd_import_tf)
 
+    p = sub.add_parser(
+        "estimate-kernel", help="estimate each LR image's blur kernel with KernelGAN",
+        description=f"Estimate each LR image's blur kernel with {KERNELGAN_ABOUT}. Writes "
+                    "<out>/<stem>_kernel_x<scale>.mat and a picture of it, <out>/<stem>_kernel_x<scale>.png. "
+                    "Formats: " + "; ".join(f"{k}: {v}" for k, v in FORMATS.items()) + ". With --out LR_DIR/kernels, "
+                    "'mzsr upscale LR_DIR --kernel per-image' finds the files.")
+    p.add_argument("inputs", nargs="+", help="LR image files or folders")
+    p.add_argument("--out", required=True, type=Path, help="output folder for the kernel files and pictures")
+    p.add_argument("--format", choices=tuple(FORMATS), default="mzsr",
+                   help="mzsr (default): key 'kernel', MZSR's convention; kernelgan: key 'Kernel', what KernelGAN's "
+                        "release writes (half-pixel shifted); --kernel per-image reads both right")
+    _estimate_args(p, upscale=False)
+    p.add_argument("--device", default="auto", help="cpu, cuda, cuda:1 ... (default: cuda when present)")
+    p.add_argument("--scale", type=int, default=2, help="scale factor of the kernel: 2 (default) or 4 (the analytic "
+                                                         "x4 kernel of the x2 estimate, as the release)")
+    p.set_defaults(func=cmd_estimate_kernel)
+
     p = sub.add_parser("upscale", help="super-resolve LR images (bicubic, or MZSR with n adaptation steps)")
     p.add_argument("inputs", nargs="+", help="LR image files or folders")
     p.add_argument("--out", required=True, type=Path, help="output folder for SR PNGs (same file stems)")
@@ -59,7 +102,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--weights", type=Path,
                    help="weights file (.safetensors) for --method mzsr; default: the released model for the kernel's"
                    " subsampling and the scale (models/direct_x2.safetensors, ...)")
-    _kernel_args(p, required=False)
+    _kernel_args(p, required=False, estimate=True)
+    _estimate_args(p, upscale=True)
     p.add_argument("--steps", type=int, default=10, help="adaptation steps (0 = none; default 10)")
     p.add_argument("--schedule", default="auto", choices=("auto", *LR_SCHEDULES),
                    help="adaptation lr schedule; auto (default): the released one for the weights' subsampling"
@@ -90,23 +134,38 @@ def _out_path(out_dir: Path, src: Path) -> Path:
     return out_dir / f"{src.stem}.png"
 
 
-def _checked_outputs(args, images: list[Path]) -> list[Path]:
+def _kernel_paths(out_dir: Path, src: Path, scale: int) -> tuple[Path, Path]:
+    """The kernel file and its picture for one image: KernelGAN's names, found by --kernel per-image."""
+    name = f"{src.stem}_kernel_x{scale}"
+    return out_dir / f"{name}.mat", out_dir / f"{name}.png"
+
+
+def _checked_outputs(args, images: list[Path], outputs=None) -> list[Path]:
     """Before any work: --out is a writable folder, no two inputs write one output (a.png and a.jpg
     both make a.png: refused, as the pipeline refuses two test images with one stem), and no output
-    would overwrite an input. The same file given twice is taken once."""
+    would overwrite an input. The same file given twice is taken once. `outputs(image)`: the files
+    one image writes (default: its SR PNG)."""
     from .io import check_output_folder
 
+    outputs = outputs or (lambda path: [_out_path(args.out, path)])
     check_output_folder(args.out)
+    inputs = {}
+    for path in images:
+        inputs.setdefault(path.resolve(), path)
     unique, by_output = [], {}
     for path in images:
-        out = _out_path(args.out, path)
-        if out in by_output:
-            if by_output[out].resolve() == path.resolve():
+        outs = outputs(path)
+        if outs[0] in by_output:
+            if by_output[outs[0]].resolve() == path.resolve():
                 continue
-            raise MZSRError(f"{by_output[out]} and {path} would both be written to {out}; rename one, or run them apart")
-        if out.exists() and out.resolve() == path.resolve():
-            raise MZSRError(f"{path}: the output {out} would overwrite this input; give another --out")
-        by_output[out] = path
+            raise MZSRError(f"{by_output[outs[0]]} and {path} would both be written to {outs[0]}; rename one, or run them apart")
+        for out in outs:
+            other = inputs.get(out.resolve()) if out.exists() else None
+            if other is not None and other.resolve() == path.resolve():
+                raise MZSRError(f"{path}: the output {out} would overwrite this input; give another --out")
+            if other is not None:
+                raise MZSRError(f"{path}: its output {out} would overwrite the input {other}; give another --out")
+        by_output.update((out, path) for out in outs)
         unique.append(path)
     return unique
 
@@ -118,6 +177,8 @@ def cmd_degrade(args) -> int:
     from .kernels import random_kernel_seed
     from .metrics import modcrop
 
+    if args.kernel == ESTIMATE:
+        raise MZSRError("--kernel estimate is for LR images (upscale, estimate-kernel); degrade needs a known kernel")
     jobs = _checked_inputs(args, _checked_outputs(args, list_images(args.inputs)), hr=True)
     for path, kernel, method in tqdm(jobs, desc="degrade", unit="img", disable=None):
         hr = modcrop(read_image_uint8(path), args.scale)
@@ -153,6 +214,8 @@ def _degradation_for(args, image: Path):
 
     if args.kernel is None:
         return None, "bicubic", "bicubic"
+    if args.kernel == ESTIMATE:  # estimated right before the image's SR (`_estimate_one`)
+        return None, args.subsample or "direct", "KernelGAN"
     if args.kernel == "per-image":
         path = kernel_file_for_image(image, args.scale)
         if path is None:
@@ -189,8 +252,93 @@ def _checked_inputs(args, paths: list[Path], hr: bool) -> list[tuple[Path, np.nd
         kernel, method, label = _degradation_for(args, path)
         if kernel is not None:
             validate_kernel(kernel, label, img.shape[:2], image=path)
+        if args.kernel == ESTIMATE:
+            from .estimate import check_estimable
+
+            check_estimable(img.shape, bool(args.real), str(path))
         jobs.append((path, kernel, method))
     return jobs
+
+
+# ------------------------------------------------------------------------------ kernel estimation
+
+
+def _kernelgan_settings(args, used: bool = True) -> tuple[dict, int]:
+    """(cfg, seed) for `estimate_kernel` from --iterations/--seed/--real, checked before any work.
+    `used` False (upscale without --kernel estimate): the options, if given, are refused."""
+    from .estimate import KERNELGAN_DEFAULTS
+
+    given = [f"--{name}" for name in ("iterations", "seed", "real") if getattr(args, name) is not None]
+    if not used:
+        if given:
+            raise MZSRError(f"{', '.join(given)}: KernelGAN's options, for --kernel estimate only")
+        return {}, 0
+    if args.scale not in KERNELGAN_SCALES:
+        raise MZSRError(f"KernelGAN estimates x2 kernels (and x4 from them); --scale {args.scale} is not supported")
+    iterations = KERNELGAN_DEFAULTS["iterations"] if args.iterations is None else args.iterations
+    if iterations < 1:
+        raise MZSRError(f"--iterations must be >= 1, got {iterations}")
+    seed = 0 if args.seed is None else args.seed
+    if seed < 0:
+        raise MZSRError(f"--seed must be >= 0, got {seed}")
+    return {"iterations": iterations, "real_image": bool(args.real)}, seed
+
+
+def kernel_picture(kernel: np.ndarray, min_width: int = 200) -> np.ndarray:
+    """A grayscale uint8 picture of a kernel: normalised to its maximum (negative ringing shown as 0),
+    enlarged by nearest neighbour to at least `min_width` pixels."""
+    k = np.clip(np.asarray(kernel, dtype=np.float64), 0.0, None)
+    k = k / k.max() if k.max() > 0 else k
+    factor = -(-min_width // k.shape[1])
+    big = np.repeat(np.repeat(k, factor, axis=0), factor, axis=1)
+    return np.round(big * 255.0).astype(np.uint8)
+
+
+def _write_kernel(mat_path: Path, png_path: Path, est, fmt: str) -> None:
+    """One estimate as a .mat file in `fmt` (mzsr: key "kernel", est.kernel; kernelgan: key "Kernel",
+    est.kernelgan) and a picture of what the file holds; both atomic."""
+    import scipy.io
+
+    from .images import write_png
+    from .io import atomic_path
+
+    key, kernel = ("Kernel", est.kernelgan) if fmt == "kernelgan" else ("kernel", est.kernel)
+    with atomic_path(mat_path) as tmp, open(tmp, "wb") as f:
+        scipy.io.savemat(f, {key: kernel})
+    write_png(png_path, kernel_picture(kernel))
+
+
+def _estimate_one(path: Path, lr: np.ndarray, args, cfg: dict, seed: int, device, out_dir: Path, fmt: str = "mzsr"):
+    """Estimate one image's kernel (with its own progress bar), write it and its picture to
+    `out_dir`, say so in one line; the estimate."""
+    from .estimate import estimate_kernel
+
+    est = estimate_kernel(lr, args.scale, cfg, device, seed=seed, progress=_progress(), source=str(path))
+    mat_path, png_path = _kernel_paths(out_dir, path, args.scale)
+    _write_kernel(mat_path, png_path, est, fmt)
+    h, w = (est.kernelgan if fmt == "kernelgan" else est.kernel).shape
+    tqdm.write(f"{path}: kernel {w}x{h} (x{est.scale}, {est.iterations} iterations) in {est.seconds:.1f} s -> {mat_path}")
+    return est
+
+
+def _progress() -> bool:
+    """KernelGAN's per-image bar where the images bar shows (tqdm's disable=None: on a terminal)."""
+    return sys.stderr.isatty()
+
+
+def cmd_estimate_kernel(args) -> int:
+    from .adapt import pick_device
+    from .estimate import check_estimable
+    from .images import list_images, read_image
+
+    cfg, seed = _kernelgan_settings(args)
+    device = pick_device(args.device)
+    images = _checked_outputs(args, list_images(args.inputs), lambda p: list(_kernel_paths(args.out, p, args.scale)))
+    for path in images:  # every image read and checked before any work
+        check_estimable(read_image(path).shape, bool(args.real), str(path))
+    for path in tqdm(images, desc="estimate-kernel", unit="img", disable=None):
+        _estimate_one(path, read_image(path), args, cfg, seed, device, args.out, args.format)
+    return 0
 
 
 def cmd_upscale(args) -> int:
@@ -199,6 +347,8 @@ def cmd_upscale(args) -> int:
     from .resize import imresize
 
     images = list_images(args.inputs)
+    estimating = args.kernel == ESTIMATE and args.method != "bicubic"
+    kernelgan_cfg, kernelgan_seed = _kernelgan_settings(args, used=args.kernel == ESTIMATE)
     if args.zssr_iterations < 1:
         raise MZSRError(f"--zssr-iterations must be >= 1, got {args.zssr_iterations}")
     if args.method == "bicubic":
@@ -208,7 +358,15 @@ def cmd_upscale(args) -> int:
     if not 0 <= args.noise_level < float("inf"):
         raise MZSRError(f"--noise-level must be a finite number >= 0, got {args.noise_level}")
     device = pick_device(args.device)
-    images = _checked_outputs(args, images)
+    kernels_dir = args.out / "kernels"
+    outputs = None
+    if estimating:  # the SR PNG, and the estimated kernel with its picture in <out>/kernels/
+        outputs = lambda p: [_out_path(args.out, p), *_kernel_paths(kernels_dir, p, args.scale)]  # noqa: E731
+    images = _checked_outputs(args, images, outputs)
+    if estimating:
+        from .io import check_output_folder
+
+        check_output_folder(kernels_dir)
     if args.method == "mzsr":
         if args.steps > 0 and args.kernel is None:
             raise MZSRError("adaptation (--steps > 0) needs the degradation: give --kernel")
@@ -223,6 +381,8 @@ def cmd_upscale(args) -> int:
         if args.method == "bicubic":
             write_png(_out_path(args.out, path), imresize(lr, float(args.scale)))
             continue
+        if estimating:  # right before this image's SR, so that the first result comes early
+            kernel = _estimate_one(path, lr, args, kernelgan_cfg, kernelgan_seed, device, kernels_dir).kernel
         if args.method == "zssr":
             from .zssr import zssr
 

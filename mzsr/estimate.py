@@ -272,6 +272,15 @@ def significant_kernel(k: np.ndarray, n: int = 40) -> np.ndarray:
     return out / out.sum()
 
 
+def check_estimable(shape, real_image: bool, source: str = "image", crop: int = KERNELGAN_DEFAULTS["crop"]) -> None:
+    """KernelGAN's size limit: G's crops fit after the 10-pixel edge shave (none for real images)."""
+    need = crop + (0 if real_image else 20)
+    if min(shape[:2]) < need:
+        hint = "" if real_image else f" ({crop} with the real-image setting: --real, estimate.real_image)"
+        raise MZSRError(f"{source}: image is {shape[1]}x{shape[0]} pixels; KernelGAN needs at least {need} pixels on"
+                        f" each side{hint}")
+
+
 def _prepare(lr: np.ndarray, real_image: bool, sf: int = 2) -> np.ndarray:
     img = np.asarray(lr, dtype=np.float64)
     if img.ndim == 2:
@@ -300,6 +309,7 @@ def estimate_kernel(lr: np.ndarray, scale: int = 2, cfg: dict | None = None, dev
     iterations, crop = int(cfg["iterations"]), int(cfg["crop"])
     if iterations < 1:
         raise MZSRError(f"kernel estimation: iterations must be >= 1, got {iterations}")
+    check_estimable(np.shape(lr), bool(cfg["real_image"]), source, crop)
     img = _prepare(lr, bool(cfg["real_image"]))
     device = torch.device(device)
     start = time.perf_counter()
@@ -309,9 +319,6 @@ def estimate_kernel(lr: np.ndarray, scale: int = 2, cfg: dict | None = None, dev
         G = Generator(int(cfg["g_channels"]), tuple(cfg["g_structure"])).to(device)
         g_out = (crop - G.kernel_size) // 2 + 1
         D = Discriminator(int(cfg["d_channels"]), int(cfg["d_layers"]), int(cfg["d_kernel"])).to(device)
-        if min(img.shape[:2]) < crop:
-            raise MZSRError(f"{source}: image is {lr.shape[1]}x{lr.shape[0]} pixels; KernelGAN needs at least "
-                            f"{crop + (0 if cfg['real_image'] else 20)} pixels on each side")
         constraints = Constraints(G.kernel_size, device)
         opt_g = torch.optim.Adam(G.parameters(), lr=cfg["lr"], betas=(cfg["beta1"], 0.999))
         opt_d = torch.optim.Adam(D.parameters(), lr=cfg["lr"], betas=(cfg["beta1"], 0.999))

@@ -402,7 +402,7 @@ def run_lr_image(monkeypatch, workdir: Path, image: str, degradation: str) -> Pa
     log.parent.mkdir(parents=True, exist_ok=True)
     stub = SimpleNamespace(
         input=_Named(gt=str(workdir / image), kernel=[]), output=_Named(out=str(out)), log=_Named(log=str(log)),
-        params=SimpleNamespace(degradation=degradation, scale=2), wildcards=SimpleNamespace(), threads=1, config={},
+        params=SimpleNamespace(degradation=degradation, scale=2), wildcards=SimpleNamespace(image=stem), threads=1, config={},
     )
     monkeypatch.chdir(workdir)
     monkeypatch.syspath_prepend(str(REPO / "scripts"))
@@ -528,3 +528,23 @@ def test_bad_config_fails_the_dry_run(tmp_path, name, change, problem):
     assert any(re.search(pattern, line) for line in lines), "\n".join(lines[-20:])
     assert "Traceback" not in proc.stderr
     assert not (tmp_path / "results").exists() and not (tmp_path / "resources").exists()
+
+
+# ------------------------------------------------------------------------------------ kernel estimation, CLI
+
+
+@pytest.mark.parametrize("command", ["estimate-kernel", "upscale"])
+def test_image_too_small_for_kernelgan(files, tmp_path, capsys, command):
+    """KernelGAN needs 84x84 pixels (64 with --real): a smaller image is refused before any work,
+    even when it comes after a good one."""
+    folder, out = tmp_path / "lr", tmp_path / "out"
+    folder.mkdir()
+    write_png(folder / "a_good.png", to_uint8(smooth_image(100, 100, seed=4)))
+    shutil.copy(files / "images" / "base.png", folder / "b_small.png")  # 48x40
+    extra = ["--weights", files / "weights.safetensors", "--kernel", "estimate", "--steps", "1"] if command == "upscale" else []
+    rc, err = cli(capsys, command, folder, "--out", out, "--iterations", "1", "--device", "cpu", *extra)
+    assert_one_line_error(rc, err, folder / "b_small.png", r"48x40 pixels; KernelGAN needs at least 84 .*64 with the real-image setting: --real")
+    assert_nothing_written(out)
+    rc, err = cli(capsys, command, folder / "b_small.png", "--out", out, "--real", "--iterations", "1", *extra)
+    assert_one_line_error(rc, err, folder / "b_small.png", "KernelGAN needs at least 64 pixels on each side$")
+    assert_nothing_written(out)

@@ -3,9 +3,11 @@ import subprocess
 import sys
 
 import numpy as np
+import scipy.ndimage
 import pytest
 import torch
 
+from mzsr import MZSRError
 from mzsr.checkpoints import save_weights
 from mzsr.cli import main
 from mzsr.images import read_image_uint8, write_png
@@ -56,7 +58,7 @@ def test_errors_are_one_line_with_the_file(tmp_path, hr_dir):
 
 
 def test_help_everywhere():
-    for cmd in ([], ["degrade"], ["import-tf"], ["upscale"], ["evaluate"]):
+    for cmd in ([], ["degrade"], ["import-tf"], ["estimate-kernel"], ["upscale"], ["evaluate"]):
         r = subprocess.run([sys.executable, "-m", "mzsr.cli", *cmd, "--help"], capture_output=True, text=True)
         assert r.returncode == 0 and "usage: mzsr" in r.stdout
 
@@ -143,3 +145,138 @@ def test_degrade_with_random_per_image_kernels_writes_them_for_per_image(tmp_pat
                  "--steps", "1", "--device", "cpu"]) == 0
     assert sorted(p.name for p in out.iterdir()) == ["a.png", "b.png"]
     assert main(["degrade", str(hr_dir), "--out", str(tmp_path / "x3"), "--kernel", "rk", "--scale", "3"]) == 1
+
+
+# ------------------------------------------------------------------------------ kernel estimation
+
+
+def _texture(size: int, seed: int) -> np.ndarray:
+    """A blurred random texture (KernelGAN needs image structure at every scale; 20 iterations here)."""
+    import scipy.ndimage
+
+    rng = np.random.default_rng(seed)
+    img = scipy.ndimage.gaussian_filter(rng.random((size, size, 3)), (1.2, 1.2, 0))
+    return np.clip((img - img.mean()) * 4 + 0.5, 0, 1)
+
+
+@pytest.fixture()
+def texture_dir(tmp_path):
+    d = tmp_path / "lr"
+    write_png(d / "a.png", _texture(100, 1))
+    write_png(d / "b.png", _texture(100, 2))
+    return d
+
+
+@pytest.fixture(scope="module")
+def estimated(tmp_path_factory):
+    """`mzsr estimate-kernel` (20 iterations) on two 100x100 textures in both formats, and the
+    estimate of a.png made directly. One torch thread: on a busy 2-core machine two threads make
+    KernelGAN's many small convolutions ~15x slower."""
+    import contextlib
+    import io
+    from types import SimpleNamespace
+
+    from mzsr.estimate import estimate_kernel
+    from mzsr.images import read_image
+
+    root = tmp_path_factory.mktemp("estimate")
+    lr = root / "lr"
+    write_png(lr / "a.png", _texture(100, 1))
+    write_png(lr / "b.png", _texture(100, 2))
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        runs, stdout = {}, {}
+        for fmt in ("mzsr", "kernelgan"):
+            runs[fmt], buffer = root / fmt, io.StringIO()
+            with contextlib.redirect_stdout(buffer):
+                rc = main(["estimate-kernel", str(lr), "--out", str(runs[fmt]), "--iterations", "20", "--format", fmt,
+                           "--device", "cpu"])
+            assert rc == 0
+            stdout[fmt] = buffer.getvalue()
+        est = estimate_kernel(read_image(lr / "a.png"), 2, {"iterations": 20}, "cpu", seed=0)
+    finally:
+        torch.set_num_threads(threads)
+    return SimpleNamespace(lr=lr, runs=runs, stdout=stdout, est=est)
+
+
+def _centred_pad(k: np.ndarray, n: int) -> np.ndarray:
+    return np.pad(k, [((n - m) // 2, n - m - (n - m) // 2) for m in k.shape])
+
+
+def test_estimate_kernel_writes_both_formats(estimated):
+    """estimate-kernel: <stem>_kernel_x2.mat (mzsr: key "kernel" = est.kernel, read back as it is;
+    kernelgan: key "Kernel" = est.kernelgan, what the release writes) and a picture of it."""
+    import scipy.io
+    from PIL import Image
+
+    from mzsr.kernels import load_kernel_file
+
+    est = estimated.est
+    for fmt, out in estimated.runs.items():
+        assert sorted(p.name for p in out.iterdir()) == ["a_kernel_x2.mat", "a_kernel_x2.png", "b_kernel_x2.mat",
+                                                         "b_kernel_x2.png"]
+        lines = estimated.stdout[fmt].strip().splitlines()
+        assert len(lines) == 2 and all("kernel" in line and "20 iterations" in line and " s " in line for line in lines)
+        for stem in ("a", "b"):
+            with Image.open(out / f"{stem}_kernel_x2.png") as im:
+                assert im.mode == "L" and im.width >= 200 and np.asarray(im).max() == 255
+    mat = scipy.io.loadmat(estimated.runs["mzsr"] / "a_kernel_x2.mat")
+    assert "kernel" in mat and "Kernel" not in mat
+    np.testing.assert_array_equal(load_kernel_file(estimated.runs["mzsr"] / "a_kernel_x2.mat"), est.kernel)
+    assert np.abs(load_kernel_file(estimated.runs["mzsr"] / "b_kernel_x2.mat") - est.kernel).max() > 1e-4  # its own
+    mat = scipy.io.loadmat(estimated.runs["kernelgan"] / "a_kernel_x2.mat")
+    assert "Kernel" in mat and "kernel" not in mat
+    np.testing.assert_array_equal(mat["Kernel"], est.kernelgan)
+
+
+def test_kernelgan_format_reads_back_as_the_same_kernel(estimated):
+    """The release's format (half-pixel shift, unclipped spline ringing of ~4% here) reads back as the
+    MZSR-convention estimate, up to the spline's smoothing."""
+    from mzsr.kernels import load_kernel_file
+
+    back = load_kernel_file(estimated.runs["kernelgan"] / "a_kernel_x2.mat")
+    est = estimated.est.kernel
+    n = max(back.shape + est.shape) | 1
+    diff = _centred_pad(back, n) - _centred_pad(est, n)
+    # a 20-iteration kernel is hard-edged after thresholding: two half-pixel spline shifts smooth it
+    assert np.linalg.norm(diff) < 0.2 * np.linalg.norm(est)  # 0.14 here
+    np.testing.assert_allclose(scipy.ndimage.center_of_mass(back), np.array(back.shape) // 2, atol=1e-4)
+
+
+def test_upscale_with_estimated_kernels(tmp_path, estimated):
+    """upscale --kernel estimate: each image's kernel estimated (as estimate-kernel does, same seed),
+    used to adapt, and written to <out>/kernels/ in the mzsr format."""
+    from mzsr.kernels import load_kernel_file
+
+    torch.set_num_threads(1)  # see `estimated`; the autouse fixture sets it back for the next test
+    weights, sr = tmp_path / "w.safetensors", tmp_path / "sr"
+    save_weights(weights, MZSRNet().state_dict(), {"scale": 2, "degradation": "direct", "step": 0})
+    assert main(["upscale", str(estimated.lr), "--out", str(sr), "--weights", str(weights), "--kernel", "estimate",
+                 "--iterations", "20", "--steps", "1", "--device", "cpu"]) == 0
+    assert sorted(p.name for p in sr.iterdir()) == ["a.png", "b.png", "kernels"]
+    assert read_image_uint8(sr / "a.png").shape == read_image_uint8(sr / "b.png").shape == (200, 200, 3)
+    assert sorted(p.name for p in (sr / "kernels").iterdir()) == sorted(p.name for p in estimated.runs["mzsr"].iterdir())
+    for stem in ("a", "b"):
+        np.testing.assert_array_equal(load_kernel_file(sr / "kernels" / f"{stem}_kernel_x2.mat"),
+                                      load_kernel_file(estimated.runs["mzsr"] / f"{stem}_kernel_x2.mat"))
+
+
+def test_estimate_kernel_refusals(tmp_path, texture_dir, capsys):
+    def err(*args):
+        assert main([*map(str, args)]) == 1
+        return capsys.readouterr().err.strip()
+
+    out = tmp_path / "k"
+    assert "--iterations must be >= 1" in err("estimate-kernel", texture_dir, "--out", out, "--iterations", "0")
+    assert "--scale 3" in err("estimate-kernel", texture_dir, "--out", out, "--scale", "3")
+    assert "--kernel estimate only" in err("upscale", texture_dir, "--out", out, "--kernel", "g2.0", "--iterations", "5")
+    assert "degrade needs a known kernel" in err("degrade", texture_dir, "--out", out, "--kernel", "estimate")
+    assert "--iterations must be >= 1" in err("upscale", texture_dir, "--out", out, "--kernel", "estimate",
+                                              "--iterations", "0", "--method", "zssr")
+    assert not out.exists()
+    # an output that would overwrite an input (here a.png's picture, a_kernel_x2.png, is an input too)
+    write_png(texture_dir / "a_kernel_x2.png", _texture(100, 3))
+    line = err("estimate-kernel", texture_dir, "--out", texture_dir, "--iterations", "1")
+    assert "would overwrite the input" in line and "a_kernel_x2.png" in line
+    assert sorted(p.name for p in texture_dir.iterdir()) == ["a.png", "a_kernel_x2.png", "b.png"]

@@ -121,7 +121,7 @@ def test_kernelgan_file():
     raw = scipy.io.loadmat(path)["Kernel"]
     np.testing.assert_allclose(scipy.ndimage.center_of_mass(raw), kernelgan_center(raw.shape), atol=0.05)
     k = load_kernel_file(path)
-    assert k.shape == (13, 13) and k.min() >= 0 and k.sum() == pytest.approx(1.0)
+    assert k.shape == (15, 15) and k.min() >= 0 and k.sum() == pytest.approx(1.0)
     np.testing.assert_allclose(scipy.ndimage.center_of_mass(k), mzsr_center(k.shape), atol=1e-4)
 
 
