@@ -73,21 +73,34 @@ def torch_setup(snakemake):
     return device
 
 
-def write_rows(snakemake, method, results, gt_u8):
+def job_kernel(snakemake):
+    """(kernel, subsampling) of an SR job: KernelGAN's estimate (input `estimated`, MZSR's convention)
+    with direct subsampling (param `subsample`) for the blind methods, else the
+    degradation's own (the image's own kernel for rk; None for plain bicubic)."""
+    if "estimated" in snakemake.input.keys():
+        from mzsr.kernels import load_kernel_file
+
+        return load_kernel_file(snakemake.input.estimated), snakemake.params.subsample
+    from mzsr.kernels import resolve_degradation
+
+    deg = resolve_degradation(snakemake.params.degradation, image=snakemake.wildcards.image, scale=int(snakemake.params.scale))
+    return deg.kernel, deg.method
+
+
+def write_rows(snakemake, method, results, gt_u8, kernel, subsample):
     """Score SR results [(steps, sr_uint8, seconds)] against the mod-cropped GT; write the job CSV.
 
-    `redegradation_psnr` degrades each SR result again with the job's kernel (the image's own for
-    rk) and compares it with the LR input: a wrong or misaligned kernel shows up there even without ground truth.
+    `redegradation_psnr` degrades each SR result again with `kernel` and `subsample` (the ones the
+    job used: the degradation's, or KernelGAN's estimate for the blind methods) and compares it with
+    the LR input: a wrong or misaligned kernel shows up there even without ground truth.
     """
     import pandas as pd
 
     from mzsr.images import read_image_uint8
     from mzsr.io import atomic_write_text
-    from mzsr.kernels import resolve_degradation
     from mzsr.metrics import psnr, redegradation_psnr, ssim
 
     scale = int(snakemake.params.scale)
-    deg = resolve_degradation(snakemake.params.degradation, image=snakemake.wildcards.image, scale=scale)
     lr_u8 = read_image_uint8(snakemake.input.lr)
     rows = [
         {
@@ -99,7 +112,7 @@ def write_rows(snakemake, method, results, gt_u8):
             "psnr": psnr(sr, gt_u8, scale),
             "ssim": ssim(sr, gt_u8, scale),
             "seconds": float(seconds),
-            "redegradation_psnr": redegradation_psnr(sr, lr_u8, deg.kernel, scale, deg.method),
+            "redegradation_psnr": redegradation_psnr(sr, lr_u8, kernel, scale, subsample),
         }
         for steps, sr, seconds in results
     ]

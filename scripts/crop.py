@@ -1,11 +1,15 @@
 import sys
 
 sys.stderr = open(snakemake.log[0], "w", buffering=1)
-# Side-by-side centre crops of one test image: GT, bicubic, MZSR(n)..., ZSSR, titled with PSNR/SSIM.
+# Side-by-side centre crops of one test image: GT, bicubic, MZSR(n)..., ZSSR, the KernelGAN methods,
+# titled with PSNR/SSIM; with a KernelGAN method also the true kernel and KernelGAN's, enlarged.
+import json
+
 import matplotlib
 
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt
+import numpy as np
 import pandas as pd
 
 import _util  # noqa: F401
@@ -23,13 +27,37 @@ def title(key):
         return "ground truth", "PSNR (dB) / SSIM"
     method, _, steps = key.partition("-")
     hit = rows[(rows["method"] == method) & ((rows["steps"] == int(steps)) if steps else True)]
-    name = f"MZSR({steps})" if method == "mzsr" else {"bicubic": "Bicubic", "zssr": "ZSSR"}.get(method, method)
+    if method in ("mzsr", "mzsr_kgan"):
+        name = f"MZSR({steps})" + (" + KernelGAN" if method == "mzsr_kgan" else "")
+    else:
+        name = {"bicubic": "Bicubic", "zssr": "ZSSR", "zssr_kgan": "KernelGAN + ZSSR"}.get(method, method)
     if not len(hit):
         return name, ""
     return name, f"{hit['psnr'].iloc[0]:.2f} dB / {hit['ssim'].iloc[0]:.4f}"
 
 
-keys = [k for k in snakemake.input.keys() if k != "csvs"]
+def centred_pair(a, b):
+    """Two kernels zero-padded about their middle pixels to one odd size, so that panels compare."""
+    n = max(a.shape + b.shape) | 1
+
+    def pad(k):
+        return np.pad(k, [((n - m) // 2, n - m - (n - m) // 2) for m in k.shape])
+
+    return pad(a), pad(b)
+
+
+KERNEL_KEYS = ("estimated_kernel", "estimate_record")
+kernel_panels = []  # (title, kernel)
+if "estimated_kernel" in snakemake.input.keys():
+    estimated = np.load(snakemake.input.estimated_kernel, allow_pickle=False)
+    record = json.loads(open(snakemake.input.estimate_record).read())
+    if record["true_kernel"] is None:  # plain bicubic: no kernel to compare with
+        kernel_panels = [("KernelGAN kernel", estimated)]
+    else:
+        truth, estimated = centred_pair(np.asarray(record["true_kernel"]), estimated)
+        kernel_panels = [("true kernel", truth), (f"KernelGAN kernel\n(error {record['kernel_error']:.4f})", estimated)]
+
+keys = [k for k in snakemake.input.keys() if k != "csvs" and k not in KERNEL_KEYS]
 panels = []
 for key in keys:
     img = read_image_uint8(snakemake.input[key])
@@ -37,11 +65,18 @@ for key in keys:
 h, w = panels[0][1].shape[:2]
 side = min(size, h, w)
 top, left = (h - side) // 2, (w - side) // 2
-fig, axes = plt.subplots(1, len(panels), figsize=(2.4 * len(panels), 3.1), squeeze=False)
+ratios = [1.0] * len(panels) + [0.6] * len(kernel_panels)  # the kernels in smaller panels
+fig, axes = plt.subplots(1, len(ratios), figsize=(2.4 * sum(ratios), 3.1), squeeze=False,
+                         gridspec_kw={"width_ratios": ratios})
 for ax, (key, img) in zip(axes[0], panels):
     ax.imshow(img[top : top + side, left : left + side], interpolation="nearest")
     name, numbers = title(key)
     ax.set_title(f"{name}\n{numbers}", fontsize=9)
+    ax.axis("off")
+peak = max((float(k.max()) for _, k in kernel_panels), default=1.0)
+for ax, (name, k) in zip(axes[0][len(panels) :], kernel_panels):
+    ax.imshow(k, cmap="magma", vmin=0.0, vmax=peak, interpolation="nearest")  # one scale for both
+    ax.set_title(name, fontsize=8)
     ax.axis("off")
 w_ = snakemake.wildcards
 fig.suptitle(f"{w_.test_set} / {w_.degradation} / {w_.image} (x{scale})", fontsize=10)

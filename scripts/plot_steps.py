@@ -21,12 +21,15 @@ for ax, ts in zip(axes[0], test_sets):
         mzsr = rows[rows["method"] == "mzsr"].sort_values("steps")
         if len(mzsr):
             ax.plot(mzsr["steps"], mzsr["psnr"], "o-", color=colour, label=f"MZSR {deg}")
-        for method, style in (("bicubic", "--"), ("zssr", ":")):
+        blind = rows[rows["method"] == "mzsr_kgan"].sort_values("steps")  # with KernelGAN's kernel
+        if len(blind):
+            ax.plot(blind["steps"], blind["psnr"], "s--", color=colour, markersize=4, label=f"MZSR + KernelGAN {deg}")
+        for method, style in (("bicubic", "--"), ("zssr", ":"), ("zssr_kgan", "-.")):
             level = rows[rows["method"] == method]
             if len(level):
                 ax.axhline(level["psnr"].iloc[0], color=colour, linestyle=style, linewidth=1)
     ax.set_xscale("symlog", linthresh=1)
-    steps = sorted(set(part.loc[part["method"] == "mzsr", "steps"]))
+    steps = sorted(set(part.loc[part["method"].isin(["mzsr", "mzsr_kgan"]), "steps"]))
     if steps:
         ax.set_xticks(steps, [str(s) for s in steps])
     ax.set_xlabel("adaptation steps")
@@ -35,6 +38,8 @@ for ax, ts in zip(axes[0], test_sets):
     ax.grid(alpha=0.3)
     ax.plot([], [], "k--", linewidth=1, label="bicubic")
     ax.plot([], [], "k:", linewidth=1, label="ZSSR")
+    if (part["method"] == "zssr_kgan").any():
+        ax.plot([], [], "k-.", linewidth=1, label="KernelGAN + ZSSR")
     ax.legend(fontsize=8)
 fig.tight_layout()
 from mzsr.io import atomic_path  # noqa: E402

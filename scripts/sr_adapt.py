@@ -3,31 +3,31 @@ import sys
 sys.stderr = open(snakemake.log[0], "w", buffering=1)
 # A trained model on one test image: MZSR adapted for each configured step count (the SR after
 # step n goes to output.sr[i] for the i-th smallest n), or the pre-trained model as it is (0 steps).
+# With input `estimated` (mzsr_kgan) it adapts with KernelGAN's kernel instead of the true one.
 import _util
 
 from mzsr.adapt import adapt, resolve_schedule, weights_subsampling
 from mzsr.checkpoints import load_model
 from mzsr.images import read_image, read_image_uint8, write_png
-from mzsr.kernels import resolve_degradation
 from mzsr.metrics import modcrop
 
 device = _util.torch_setup(snakemake)
 scale = int(snakemake.params.scale)
 cfg = snakemake.params.adapt
-deg = resolve_degradation(snakemake.params.degradation, image=snakemake.wildcards.image, scale=scale)
+kernel, subsample = _util.job_kernel(snakemake)  # resolved once: for adaptation and the re-degradation check
 model, weights_meta = load_model(snakemake.input.weights, expected_scale=scale, device=device)
 gt = modcrop(read_image_uint8(snakemake.input.gt), scale)
 steps = sorted(cfg["steps"])
 schedule = cfg.get("schedule", "auto")
 if max(steps) > 0:  # each degradation adapts with its model's schedule (the weights' subsampling)
-    schedule = resolve_schedule(schedule, weights_subsampling(weights_meta, deg.method), scale)
+    schedule = resolve_schedule(schedule, weights_subsampling(weights_meta, subsample), scale)
     print(f"schedule {schedule}, grid {cfg.get('grid', 'release')}, preset {cfg.get('preset', 'paper')}", file=sys.stderr)
 outputs = adapt(
     model,
     read_image(snakemake.input.lr),
-    deg.kernel,
+    kernel,
     scale,
-    deg.method,
+    subsample,
     step_counts=steps,
     schedule=schedule,
     device=device,
@@ -39,4 +39,4 @@ outputs = adapt(
 paths = [snakemake.output.sr] if isinstance(snakemake.output.sr, str) else list(snakemake.output.sr)
 for out, path in zip(outputs, paths, strict=True):
     write_png(path, out.sr)
-_util.write_rows(snakemake, snakemake.params.method, [(o.steps, o.sr, o.seconds) for o in outputs], gt)
+_util.write_rows(snakemake, snakemake.params.method, [(o.steps, o.sr, o.seconds) for o in outputs], gt, kernel, subsample)

@@ -43,7 +43,8 @@ def _subparsers(parser: argparse.ArgumentParser) -> dict[str, argparse.ArgumentP
 
 
 NUMBERS = ("0", "-1", "nan", "inf", "x")
-VALID = {("upscale", "--steps", "0"), ("upscale", "--noise-level", "0")}  # generated values that are fine
+VALID = {("upscale", "--steps", "0"), ("upscale", "--noise-level", "0"),  # generated values that are fine
+         ("estimate-kernel", "--seed", "0"), ("upscale", "--seed", "0")}
 
 
 def _cli_cases():
@@ -87,6 +88,7 @@ def _command(root: Path, command: str) -> list[str]:
                     "--steps", "1", "--device", "cpu"],
         "import-tf": ["import-tf", str(root / "no-checkpoint"), str(root / "out" / "w.safetensors")],
         "evaluate": ["evaluate", str(root / "lr"), str(root / "lr"), "--csv", str(root / "out" / "m.csv")],
+        "estimate-kernel": ["estimate-kernel", str(root / "lr"), "--out", out, "--iterations", "1", "--device", "cpu"],
     }[command]
 
 
@@ -203,7 +205,7 @@ def test_bad_config_value_is_refused_by_the_schema(path, what, value):
 def test_the_config_sweep_reaches_every_section():
     sections = {p[0] for p, _, _ in CONFIG_CASES}
     assert {"scale", "device", "data", "degradations", "methods", "patches", "tasks", "pretrain", "meta", "adapt", "zssr",
-            "report", "compute"} <= sections
+            "estimate", "report", "compute"} <= sections
     assert len(CONFIG_CASES) > 150
 
 

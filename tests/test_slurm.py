@@ -57,7 +57,8 @@ REPO = Path(__file__).resolve().parents[1]
 PROFILE = REPO / "slurm" / "config.yaml"
 MICRO = REPO / "tests" / "micro.yaml"
 GPU_RULES = {"pretrain", "meta_train", "sr_pretrained", "sr_mzsr", "sr_zssr"}
-GPU_GROUPS = {"sr_pretrained", "sr_mzsr", "sr_zssr"}  # group kinds (workflow/rules/common.smk)
+BLIND_GPU_RULES = {"estimate_kernel", "sr_mzsr_kgan", "sr_zssr_kgan"}  # methods mzsr_kgan, zssr_kgan (not in the demo)
+GPU_GROUPS = {"sr_pretrained", "sr_mzsr", "sr_zssr"}  # group kinds (workflow/rules/common.smk); blind: BLIND_GPU_RULES
 JOB_PREFIX = "mzsrtest"  # MZSR_SLURM_JOB_PREFIX of the test run
 # Long enough that each training job is still running when the test interrupts it after its first
 # checkpoint (a few tenths of a second into training), short enough to keep the run quick.
@@ -162,7 +163,7 @@ def test_profile_settings(monkeypatch):
     assert "slurm_account" not in profile["default-resources"]  # only where MZSR_SLURM_ACCOUNT is set
     assert profile["default-resources"]["slurm_partition"] == "cpu"
     assert {"mem_mb", "runtime"} <= set(profile["default-resources"])
-    assert set(profile["set-resources"]) == GPU_RULES
+    assert set(profile["set-resources"]) == GPU_RULES | BLIND_GPU_RULES
     for rule, resources in profile["set-resources"].items():
         assert resources["slurm_partition"] == "gpu" and resources["cpus_per_gpu"] == "threads", rule
     assert profile["set-resources"]["pretrain"]["gpu"] == profile["set-resources"]["meta_train"]["gpu"] == 1
@@ -379,7 +380,7 @@ def rule_of(comment: str) -> str:
 
 
 def is_gpu_job(kind: str) -> bool:
-    return kind in GPU_RULES or kind.removeprefix("group ") in GPU_GROUPS
+    return kind in GPU_RULES | BLIND_GPU_RULES or kind.removeprefix("group ") in GPU_GROUPS | BLIND_GPU_RULES
 
 
 def completed(run) -> list[dict[str, str]]:

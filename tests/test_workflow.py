@@ -230,24 +230,33 @@ def test_added_test_image_plans_only_its_jobs(micro_run):
 # ------------------------------------------------------------------------------------ released models
 
 
-def _released_config(tmp_path: Path, degradations: list[str]) -> str:
+def _released_config(tmp_path: Path, degradations: list[str], **changes) -> str:
     config = yaml.safe_load(MICRO.read_text())
-    config.update(methods=["bicubic", "mzsr"], degradations=degradations)
+    config.update(methods=["bicubic", "mzsr"], degradations=degradations, **changes)
     config["meta"]["weights_folder"] = "released"  # the repository's models/
     (tmp_path / "released.yaml").write_text(yaml.safe_dump(config))
     return "released.yaml"
 
 
 def test_pipeline_from_the_released_models_trains_nothing_and_names_them(tmp_path):
-    """Also the blind degradation rk: each test image's own random kernel (direct, the released Direct model)."""
+    """Also the blind degradation rk: each test image's own random kernel (direct, the released Direct
+    model); and blind SR: KernelGAN (20 iterations) estimates each LR image's kernel, which MZSR
+    (mzsr_kgan) and ZSSR (zssr_kgan) then use, always with direct subsampling. The image is 128 px:
+    KernelGAN's real-image setting (no edge shave) needs 64 LR pixels a side."""
+    import scipy.ndimage
+
     from mzsr.degrade import degrade, to_uint8
     from mzsr.kernels import random_kernel, random_kernel_rng
     from mzsr.metrics import modcrop
 
-    write_test_image(tmp_path / "test_images" / "tiny" / "a.png", seed=3)
-    cfg = _released_config(tmp_path, ["g2.0", "rk"])
+    write_test_image(tmp_path / "test_images" / "tiny" / "a.png", seed=3, size=128)
+    cfg = _released_config(tmp_path, ["g2.0", "rk"], estimate={"iterations": 20, "real_image": True})
+    config = yaml.safe_load((tmp_path / cfg).read_text())
+    config["methods"] += ["mzsr_kgan", "zssr_kgan"]
+    (tmp_path / cfg).write_text(yaml.safe_dump(config))
     rules = {rule for rule, _ in planned_jobs(tmp_path, "--configfile", cfg)}
-    assert rules == {"lr_image", "sr_bicubic", "sr_mzsr", "aggregate", "plot_steps", "crop", "all"}
+    assert rules == {"lr_image", "sr_bicubic", "sr_mzsr", "estimate_kernel", "sr_mzsr_kgan", "sr_zssr_kgan", "aggregate",
+                     "plot_steps", "crop", "all"}
     check(snakemake(tmp_path, "--cores", "2", "--configfile", cfg))
     hr = modcrop(np.asarray(Image.open(tmp_path / "test_images" / "tiny" / "a.png").convert("RGB")), 2) / 255.0
     lr = np.asarray(Image.open(tmp_path / "resources" / "test_inputs" / "tiny" / "rk" / "a.png"))
@@ -257,8 +266,41 @@ def test_pipeline_from_the_released_models_trains_nothing_and_names_them(tmp_pat
     assert per_image.loc[("rk", "mzsr", 10), "redegradation_psnr"].item() > 40
     table = (tmp_path / "results" / "metrics" / "paper_table.md").read_text()
     assert f"- MZSR, direct subsampling: {REPO / 'models' / 'direct_x2.safetensors'}: released direct_x2, 700 meta-iterations" in table
+    # blind SR: a centred kernel per LR image, its rows beside the true-kernel ones, its error in a table
+    for deg in ("g2.0", "rk"):
+        k = np.load(tmp_path / "results" / "kernels" / "tiny" / deg / "a.npy")
+        assert k.ndim == 2 and k.shape[0] % 2 == 1 and k.shape[0] == k.shape[1] and (k >= 0).all()
+        assert k.sum() == pytest.approx(1.0, abs=1e-6)
+        np.testing.assert_allclose(scipy.ndimage.center_of_mass(k), np.array(k.shape) // 2, atol=0.01)
+        assert sorted(per_image.loc[(deg, "mzsr_kgan")].index) == [0, 1, 10]
+        assert per_image.loc[(deg, "zssr_kgan")].index.tolist() == [5]  # the configured ZSSR iterations
+        for method in ("mzsr_kgan", "zssr_kgan"):
+            assert per_image.loc[(deg, method), "psnr"].map(math.isfinite).all()
+        assert (tmp_path / "results" / "sr" / "tiny" / deg / "mzsr_kgan-10" / "a.png").is_file()
+        assert (tmp_path / "results" / "report" / "crops" / "tiny" / deg / "a.png").is_file()
+    kernels = pd.read_csv(tmp_path / "results" / "metrics" / "kernels.csv")
+    assert list(kernels.columns) == ["test_set", "degradation", "image", "iterations", "seconds", "kernel_error"]
+    assert kernels["degradation"].tolist() == ["g2.0", "rk"] and (kernels["iterations"] == 20).all()
+    assert kernels["kernel_error"].map(math.isfinite).all() and (kernels["kernel_error"] > 0).all()
+    assert (kernels["seconds"] > 0).all()
+    paper = pd.read_csv(tmp_path / "results" / "metrics" / "paper_table.csv")
+    assert list(paper.columns) == ["degradation", "test_set", "Bicubic", "MZSR(0)", "MZSR(1)", "MZSR(10)", "KernelGAN + ZSSR",
+                                   "MZSR(0), KernelGAN kernel", "MZSR(1), KernelGAN kernel", "MZSR(10), KernelGAN kernel"]
+    assert "| degradation | kernel error | seconds | iterations | images |" in table
+    assert re.search(r"^\| rk \| \d\.\d{5} \| [\d.]+ \| 20 \| 1 \|$", table, re.M), table
     check(snakemake(tmp_path, "--configfile", cfg, "--report", "report.html"))
     assert "the released models of" in (tmp_path / "report.html").read_text()
+
+
+def test_estimate_defaults_are_the_kernelgan_release():
+    """The config's estimate section defaults to the release's settings (and the paper config spells them out)."""
+    from mzsr.estimate import KERNELGAN_DEFAULTS
+
+    schema = yaml.safe_load((REPO / "workflow" / "schemas" / "config.schema.yaml").read_text())
+    defaults = {k: v["default"] for k, v in schema["properties"]["estimate"]["properties"].items()}
+    assert defaults == {"iterations": KERNELGAN_DEFAULTS["iterations"], "real_image": KERNELGAN_DEFAULTS["real_image"], "seed": 0}
+    assert yaml.safe_load((REPO / "config" / "config.yaml").read_text())["estimate"] == defaults
+    assert {"mzsr_kgan", "zssr_kgan"} <= set(schema["properties"]["methods"]["items"]["enum"])
 
 
 def test_a_model_not_released_stops_planning_with_one_line(tmp_path):

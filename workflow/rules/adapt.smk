@@ -119,3 +119,69 @@ rule sr_zssr:
         "../../envs/eval.yaml"
     script:
         "../../scripts/sr_zssr.py"
+
+
+# Blind: the same methods with the kernel that KernelGAN estimated from the LR input (rule
+# estimate_kernel); they never see the true kernel. KernelGAN's generator is one blur followed by
+# direct subsampling, so its kernel is the whole x2 downscaling (a bicubic degradation's antialiasing
+# included): the blind methods always use direct subsampling, and MZSR the Direct model.
+
+
+rule sr_mzsr_kgan:
+    input:
+        gt=gt_image,
+        lr="resources/test_inputs/{test_set}/{degradation}/{image}.png",
+        estimated=ESTIMATED_KERNEL,
+        weights=lambda w: meta_model("direct"),
+    output:
+        sr=[sr_png("mzsr_kgan", n) for n in ADAPT_STEPS],
+        csv=job_csv("mzsr_kgan"),
+    params:
+        scale=SCALE,
+        subsample="direct",
+        method="mzsr_kgan",
+        adapt=section(config["adapt"]),
+    log:
+        log_path("sr_mzsr_kgan", JOB),
+    benchmark:
+        benchmark_path("sr_mzsr_kgan", JOB)
+    threads: threads_for("sr_mzsr_kgan")
+    group: image_group("sr_mzsr_kgan")
+    resources:
+        mem_mb=compute("sr_mzsr_kgan", "mem_mb"),
+        runtime=compute("sr_mzsr_kgan", "runtime"),
+        image_jobs=1,
+        gpu=compute("sr_mzsr_kgan", "gpu"),
+    conda:
+        "../../envs/eval.yaml"
+    script:
+        "../../scripts/sr_adapt.py"
+
+
+rule sr_zssr_kgan:
+    input:
+        gt=gt_image,
+        lr="resources/test_inputs/{test_set}/{degradation}/{image}.png",
+        estimated=ESTIMATED_KERNEL,
+    output:
+        sr=sr_png("zssr_kgan"),
+        csv=job_csv("zssr_kgan"),
+    params:
+        scale=SCALE,
+        subsample="direct",
+        zssr=section(config["zssr"]),
+    log:
+        log_path("sr_zssr_kgan", JOB),
+    benchmark:
+        benchmark_path("sr_zssr_kgan", JOB)
+    threads: threads_for("sr_zssr_kgan")
+    group: image_group("sr_zssr_kgan")
+    resources:
+        mem_mb=compute("sr_zssr_kgan", "mem_mb"),
+        runtime=compute("sr_zssr_kgan", "runtime"),
+        image_jobs=1,
+        gpu=compute("sr_zssr_kgan", "gpu"),
+    conda:
+        "../../envs/eval.yaml"
+    script:
+        "../../scripts/sr_zssr.py"

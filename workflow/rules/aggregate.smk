@@ -1,11 +1,13 @@
 # Stage 7: every job's CSV into results/metrics/per_image.csv, means by test set x degradation x
 # method x steps into summary.csv, and the paper's table layout (rows: degradation x test set;
-# columns: methods) as CSV and Markdown.
+# columns: methods) as CSV and Markdown; with a KernelGAN method, the estimates' kernel errors and
+# seconds per image into results/metrics/kernels.csv (means per degradation in the Markdown).
 
 
 rule aggregate:
     input:
-        job_csvs,
+        csvs=job_csvs,
+        estimates=estimate_records,
     output:
         per_image="results/metrics/per_image.csv",
         summary=report(
@@ -21,6 +23,14 @@ rule aggregate:
             labels={"table": "paper layout"},
         ),
         markdown="results/metrics/paper_table.md",
+        kernels=report(
+            "results/metrics/kernels.csv",
+            caption="../report/kernels.rst",
+            category="1. Results",
+            labels={"table": "KernelGAN kernels"},
+        )
+        if KGAN_METHODS
+        else "results/metrics/kernels.csv",
     params:
         order={"test_sets": list(TEST_SETS), "degradations": list(DEGRADATIONS), "methods": METHODS},
         models=USED_META_MODELS,

@@ -32,8 +32,15 @@ IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp")
 SCALE = config["scale"]
 METHODS = config["methods"]
 ADAPT_STEPS = sorted(config["adapt"]["steps"])
+# Blind methods: MZSR and ZSSR with the kernel that KernelGAN estimates from each LR test input
+# (rule estimate_kernel), beside mzsr and zssr with the degradation's true kernel.
+KGAN_METHODS = [m for m in METHODS if m.endswith("_kgan")]
+if KGAN_METHODS and SCALE not in (2, 4):
+    raise WorkflowError(f"methods {', '.join(KGAN_METHODS)}: KernelGAN estimates x2 kernels (and x4 from them), "
+                        f"not scale {SCALE}")
 # Rules that run a network and so may use a GPU; they ask for compute.<rule>.gpu (default 1).
-GPU_RULES = ("pretrain", "meta_train", "sr_pretrained", "sr_mzsr", "sr_zssr")
+GPU_RULES = ("pretrain", "meta_train", "sr_pretrained", "sr_mzsr", "sr_zssr", "estimate_kernel", "sr_mzsr_kgan",
+             "sr_zssr_kgan")
 
 
 # ------------------------------------------------------------------------------------ sources
@@ -252,8 +259,11 @@ def meta_weights(wildcards):
 
 
 def used_meta_models():
-    """{subsampling: weights file} of the meta-trained models that the degradations use."""
-    return {s: meta_model(s) for s in sorted(set(SUBSAMPLING.values()))} if "mzsr" in METHODS else {}
+    """{subsampling: weights file} of the meta-trained models that the methods use: mzsr the model of
+    each degradation's subsampling, mzsr_kgan the Direct one (KernelGAN's kernels are direct)."""
+    used = set(SUBSAMPLING.values()) if "mzsr" in METHODS else set()
+    used |= {"direct"} if "mzsr_kgan" in METHODS else set()
+    return {s: meta_model(s) for s in sorted(used)}
 
 
 # ------------------------------------------------------------------------------------ compute
@@ -296,7 +306,8 @@ def benchmark_path(rule, pattern=""):
 # the DAG, so its name points to its kind (parent group id) and the kind's --group-components is
 # the chunk size: Snakemake has no Snakefile directive for either, hence the two workflow
 # attributes set below; a --group-components on the command line takes precedence.
-IMAGE_GROUP_KINDS = {"inputs": "cpu", "sr_pretrained": "gpu", "sr_mzsr": "gpu", "sr_zssr": "gpu", "crop": "cpu"}
+IMAGE_GROUP_KINDS = {"inputs": "cpu", "sr_pretrained": "gpu", "sr_mzsr": "gpu", "sr_zssr": "gpu", "estimate_kernel": "gpu",
+                     "sr_mzsr_kgan": "gpu", "sr_zssr_kgan": "gpu", "crop": "cpu"}
 GROUP_JOBS = config["cluster"]["group"]
 _IMAGE_UNITS = {}  # test set -> {image: position}
 
@@ -377,9 +388,23 @@ onstart:
 JOB = "{test_set}/{degradation}/{image}"
 
 
+STEPPED_METHODS = ("mzsr", "mzsr_kgan")  # one SR image per adaptation step count: <method>-<steps>/
+
+
 def sr_png(method, steps=None):
-    folder = f"mzsr-{steps}" if method == "mzsr" else method
+    folder = f"{method}-{steps}" if method in STEPPED_METHODS else method
     return f"results/sr/{{test_set}}/{{degradation}}/{folder}/{{image}}.png"
+
+
+# KernelGAN's estimate of one LR test input: the kernel (MZSR's convention) and a record of the run
+# (seconds, iterations, the error against the true kernel where the degradation has one).
+ESTIMATED_KERNEL = f"results/kernels/{JOB}.npy"
+ESTIMATE_RECORD = f"results/kernels/{JOB}.json"
+
+
+def estimate_records(wildcards=None):
+    """Every test image's estimate record, for the kernel table; none without a KernelGAN method."""
+    return each_image(ESTIMATE_RECORD) if KGAN_METHODS else []
 
 
 def job_csv(method):
@@ -401,16 +426,24 @@ def job_csvs(wildcards=None, test_sets=None):
 
 
 def crop_inputs(wildcards):
-    """What one side-by-side crop shows: GT, bicubic, MZSR after each step count > 0, ZSSR."""
+    """What one side-by-side crop shows: GT, bicubic, MZSR after each step count > 0, ZSSR, then the
+    KernelGAN methods and, with one of them, the estimated kernel beside the true one (from the
+    estimate's record)."""
     w = dict(wildcards)
     shown = {"gt": gt_image(wildcards)}
     if "bicubic" in METHODS:
         shown["bicubic"] = sr_png("bicubic").format(**w)
-    if "mzsr" in METHODS:
-        for n in [s for s in ADAPT_STEPS if s > 0] or ADAPT_STEPS:
-            shown[f"mzsr-{n}"] = sr_png("mzsr", n).format(**w)
-    if "zssr" in METHODS:
-        shown["zssr"] = sr_png("zssr").format(**w)
+    for method in ("mzsr", "zssr", "mzsr_kgan", "zssr_kgan"):
+        if method not in METHODS:
+            continue
+        if method in STEPPED_METHODS:
+            for n in [s for s in ADAPT_STEPS if s > 0] or ADAPT_STEPS:
+                shown[f"{method}-{n}"] = sr_png(method, n).format(**w)
+        else:
+            shown[method] = sr_png(method).format(**w)
+    if KGAN_METHODS:
+        shown["estimated_kernel"] = ESTIMATED_KERNEL.format(**w)
+        shown["estimate_record"] = ESTIMATE_RECORD.format(**w)
     return shown
 
 

@@ -1,5 +1,6 @@
 # Stage 8: figures for `snakemake --report`: PSNR against adaptation steps, and for every test image
-# a side-by-side crop (GT, bicubic, MZSR after each step count, ZSSR) with its numbers.
+# a side-by-side crop (GT, bicubic, MZSR after each step count, ZSSR, the KernelGAN methods and
+# kernels) with its numbers.
 
 
 rule plot_steps:

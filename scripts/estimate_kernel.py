@@ -1,0 +1,43 @@
+import sys
+
+sys.stderr = open(snakemake.log[0], "w", buffering=1)
+# KernelGAN on one LR test input: the kernel in MZSR's convention (.npy, for mzsr_kgan and zssr_kgan)
+# and a record (.json): iterations, seconds and, where the degradation has a true kernel (a named one,
+# a kernel file, rk's kernel of this image), the estimate's error against it, with that kernel for
+# the report (plain bicubic has none: null).
+import io
+import json
+
+import numpy as np
+
+import _util
+
+from mzsr.estimate import estimate_kernel, kernel_error
+from mzsr.images import read_image
+from mzsr.io import atomic_write_bytes, atomic_write_text
+from mzsr.kernels import resolve_degradation
+
+device = _util.torch_setup(snakemake)
+scale = int(snakemake.params.scale)
+cfg = dict(snakemake.params.estimate)
+seed = int(cfg.pop("seed", 0))
+w = snakemake.wildcards
+est = estimate_kernel(read_image(snakemake.input.lr), scale, cfg, device=device, seed=seed, source=snakemake.input.lr)
+truth = resolve_degradation(snakemake.params.degradation, image=w.image, scale=scale).kernel
+error = None if truth is None else kernel_error(est.kernel, truth)
+print(f"KernelGAN: {est.iterations} iterations in {est.seconds:.1f} s, kernel {est.kernel.shape[0]}x{est.kernel.shape[1]}, "
+      f"error {'n/a (no true kernel)' if error is None else f'{error:.5f}'}", file=sys.stderr)
+buffer = io.BytesIO()
+np.save(buffer, est.kernel, allow_pickle=False)
+atomic_write_bytes(snakemake.output.kernel, buffer.getvalue())
+record = {
+    "test_set": w.test_set,
+    "degradation": w.degradation,
+    "image": w.image,
+    "scale": est.scale,
+    "iterations": est.iterations,
+    "seconds": est.seconds,
+    "kernel_error": error,
+    "true_kernel": None if truth is None else np.asarray(truth, dtype=float).tolist(),
+}
+atomic_write_text(snakemake.output.record, json.dumps(record, indent=1) + "\n")

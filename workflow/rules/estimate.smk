@@ -1,0 +1,31 @@
+# Stage 5b: blind kernels. KernelGAN on every LR test input (only when a method uses its estimate,
+# mzsr_kgan or zssr_kgan): the kernel in MZSR's convention (.npy) and a record of the run (.json:
+# iterations, seconds and, where the degradation has a true kernel, the estimate's error against it).
+
+
+rule estimate_kernel:
+    input:
+        lr="resources/test_inputs/{test_set}/{degradation}/{image}.png",
+        kernel=kernel_file,
+    output:
+        kernel=ESTIMATED_KERNEL,
+        record=ESTIMATE_RECORD,
+    params:
+        scale=SCALE,
+        degradation=lambda w: DEGRADATIONS[w.degradation],
+        estimate=section(config["estimate"]),
+    log:
+        log_path("estimate_kernel", JOB),
+    benchmark:
+        benchmark_path("estimate_kernel", JOB)
+    threads: threads_for("estimate_kernel")
+    group: image_group("estimate_kernel")
+    resources:
+        mem_mb=compute("estimate_kernel", "mem_mb"),
+        runtime=compute("estimate_kernel", "runtime"),
+        image_jobs=1,
+        gpu=compute("estimate_kernel", "gpu"),
+    conda:
+        "../../envs/eval.yaml"
+    script:
+        "../../scripts/estimate_kernel.py"
