@@ -173,7 +173,7 @@ def _checked_outputs(args, images: list[Path], outputs=None) -> list[Path]:
 def cmd_degrade(args) -> int:
     from .degrade import write_lr_png
     from .images import list_images, read_image_uint8
-    from .io import atomic_path
+    from .io import atomic_open
     from .kernels import random_kernel_seed
     from .metrics import modcrop
 
@@ -190,7 +190,7 @@ def cmd_degrade(args) -> int:
 
             kernel_path = args.out / "kernels" / f"{path.stem}_kernel_x{args.scale}.mat"
             kernel_path.parent.mkdir(exist_ok=True)
-            with atomic_path(kernel_path) as tmp, open(tmp, "wb") as f:
+            with atomic_open(kernel_path, "wb") as f:
                 scipy.io.savemat(f, {"kernel": kernel})
     return 0
 
@@ -300,10 +300,10 @@ def _write_kernel(mat_path: Path, png_path: Path, est, fmt: str) -> None:
     import scipy.io
 
     from .images import write_png
-    from .io import atomic_path
+    from .io import atomic_open
 
     key, kernel = ("Kernel", est.kernelgan) if fmt == "kernelgan" else ("kernel", est.kernel)
-    with atomic_path(mat_path) as tmp, open(tmp, "wb") as f:
+    with atomic_open(mat_path, "wb") as f:
         scipy.io.savemat(f, {key: kernel})
     write_png(png_path, kernel_picture(kernel))
 

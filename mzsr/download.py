@@ -2,11 +2,12 @@
 
 * :func:`fetch` streams a URL into ``<dest>.part`` and resumes an interrupted
   download with an HTTP ``Range`` request; the finished file is verified (size,
-  SHA-256) and only then renamed to ``dest``, so ``dest`` never holds a partial file.
+  SHA-256) and only then renamed to ``dest`` (:func:`mzsr.io.durable_replace`), so
+  ``dest`` never holds a partial file.
 * :func:`extract_zip` validates a zip archive completely (CRCs, no absolute paths,
-  no ``..``, no symlinks) before writing anything, extracts it into a sibling
-  ``.tmp`` folder and renames that to the target, so a half-extracted folder
-  never looks finished.
+  no ``..``, no symlinks) before writing anything, extracts it into a hidden temp
+  folder beside the target and renames that to the target
+  (:func:`mzsr.io.atomic_folder`), so a half-extracted folder never looks finished.
 * :func:`prepare_images` turns a directory, a local zip or an http(s) URL into a
   folder of images.
 
@@ -32,6 +33,7 @@ from pathlib import Path, PurePosixPath, PureWindowsPath
 from tqdm import tqdm
 
 from . import MZSRError, __version__
+from .io import atomic_folder, durable_replace
 
 __all__ = [
     "DIV2K_URLS",
@@ -136,7 +138,7 @@ def fetch(
                 f"download of {url}: SHA-256 mismatch, expected {sha256}, got {actual} "
                 f"(partial file {part} deleted; run again, or check the expected checksum)"
             )
-    os.replace(part, dest)
+    durable_replace(part, dest)
     return dest
 
 
@@ -267,10 +269,11 @@ def extract_zip(
     """Validate ``archive`` completely, extract it to ``target`` atomically, return its images.
 
     Every entry is checked (CRC, no absolute path or drive, no ``..``, no symlink or
-    other special file) before anything is written. The archive is extracted into
-    ``target.parent / (target.name + ".tmp")`` (an old one is removed first), the
-    files ending in ``suffixes`` are counted and compared with ``expected_count``, and
-    only then the folder is renamed to ``target``. On any error nothing is left behind.
+    other special file) before anything is written. The archive is extracted into a
+    temp folder beside ``target`` (:func:`mzsr.io.atomic_folder`; a killed
+    extraction's is removed first), the files ending in ``suffixes`` are counted and
+    compared with ``expected_count``, and only then the folder is renamed to
+    ``target``. On any error nothing is left behind.
     ``target`` must not exist or be an empty directory. Returns the sorted image paths
     (inside ``target``, keeping the archive's sub-folders).
     """
@@ -285,7 +288,6 @@ def extract_zip(
     if target.exists() and (not target.is_dir() or any(target.iterdir())):
         raise MZSRError(f"{target}: already exists and is not an empty folder; remove it before extracting {archive}")
 
-    tmp = target.parent / (target.name + ".tmp")
     try:
         with zipfile.ZipFile(archive) as zf:
             for info in zf.infolist():
@@ -293,32 +295,20 @@ def extract_zip(
             bad = zf.testzip()
             if bad is not None:
                 raise MZSRError(f"{archive}: corrupt entry {bad!r} (CRC mismatch); delete the archive and download it again")
-            _remove(tmp)
-            tmp.mkdir(parents=True)
-            zf.extractall(tmp)
-    except MZSRError:
-        _remove(tmp)
-        raise
+            _remove_legacy_temp(target)
+            with atomic_folder(target) as tmp:
+                try:
+                    zf.extractall(tmp)
+                except OSError as exc:
+                    raise MZSRError(f"{archive}: extracting into {tmp} failed: {exc}") from exc
+                images = _find_images(tmp, suffixes)
+                if expected_count is not None and len(images) != expected_count:
+                    raise MZSRError(
+                        f"{archive}: expected {expected_count} images ({', '.join(suffixes)}), "
+                        f"the archive holds {len(images)}; wrong or incomplete archive, nothing was extracted"
+                    )
     except (zipfile.BadZipFile, zlib.error, EOFError, NotImplementedError) as exc:
-        _remove(tmp)
         raise MZSRError(f"{archive}: corrupt zip archive ({exc}); delete it and download it again") from exc
-    except OSError as exc:
-        _remove(tmp)
-        raise MZSRError(f"{archive}: extracting into {tmp} failed: {exc}") from exc
-    except BaseException:
-        _remove(tmp)
-        raise
-
-    images = _find_images(tmp, suffixes)
-    if expected_count is not None and len(images) != expected_count:
-        _remove(tmp)
-        raise MZSRError(
-            f"{archive}: expected {expected_count} images ({', '.join(suffixes)}), "
-            f"the archive holds {len(images)}; wrong or incomplete archive, nothing was extracted"
-        )
-    if target.exists():
-        target.rmdir()  # empty, checked above
-    os.replace(tmp, target)
     return sorted(target / p.relative_to(tmp) for p in images)
 
 
@@ -349,11 +339,12 @@ def _find_images(root: Path, suffixes) -> list[Path]:
     return sorted(p for p in root.rglob("*") if p.name.lower().endswith(wanted) and p.is_file())
 
 
-def _remove(path: Path) -> None:
-    if path.is_symlink() or path.is_file():
-        path.unlink()
-    elif path.is_dir():
-        shutil.rmtree(path)
+def _remove_legacy_temp(target: Path) -> None:
+    """Earlier versions extracted into ``<target>.tmp``; one that a killed run left is removed
+    (it may hold gigabytes). Today's temp folders are `atomic_folder`'s, cleaned up by it."""
+    legacy = target.parent / (target.name + ".tmp")
+    if legacy.is_dir() and not legacy.is_symlink():
+        shutil.rmtree(legacy)
 
 
 # --------------------------------------------------------------------------- prepare
@@ -399,19 +390,12 @@ def prepare_images(source: str, target: Path, **kw) -> list[Path]:
     if path.is_dir():
         images = _find_images(path, suffixes)
         _check_count(path, images, expected_count, "point the source at the right folder")
-        tmp = target.parent / (target.name + ".tmp")
-        _remove(tmp)
-        try:
+        _remove_legacy_temp(target)
+        with atomic_folder(target) as tmp:
             for img in images:
                 out = tmp / img.relative_to(path)
                 out.parent.mkdir(parents=True, exist_ok=True)
                 shutil.copyfile(img, out)  # follows links: the copy holds real files
-        except BaseException:
-            _remove(tmp)
-            raise
-        if target.exists():
-            target.rmdir()
-        os.replace(tmp, target)
         return sorted(target / p.relative_to(path) for p in images)
     if path.is_file():
         return extract_zip(path, target, **extract_kw)

@@ -1,5 +1,10 @@
 """Atomic file writes: a file either does not exist or is complete, even if the process is killed.
 
+Every writer of the package and of the rule scripts goes through here: `atomic_path` (a temp path
+to hand to a library), `atomic_open`, `atomic_write_text`, `atomic_write_bytes`, `atomic_copy` for
+files, `atomic_folder` for a folder of files, and `durable_replace` for the one rename step (also
+of the download's resumable `.part` file).
+
 File-system faults (no space left, a read-only or missing parent, a path that is a file or a folder,
 permission denied) become one MZSRError naming the path and the problem, and leave nothing behind.
 """
@@ -8,6 +13,7 @@ from __future__ import annotations
 import errno
 import os
 import re
+import shutil
 import socket
 import tempfile
 from contextlib import contextmanager
@@ -103,7 +109,10 @@ def remove_stale_temps(path: str | Path) -> list[Path]:
         for tmp in path.parent.iterdir():
             m = pattern.fullmatch(tmp.name)
             if m and m.group(1) == _HOST and not _alive(int(m.group(2))):
-                tmp.unlink(missing_ok=True)
+                if tmp.is_dir() and not tmp.is_symlink():  # an `atomic_folder`'s
+                    shutil.rmtree(tmp, ignore_errors=True)
+                else:
+                    tmp.unlink(missing_ok=True)
                 removed.append(tmp)
     return removed
 
@@ -121,6 +130,59 @@ def _fsync_dir(folder: Path) -> None:
         os.close(fd)
 
 
+def _fsync(path: str | Path) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def durable_replace(src: str | Path, dst: str | Path) -> None:
+    """Rename a finished file (or folder) `src` onto `dst`, after flushing it to disk (fsync), and
+    persist the rename: even after a power loss `dst` is absent, the old one, or complete. The one
+    rename step of every writer here (`atomic_path`, `atomic_folder`, the download's `.part`)."""
+    src, dst = Path(src), Path(dst)
+    if src.is_dir():
+        for p in sorted(src.rglob("*"), reverse=True):  # files first, then their folders
+            if p.is_file() and not p.is_symlink():
+                _fsync(p)
+            elif p.is_dir():
+                _fsync_dir(p)
+        _fsync_dir(src)
+    else:
+        _fsync(src)
+    os.replace(src, dst)
+    _fsync_dir(dst.parent)
+
+
+def _prepare_parent(path: Path) -> None:
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+    except (FileExistsError, NotADirectoryError):
+        raise MZSRError(f"{path}: cannot create its folder: {_existing_ancestor(path.parent)} is a file, not a folder") from None
+    remove_stale_temps(path)
+
+
+def _temp_prefix(path: Path) -> str:
+    return f".{path.name}.{_HOST}-{os.getpid()}."
+
+
+@contextmanager
+def _file_errors(path: Path):
+    """An OSError of the file system becomes `<path>: cannot write: <problem>` (MZSRFileError)."""
+    try:
+        yield
+    except MZSRError:
+        raise
+    except OSError as e:
+        raise MZSRFileError(f"{path}: cannot write: {os_problem(e)}") from None
+    except Exception as e:  # torch/safetensors wrap some OSErrors in their own types; only I/O ones
+        if not any(w in str(e).lower() for w in ("write", "space", "i/o", "ioerror", "storagefull")):
+            raise
+        raise MZSRFileError(f"{path}: cannot write: {os_problem(e)}") from None
+
+
 @contextmanager
 def atomic_path(path: str | Path):
     """Yield a temporary path beside `path`; rename it onto `path` only if the block succeeds.
@@ -134,32 +196,15 @@ def atomic_path(path: str | Path):
     path = Path(path)
     tmp = None
     try:
-        if path.is_dir():
-            raise MZSRError(f"{path}: is a folder, cannot write a file there")
-        try:
-            path.parent.mkdir(parents=True, exist_ok=True)
-        except (FileExistsError, NotADirectoryError):
-            raise MZSRError(f"{path}: cannot create its folder: {_existing_ancestor(path.parent)} is a file, not a folder") from None
-        remove_stale_temps(path)
-        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.{_HOST}-{os.getpid()}.", suffix=".tmp")
-        os.close(fd)
-        os.chmod(tmp, 0o666 & ~_UMASK)  # mkstemp makes 0600 files; results should read like any other file
-        yield Path(tmp)
-        fd = os.open(tmp, os.O_RDONLY)
-        try:
-            os.fsync(fd)
-        finally:
+        with _file_errors(path):
+            if path.is_dir():
+                raise MZSRError(f"{path}: is a folder, cannot write a file there")
+            _prepare_parent(path)
+            fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=_temp_prefix(path), suffix=".tmp")
             os.close(fd)
-        os.replace(tmp, path)
-        _fsync_dir(path.parent)
-    except MZSRError:
-        raise
-    except OSError as e:
-        raise MZSRFileError(f"{path}: cannot write: {os_problem(e)}") from None
-    except Exception as e:  # torch/safetensors wrap some OSErrors in their own types; only I/O ones
-        if not any(w in str(e).lower() for w in ("write", "space", "i/o", "ioerror", "storagefull")):
-            raise
-        raise MZSRFileError(f"{path}: cannot write: {os_problem(e)}") from None
+            os.chmod(tmp, 0o666 & ~_UMASK)  # mkstemp makes 0600 files; results should read like any other file
+            yield Path(tmp)
+            durable_replace(tmp, path)
     finally:
         if tmp is not None and os.path.exists(tmp):
             try:
@@ -168,19 +213,63 @@ def atomic_path(path: str | Path):
                 pass
 
 
+@contextmanager
+def atomic_open(path: str | Path, mode: str = "w", **kwargs):
+    """`open()` for writing, atomically (`atomic_path`): yields the open file; `path` appears,
+    complete, only when the block succeeds. `mode` "w"/"wb" (and `newline`, `encoding`, ...)."""
+    if "w" not in mode:
+        raise ValueError(f"atomic_open writes a new file: mode {mode!r} must contain 'w'")
+    with atomic_path(path) as tmp, open(tmp, mode, **kwargs) as f:
+        yield f
+
+
+@contextmanager
+def atomic_folder(path: str | Path):
+    """Yield a temporary folder beside `path`; rename it onto `path` only if the block succeeds.
+
+    For outputs that are folders of files (downloaded, extracted or generated images): until the
+    block has written every file, nothing is under the final name, so a half-filled folder never
+    looks finished. The temp folder is named as `atomic_path`'s temp files (a killed writer's is
+    removed by the next one), its files are flushed to disk before the rename, errors are the same
+    one line (an MZSRError that names a file in the temp folder names it under `path` instead),
+    and it is removed on any failure. `path` must not exist or be an empty folder.
+    """
+    path = Path(path)
+    tmp = None
+    try:
+        with _file_errors(path):
+            if path.exists() and (not path.is_dir() or any(path.iterdir())):
+                raise MZSRError(f"{path}: already exists and is not an empty folder")
+            _prepare_parent(path)
+            tmp = tempfile.mkdtemp(dir=path.parent, prefix=_temp_prefix(path), suffix=".tmp")
+            os.chmod(tmp, 0o777 & ~_UMASK)  # mkdtemp makes 0700 folders
+            try:
+                yield Path(tmp)
+            except MZSRError as e:  # a writer inside named its file in the temp folder: name the final one
+                if tmp not in str(e):
+                    raise
+                raise type(e)(str(e).replace(tmp, str(path))) from None
+            if path.is_dir():
+                path.rmdir()  # empty, checked above
+            durable_replace(tmp, path)
+    finally:
+        if tmp is not None and os.path.isdir(tmp):
+            shutil.rmtree(tmp, ignore_errors=True)
+
+
 def atomic_write_text(path: str | Path, text: str) -> None:
+    """Write `text` to `path` atomically (`atomic_path`)."""
     with atomic_path(path) as tmp:
         tmp.write_text(text)
 
 
 def atomic_write_bytes(path: str | Path, data: bytes) -> None:
+    """Write `data` to `path` atomically (`atomic_path`)."""
     with atomic_path(path) as tmp:
         tmp.write_bytes(data)
 
 
 def atomic_copy(src: str | Path, dst: str | Path) -> None:
     """Copy a file so that `dst` is either absent or complete."""
-    import shutil
-
     with atomic_path(dst) as tmp:
         shutil.copyfile(src, tmp)

@@ -16,7 +16,15 @@ from .checkpoints import save_weights
 from .data import PatchDataset, StepBatchSampler
 from .model import MZSRNet
 from .resize import imresize_torch
-from .training import CsvLog, check_finite, latest_checkpoint, load_training_state, save_training_state, setup_device, step_lr
+from .training import (
+    CsvLog,
+    check_finite,
+    latest_checkpoint,
+    load_training_state,
+    save_training_state,
+    setup_device,
+    step_lr,
+)
 
 PRETRAIN_DEFAULTS = {
     "steps": 500_000,

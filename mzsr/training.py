@@ -14,7 +14,7 @@ import numpy as np
 import torch
 
 from . import MZSRError, MZSRWarning
-from .io import atomic_path, atomic_write_text
+from .io import atomic_open, atomic_write_bytes, atomic_write_text
 
 
 def setup_device(requested: str | None = None, tf32: bool = True) -> torch.device:
@@ -152,8 +152,7 @@ def save_training_state(work_dir: str | Path, step: int, model: torch.nn.Module,
     state["digest"] = state_digest(state)
     buf = io.BytesIO()  # in memory first: torch's zip writer hides the errno of a full disk
     torch.save(state, buf)
-    with atomic_path(path) as tmp:
-        tmp.write_bytes(buf.getvalue())
+    atomic_write_bytes(path, buf.getvalue())
     return path
 
 
@@ -189,11 +188,10 @@ class CsvLog:
         if resume_step > 0 and self.path.exists():
             with open(self.path, newline="") as f:
                 kept = [r for r in csv.DictReader(f) if int(r["step"]) <= resume_step]
-        with atomic_path(self.path) as tmp:
-            with open(tmp, "w", newline="") as f:
-                w = csv.DictWriter(f, columns)
-                w.writeheader()
-                w.writerows(kept)
+        with atomic_open(self.path, "w", newline="") as f:
+            w = csv.DictWriter(f, columns)
+            w.writeheader()
+            w.writerows(kept)
 
     def write(self, **row) -> None:
         with open(self.path, "a", newline="") as f:

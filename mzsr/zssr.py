@@ -24,8 +24,18 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from .adapt import (AdaptationOutput, _geometric, _sync, back_project, make_son, pick_device, self_ensemble, to_tensor,
-                    to_uint8_image, upscale)
+from .adapt import (
+    AdaptationOutput,
+    _geometric,
+    _sync,
+    back_project,
+    make_son,
+    pick_device,
+    self_ensemble,
+    to_tensor,
+    to_uint8_image,
+    upscale,
+)
 from .model import MZSRNet, init_zssr_
 from .resize import imresize_torch
 

@@ -9,22 +9,36 @@ import _util  # noqa: F401  (import path of mzsr)
 
 from mzsr import MZSRError
 from mzsr.images import write_png
+from mzsr.io import atomic_folder
 
 data = snakemake.params.data
 source, out = data["source"], Path(snakemake.output[0])
+
+
+def skimage_photo(name: str):
+    photo = getattr(skimage.data, name, None)
+    img = photo() if callable(photo) else None
+    if img is None or img.ndim != 3 or img.shape[2] != 3:
+        raise MZSRError(f"skimage:{name}: not one of scikit-image's bundled RGB photos (e.g. astronaut, chelsea, coffee, rocket)")
+    return img
+
 
 if source.startswith("skimage:"):
     import skimage.data
 
     names = [n.strip() for n in source[len("skimage:"):].split(",") if n.strip()]
-    targets = [out] if out.suffix == ".png" else [out / f"{n}.png" for n in names]
-    for name, target in zip(names, targets):
-        photo = getattr(skimage.data, name, None)
-        img = photo() if callable(photo) else None
-        if img is None or img.ndim != 3 or img.shape[2] != 3:
-            raise MZSRError(f"skimage:{name}: not one of scikit-image's bundled RGB photos (e.g. astronaut, chelsea, coffee, rocket)")
-        write_png(target, img)
-        print(f"skimage:{name} -> {target} ({img.shape[1]}x{img.shape[0]})", file=sys.stderr)
+    photos = {name: skimage_photo(name) for name in names}  # every name checked before anything is written
+    if out.suffix == ".png":  # one photo into one file
+        if len(photos) != 1:
+            raise MZSRError(f"{source}: {out} is one image; name exactly one photo")
+        (img,) = photos.values()
+        write_png(out, img)
+        print(f"skimage:{names[0]} -> {out} ({img.shape[1]}x{img.shape[0]})", file=sys.stderr)
+    else:  # a folder of photos: complete under its name or absent (atomic_folder)
+        with atomic_folder(out) as tmp:
+            for name, img in photos.items():
+                write_png(tmp / f"{name}.png", img)
+                print(f"skimage:{name} -> {out / f'{name}.png'} ({img.shape[1]}x{img.shape[0]})", file=sys.stderr)
 else:
     from mzsr.download import DIV2K_COUNTS, DIV2K_URLS, prepare_images
 

@@ -2,7 +2,7 @@ import sys
 
 sys.stderr = open(snakemake.log[0], "w", buffering=1)
 # The authors' TensorFlow-1 theta_T as a safetensors weights file, in place of pre-training.
-import _util
+import _util  # noqa: F401  (import path of mzsr)
 
 from mzsr.checkpoints import import_tf_checkpoint, save_weights
 

@@ -2,7 +2,7 @@ import sys
 
 sys.stderr = open(snakemake.log[0], "w", buffering=1)
 # The LR test input: the mod-cropped ground truth degraded as the authors made theirs.
-import _util
+import _util  # noqa: F401  (import path of mzsr)
 
 from mzsr.degrade import write_lr_png
 from mzsr.images import read_image_uint8

@@ -4,8 +4,18 @@ import torch
 import torch.nn.functional as F
 
 from mzsr import MZSRError
-from mzsr.adapt import (adapt, back_project, geometric_ensemble, learning_rate, resolve_schedule, self_ensemble, to_tensor,
-                        upscale, valid_transforms, weights_subsampling)
+from mzsr.adapt import (
+    adapt,
+    back_project,
+    geometric_ensemble,
+    learning_rate,
+    resolve_schedule,
+    self_ensemble,
+    to_tensor,
+    upscale,
+    valid_transforms,
+    weights_subsampling,
+)
 from mzsr.degrade import degrade, degrade_torch, direct_indices
 from mzsr.kernels import named_degradation
 from mzsr.metrics import psnr
@@ -13,7 +23,6 @@ from mzsr.model import MZSRNet
 from mzsr.resize import imresize, imresize_torch
 from mzsr.zssr import zssr
 from conftest import smooth_image
-
 
 # The authors' test.py, step by step (0-based), for each released model.
 RELEASE_LRS = {
@@ -213,6 +222,7 @@ def test_back_projection_reduces_reprojection_error():
     torch.testing.assert_close(degrade_torch(fixed, delta, 2, "direct"), lr_d.clamp(0, 1), rtol=0, atol=1e-12)
 
 
+@pytest.mark.slow
 def test_zssr_trains_from_scratch_and_beats_bicubic():
     from skimage import data
 

@@ -33,7 +33,6 @@ import torch
 import yaml
 from PIL import Image
 
-from conftest import smooth_image
 from mzsr import MZSRError, error_line
 from mzsr.checkpoints import save_weights
 from mzsr.cli import main
@@ -42,6 +41,7 @@ from mzsr.images import read_image_uint8, write_png
 from mzsr.kernels import gaussian_kernel, named_degradation
 from mzsr.metrics import modcrop
 from mzsr.model import MZSRNet
+from conftest import smooth_image
 
 REPO = Path(__file__).resolve().parents[1]
 MICRO = REPO / "tests" / "micro.yaml"
@@ -484,6 +484,7 @@ def pipeline(files):
     return workdir, proc, targets
 
 
+@pytest.mark.slow
 def test_what_the_user_sees_in_a_pipeline_run(pipeline):
     """A failed job: Snakemake's "Error in rule lr_image" names its log, which holds just the one-line
     error, also shown on the console; its output is removed; --keep-going finishes the other jobs."""

@@ -1,4 +1,4 @@
-"""Tests for mzsr.checkpoints: safetensors save/load, safe .pt loading, and the TF-1 bundle reader."""
+"""Tests for mzsr.checkpoints (safetensors, safe .pt loading, TF-1 import) and mzsr.tf_bundle (the bundle reader)."""
 from __future__ import annotations
 
 import json
@@ -13,17 +13,14 @@ import torch
 
 from mzsr import MZSRError
 from mzsr.checkpoints import (
-    crc32c,
     expected_shapes,
     import_tf_checkpoint,
-    list_tf_bundle,
     load_model,
     load_weights,
-    masked_crc32c,
-    read_tf_bundle,
     save_weights,
 )
 from mzsr.model import PARAMETER_COUNT, MZSRNet
+from mzsr.tf_bundle import crc32c, list_tf_bundle, masked_crc32c, read_tf_bundle
 
 SHARED_DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data"
 OFFICIAL_PREFIX = SHARED_DATA / "checkpoints" / "mzsr-official-pretrained" / "Pretrained"

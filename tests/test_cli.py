@@ -3,11 +3,10 @@ import subprocess
 import sys
 
 import numpy as np
-import scipy.ndimage
 import pytest
+import scipy.ndimage
 import torch
 
-from mzsr import MZSRError
 from mzsr.checkpoints import save_weights
 from mzsr.cli import main
 from mzsr.images import read_image_uint8, write_png

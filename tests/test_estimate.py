@@ -101,6 +101,7 @@ def estimate():
     return k, lr, estimate_kernel(lr, 2, {"iterations": 300}, seed=1)
 
 
+@pytest.mark.slow
 def test_estimate_conventions_and_seed(estimate):
     _, lr, est = estimate
     k, kg = est.kernel, est.kernelgan

@@ -22,12 +22,12 @@ import numpy as np
 import pytest
 import torch
 
-from conftest import smooth_image
 from mzsr import MZSRError, error_line
 from mzsr.checkpoints import load_weights, save_weights
 from mzsr.cli import main
 from mzsr.images import read_image_uint8, write_png
 from mzsr.model import MZSRNet
+from conftest import smooth_image
 
 REPO = Path(__file__).resolve().parents[1]
 NO_SPACE = "No space left on device"
@@ -305,7 +305,7 @@ def _summary(root: Path) -> Path:
 SR_WILDCARDS = {"test_set": "t", "degradation": "g2.0", "image": "gt"}
 SCRIPTS = {  # rule script -> (its input, output and params, given the inputs' folder and the output folder)
     "lr_image": lambda i, root, out: dict(input={"gt": str(root / "gt.png"), "kernel": []}, output={"out": str(out / "lr.png")},
-                                          params={"degradation": "g2.0", "scale": 2}),
+                                          params={"degradation": "g2.0", "scale": 2}, wildcards=SR_WILDCARDS),
     "sr_bicubic": lambda i, root, out: dict(input={"lr": str(i / "lr" / "a.png"), "gt": str(root / "gt.png")},
                                             output={"sr": str(out / "sr.png"), "csv": str(out / "sr.csv")},
                                             params={"scale": 2, "degradation": "g2.0"}, wildcards=SR_WILDCARDS),
@@ -331,6 +331,8 @@ SCRIPTS = {  # rule script -> (its input, output and params, given the inputs' f
                                                                "checkpoint_every": 1, "log_every": 1}}),
     "plot_steps": lambda i, root, out: dict(input={"summary": str(_summary(root))}, output={"png": str(out / "plot.png")},
                                             params={"scale": 2}),
+    "images": lambda i, root, out: dict(input={}, output={"folder": str(out / "train")},
+                                        params={"data": {"source": "skimage:astronaut,chelsea"}}),
     "crop": lambda i, root, out: dict(input={"gt": str(root / "gt.png"), "bicubic": str(root / "gt.png"),
                                              "csvs": [str(_csv(root))]},
                                       output={"png": str(out / "crop.png")}, params={"scale": 2, "report": {"crop_size": 32}},

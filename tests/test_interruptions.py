@@ -23,7 +23,6 @@ import pytest
 import torch
 import yaml
 
-from conftest import smooth_image
 from mzsr import MZSRError
 from mzsr.checkpoints import load_weights, save_weights
 from mzsr.cli import main
@@ -31,6 +30,7 @@ from mzsr.data import write_patch_store, write_task_shard
 from mzsr.images import read_image_uint8, write_png
 from mzsr.metrics import modcrop, psnr
 from mzsr.model import MZSRNet
+from conftest import smooth_image
 from training_helpers import make_training_data
 
 REPO = Path(__file__).resolve().parents[1]
@@ -128,6 +128,38 @@ def test_task_shard_killed(tmp_path, kill_point):
     assert sorted(out.parent.iterdir()) == [out]
 
 
+# ------------------------------------------------------------------------------------ a folder of images
+
+
+def test_image_folder_killed_while_writing(tmp_path):
+    """scripts/images.py writing scikit-image photos into a folder output (the demo's training
+    images) is killed after the first photo: the folder does not exist under its name, only a hidden
+    temp folder; the rerun removes that and writes the folder whole (mzsr.io.atomic_folder)."""
+    import skimage.data
+
+    out = tmp_path / "data" / "train"
+    script = REPO / "scripts" / "images.py"
+    run = f"""
+        import runpy
+        from types import SimpleNamespace
+        sys.path.insert(0, {str(REPO / "scripts")!r})
+        stub = SimpleNamespace(log=[{str(tmp_path / "job.log")!r}], output=[{str(out)!r}],
+                               params=SimpleNamespace(data={{"source": "skimage:astronaut,chelsea"}}))
+        runpy.run_path({str(script)!r}, init_globals={{"snakemake": stub}})
+        """
+    killed = run_child("import mzsr.images as images", "images.write_png = on_call(2, images.write_png)", run)
+    assert_killed(killed)
+    assert not out.exists()
+    (temp,) = only_temps(out.parent)
+    assert temp.is_dir() and [p.name for p in temp.iterdir()] == ["astronaut.png"]
+    done = run_child(run)
+    assert done.returncode == 0, (done.stderr + (tmp_path / "job.log").read_text())[-3000:]
+    assert sorted(out.parent.iterdir()) == [out]  # the killed run's temp folder is gone
+    assert sorted(p.name for p in out.iterdir()) == ["astronaut.png", "chelsea.png"]
+    np.testing.assert_array_equal(read_image_uint8(out / "astronaut.png"), skimage.data.astronaut())
+    np.testing.assert_array_equal(read_image_uint8(out / "chelsea.png"), skimage.data.chelsea())
+
+
 # ------------------------------------------------------------------------------------ adaptation
 
 ADAPT_KILL_POINTS = {
@@ -188,6 +220,7 @@ if _target:
 """
 
 
+@pytest.mark.slow
 def test_pipeline_killed_during_a_job_reruns_it(tmp_path):
     """Snakemake and the sr_bicubic job are killed after the job wrote its SR image, before its CSV.
     The plain rerun names the incomplete file and says what to do; after --unlock, a rerun with

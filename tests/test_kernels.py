@@ -12,15 +12,14 @@ from mzsr.kernels import (
     analytic_kernel,
     gaussian_kernel,
     kernelgan_center,
+    load_kernel_file,
     mzsr_center,
     mzsr_to_kernelgan,
-    load_kernel_file,
     named_degradation,
     resolve_degradation,
     sample_training_kernel,
     validate_kernel,
 )
-
 from conftest import SHARED_DATA, needs_shared_data
 
 

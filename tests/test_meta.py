@@ -8,9 +8,17 @@ import pytest
 import torch
 from torch.func import functional_call
 
-from mzsr.checkpoints import load_weights, save_weights
 from mzsr import MZSRError
-from mzsr.meta import grouped_forward, inner_loop, meta_loss, meta_train, query_loss_weights, split_pool, tasks_for_iteration
+from mzsr.checkpoints import load_weights, save_weights
+from mzsr.meta import (
+    grouped_forward,
+    inner_loop,
+    meta_loss,
+    meta_train,
+    query_loss_weights,
+    split_pool,
+    tasks_for_iteration,
+)
 from mzsr.model import MZSRNet
 from training_helpers import make_training_data
 
@@ -121,6 +129,7 @@ def _run_meta(root, init, store, shards, name, cfg, kill_after=None):
     return subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env={**os.environ, "TQDM_DISABLE": "1"})
 
 
+@pytest.mark.slow
 def test_meta_training_resumes_to_identical_weights(meta_setup):
     root, init, store, shards = meta_setup
     full = _run_meta(root, init, store, shards, "full", MICRO)
@@ -169,6 +178,7 @@ def test_looped_and_grouped_task_forwards_agree():
     torch.testing.assert_close(looped_forward(fast, x), grouped_forward(fast, x))
 
 
+@pytest.mark.slow
 def test_first_order_warm_up_switches_to_second_order(meta_setup):
     """first_order_iterations = 2 (the release's SECOND_ORDER_GRAD_ITER): iterations 0-1 are exactly
     first-order MAML, iterations 2-3 second order, and a run resumed across the switch is unchanged."""

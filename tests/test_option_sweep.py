@@ -24,11 +24,11 @@ import pytest
 import torch
 import yaml
 
-from conftest import smooth_image
 from mzsr.checkpoints import save_weights
 from mzsr.cli import build_parser, main
 from mzsr.images import write_png
 from mzsr.model import MZSRNet
+from conftest import smooth_image
 
 REPO = Path(__file__).resolve().parents[1]
 SCHEMA = yaml.safe_load((REPO / "workflow" / "schemas" / "config.schema.yaml").read_text())

@@ -5,6 +5,7 @@ import textwrap
 
 import h5py
 import numpy as np
+import pytest
 import torch
 
 from mzsr.checkpoints import load_weights
@@ -71,6 +72,7 @@ def _run(root, store, name, kill_after=None, cfg=MICRO):
     return subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env={**os.environ, "TQDM_DISABLE": "1"})
 
 
+@pytest.mark.slow
 def test_pretraining_learns_and_resumes_identically(tmp_path):
     store, _, _ = make_training_data(tmp_path, shards=1, tasks=2)
     assert _run(tmp_path, store, "full").returncode == 0
@@ -89,6 +91,7 @@ def test_pretraining_learns_and_resumes_identically(tmp_path):
     assert [r.split(",")[0] for r in log[1:]] == ["1", "2", "3", "4", "5", "6"]
 
 
+@pytest.mark.slow
 def test_pretraining_reduces_loss(tmp_path):
     store, _, _ = make_training_data(tmp_path, shards=1, tasks=2)
     cfg = {**MICRO, "steps": 40, "lr": 2e-3, "lr_halve_every": 1000, "checkpoint_every": 40}

@@ -387,6 +387,7 @@ def completed(run) -> list[dict[str, str]]:
     return [row for row in run["jobs"] if row["State"] == "COMPLETED"]
 
 
+@pytest.mark.slow
 def test_every_job_ran_once_as_a_completed_slurm_job(slurm_run):
     """Every planned submission (a group job or a job of its own) ran once to completion: the micro
     pipeline's 21 jobs in 14 SLURM jobs, where job by job it would take 21."""
@@ -415,6 +416,7 @@ def test_every_job_ran_once_as_a_completed_slurm_job(slurm_run):
     assert len(summary.read_text().splitlines()) == 1 + 6  # header + bicubic, pretrained, mzsr x3, zssr
 
 
+@pytest.mark.slow
 def test_network_rules_ran_on_the_gpu_partition_with_a_gpu(slurm_run):
     for row in completed(slurm_run):
         rule, job = rule_of(row["Comment"]), row["JobID"]
@@ -431,6 +433,7 @@ def test_network_rules_ran_on_the_gpu_partition_with_a_gpu(slurm_run):
             assert set(tasks.values()) == {"unset"}, f"{rule} (job {job}): {tasks}"
 
 
+@pytest.mark.slow
 def test_cancelled_training_job_is_retried_and_resumes_from_its_checkpoint(slurm_run):
     workdir, cancelled = slurm_run["workdir"], slurm_run["pretrain_cancelled"]
     pretrain = [row for row in slurm_run["jobs"] if row["Comment"] == "rule_pretrain"]
@@ -445,6 +448,7 @@ def test_cancelled_training_job_is_retried_and_resumes_from_its_checkpoint(slurm
     assert not (logs / "rule_aggregate").exists()
 
 
+@pytest.mark.slow
 def test_requeued_training_job_resumes_from_its_checkpoint(slurm_run):
     requeued = slurm_run["pretrain_requeued"]
     records = [row["State"].split()[0] for row in slurm_run["all_records"] if row["JobID"] == requeued.job]
@@ -453,6 +457,7 @@ def test_requeued_training_job_resumes_from_its_checkpoint(slurm_run):
     assert requeued.resumed_in(slurm_run["workdir"] / "results" / "training" / "pretrain_log.csv", PRETRAIN_STEPS)
 
 
+@pytest.mark.slow
 def test_interrupted_run_resumes_training_when_rerun(slurm_run):
     interrupted = slurm_run["meta_interrupted"]
     assert slurm_run["first_returncode"] != 0
@@ -463,6 +468,7 @@ def test_interrupted_run_resumes_training_when_rerun(slurm_run):
                                   META_ITERATIONS)
 
 
+@pytest.mark.slow
 def test_a_group_job_asks_for_one_job_and_the_sum_of_run_times(slurm_run):
     """The per-image jobs of a group job run one after another: it asks for the CPUs, memory and GPU
     of one of them and for the sum of their run times (10 minutes each in tests/micro.yaml)."""
@@ -475,6 +481,7 @@ def test_a_group_job_asks_for_one_job_and_the_sum_of_run_times(slurm_run):
     assert jobs["group inputs"] == 4 and jobs["group sr_zssr"] == 2
 
 
+@pytest.mark.slow
 def test_a_site_that_takes_gpus_with_gres_only(slurm_run, cluster):
     """The profile's site settings on a partition that refuses --gpus (as sites with select/cons_res
     do): one GPU job with --gres=gpu:<model>:1, a node feature (-C), --cpus-per-task instead of
@@ -504,6 +511,7 @@ def test_a_site_that_takes_gpus_with_gres_only(slurm_run, cluster):
     assert re.fullmatch(r"\d+", steps["0"]), steps  # the job step that ran the rule had the GPU
 
 
+@pytest.mark.slow
 def test_no_process_outlives_the_run(slurm_run, cluster):
     """Every process that the test started, itself or through SLURM (batch scripts, the
     `snakemake --executor slurm-jobstep` in them, job steps), has ended once the queue is empty:

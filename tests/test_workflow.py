@@ -130,6 +130,7 @@ def micro_run(tmp_path_factory):
     return workdir
 
 
+@pytest.mark.slow
 def test_micro_run_metrics(micro_run):
     per_image = pd.read_csv(micro_run / "results" / "metrics" / "per_image.csv")
     assert list(per_image.columns) == CSV_COLUMNS
@@ -156,6 +157,7 @@ def test_micro_run_metrics(micro_run):
         assert (micro_run / "results" / "report" / "crops" / "tiny" / "g2.0" / f"{name}.png").is_file()
 
 
+@pytest.mark.slow
 def test_micro_run_draws_the_tasks_the_run_uses(micro_run):
     import h5py
 
@@ -183,6 +185,7 @@ def test_too_small_a_task_count_fails_at_planning(tmp_path):
             "raise it or leave it null") in proc.stdout + proc.stderr
 
 
+@pytest.mark.slow
 def test_micro_report(micro_run):
     check(snakemake(micro_run, "--configfile", "micro.yaml", "--report", "report.html"))
     html = (micro_run / "report.html").read_text()
@@ -196,6 +199,7 @@ def _changed_config(workdir: Path, section: str, key: str, value) -> str:
     return "changed.yaml"
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize(
     "section, key, value, expected",
     [
@@ -212,6 +216,7 @@ def test_changed_setting_reruns_its_stage_and_what_follows(micro_run, section, k
     assert {rule for rule, _ in jobs} == expected
 
 
+@pytest.mark.slow
 def test_added_test_image_plans_only_its_jobs(micro_run):
     new = micro_run / "test_images" / "tiny" / "c.png"
     write_test_image(new, seed=99)
@@ -238,6 +243,7 @@ def _released_config(tmp_path: Path, degradations: list[str], **changes) -> str:
     return "released.yaml"
 
 
+@pytest.mark.slow
 def test_pipeline_from_the_released_models_trains_nothing_and_names_them(tmp_path):
     """Also the blind degradation rk: each test image's own random kernel (direct, the released Direct
     model); and blind SR: KernelGAN (20 iterations) estimates each LR image's kernel, which MZSR

@@ -3,10 +3,9 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from conftest import smooth_image
-
 from mzsr.data import write_patch_store, write_task_shard
 from mzsr.images import write_png
+from conftest import smooth_image
 
 
 def make_training_data(root: Path, patch_size: int = 24, shards: int = 2, tasks: int = 6, meta_patch: int = 16):

@@ -19,7 +19,8 @@ rule sr_bicubic:
     benchmark:
         benchmark_path("sr_bicubic", JOB)
     threads: threads_for("sr_bicubic")
-    group: image_group("inputs")
+    group:
+        image_group("inputs")
     resources:
         mem_mb=compute("sr_bicubic", "mem_mb"),
         runtime=compute("sr_bicubic", "runtime"),
@@ -49,7 +50,8 @@ rule sr_pretrained:
     benchmark:
         benchmark_path("sr_pretrained", JOB)
     threads: threads_for("sr_pretrained")
-    group: image_group("sr_pretrained")
+    group:
+        image_group("sr_pretrained")
     resources:
         mem_mb=compute("sr_pretrained", "mem_mb"),
         runtime=compute("sr_pretrained", "runtime"),
@@ -80,7 +82,8 @@ rule sr_mzsr:
     benchmark:
         benchmark_path("sr_mzsr", JOB)
     threads: threads_for("sr_mzsr")
-    group: image_group("sr_mzsr")
+    group:
+        image_group("sr_mzsr")
     resources:
         mem_mb=compute("sr_mzsr", "mem_mb"),
         runtime=compute("sr_mzsr", "runtime"),
@@ -109,7 +112,8 @@ rule sr_zssr:
     benchmark:
         benchmark_path("sr_zssr", JOB)
     threads: threads_for("sr_zssr")
-    group: image_group("sr_zssr")
+    group:
+        image_group("sr_zssr")
     resources:
         mem_mb=compute("sr_zssr", "mem_mb"),
         runtime=compute("sr_zssr", "runtime"),
@@ -146,7 +150,8 @@ rule sr_mzsr_kgan:
     benchmark:
         benchmark_path("sr_mzsr_kgan", JOB)
     threads: threads_for("sr_mzsr_kgan")
-    group: image_group("sr_mzsr_kgan")
+    group:
+        image_group("sr_mzsr_kgan")
     resources:
         mem_mb=compute("sr_mzsr_kgan", "mem_mb"),
         runtime=compute("sr_mzsr_kgan", "runtime"),
@@ -175,7 +180,8 @@ rule sr_zssr_kgan:
     benchmark:
         benchmark_path("sr_zssr_kgan", JOB)
     threads: threads_for("sr_zssr_kgan")
-    group: image_group("sr_zssr_kgan")
+    group:
+        image_group("sr_zssr_kgan")
     resources:
         mem_mb=compute("sr_zssr_kgan", "mem_mb"),
         runtime=compute("sr_zssr_kgan", "runtime"),

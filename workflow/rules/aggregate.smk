@@ -23,14 +23,16 @@ rule aggregate:
             labels={"table": "paper layout"},
         ),
         markdown="results/metrics/paper_table.md",
-        kernels=report(
-            "results/metrics/kernels.csv",
-            caption="../report/kernels.rst",
-            category="1. Results",
-            labels={"table": "KernelGAN kernels"},
-        )
-        if KGAN_METHODS
-        else "results/metrics/kernels.csv",
+        kernels=(
+            report(
+                "results/metrics/kernels.csv",
+                caption="../report/kernels.rst",
+                category="1. Results",
+                labels={"table": "KernelGAN kernels"},
+            )
+            if KGAN_METHODS
+            else "results/metrics/kernels.csv"
+        ),
     params:
         order={"test_sets": list(TEST_SETS), "degradations": list(DEGRADATIONS), "methods": METHODS},
         models=USED_META_MODELS,

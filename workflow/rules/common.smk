@@ -36,11 +36,20 @@ ADAPT_STEPS = sorted(config["adapt"]["steps"])
 # (rule estimate_kernel), beside mzsr and zssr with the degradation's true kernel.
 KGAN_METHODS = [m for m in METHODS if m.endswith("_kgan")]
 if KGAN_METHODS and SCALE not in (2, 4):
-    raise WorkflowError(f"methods {', '.join(KGAN_METHODS)}: KernelGAN estimates x2 kernels (and x4 from them), "
-                        f"not scale {SCALE}")
+    raise WorkflowError(
+        f"methods {', '.join(KGAN_METHODS)}: KernelGAN estimates x2 kernels (and x4 from them), not scale {SCALE}"
+    )
 # Rules that run a network and so may use a GPU; they ask for compute.<rule>.gpu (default 1).
-GPU_RULES = ("pretrain", "meta_train", "sr_pretrained", "sr_mzsr", "sr_zssr", "estimate_kernel", "sr_mzsr_kgan",
-             "sr_zssr_kgan")
+GPU_RULES = (
+    "pretrain",
+    "meta_train",
+    "sr_pretrained",
+    "sr_mzsr",
+    "sr_zssr",
+    "estimate_kernel",
+    "sr_mzsr_kgan",
+    "sr_zssr_kgan",
+)
 
 
 # ------------------------------------------------------------------------------------ sources
@@ -70,7 +79,9 @@ def scan_images(folder, recursive=False):
     for p in sorted(found):
         if p.suffix.lower() in IMAGE_SUFFIXES and p.is_file() and not p.name.startswith("."):
             if p.stem in images:
-                raise WorkflowError(f"{folder}: {images[p.stem].name} and {p.name} share the name {p.stem!r}; rename one")
+                raise WorkflowError(
+                    f"{folder}: {images[p.stem].name} and {p.name} share the name {p.stem!r}; rename one"
+                )
             if "/" in p.stem or not p.stem:
                 raise WorkflowError(f"{p}: unusable image name")
             images[p.stem] = p
@@ -84,7 +95,9 @@ for _name, _source in config["test_sets"].items():
     _kind = source_kind(_source)
     if _kind == "folder":
         if not Path(_source).is_dir():
-            logger.warning(f"test set {_name}: folder {_source} not found, skipped (put its HR images there to include it)")
+            logger.warning(
+                f"test set {_name}: folder {_source} not found, skipped (put its HR images there to include it)"
+            )
             continue
         _images = scan_images(_source)
         if not _images:
@@ -96,7 +109,9 @@ for _name, _source in config["test_sets"].items():
         _images = None
     TEST_SETS[_name] = {"kind": _kind, "source": _source, "images": _images}
 if not TEST_SETS:
-    raise WorkflowError(f"no test set found: none of {', '.join(config['test_sets'].values())} holds images (config test_sets)")
+    raise WorkflowError(
+        f"no test set found: none of {', '.join(config['test_sets'].values())} holds images (config test_sets)"
+    )
 
 
 def degradation_name(spec):
@@ -118,8 +133,10 @@ SUBSAMPLING = {name: _NAMED_SUBSAMPLING.get(spec, "direct") for name, spec in DE
 # scripts from the seed and the image's stem; DIV2KRK defines it at x2 and x4 only.
 RANDOM_KERNEL_DEGRADATIONS = [name for name in DEGRADATIONS if re.fullmatch(r"rk[0-9]*", name)]
 if RANDOM_KERNEL_DEGRADATIONS and SCALE not in (2, 4):
-    raise WorkflowError(f"degradations {', '.join(RANDOM_KERNEL_DEGRADATIONS)}: random kernels exist for scale 2 and 4 "
-                        f"(KernelGAN's DIV2KRK), not for scale {SCALE}")
+    raise WorkflowError(
+        f"degradations {', '.join(RANDOM_KERNEL_DEGRADATIONS)}: random kernels exist for scale 2 and 4 "
+        f"(KernelGAN's DIV2KRK), not for scale {SCALE}"
+    )
 
 
 def _alternatives(names):
@@ -190,8 +207,10 @@ def task_count():
     meta, count = config["meta"], config["tasks"]["count"]
     needed = meta["iterations"] * meta["meta_batch"]
     if count is not None and count < needed:
-        raise WorkflowError(f"tasks.count {count} is smaller than the {needed} tasks that meta.iterations "
-                            f"{meta['iterations']} x meta.meta_batch {meta['meta_batch']} use; raise it or leave it null")
+        raise WorkflowError(
+            f"tasks.count {count} is smaller than the {needed} tasks that meta.iterations "
+            f"{meta['iterations']} x meta.meta_batch {meta['meta_batch']} use; raise it or leave it null"
+        )
     return (count or needed) + meta["validation_tasks"]
 
 
@@ -249,8 +268,10 @@ def meta_model(subsample):
     if not path.is_file():
         have = ", ".join(sorted(p.stem for p in Path(RELEASED_FOLDER).glob("*_x*.safetensors"))) or "none"
         users = ", ".join(d for d, s in SUBSAMPLING.items() if s == subsample)
-        raise WorkflowError(f"meta.weights_folder {RELEASED_FOLDER}: no {path.name} for degradation(s) {users} "
-                            f"(it holds: {have}); drop them from degradations, or set meta.weights_folder: null to train it")
+        raise WorkflowError(
+            f"meta.weights_folder {RELEASED_FOLDER}: no {path.name} for degradation(s) {users} "
+            f"(it holds: {have}); drop them from degradations, or set meta.weights_folder: null to train it"
+        )
     return str(path)
 
 
@@ -306,8 +327,16 @@ def benchmark_path(rule, pattern=""):
 # the DAG, so its name points to its kind (parent group id) and the kind's --group-components is
 # the chunk size: Snakemake has no Snakefile directive for either, hence the two workflow
 # attributes set below; a --group-components on the command line takes precedence.
-IMAGE_GROUP_KINDS = {"inputs": "cpu", "sr_pretrained": "gpu", "sr_mzsr": "gpu", "sr_zssr": "gpu", "estimate_kernel": "gpu",
-                     "sr_mzsr_kgan": "gpu", "sr_zssr_kgan": "gpu", "crop": "cpu"}
+IMAGE_GROUP_KINDS = {
+    "inputs": "cpu",
+    "sr_pretrained": "gpu",
+    "sr_mzsr": "gpu",
+    "sr_zssr": "gpu",
+    "estimate_kernel": "gpu",
+    "sr_mzsr_kgan": "gpu",
+    "sr_zssr_kgan": "gpu",
+    "crop": "cpu",
+}
 GROUP_JOBS = config["cluster"]["group"]
 _IMAGE_UNITS = {}  # test set -> {image: position}
 

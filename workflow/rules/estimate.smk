@@ -19,7 +19,8 @@ rule estimate_kernel:
     benchmark:
         benchmark_path("estimate_kernel", JOB)
     threads: threads_for("estimate_kernel")
-    group: image_group("estimate_kernel")
+    group:
+        image_group("estimate_kernel")
     resources:
         mem_mb=compute("estimate_kernel", "mem_mb"),
         runtime=compute("estimate_kernel", "runtime"),

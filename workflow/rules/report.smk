@@ -49,7 +49,8 @@ rule crop:
     benchmark:
         benchmark_path("crop", JOB)
     threads: threads_for("crop")
-    group: image_group("crop")
+    group:
+        image_group("crop")
     resources:
         mem_mb=compute("crop", "mem_mb"),
         runtime=compute("crop", "runtime"),

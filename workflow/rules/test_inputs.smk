@@ -16,7 +16,8 @@ rule lr_image:
     benchmark:
         benchmark_path("lr_image", JOB)
     threads: threads_for("lr_image")
-    group: image_group("inputs")
+    group:
+        image_group("inputs")
     resources:
         mem_mb=compute("lr_image", "mem_mb"),
         runtime=compute("lr_image", "runtime"),
