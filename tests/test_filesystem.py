@@ -309,7 +309,7 @@ SCRIPTS = {  # rule script -> (its input, output and params, given the inputs' f
     "sr_bicubic": lambda i, root, out: dict(input={"lr": str(i / "lr" / "a.png"), "gt": str(root / "gt.png")},
                                             output={"sr": str(out / "sr.png"), "csv": str(out / "sr.csv")},
                                             params={"scale": 2, "degradation": "g2.0"}, wildcards=SR_WILDCARDS),
-    "sr_adapt": lambda i, root, out: dict(input={"lr": str(i / "lr" / "a.png"), "gt": str(root / "gt.png"),
+    "sr_mzsr": lambda i, root, out: dict(input={"lr": str(i / "lr" / "a.png"), "gt": str(root / "gt.png"),
                                                  "weights": str(i / "w.safetensors")},
                                           output={"sr": str(out / "sr.png"), "csv": str(out / "sr.csv")},
                                           params={"scale": 2, "degradation": "g2.0", "method": "mzsr",

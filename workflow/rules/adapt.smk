@@ -60,7 +60,7 @@ rule sr_pretrained:
     conda:
         "../../envs/eval.yaml"
     script:
-        "../../scripts/sr_adapt.py"
+        "../../scripts/sr_mzsr.py"
 
 
 rule sr_mzsr:
@@ -92,7 +92,7 @@ rule sr_mzsr:
     conda:
         "../../envs/eval.yaml"
     script:
-        "../../scripts/sr_adapt.py"
+        "../../scripts/sr_mzsr.py"
 
 
 rule sr_zssr:
@@ -160,7 +160,7 @@ rule sr_mzsr_kgan:
     conda:
         "../../envs/eval.yaml"
     script:
-        "../../scripts/sr_adapt.py"
+        "../../scripts/sr_mzsr.py"
 
 
 rule sr_zssr_kgan:
