@@ -47,3 +47,6 @@ rule all:
         image_targets(archives=False),
         image_targets(archives=True),
     default_target: True
+
+
+configure_jobs()  # threads, resources and cluster groups of every rule, from config compute and cluster

@@ -327,3 +327,37 @@ def test_table2_config_plans_the_papers_table_from_the_released_models(tmp_path)
     assert rules["sr_mzsr"] == 2 * 3
     proc = snakemake(tmp_path, "-n", "--configfile", table2)  # gb1.3 waits for the released Bicubic model
     assert proc.returncode != 0 and "no bicubic_x2.safetensors for degradation(s) gb1.3" in proc.stdout + proc.stderr
+
+
+def job_resources(out: str) -> dict[str, dict[str, str]]:
+    """{rule: its first job's threads and resources} from a dry run's job listing."""
+    found: dict[str, dict[str, str]] = {}
+    rule = None
+    for line in out.splitlines():
+        if m := re.match(r"^(?:local)?(?:rule|checkpoint) (\w+):$", line):
+            rule = m.group(1) if m.group(1) not in found else None
+            if rule:
+                found[rule] = {"threads": "1"}
+        elif rule and (m := re.match(r"^\s+threads: (\d+)$", line)):
+            found[rule]["threads"] = m.group(1)
+        elif rule and (m := re.match(r"^\s+resources: (.*)$", line)):
+            found[rule].update(kv.split("=", 1) for kv in m.group(1).split(", "))
+    return found
+
+
+def test_every_rule_takes_its_compute_settings_and_the_command_line_wins(tmp_path):
+    """configure_jobs(): compute.<rule>, else compute.default, whose keys a config leaves out come
+    from the schema; --set-threads and --set-resources win over both, key by key."""
+    config = yaml.safe_load((REPO / "config" / "demo_released.yaml").read_text())
+    config["compute"] = {"default": {"threads": 2}, "sr_zssr": {"runtime": 7}}
+    (tmp_path / "c.yaml").write_text(yaml.safe_dump(config))
+    out = check(snakemake(tmp_path, "-n", "--cores", "4", "--configfile", "c.yaml", "--set-threads", "sr_mzsr=3",
+                          "--set-resources", "sr_mzsr:mem_mb=1234"))
+    jobs = job_resources(out)
+    assert {k: jobs["sr_bicubic"][k] for k in ("threads", "mem_mb", "runtime", "image_jobs")} == \
+        {"threads": "2", "mem_mb": "4000", "runtime": "60", "image_jobs": "1"}
+    assert "gpu" not in jobs["sr_bicubic"] and "image_jobs" not in jobs["aggregate"]
+    assert {k: jobs["sr_zssr"][k] for k in ("threads", "mem_mb", "runtime", "gpu")} == \
+        {"threads": "2", "mem_mb": "4000", "runtime": "7", "gpu": "1"}
+    assert {k: jobs["sr_mzsr"][k] for k in ("threads", "mem_mb", "runtime", "gpu")} == \
+        {"threads": "3", "mem_mb": "1234", "runtime": "60", "gpu": "1"}

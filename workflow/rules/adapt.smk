@@ -18,13 +18,6 @@ rule sr_bicubic:
         log_path("sr_bicubic", JOB),
     benchmark:
         benchmark_path("sr_bicubic", JOB)
-    threads: threads_for("sr_bicubic")
-    group:
-        image_group("inputs")
-    resources:
-        mem_mb=compute("sr_bicubic", "mem_mb"),
-        runtime=compute("sr_bicubic", "runtime"),
-        image_jobs=1,
     conda:
         "../../envs/eval.yaml"
     script:
@@ -49,14 +42,6 @@ rule sr_pretrained:
         log_path("sr_pretrained", JOB),
     benchmark:
         benchmark_path("sr_pretrained", JOB)
-    threads: threads_for("sr_pretrained")
-    group:
-        image_group("sr_pretrained")
-    resources:
-        mem_mb=compute("sr_pretrained", "mem_mb"),
-        runtime=compute("sr_pretrained", "runtime"),
-        image_jobs=1,
-        gpu=compute("sr_pretrained", "gpu"),
     conda:
         "../../envs/eval.yaml"
     script:
@@ -81,14 +66,6 @@ rule sr_mzsr:
         log_path("sr_mzsr", JOB),
     benchmark:
         benchmark_path("sr_mzsr", JOB)
-    threads: threads_for("sr_mzsr")
-    group:
-        image_group("sr_mzsr")
-    resources:
-        mem_mb=compute("sr_mzsr", "mem_mb"),
-        runtime=compute("sr_mzsr", "runtime"),
-        image_jobs=1,
-        gpu=compute("sr_mzsr", "gpu"),
     conda:
         "../../envs/eval.yaml"
     script:
@@ -111,14 +88,6 @@ rule sr_zssr:
         log_path("sr_zssr", JOB),
     benchmark:
         benchmark_path("sr_zssr", JOB)
-    threads: threads_for("sr_zssr")
-    group:
-        image_group("sr_zssr")
-    resources:
-        mem_mb=compute("sr_zssr", "mem_mb"),
-        runtime=compute("sr_zssr", "runtime"),
-        image_jobs=1,
-        gpu=compute("sr_zssr", "gpu"),
     conda:
         "../../envs/eval.yaml"
     script:
@@ -149,14 +118,6 @@ rule sr_mzsr_kgan:
         log_path("sr_mzsr_kgan", JOB),
     benchmark:
         benchmark_path("sr_mzsr_kgan", JOB)
-    threads: threads_for("sr_mzsr_kgan")
-    group:
-        image_group("sr_mzsr_kgan")
-    resources:
-        mem_mb=compute("sr_mzsr_kgan", "mem_mb"),
-        runtime=compute("sr_mzsr_kgan", "runtime"),
-        image_jobs=1,
-        gpu=compute("sr_mzsr_kgan", "gpu"),
     conda:
         "../../envs/eval.yaml"
     script:
@@ -179,14 +140,6 @@ rule sr_zssr_kgan:
         log_path("sr_zssr_kgan", JOB),
     benchmark:
         benchmark_path("sr_zssr_kgan", JOB)
-    threads: threads_for("sr_zssr_kgan")
-    group:
-        image_group("sr_zssr_kgan")
-    resources:
-        mem_mb=compute("sr_zssr_kgan", "mem_mb"),
-        runtime=compute("sr_zssr_kgan", "runtime"),
-        image_jobs=1,
-        gpu=compute("sr_zssr_kgan", "gpu"),
     conda:
         "../../envs/eval.yaml"
     script:

@@ -40,10 +40,6 @@ rule aggregate:
         log_path("aggregate"),
     benchmark:
         benchmark_path("aggregate")
-    threads: threads_for("aggregate")
-    resources:
-        mem_mb=compute("aggregate", "mem_mb"),
-        runtime=compute("aggregate", "runtime"),
     conda:
         "../../envs/report.yaml"
     script:

@@ -288,19 +288,16 @@ def used_meta_models():
 
 
 # ------------------------------------------------------------------------------------ compute
-
-_COMPUTE_FALLBACK = {"threads": 1, "mem_mb": 4000, "runtime": 60, "gpu": 1}
+# Threads and resources of every rule come from config compute (compute.<rule>, else compute.default,
+# whose defaults the schema gives) and the per-image rules' cluster groups from config cluster; both
+# are set on the rules by configure_jobs() at the end of the Snakefile, so that a rule reads as its
+# data flow: inputs, outputs, params, log, environment and script.
 
 
 def compute(rule, key):
-    """compute.<rule>.<key>, else compute.default.<key>, else a built-in default."""
+    """compute.<rule>.<key>, else compute.default.<key> (the schema fills in what a config leaves out)."""
     own = config["compute"].get(rule) or {}
-    default = config["compute"].get("default") or {}
-    return own.get(key, default.get(key, _COMPUTE_FALLBACK[key]))
-
-
-def threads_for(rule):
-    return compute(rule, "threads")
+    return own.get(key, config["compute"]["default"][key])
 
 
 def log_path(rule, pattern=""):
@@ -309,6 +306,26 @@ def log_path(rule, pattern=""):
 
 def benchmark_path(rule, pattern=""):
     return f"logs/benchmarks/{rule}/{pattern}.tsv" if pattern else f"logs/benchmarks/{rule}.tsv"
+
+
+def configure_jobs():
+    """Threads, memory, run time, GPUs, the image_jobs token and the cluster group of every rule.
+    What the command line or a profile sets (--set-threads, --set-resources) wins, as it does over a
+    rule's own directives; --default-resources fill only what no rule sets."""
+    settings = workflow.resource_settings
+    for r in workflow.rules:
+        if r.name == "all":
+            continue
+        if r.name not in settings.overwrite_threads:
+            r.resources["_cores"] = compute(r.name, "threads")
+        wanted = {"mem_mb": compute(r.name, "mem_mb"), "runtime": compute(r.name, "runtime")}
+        if r.name in GPU_RULES:
+            wanted["gpu"] = compute(r.name, "gpu")
+        if r.name in IMAGE_RULE_GROUPS:
+            wanted["image_jobs"] = 1
+            r.group = image_group(IMAGE_RULE_GROUPS[r.name])
+        given = settings.overwrite_resources.get(r.name, {})
+        r.resources.update({k: v for k, v in wanted.items() if k not in given})
 
 
 # ------------------------------------------------------------------------------------ cluster submissions
@@ -327,16 +344,18 @@ def benchmark_path(rule, pattern=""):
 # the DAG, so its name points to its kind (parent group id) and the kind's --group-components is
 # the chunk size: Snakemake has no Snakefile directive for either, hence the two workflow
 # attributes set below; a --group-components on the command line takes precedence.
-IMAGE_GROUP_KINDS = {
-    "inputs": "cpu",
-    "sr_pretrained": "gpu",
-    "sr_mzsr": "gpu",
-    "sr_zssr": "gpu",
-    "estimate_kernel": "gpu",
-    "sr_mzsr_kgan": "gpu",
-    "sr_zssr_kgan": "gpu",
-    "crop": "cpu",
+IMAGE_RULE_GROUPS = {  # per-image rule -> the kind of group job it travels in
+    "lr_image": "inputs",
+    "sr_bicubic": "inputs",
+    "sr_pretrained": "sr_pretrained",
+    "sr_mzsr": "sr_mzsr",
+    "sr_zssr": "sr_zssr",
+    "estimate_kernel": "estimate_kernel",
+    "sr_mzsr_kgan": "sr_mzsr_kgan",
+    "sr_zssr_kgan": "sr_zssr_kgan",
+    "crop": "crop",
 }
+IMAGE_GROUP_KINDS = {kind: "gpu" if kind in GPU_RULES else "cpu" for kind in IMAGE_RULE_GROUPS.values()}
 GROUP_JOBS = config["cluster"]["group"]
 _IMAGE_UNITS = {}  # test set -> {image: position}
 

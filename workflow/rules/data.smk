@@ -11,10 +11,6 @@ rule train_images:
         log_path("train_images"),
     benchmark:
         benchmark_path("train_images")
-    threads: threads_for("train_images")
-    resources:
-        mem_mb=compute("train_images", "mem_mb"),
-        runtime=compute("train_images", "runtime"),
     conda:
         "../../envs/data.yaml"
     script:
@@ -30,10 +26,6 @@ rule skimage_test_image:
         log_path("skimage_test_image", "{test_set}/{image}"),
     benchmark:
         benchmark_path("skimage_test_image", "{test_set}/{image}")
-    threads: threads_for("skimage_test_image")
-    resources:
-        mem_mb=compute("skimage_test_image", "mem_mb"),
-        runtime=compute("skimage_test_image", "runtime"),
     conda:
         "../../envs/data.yaml"
     script:
@@ -49,10 +41,6 @@ checkpoint test_set_archive:
         log_path("test_set_archive", "{test_set}"),
     benchmark:
         benchmark_path("test_set_archive", "{test_set}")
-    threads: threads_for("test_set_archive")
-    resources:
-        mem_mb=compute("test_set_archive", "mem_mb"),
-        runtime=compute("test_set_archive", "runtime"),
     conda:
         "../../envs/data.yaml"
     script:

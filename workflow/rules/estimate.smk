@@ -18,14 +18,6 @@ rule estimate_kernel:
         log_path("estimate_kernel", JOB),
     benchmark:
         benchmark_path("estimate_kernel", JOB)
-    threads: threads_for("estimate_kernel")
-    group:
-        image_group("estimate_kernel")
-    resources:
-        mem_mb=compute("estimate_kernel", "mem_mb"),
-        runtime=compute("estimate_kernel", "runtime"),
-        image_jobs=1,
-        gpu=compute("estimate_kernel", "gpu"),
     conda:
         "../../envs/eval.yaml"
     script:

@@ -18,11 +18,6 @@ rule meta_train:
         log_path("meta_train", "{subsample}"),
     benchmark:
         benchmark_path("meta_train", "{subsample}")
-    threads: threads_for("meta_train")
-    resources:
-        mem_mb=compute("meta_train", "mem_mb"),
-        runtime=compute("meta_train", "runtime"),
-        gpu=compute("meta_train", "gpu"),
     conda:
         "../../envs/train.yaml"
     script:

@@ -13,10 +13,6 @@ rule patches:
         log_path("patches", "{kind}"),
     benchmark:
         benchmark_path("patches", "{kind}")
-    threads: threads_for("patches")
-    resources:
-        mem_mb=compute("patches", "mem_mb"),
-        runtime=compute("patches", "runtime"),
     conda:
         "../../envs/data.yaml"
     script:

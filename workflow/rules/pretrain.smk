@@ -15,11 +15,6 @@ rule pretrain:
         log_path("pretrain"),
     benchmark:
         benchmark_path("pretrain")
-    threads: threads_for("pretrain")
-    resources:
-        mem_mb=compute("pretrain", "mem_mb"),
-        runtime=compute("pretrain", "runtime"),
-        gpu=compute("pretrain", "gpu"),
     conda:
         "../../envs/train.yaml"
     script:
@@ -38,10 +33,6 @@ rule import_tf:
         log_path("import_tf"),
     benchmark:
         benchmark_path("import_tf")
-    threads: threads_for("import_tf")
-    resources:
-        mem_mb=compute("import_tf", "mem_mb"),
-        runtime=compute("import_tf", "runtime"),
     conda:
         "../../envs/train.yaml"
     script:

@@ -19,10 +19,6 @@ rule plot_steps:
         log_path("plot_steps"),
     benchmark:
         benchmark_path("plot_steps")
-    threads: threads_for("plot_steps")
-    resources:
-        mem_mb=compute("plot_steps", "mem_mb"),
-        runtime=compute("plot_steps", "runtime"),
     conda:
         "../../envs/report.yaml"
     script:
@@ -48,13 +44,6 @@ rule crop:
         log_path("crop", JOB),
     benchmark:
         benchmark_path("crop", JOB)
-    threads: threads_for("crop")
-    group:
-        image_group("crop")
-    resources:
-        mem_mb=compute("crop", "mem_mb"),
-        runtime=compute("crop", "runtime"),
-        image_jobs=1,
     conda:
         "../../envs/report.yaml"
     script:

@@ -16,10 +16,6 @@ rule task_shard:
         log_path("task_shard", "shard={shard}"),
     benchmark:
         benchmark_path("task_shard", "shard={shard}")
-    threads: threads_for("task_shard")
-    resources:
-        mem_mb=compute("task_shard", "mem_mb"),
-        runtime=compute("task_shard", "runtime"),
     conda:
         "../../envs/data.yaml"
     script:

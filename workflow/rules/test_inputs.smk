@@ -15,13 +15,6 @@ rule lr_image:
         log_path("lr_image", JOB),
     benchmark:
         benchmark_path("lr_image", JOB)
-    threads: threads_for("lr_image")
-    group:
-        image_group("inputs")
-    resources:
-        mem_mb=compute("lr_image", "mem_mb"),
-        runtime=compute("lr_image", "runtime"),
-        image_jobs=1,
     conda:
         "../../envs/data.yaml"
     script:
