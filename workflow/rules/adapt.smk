@@ -16,8 +16,6 @@ rule sr_bicubic:
         degradation=lambda w: DEGRADATIONS[w.degradation],
     log:
         log_path("sr_bicubic", JOB),
-    benchmark:
-        benchmark_path("sr_bicubic", JOB)
     conda:
         "../../envs/eval.yaml"
     script:
@@ -40,8 +38,6 @@ rule sr_pretrained:
         adapt={"steps": [0]},
     log:
         log_path("sr_pretrained", JOB),
-    benchmark:
-        benchmark_path("sr_pretrained", JOB)
     conda:
         "../../envs/eval.yaml"
     script:
@@ -64,8 +60,6 @@ rule sr_mzsr:
         adapt=section(config["adapt"]),
     log:
         log_path("sr_mzsr", JOB),
-    benchmark:
-        benchmark_path("sr_mzsr", JOB)
     conda:
         "../../envs/eval.yaml"
     script:
@@ -86,8 +80,6 @@ rule sr_zssr:
         zssr=section(config["zssr"]),
     log:
         log_path("sr_zssr", JOB),
-    benchmark:
-        benchmark_path("sr_zssr", JOB)
     conda:
         "../../envs/eval.yaml"
     script:
@@ -116,8 +108,6 @@ rule sr_mzsr_kgan:
         adapt=section(config["adapt"]),
     log:
         log_path("sr_mzsr_kgan", JOB),
-    benchmark:
-        benchmark_path("sr_mzsr_kgan", JOB)
     conda:
         "../../envs/eval.yaml"
     script:
@@ -138,8 +128,6 @@ rule sr_zssr_kgan:
         zssr=section(config["zssr"]),
     log:
         log_path("sr_zssr_kgan", JOB),
-    benchmark:
-        benchmark_path("sr_zssr_kgan", JOB)
     conda:
         "../../envs/eval.yaml"
     script:

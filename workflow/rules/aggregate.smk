@@ -38,8 +38,6 @@ rule aggregate:
         models=USED_META_MODELS,
     log:
         log_path("aggregate"),
-    benchmark:
-        benchmark_path("aggregate")
     conda:
         "../../envs/report.yaml"
     script:

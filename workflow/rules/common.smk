@@ -290,8 +290,8 @@ def used_meta_models():
 # ------------------------------------------------------------------------------------ compute
 # Threads and resources of every rule come from config compute (compute.<rule>, else compute.default,
 # whose defaults the schema gives) and the per-image rules' cluster groups from config cluster; both
-# are set on the rules by configure_jobs() at the end of the Snakefile, so that a rule reads as its
-# data flow: inputs, outputs, params, log, environment and script.
+# are set on the rules by configure_jobs() at the end of the Snakefile, with each rule's benchmark
+# file, so that a rule reads as its data flow: inputs, outputs, params, log, environment and script.
 
 
 def compute(rule, key):
@@ -304,12 +304,9 @@ def log_path(rule, pattern=""):
     return f"logs/{rule}/{pattern}.log" if pattern else f"logs/{rule}.log"
 
 
-def benchmark_path(rule, pattern=""):
-    return f"logs/benchmarks/{rule}/{pattern}.tsv" if pattern else f"logs/benchmarks/{rule}.tsv"
-
-
 def configure_jobs():
-    """Threads, memory, run time, GPUs, the image_jobs token and the cluster group of every rule.
+    """Threads, memory, run time, GPUs, the image_jobs token, the cluster group and the benchmark file
+    of every rule (logs/benchmarks/<rule>/..., beside its log, logs/<rule>/...).
     What the command line or a profile sets (--set-threads, --set-resources) wins, as it does over a
     rule's own directives; --default-resources fill only what no rule sets."""
     settings = workflow.resource_settings
@@ -326,6 +323,8 @@ def configure_jobs():
             r.group = image_group(IMAGE_RULE_GROUPS[r.name])
         given = settings.overwrite_resources.get(r.name, {})
         r.resources.update({k: v for k, v in wanted.items() if k not in given})
+        r.benchmark_modifier = r.log_modifier  # what Snakemake sets from a benchmark directive
+        r.benchmark = "logs/benchmarks/" + re.sub(r"\.log$", ".tsv", str(r.log[0]).removeprefix("logs/"))
 
 
 # ------------------------------------------------------------------------------------ cluster submissions

@@ -9,8 +9,6 @@ rule train_images:
         data=section(config["data"]["train"]),
     log:
         log_path("train_images"),
-    benchmark:
-        benchmark_path("train_images")
     conda:
         "../../envs/data.yaml"
     script:
@@ -24,8 +22,6 @@ rule skimage_test_image:
         data=lambda w: {"source": f"skimage:{w.image}"},
     log:
         log_path("skimage_test_image", "{test_set}/{image}"),
-    benchmark:
-        benchmark_path("skimage_test_image", "{test_set}/{image}")
     conda:
         "../../envs/data.yaml"
     script:
@@ -39,8 +35,6 @@ checkpoint test_set_archive:
         data=lambda w: {"source": config["test_sets"][w.test_set]},
     log:
         log_path("test_set_archive", "{test_set}"),
-    benchmark:
-        benchmark_path("test_set_archive", "{test_set}")
     conda:
         "../../envs/data.yaml"
     script:

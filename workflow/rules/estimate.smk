@@ -16,8 +16,6 @@ rule estimate_kernel:
         estimate=section(config["estimate"]),
     log:
         log_path("estimate_kernel", JOB),
-    benchmark:
-        benchmark_path("estimate_kernel", JOB)
     conda:
         "../../envs/eval.yaml"
     script:

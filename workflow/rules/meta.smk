@@ -16,8 +16,6 @@ rule meta_train:
         work_dir=lambda w: meta_work_dir(w.subsample),
     log:
         log_path("meta_train", "{subsample}"),
-    benchmark:
-        benchmark_path("meta_train", "{subsample}")
     conda:
         "../../envs/train.yaml"
     script:

@@ -11,8 +11,6 @@ rule patches:
         patches=lambda w: section(config["patches"][w.kind]),
     log:
         log_path("patches", "{kind}"),
-    benchmark:
-        benchmark_path("patches", "{kind}")
     conda:
         "../../envs/data.yaml"
     script:

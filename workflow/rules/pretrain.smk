@@ -13,8 +13,6 @@ rule pretrain:
         work_dir=pretrain_work_dir(),
     log:
         log_path("pretrain"),
-    benchmark:
-        benchmark_path("pretrain")
     conda:
         "../../envs/train.yaml"
     script:
@@ -31,8 +29,6 @@ rule import_tf:
         scale=SCALE,
     log:
         log_path("import_tf"),
-    benchmark:
-        benchmark_path("import_tf")
     conda:
         "../../envs/train.yaml"
     script:

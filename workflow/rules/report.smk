@@ -17,8 +17,6 @@ rule plot_steps:
         scale=SCALE,
     log:
         log_path("plot_steps"),
-    benchmark:
-        benchmark_path("plot_steps")
     conda:
         "../../envs/report.yaml"
     script:
@@ -42,8 +40,6 @@ rule crop:
         scale=SCALE,
     log:
         log_path("crop", JOB),
-    benchmark:
-        benchmark_path("crop", JOB)
     conda:
         "../../envs/report.yaml"
     script:

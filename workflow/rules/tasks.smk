@@ -14,8 +14,6 @@ rule task_shard:
         tasks=lambda w: tasks_cfg(int(w.shard)),
     log:
         log_path("task_shard", "shard={shard}"),
-    benchmark:
-        benchmark_path("task_shard", "shard={shard}")
     conda:
         "../../envs/data.yaml"
     script:

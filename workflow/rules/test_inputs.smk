@@ -13,8 +13,6 @@ rule lr_image:
         scale=SCALE,
     log:
         log_path("lr_image", JOB),
-    benchmark:
-        benchmark_path("lr_image", JOB)
     conda:
         "../../envs/data.yaml"
     script:
