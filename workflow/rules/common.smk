@@ -291,7 +291,7 @@ def used_meta_models():
 # Threads and resources of every rule come from config compute (compute.<rule>, else compute.default,
 # whose defaults the schema gives) and the per-image rules' cluster groups from config cluster; both
 # are set on the rules by configure_jobs() at the end of the Snakefile, with each rule's benchmark
-# file, so that a rule reads as its data flow: inputs, outputs, params, log, environment and script.
+# file, so that a rule reads as its data flow (inputs, outputs, params, log, environment, script).
 
 
 def compute(rule, key):
@@ -324,7 +324,7 @@ def configure_jobs():
         given = settings.overwrite_resources.get(r.name, {})
         r.resources.update({k: v for k, v in wanted.items() if k not in given})
         r.benchmark_modifier = r.log_modifier  # what Snakemake sets from a benchmark directive
-        r.benchmark = "logs/benchmarks/" + re.sub(r"\.log$", ".tsv", str(r.log[0]).removeprefix("logs/"))
+        r.benchmark = f"logs/benchmarks/{str(r.log[0]).removeprefix('logs/').removesuffix('.log')}.tsv"
 
 
 # ------------------------------------------------------------------------------------ cluster submissions
