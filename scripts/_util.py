@@ -1,15 +1,26 @@
-"""What every rule script shares: the import path of mzsr, torch's thread count, the device, the
-per-job CSV. Scripts run through Snakemake's `script:` directive, which puts this folder on sys.path."""
+"""What every rule script shares: its set-up (`start`), torch's thread count and the device, the
+inputs' digests, the SR job's kernel and its CSV. Scripts run through Snakemake's `script:`
+directive, which puts this folder on sys.path."""
 from __future__ import annotations
 
 import sys
+import warnings
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
-if str(REPO) not in sys.path:
-    # The workflow runs the mzsr next to it, installed or not (conda envs of --sdm conda hold only
-    # the dependencies), so that rules and science always come from the same checkout.
-    sys.path.insert(0, str(REPO))
+
+
+def start(snakemake):
+    """Set up a rule script, first thing: stderr to the job's log (so that import errors land there),
+    the mzsr of this checkout importable, MZSRErrors and warnings as one line."""
+    sys.stderr = open(snakemake.log[0], "w", buffering=1)
+    if str(REPO) not in sys.path:
+        # The workflow runs the mzsr next to it, installed or not (conda envs of --sdm conda hold only
+        # the dependencies), so that rules and science always come from the same checkout.
+        sys.path.insert(0, str(REPO))
+    sys.excepthook = _one_line_errors
+    # the format, not warnings.showwarning: a caller recording warnings (pytest.warns) still gets them
+    warnings.formatwarning = _one_line_warning
 
 
 def _one_line_errors(exc_type, exc, tb):
@@ -19,22 +30,14 @@ def _one_line_errors(exc_type, exc, tb):
 
     if not issubclass(exc_type, MZSRError):
         return sys.__excepthook__(exc_type, exc, tb)
-    for stream in dict.fromkeys((sys.stderr, sys.__stderr__)):  # the log (scripts redirect stderr) and the console
+    for stream in dict.fromkeys((sys.stderr, sys.__stderr__)):  # the log and the console
         if stream is not None:
             print(error_line(exc), file=stream, flush=True)
 
 
-sys.excepthook = _one_line_errors
-
-
-def _one_line_warnings(message, category, filename, lineno, file=None, line=None):
+def _one_line_warning(message, category, filename, lineno, line=None):
     """Warnings (a kernel normalised, a checkpoint set aside, a retry with smaller tiles) as one line."""
-    print(f"mzsr: warning: {' '.join(str(message).split())}", file=sys.stderr if file is None else file, flush=True)
-
-
-import warnings  # noqa: E402
-
-warnings.showwarning = _one_line_warnings
+    return f"mzsr: warning: {' '.join(str(message).split())}\n"
 
 
 def input_digests(weights=None, patches=None, shards=()):
@@ -55,9 +58,6 @@ def input_digests(weights=None, patches=None, shards=()):
         with open_store(shard) as f:
             out["shards"].append(str(f.attrs.get("digest", "none")))
     return out
-
-
-CSV_COLUMNS = ("test_set", "degradation", "method", "steps", "image", "psnr", "ssim", "seconds", "redegradation_psnr")
 
 
 def torch_setup(snakemake):
@@ -88,32 +88,15 @@ def job_kernel(snakemake):
 
 
 def write_rows(snakemake, method, results, gt_u8, kernel, subsample):
-    """Score SR results [(steps, sr_uint8, seconds)] against the mod-cropped GT; write the job CSV.
-
-    `redegradation_psnr` degrades each SR result again with `kernel` and `subsample` (the ones the
-    job used: the degradation's, or KernelGAN's estimate for the blind methods) and compares it with
-    the LR input: a wrong or misaligned kernel shows up there even without ground truth.
-    """
+    """The job CSV of SR results [(steps, sr_uint8, seconds)]: `mzsr.results.score_rows` against the
+    mod-cropped GT and the job's LR input, with the `kernel` and `subsample` the job used."""
     import pandas as pd
 
     from mzsr.images import read_image_uint8
     from mzsr.io import atomic_write_text
-    from mzsr.metrics import psnr, redegradation_psnr, ssim
+    from mzsr.results import JOB_COLUMNS, score_rows
 
-    scale = int(snakemake.params.scale)
-    lr_u8 = read_image_uint8(snakemake.input.lr)
-    rows = [
-        {
-            "test_set": snakemake.wildcards.test_set,
-            "degradation": snakemake.wildcards.degradation,
-            "method": method,
-            "steps": int(steps),
-            "image": snakemake.wildcards.image,
-            "psnr": psnr(sr, gt_u8, scale),
-            "ssim": ssim(sr, gt_u8, scale),
-            "seconds": float(seconds),
-            "redegradation_psnr": redegradation_psnr(sr, lr_u8, kernel, scale, subsample),
-        }
-        for steps, sr, seconds in results
-    ]
-    atomic_write_text(snakemake.output.csv, pd.DataFrame(rows, columns=CSV_COLUMNS).to_csv(index=False))
+    w = snakemake.wildcards
+    rows = score_rows(results, gt_u8, read_image_uint8(snakemake.input.lr), kernel, int(snakemake.params.scale), subsample,
+                      test_set=w.test_set, degradation=w.degradation, method=method, image=w.image)
+    atomic_write_text(snakemake.output.csv, pd.DataFrame(rows, columns=JOB_COLUMNS).to_csv(index=False))

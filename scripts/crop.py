@@ -1,8 +1,9 @@
-import sys
-
-sys.stderr = open(snakemake.log[0], "w", buffering=1)
 # Side-by-side centre crops of one test image: GT, bicubic, MZSR(n)..., ZSSR, the KernelGAN methods,
 # titled with PSNR/SSIM; with a KernelGAN method also the true kernel and KernelGAN's, enlarged.
+import _util
+
+_util.start(snakemake)  # stderr to the job's log, mzsr importable, one-line errors and warnings
+
 import json
 
 import matplotlib
@@ -12,10 +13,10 @@ import matplotlib.pyplot as plt
 import numpy as np
 import pandas as pd
 
-import _util  # noqa: F401
-
 from mzsr.images import read_image_uint8
+from mzsr.io import atomic_path
 from mzsr.metrics import modcrop
+from mzsr.results import method_label
 
 scale = int(snakemake.params.scale)
 size = int(snakemake.params.report["crop_size"])
@@ -23,14 +24,12 @@ rows = pd.concat([pd.read_csv(p) for p in snakemake.input.csvs], ignore_index=Tr
 
 
 def title(key):
+    """A panel's (name, PSNR/SSIM line): the method as the paper table names it, its numbers from the job CSVs."""
     if key == "gt":
         return "ground truth", "PSNR (dB) / SSIM"
     method, _, steps = key.partition("-")
     hit = rows[(rows["method"] == method) & ((rows["steps"] == int(steps)) if steps else True)]
-    if method in ("mzsr", "mzsr_kgan"):
-        name = f"MZSR({steps})" + (" + KernelGAN" if method == "mzsr_kgan" else "")
-    else:
-        name = {"bicubic": "Bicubic", "zssr": "ZSSR", "zssr_kgan": "KernelGAN + ZSSR"}.get(method, method)
+    name = method_label(method, int(steps or 0))
     if not len(hit):
         return name, ""
     return name, f"{hit['psnr'].iloc[0]:.2f} dB / {hit['ssim'].iloc[0]:.4f}"
@@ -81,7 +80,5 @@ for ax, (name, k) in zip(axes[0][len(panels) :], kernel_panels):
 w_ = snakemake.wildcards
 fig.suptitle(f"{w_.test_set} / {w_.degradation} / {w_.image} (x{scale})", fontsize=10)
 fig.tight_layout(rect=(0, 0, 1, 0.93))
-from mzsr.io import atomic_path  # noqa: E402
-
 with atomic_path(snakemake.output[0]) as tmp:
     fig.savefig(tmp, dpi=100, format="png")

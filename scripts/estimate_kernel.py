@@ -1,16 +1,16 @@
-import sys
-
-sys.stderr = open(snakemake.log[0], "w", buffering=1)
 # KernelGAN on one LR test input: the kernel in MZSR's convention (.npy, for mzsr_kgan and zssr_kgan)
 # and a record (.json): iterations, seconds and, where the degradation has a true kernel (a named one,
 # a kernel file, rk's kernel of this image), the estimate's error against it, with that kernel for
 # the report (plain bicubic has none: null).
+import _util
+
+_util.start(snakemake)  # stderr to the job's log, mzsr importable, one-line errors and warnings
+
 import io
 import json
+import sys
 
 import numpy as np
-
-import _util
 
 from mzsr.estimate import estimate_kernel, kernel_error
 from mzsr.images import read_image

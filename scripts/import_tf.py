@@ -1,8 +1,7 @@
-import sys
-
-sys.stderr = open(snakemake.log[0], "w", buffering=1)
 # The authors' TensorFlow-1 theta_T as a safetensors weights file, in place of pre-training.
-import _util  # noqa: F401  (import path of mzsr)
+import _util
+
+_util.start(snakemake)  # stderr to the job's log, mzsr importable, one-line errors and warnings
 
 from mzsr.checkpoints import import_tf_checkpoint, save_weights
 

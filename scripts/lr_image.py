@@ -1,8 +1,7 @@
-import sys
-
-sys.stderr = open(snakemake.log[0], "w", buffering=1)
 # The LR test input: the mod-cropped ground truth degraded as the authors made theirs.
-import _util  # noqa: F401  (import path of mzsr)
+import _util
+
+_util.start(snakemake)  # stderr to the job's log, mzsr importable, one-line errors and warnings
 
 from mzsr.degrade import write_lr_png
 from mzsr.images import read_image_uint8

@@ -1,12 +1,11 @@
-import sys
-
-sys.stderr = open(snakemake.log[0], "w", buffering=1)
 # Meta-transfer learning (theta_M) from theta_T over the task shards, whose HR patches are rows of the
 # meta patch store; resumes from the checkpoint in params.work_dir, where the training log also lives
 # until it is copied to output.log_csv.
-from pathlib import Path
-
 import _util
+
+_util.start(snakemake)  # stderr to the job's log, mzsr importable, one-line errors and warnings
+
+from pathlib import Path
 
 from mzsr.io import atomic_copy
 from mzsr.meta import meta_train

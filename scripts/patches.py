@@ -1,10 +1,10 @@
-import sys
-
-sys.stderr = open(snakemake.log[0], "w", buffering=1)
 # HR patches of the training images into an HDF5 store.
-from pathlib import Path
+import _util
 
-import _util  # noqa: F401  (import path of mzsr)
+_util.start(snakemake)  # stderr to the job's log, mzsr importable, one-line errors and warnings
+
+import sys
+from pathlib import Path
 
 from mzsr.data import open_store, write_patch_store
 from mzsr.images import IMAGE_SUFFIXES

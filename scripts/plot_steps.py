@@ -1,14 +1,15 @@
-import sys
-
-sys.stderr = open(snakemake.log[0], "w", buffering=1)
 # PSNR against adaptation steps: MZSR's curve per degradation, bicubic and ZSSR as levels.
+import _util
+
+_util.start(snakemake)  # stderr to the job's log, mzsr importable, one-line errors and warnings
+
 import matplotlib
 
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt
 import pandas as pd
 
-import _util  # noqa: F401
+from mzsr.io import atomic_path
 
 summary = pd.read_csv(snakemake.input[0])
 test_sets = list(dict.fromkeys(summary["test_set"]))
@@ -42,7 +43,5 @@ for ax, ts in zip(axes[0], test_sets):
         ax.plot([], [], "k-.", linewidth=1, label="KernelGAN + ZSSR")
     ax.legend(fontsize=8)
 fig.tight_layout()
-from mzsr.io import atomic_path  # noqa: E402
-
 with atomic_path(snakemake.output[0]) as tmp:
     fig.savefig(tmp, dpi=110, format="png")

@@ -1,11 +1,10 @@
-import sys
-
-sys.stderr = open(snakemake.log[0], "w", buffering=1)
 # Large-scale pre-training (theta_T); resumes from the checkpoint in params.work_dir, where the
 # training log also lives until it is copied to output.log_csv at the end.
-from pathlib import Path
-
 import _util
+
+_util.start(snakemake)  # stderr to the job's log, mzsr importable, one-line errors and warnings
+
+from pathlib import Path
 
 from mzsr.io import atomic_copy
 from mzsr.pretrain import pretrain

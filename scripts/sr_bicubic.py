@@ -1,10 +1,9 @@
-import sys
-
-sys.stderr = open(snakemake.log[0], "w", buffering=1)
 # Baseline: MATLAB-bicubic upscaling of the LR input.
-import time
-
 import _util
+
+_util.start(snakemake)  # stderr to the job's log, mzsr importable, one-line errors and warnings
+
+import time
 
 from mzsr.degrade import to_uint8
 from mzsr.images import read_image, read_image_uint8, write_png

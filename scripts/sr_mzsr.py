@@ -1,10 +1,11 @@
-import sys
-
-sys.stderr = open(snakemake.log[0], "w", buffering=1)
 # A trained model on one test image: MZSR adapted for each configured step count (the SR after
 # step n goes to output.sr[i] for the i-th smallest n), or the pre-trained model as it is (0 steps).
 # With input `estimated` (mzsr_kgan) it adapts with KernelGAN's kernel instead of the true one.
 import _util
+
+_util.start(snakemake)  # stderr to the job's log, mzsr importable, one-line errors and warnings
+
+import sys
 
 from mzsr.adapt import adapt, resolve_schedule, weights_subsampling
 from mzsr.checkpoints import load_model

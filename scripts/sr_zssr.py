@@ -1,9 +1,10 @@
-import sys
-
-sys.stderr = open(snakemake.log[0], "w", buffering=1)
 # Baseline: ZSSR trained from scratch on the test image (steps = its iterations), with the
 # degradation's kernel (zssr) or, with input `estimated`, KernelGAN's (zssr_kgan: KernelGAN + ZSSR).
 import _util
+
+_util.start(snakemake)  # stderr to the job's log, mzsr importable, one-line errors and warnings
+
+import sys
 
 from mzsr.images import read_image, read_image_uint8, write_png
 from mzsr.metrics import modcrop

@@ -1,8 +1,7 @@
-import sys
-
-sys.stderr = open(snakemake.log[0], "w", buffering=1)
 # One shard of meta-training task specifications: kernel parameters and D_tr/D_te patch rows.
-import _util  # noqa: F401  (import path of mzsr)
+import _util
+
+_util.start(snakemake)  # stderr to the job's log, mzsr importable, one-line errors and warnings
 
 from mzsr.data import write_task_shard
 

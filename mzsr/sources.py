@@ -1,0 +1,53 @@
+"""What a config's image `source` names: "div2k:<archive>", "skimage:<photo>,...", or a URL, zip or
+folder as it is (mzsr.download.prepare_images). Resolved and checked here, before anything is
+downloaded or written.
+
+workflow/rules/common.smk parses these too, for planning (it does not import mzsr): keep the two
+in step.
+"""
+from __future__ import annotations
+
+from . import MZSRError
+from .download import DIV2K_COUNTS, DIV2K_URLS
+
+DIV2K = "div2k:"
+SKIMAGE = "skimage:"
+
+
+def resolve_source(source: str, expected_count: int | None = None) -> tuple[str, int | None]:
+    """(what prepare_images reads, how many images it must find) for a source other than skimage:
+    for "div2k:<archive>" its URL and image count (unless `expected_count` is given); any other
+    source as it is, with `expected_count`."""
+    if not source.startswith(DIV2K):
+        return source, expected_count
+    key = source[len(DIV2K):]
+    if key not in DIV2K_URLS:
+        raise MZSRError(f"{source}: unknown DIV2K archive; known: {', '.join(DIV2K + k for k in DIV2K_URLS)}")
+    return DIV2K_URLS[key], expected_count or DIV2K_COUNTS[key]
+
+
+def skimage_names(source: str) -> list[str]:
+    """The photo names of "skimage:a,b" (blanks ignored); none is an error."""
+    names = [n.strip() for n in source[len(SKIMAGE):].split(",") if n.strip()]
+    if not source.startswith(SKIMAGE) or not names:
+        raise MZSRError(f"{source}: name at least one scikit-image photo, e.g. skimage:coffee,rocket")
+    return names
+
+
+def skimage_photos(source: str) -> dict:
+    """{name: uint8 HxWx3 array} of "skimage:a,b": every name checked to be one of scikit-image's
+    bundled RGB photos, so that a typo stops the job before anything is written."""
+    import skimage.data
+
+    photos = {}
+    for name in skimage_names(source):
+        # its public loaders only, and not download_all (every data set, from the internet)
+        loader = getattr(skimage.data, name) if name in skimage.data.__all__ and name != "download_all" else None
+        try:
+            img = loader() if callable(loader) else None
+        except TypeError:  # a helper that wants arguments (file_hash), not a photo
+            img = None
+        if getattr(img, "ndim", 0) != 3 or img.shape[2] != 3:
+            raise MZSRError(f"{SKIMAGE}{name}: not one of scikit-image's bundled RGB photos (e.g. astronaut, chelsea, coffee, rocket)")
+        photos[name] = img
+    return photos
