@@ -5,7 +5,7 @@
 #   snakemake --report report.html                          # after a run: tables, plot, crops
 #
 # A --configfile replaces config/config.yaml instead of being merged into it; whatever it leaves out
-# takes the defaults of workflow/schemas/config.schema.yaml (the paper's settings).
+# takes the defaults of mzsr/config.schema.yaml (the paper's settings; the mzsr package's too).
 from snakemake.utils import min_version, validate
 
 min_version("9.0")
@@ -18,7 +18,7 @@ if not workflow.overwrite_configfiles:
 
 CONFIG_FILES = ", ".join(map(str, workflow.overwrite_configfiles or ["config/config.yaml"]))
 try:
-    validate(config, "workflow/schemas/config.schema.yaml")
+    validate(config, os.path.join(workflow.basedir, "mzsr", "config.schema.yaml"))
 except WorkflowError as e:  # one line naming the config file, the key and the problem
     problem = e.__context__
     where = ".".join(map(str, getattr(problem, "absolute_path", ()))) or "top level"

@@ -18,7 +18,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from . import MZSRError, MZSRWarning
+from . import MZSRError, MZSRWarning, settings
 from .degrade import blur_torch, degrade_torch, direct_indices
 from .resize import imresize_torch
 from .training import setup_device
@@ -138,6 +138,8 @@ PRESETS = {
     "paper": {"self_ensemble": False, "back_projection": 0},
     "best": {"self_ensemble": True, "back_projection": 10},
 }
+# The config's adapt section (mzsr/config.schema.yaml): step counts, schedule, grid, noise_level, preset.
+ADAPT_DEFAULTS = settings.defaults("adapt")
 
 
 @torch.no_grad()
@@ -192,8 +194,9 @@ def _training_pair(son_up: torch.Tensor, father: torch.Tensor, max_pixels: int |
     return son_up[..., y : y + ch, x : x + cw], father[..., y : y + ch, x : x + cw]
 
 
-def make_son(father: torch.Tensor, kernel: torch.Tensor | None, scale: int, method: str, grid: str = "release",
-             noise_level: float = 0.0, generator: torch.Generator | None = None) -> torch.Tensor:
+def make_son(father: torch.Tensor, kernel: torch.Tensor | None, scale: int, method: str,
+             grid: str = ADAPT_DEFAULTS["grid"], noise_level: float = float(ADAPT_DEFAULTS["noise_level"]),
+             generator: torch.Generator | None = None) -> torch.Tensor:
     """The release's son: father degraded once more, plus N(0, noise_level^2) noise, clipped to [0, 1]."""
     son = degrade_torch(father, kernel, scale, method, grid)
     if noise_level > 0:
@@ -208,15 +211,15 @@ def adapt(
     kernel: np.ndarray | None,
     scale: int,
     method: str = "direct",
-    step_counts=(0, 1, 10),
-    schedule: str = "direct_x2",
+    step_counts=tuple(ADAPT_DEFAULTS["steps"]),
+    schedule: str = ADAPT_DEFAULTS["schedule"],
     device: str | torch.device | None = None,
-    preset: str = "paper",
+    preset: str = ADAPT_DEFAULTS["preset"],
     tile: int | None = DEFAULT_TILE,
     max_adapt_pixels: int | None = DEFAULT_MAX_ADAPT_PIXELS,
     seed: int = 0,
-    grid: str = "release",
-    noise_level: float = 0.0,
+    grid: str = ADAPT_DEFAULTS["grid"],
+    noise_level: float = float(ADAPT_DEFAULTS["noise_level"]),
     output_shape: tuple[int, int] | None = None,
 ) -> list[AdaptationOutput]:
     """Adapt a copy of `model` to one LR image and return the SR output after each step count.
@@ -224,6 +227,7 @@ def adapt(
     `lr_image` is HxWx3 float in [0, 1]; `kernel` the image's blur kernel (None = plain bicubic).
     `schedule` names the lr schedule ("auto": the released one for `method` and `scale`); `grid` the
     direct-subsampling grid of the son; `output_shape` the HR size (default ceil(LR size * scale)).
+    The defaults of step_counts, schedule, preset, grid and noise_level are the config's adapt section.
     Time for each entry counts adaptation up to that step plus its own inference (synchronised on
     GPUs); `step_seconds` of each entry lists the time of every adaptation step so far.
     """

@@ -9,19 +9,24 @@ from pathlib import Path
 import numpy as np
 from tqdm import tqdm
 
-from . import MZSRError, __version__, error_line
-from .adapt import LR_SCHEDULES
+from . import MZSRError, __version__, error_line, settings
+from .adapt import ADAPT_DEFAULTS, LR_SCHEDULES
 from .degrade import GRIDS
+
+# The options' defaults are the config's (mzsr/config.schema.yaml), as the pipeline uses them.
+SCALE, DEVICE = settings.default("scale"), settings.default("device")
+ZSSR_ITERATIONS = settings.default("zssr.iterations")
+KERNELGAN_ITERATIONS, KERNELGAN_SEED = settings.default("estimate.iterations"), settings.default("estimate.seed")
 
 
 def _add_common(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--scale", type=int, default=2, help="super-resolution scale factor (default 2)")
+    p.add_argument("--scale", type=int, default=SCALE, help=f"super-resolution scale factor (default {SCALE})")
 
 
 ESTIMATE = "estimate"  # --kernel estimate: each image's kernel estimated with KernelGAN first
 KERNELGAN_SCALES = (2, 4)
-KERNELGAN_ABOUT = ("KernelGAN (Bell-Kligler et al. 2019, after the authors' release; 3,000 iterations by default, "
-                   "about 100 s per image on one CPU core, faster on a GPU)")
+KERNELGAN_ABOUT = (f"KernelGAN (Bell-Kligler et al. 2019, after the authors' release; {KERNELGAN_ITERATIONS:,} iterations"
+                   " by default; about 100 s per image on one CPU core at 3,000, faster on a GPU)")
 FORMATS = {
     "mzsr": "key 'kernel', MZSR's convention (centre of mass on the middle pixel), read as it is",
     "kernelgan": "key 'Kernel', exactly what KernelGAN's release writes (its kernel_shift: centre of mass half "
@@ -49,8 +54,9 @@ def _estimate_args(p: argparse.ArgumentParser, upscale: bool) -> None:
     """KernelGAN's options, for estimate-kernel and upscale --kernel estimate (defaults: None, filled by
     `_kernelgan_settings`, so that upscale can tell them given without --kernel estimate)."""
     only = "with --kernel estimate: " if upscale else ""
-    p.add_argument("--iterations", type=int, help=f"{only}KernelGAN's iterations (default 3000, as the release)")
-    p.add_argument("--seed", type=int, help=f"{only}seed of KernelGAN's initialisation and crops (default 0)")
+    p.add_argument("--iterations", type=int,
+                   help=f"{only}KernelGAN's iterations (default {KERNELGAN_ITERATIONS}, as the release)")
+    p.add_argument("--seed", type=int, help=f"{only}seed of KernelGAN's initialisation and crops (default {KERNELGAN_SEED})")
     p.add_argument("--real", action="store_true", default=None,
                    help=f"{only}KernelGAN's real-image setting: use the whole image (default: shave 10 pixels off"
                         " each edge first, as the release does for synthetic LR images)")
@@ -89,9 +95,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="mzsr (default): key 'kernel', MZSR's convention; kernelgan: key 'Kernel', what KernelGAN's "
                         "release writes (half-pixel shifted); --kernel per-image reads both right")
     _estimate_args(p, upscale=False)
-    p.add_argument("--device", default="auto", help="cpu, cuda, cuda:1 ... (default: cuda when present)")
-    p.add_argument("--scale", type=int, default=2, help="scale factor of the kernel: 2 (default) or 4 (the analytic "
-                                                         "x4 kernel of the x2 estimate, as the release)")
+    p.add_argument("--device", default=DEVICE, help=f"cpu, cuda, cuda:1 ... (default {DEVICE}: cuda when present)")
+    p.add_argument("--scale", type=int, default=SCALE, help="scale factor of the kernel: 2 or 4 (the analytic x4 kernel "
+                                                             f"of the x2 estimate, as the release); default {SCALE}")
     p.set_defaults(func=cmd_estimate_kernel)
 
     p = sub.add_parser("upscale", help="super-resolve LR images (bicubic, or MZSR with n adaptation steps)")
@@ -105,19 +111,22 @@ def build_parser() -> argparse.ArgumentParser:
     _kernel_args(p, required=False, estimate=True)
     _estimate_args(p, upscale=True)
     p.add_argument("--steps", type=int, default=10, help="adaptation steps (0 = none; default 10)")
-    p.add_argument("--schedule", default="auto", choices=("auto", *LR_SCHEDULES),
-                   help="adaptation lr schedule; auto (default): the released one for the weights' subsampling"
-                   " and scale (direct_x2, bicubic_x2, direct_x4)")
-    p.add_argument("--grid", choices=GRIDS, default="release",
+    p.add_argument("--schedule", default=ADAPT_DEFAULTS["schedule"], choices=("auto", *LR_SCHEDULES),
+                   help=f"adaptation lr schedule (default {ADAPT_DEFAULTS['schedule']}); auto: the released one for the"
+                   " weights' subsampling and scale (direct_x2, bicubic_x2, direct_x4)")
+    p.add_argument("--grid", choices=GRIDS, default=ADAPT_DEFAULTS["grid"],
                    help="rows/columns that direct subsampling of the son keeps when the scale does not divide"
-                   " the size: release (round(linspace(0, n - s, ceil(n / s))), default) or regular (0, s, 2s, ...)")
-    p.add_argument("--noise-level", type=float, default=0.0,
-                   help="std of Gaussian noise added to the son (the release's noise_level, for real photos; default 0)")
-    p.add_argument("--preset", choices=("paper", "best"), default="paper",
+                   " the size: release (round(linspace(0, n - s, ceil(n / s)))) or regular (0, s, 2s, ...); default"
+                   f" {ADAPT_DEFAULTS['grid']}")
+    p.add_argument("--noise-level", type=float, default=float(ADAPT_DEFAULTS["noise_level"]),
+                   help="std of Gaussian noise added to the son (the release's noise_level, for real photos; default"
+                   f" {ADAPT_DEFAULTS['noise_level']:g})")
+    p.add_argument("--preset", choices=("paper", "best"), default=ADAPT_DEFAULTS["preset"],
                    help="paper: as published; best: add a self-ensemble over the flips/rotations the kernel allows,"
-                   " and back-projection")
-    p.add_argument("--zssr-iterations", type=int, default=3000, help="iteration cap for --method zssr")
-    p.add_argument("--device", default="auto", help="cpu, cuda, cuda:1 ... (default: cuda when present)")
+                   f" and back-projection (default {ADAPT_DEFAULTS['preset']})")
+    p.add_argument("--zssr-iterations", type=int, default=ZSSR_ITERATIONS,
+                   help=f"iteration cap for --method zssr (default {ZSSR_ITERATIONS})")
+    p.add_argument("--device", default=DEVICE, help=f"cpu, cuda, cuda:1 ... (default {DEVICE}: cuda when present)")
     _add_common(p)
     p.set_defaults(func=cmd_upscale)
 
@@ -266,19 +275,17 @@ def _checked_inputs(args, paths: list[Path], hr: bool) -> list[tuple[Path, np.nd
 def _kernelgan_settings(args, used: bool = True) -> tuple[dict, int]:
     """(cfg, seed) for `estimate_kernel` from --iterations/--seed/--real, checked before any work.
     `used` False (upscale without --kernel estimate): the options, if given, are refused."""
-    from .estimate import KERNELGAN_DEFAULTS
-
     given = [f"--{name}" for name in ("iterations", "seed", "real") if getattr(args, name) is not None]
     if not used:
         if given:
             raise MZSRError(f"{', '.join(given)}: KernelGAN's options, for --kernel estimate only")
-        return {}, 0
+        return {}, KERNELGAN_SEED
     if args.scale not in KERNELGAN_SCALES:
         raise MZSRError(f"KernelGAN estimates x2 kernels (and x4 from them); --scale {args.scale} is not supported")
-    iterations = KERNELGAN_DEFAULTS["iterations"] if args.iterations is None else args.iterations
+    iterations = KERNELGAN_ITERATIONS if args.iterations is None else args.iterations
     if iterations < 1:
         raise MZSRError(f"--iterations must be >= 1, got {iterations}")
-    seed = 0 if args.seed is None else args.seed
+    seed = KERNELGAN_SEED if args.seed is None else args.seed
     if seed < 0:
         raise MZSRError(f"--seed must be >= 0, got {seed}")
     return {"iterations": iterations, "real_image": bool(args.real)}, seed

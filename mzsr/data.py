@@ -33,7 +33,9 @@ SHARD_FORMAT = "mzsr-tasks/1"
 VERIFY_LIMIT = 2 << 30
 _SLAB = 4096  # rows hashed at once
 
-FLAT_THRESHOLD = -6.0  # the authors' generators keep a patch when log(gradient energy + 1e-10) >= -6
+# The authors' generators keep a patch when log(gradient energy + 1e-10) >= -6: the default of the
+# config's patches.*.flat_threshold (tests/test_settings.py checks that they agree).
+FLAT_THRESHOLD = -6.0
 
 
 def gradient_energy(patches: np.ndarray) -> np.ndarray:
@@ -232,11 +234,13 @@ def write_task_shard(
     shard_index: int,
     tasks: int,
     scale: int,
-    n_support: int = 8,
-    n_query: int = 8,
-    seed: int = 0,
+    n_support: int,
+    n_query: int,
+    seed: int,
 ) -> None:
     """Draw the specifications of `tasks` meta-learning tasks from rng(seed, shard_index).
+
+    n_support, n_query and seed are the config's tasks settings (their defaults are there: 8, 8, 0).
 
     Per task, as the release draws them: one training kernel (l1, l2, theta) and S + Q distinct
     patches of the store. The shard records the store's size, so that a pool refuses another store.

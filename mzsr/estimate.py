@@ -30,25 +30,14 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from . import MZSRError
+from . import MZSRError, settings
 from .kernels import analytic_kernel, kernelgan_center, mzsr_center, recenter_kernel
 
-# The release's settings (configs.py, kernelGAN.py, learner.py); `iterations` and `real_image` are
-# the ones its command line changes.
-KERNELGAN_DEFAULTS = {
-    "iterations": 3000,
-    "crop": 64,  # G's input crop; D sees G's output size (26)
-    "g_channels": 64,
-    "g_structure": (7, 5, 3, 1, 1, 1),
-    "d_channels": 64,
-    "d_layers": 7,
-    "d_kernel": 7,
-    "lr": 2e-4,
-    "beta1": 0.5,
-    "n_filtering": 40,
-    "real_image": False,  # False: shave 10 pixels off each edge first (synthetic LR images)
-}
-G_KERNEL_SIZE = 13  # the receptive field of g_structure: sum(k - 1) + 1
+# The config's estimate section (mzsr/config.schema.yaml) less seed (an argument of
+# `estimate_kernel`): iterations and real_image, the ones the release's command line changes, and
+# the release's other settings (configs.py, kernelGAN.py, learner.py).
+KERNELGAN_DEFAULTS = settings.defaults("estimate", without=("seed",))
+G_KERNEL_SIZE = sum(k - 1 for k in KERNELGAN_DEFAULTS["g_structure"]) + 1  # the receptive field of G: 13
 
 
 # ------------------------------------------------------------------------------ the networks
@@ -57,7 +46,8 @@ G_KERNEL_SIZE = 13  # the receptive field of g_structure: sum(k - 1) + 1
 class Generator(nn.Module):
     """The deep linear downscaler; `kernel()` is the one correlation kernel it equals."""
 
-    def __init__(self, channels: int, structure=(7, 5, 3, 1, 1, 1)):
+    def __init__(self, channels: int = KERNELGAN_DEFAULTS["g_channels"],
+                 structure=tuple(KERNELGAN_DEFAULTS["g_structure"])):
         super().__init__()
         sizes = list(structure)
         ins = [1] + [channels] * (len(sizes) - 1)
@@ -102,7 +92,8 @@ class Discriminator(nn.Module):
     """The release's fully convolutional patch discriminator: a 7x7 spectral-norm convolution, five
     1x1 (spectral norm, batch norm, ReLU) blocks, a 1x1 convolution and a sigmoid."""
 
-    def __init__(self, channels: int = 64, layers: int = 7, kernel: int = 7):
+    def __init__(self, channels: int = KERNELGAN_DEFAULTS["d_channels"], layers: int = KERNELGAN_DEFAULTS["d_layers"],
+                 kernel: int = KERNELGAN_DEFAULTS["d_kernel"]):
         super().__init__()
         sn = nn.utils.spectral_norm
         blocks = [sn(nn.Conv2d(3, channels, kernel))]
@@ -264,7 +255,7 @@ class KernelEstimate:
     seconds: float
 
 
-def significant_kernel(k: np.ndarray, n: int = 40) -> np.ndarray:
+def significant_kernel(k: np.ndarray, n: int = KERNELGAN_DEFAULTS["n_filtering"]) -> np.ndarray:
     """The release's zeroize_negligible_val: subtract 0.75 x the (n+1)-th largest value, clip at 0,
     normalise (small values of the raw kernel are noise of the linear network)."""
     floor = 0.75 * np.sort(k.ravel())[-n - 1]
@@ -292,7 +283,8 @@ def _prepare(lr: np.ndarray, real_image: bool, sf: int = 2) -> np.ndarray:
 
 
 def estimate_kernel(lr: np.ndarray, scale: int = 2, cfg: dict | None = None, device: str | torch.device = "cpu",
-                    seed: int = 0, progress: bool = False, source: str = "image") -> KernelEstimate:
+                    seed: int = settings.default("estimate.seed"), progress: bool = False,
+                    source: str = "image") -> KernelEstimate:
     """KernelGAN on one LR image (HxWx3 float in [0, 1]): its x2 kernel, or for x4 the analytic x4
     kernel of it, as the release does. Seeded: the same image, settings and seed give the same kernel
     on one device and torch version."""

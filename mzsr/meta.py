@@ -49,7 +49,7 @@ import torch
 import torch.nn.functional as F
 from tqdm import tqdm
 
-from . import MZSRError
+from . import MZSRError, settings
 from .checkpoints import load_weights, save_weights
 from .data import TaskPool
 from .degrade import degrade_torch
@@ -57,29 +57,18 @@ from .model import MZSRNet
 from .resize import imresize_torch
 from .training import CsvLog, check_finite, latest_checkpoint, load_training_state, save_training_state, setup_device
 
+# The config's meta section (mzsr/config.schema.yaml) less weights_folder (where models come from,
+# not how they are trained), at the config's scale; "method" is the subsampling of the tasks' LR
+# ("direct" or "bicubic", the paper's two models), which the workflow sets per model it trains.
 META_DEFAULTS = {
-    "iterations": 100_000,
-    "meta_batch": 5,
-    "inner_steps": 5,
-    "inner_lr": 0.01,
-    "outer_lr": 1e-4,
-    "first_order": False,
-    "first_order_iterations": 0,  # the release's SECOND_ORDER_GRAD_ITER: first-order MAML before this iteration
-    "loss_weights": "uniform",  # what the authors' release does in practice; "annealed" = as intended
-    "anneal_steps": 3200,
-    "final_weight_floor": 0.006,
-    "checkpoint_every": 1000,
-    "log_every": 50,
-    "validate_every": 1000,
-    "validation_tasks": 10,
-    "seed": 0,
-    "scale": 2,
-    "method": "direct",  # subsampling of the tasks' LR: "direct" or "bicubic" (the paper's two models)
-    "cuda_graph": True,  # on CUDA, capture the whole meta-step in a CUDA graph (ignored on CPUs)
+    **settings.defaults("meta", without=("weights_folder",)),
+    "scale": settings.default("scale"),
+    "method": "direct",
 }
 
 
-def query_loss_weights(policy: str, inner_steps: int, iteration: int, anneal_steps: int, floor: float = 0.006) -> list[float]:
+def query_loss_weights(policy: str, inner_steps: int, iteration: int, anneal_steps: int,
+                       floor: float = META_DEFAULTS["final_weight_floor"]) -> list[float]:
     """Weights w_j of the query losses after each inner step.
 
     "uniform": all 1/J (the release: its step counter never advances, so all w_j stay 0.2 for J = 5).

@@ -12,6 +12,7 @@ import torch
 import torch.nn.functional as F
 from tqdm import tqdm
 
+from . import settings
 from .checkpoints import save_weights
 from .data import PatchDataset, StepBatchSampler
 from .model import MZSRNet
@@ -26,20 +27,12 @@ from .training import (
     step_lr,
 )
 
+# The config's pretrain section (mzsr/config.schema.yaml) less tf_checkpoint (an import instead of
+# training), with the patch size and scale it trains at, as the workflow passes them.
 PRETRAIN_DEFAULTS = {
-    "steps": 500_000,
-    "batch_size": 32,
-    "patch_size": 96,
-    "lr": 4e-4,
-    "lr_halve_every": 100_000,
-    "lr_min": 1e-4,
-    "checkpoint_every": 1000,
-    "log_every": 100,
-    "seed": 0,
-    "num_workers": 4,
-    "amp": False,
-    "scale": 2,
-    "augment": False,  # random flips/rotations; the release reads its patches as stored
+    **settings.defaults("pretrain", without=("tf_checkpoint",)),
+    "patch_size": settings.default("patches.pretrain.patch_size"),
+    "scale": settings.default("scale"),
 }
 
 

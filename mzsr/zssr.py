@@ -24,6 +24,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from . import settings
 from .adapt import (
     AdaptationOutput,
     _geometric,
@@ -40,32 +41,13 @@ from .model import MZSRNet, init_zssr_
 from .resize import imresize_torch
 
 VARIANTS = ("original", "simple")
-# The augmentation of the original (its Config defaults, rotation off as for a given kernel).
-AUGMENT_DEFAULTS = {
-    "leave_as_is_probability": 0.05,
-    "no_interpolate_probability": 0.45,
-    "min_scale": 0.5,
-    "scale_diff_sigma": 0.25,
-    "shear_sigma": 0.1,
-    "allow_rotation": False,
-}
-ZSSR_DEFAULTS = {
-    "variant": "original",
-    "iterations": 3000,  # the original's max_iters
-    "crop_size": 128,
-    "lr": 1e-3,
-    "min_lr": 9e-6,
-    "min_iters": 256,  # iterations since the last lr change before the next one may happen
-    "run_test_every": 50,  # reconstruction MSE of the whole image every this many iterations
-    "check_every": 60,
-    "slope_range": 256,  # the fit uses the last slope_range // run_test_every MSEs (5)
-    "change_ratio": 1.5,
-    "noise_std": 0.0,
-    "init_variance": 0.1,
-    **AUGMENT_DEFAULTS,
-    "self_ensemble": None,  # None: the variant's own, VARIANT_OUTPUT
-    "back_projection": None,
-}
+# The config's zssr section (mzsr/config.schema.yaml) less seed (an argument of `zssr`):
+# self_ensemble and back_projection None = the variant's own, VARIANT_OUTPUT.
+ZSSR_DEFAULTS = settings.defaults("zssr", without=("seed",))
+# The augmentation of the original (its Config defaults, rotation off as for a given kernel): the
+# settings of `random_augment`.
+AUGMENT_DEFAULTS = {key: ZSSR_DEFAULTS[key] for key in ("leave_as_is_probability", "no_interpolate_probability",
+                                                        "min_scale", "scale_diff_sigma", "shear_sigma", "allow_rotation")}
 VARIANT_OUTPUT = {
     "original": {"self_ensemble": False, "back_projection": 2},
     "simple": {"self_ensemble": False, "back_projection": 0},
@@ -115,9 +97,12 @@ def warp(x: torch.Tensor, matrix: np.ndarray, size: int, exact: bool = False) ->
 
 
 def random_augment(x: torch.Tensor, crop_size: int, rng: np.random.Generator,
-                   leave_as_is_probability: float = 0.05, no_interpolate_probability: float = 0.45,
-                   min_scale: float = 0.5, max_scale: float = 1.0, allow_rotation: bool = False,
-                   scale_diff_sigma: float = 0.25, shear_sigma: float = 0.1) -> torch.Tensor:
+                   leave_as_is_probability: float = AUGMENT_DEFAULTS["leave_as_is_probability"],
+                   no_interpolate_probability: float = AUGMENT_DEFAULTS["no_interpolate_probability"],
+                   min_scale: float = AUGMENT_DEFAULTS["min_scale"], max_scale: float = 1.0,
+                   allow_rotation: bool = AUGMENT_DEFAULTS["allow_rotation"],
+                   scale_diff_sigma: float = AUGMENT_DEFAULTS["scale_diff_sigma"],
+                   shear_sigma: float = AUGMENT_DEFAULTS["shear_sigma"]) -> torch.Tensor:
     """One father: a crop_size x crop_size view of x under a random transform, as the original draws it.
 
     Modes: leave-as-is (a crop at whole-pixel offsets), no-interpolation (also 90-degree rotations and
@@ -164,7 +149,7 @@ def _random_crop(x: torch.Tensor, size: int, rng: np.random.Generator) -> torch.
 
 
 # ------------------------------------------------------------------------------------ lr policy
-def stalled(steps, errors, change_ratio: float = 1.5) -> bool:
+def stalled(steps, errors, change_ratio: float = ZSSR_DEFAULTS["change_ratio"]) -> bool:
     """ZSSR's lr test: a linear fit of the recent reconstruction MSEs no longer falls clearly.
 
     True when -change_ratio * slope < std(slope). The std comes from the fit's covariance scaled by
@@ -276,7 +261,7 @@ def final_output(net: MZSRNet, lr_t: torch.Tensor, kernel: torch.Tensor | None, 
 
 
 def zssr(lr_image: np.ndarray, kernel: np.ndarray | None, scale: int, method: str = "direct", cfg: dict | None = None,
-         device=None, seed: int = 0) -> AdaptationOutput:
+         device=None, seed: int = settings.default("zssr.seed")) -> AdaptationOutput:
     """Train a fresh network on one LR image and return its SR output (HR size, uint8).
 
     `steps` of the result is the number of iterations actually run (the lr policy may stop early).

@@ -356,7 +356,7 @@ def test_cuda_graph_key_in_the_schema_configs_and_defaults():
     from mzsr.meta import META_DEFAULTS
 
     repo = Path(__file__).resolve().parents[1]
-    schema = yaml.safe_load((repo / "workflow/schemas/config.schema.yaml").read_text())
+    schema = yaml.safe_load((repo / "mzsr/config.schema.yaml").read_text())
     meta = schema["properties"]["meta"]
     assert meta["properties"]["cuda_graph"]["type"] == "boolean" and meta["properties"]["cuda_graph"]["default"] is True
     assert META_DEFAULTS["cuda_graph"] is True

@@ -4,7 +4,7 @@ Generated, not hand-listed: the CLI cases come from `build_parser()`'s actions (
 0, -1, nan, inf and a non-number; options with choices an unknown value; --device a device this
 machine lacks), each run in-process: exit status != 0, no traceback, nothing written, and either
 argparse's usage error (exit 2, naming the option) or one line `mzsr: error: ...` naming it. The
-config cases come from workflow/schemas/config.schema.yaml (a value under each minimum, of the wrong
+config cases come from mzsr/config.schema.yaml (a value under each minimum, of the wrong
 type, outside each enum or pattern, an empty list where one item is needed), validated in-process as
 the Snakefile validates; a few semantic ones (valid keys, values that do not fit together) go
 through `snakemake -n`.
@@ -31,7 +31,7 @@ from mzsr.model import MZSRNet
 from conftest import smooth_image
 
 REPO = Path(__file__).resolve().parents[1]
-SCHEMA = yaml.safe_load((REPO / "workflow" / "schemas" / "config.schema.yaml").read_text())
+SCHEMA = yaml.safe_load((REPO / "mzsr" / "config.schema.yaml").read_text())
 MICRO = yaml.safe_load((REPO / "tests" / "micro.yaml").read_text())
 
 # ------------------------------------------------------------------------------------ the command

@@ -302,9 +302,13 @@ def test_estimate_defaults_are_the_kernelgan_release():
     """The config's estimate section defaults to the release's settings (and the paper config spells them out)."""
     from mzsr.estimate import KERNELGAN_DEFAULTS
 
-    schema = yaml.safe_load((REPO / "workflow" / "schemas" / "config.schema.yaml").read_text())
+    schema = yaml.safe_load((REPO / "mzsr" / "config.schema.yaml").read_text())
     defaults = {k: v["default"] for k, v in schema["properties"]["estimate"]["properties"].items()}
-    assert defaults == {"iterations": KERNELGAN_DEFAULTS["iterations"], "real_image": KERNELGAN_DEFAULTS["real_image"], "seed": 0}
+    release = {"iterations": 3000, "real_image": False, "crop": 64, "g_channels": 64, "g_structure": [7, 5, 3, 1, 1, 1],
+               "d_channels": 64, "d_layers": 7, "d_kernel": 7, "lr": 2e-4, "beta1": 0.5, "n_filtering": 40}
+    assert defaults == {"iterations": KERNELGAN_DEFAULTS["iterations"], "real_image": KERNELGAN_DEFAULTS["real_image"], "seed": 0,
+                        **{k: KERNELGAN_DEFAULTS[k] for k in release if k not in ("iterations", "real_image")}}
+    assert KERNELGAN_DEFAULTS == release
     assert yaml.safe_load((REPO / "config" / "config.yaml").read_text())["estimate"] == defaults
     assert {"mzsr_kgan", "zssr_kgan"} <= set(schema["properties"]["methods"]["items"]["enum"])
 

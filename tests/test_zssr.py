@@ -138,7 +138,7 @@ def test_config_defaults_and_schema_agree():
         resolve_config({"iteratons": 10})
     with pytest.raises(ValueError, match="variant"):
         resolve_config({"variant": "fancy"})
-    schema = yaml.safe_load(Path(REPO, "workflow/schemas/config.schema.yaml").read_text())
+    schema = yaml.safe_load(Path(REPO, "mzsr/config.schema.yaml").read_text())
     keys = set(schema["properties"]["zssr"]["properties"]) - {"seed"}
     assert keys <= set(ZSSR_DEFAULTS) and "variant" in keys
     assert schema["properties"]["zssr"]["properties"]["variant"]["enum"] == ["original", "simple"]
