@@ -78,7 +78,7 @@ def main() -> None:
         models["meta"] = load_model(args.weights, expected_scale=2)[0]
     deg = named_degradation("g2.0")
     hr = data.astronaut()  # 512x512 -> 256x256 LR
-    lr = to_uint8(degrade(hr / 255.0, deg.kernel, 2, deg.method)) / 255.0
+    lr = to_uint8(degrade(hr / 255.0, deg.kernel, 2, deg.subsampling)) / 255.0
     model = next(iter(models.values()))
     print(f"CPU threads {torch.get_num_threads()}; LR {lr.shape[1]}x{lr.shape[0]} (astronaut, g2.0)")
 
@@ -86,10 +86,10 @@ def main() -> None:
         models = {"meta": models["meta"]}
     timing = {}
     for steps in (1, 10) if not args.skip_timing else ():
-        runs = [adapt(model, lr, deg.kernel, 2, deg.method, (steps,), device="cpu")[0].seconds for _ in range(args.repeats)]
+        runs = [adapt(model, lr, deg.kernel, 2, deg.subsampling, (steps,), device="cpu")[0].seconds for _ in range(args.repeats)]
         timing[f"MZSR({steps})"] = float(np.median(runs))
     if not args.skip_timing:
-        z = zssr(lr, deg.kernel, 2, deg.method, {"iterations": args.zssr_iterations}, device="cpu")
+        z = zssr(lr, deg.kernel, 2, deg.subsampling, {"iterations": args.zssr_iterations}, device="cpu")
         timing[f"ZSSR ({z.steps} iterations)"] = z.seconds
         floor = floor_seconds(lr.shape[:2], 2, 10, args.repeats)
         flops = adaptation_flops(lr.shape[:2], 2, 10)
@@ -107,8 +107,8 @@ def main() -> None:
             for preset in ("paper", "best"):
                 scores: dict[int, list] = {}
                 for hr_img in images:
-                    lr_img = to_uint8(degrade(hr_img / 255.0, deg.kernel, 2, deg.method)) / 255.0
-                    for out in adapt(m, lr_img, deg.kernel, 2, deg.method, (0, 1, 10), device="cpu", preset=preset):
+                    lr_img = to_uint8(degrade(hr_img / 255.0, deg.kernel, 2, deg.subsampling)) / 255.0
+                    for out in adapt(m, lr_img, deg.kernel, 2, deg.subsampling, (0, 1, 10), device="cpu", preset=preset):
                         scores.setdefault(out.steps, []).append((psnr(out.sr, hr_img, 2), ssim(out.sr, hr_img, 2)))
                 for steps, v in scores.items():
                     p, s = np.mean(v, axis=0)
@@ -116,8 +116,8 @@ def main() -> None:
         if args.set14_zssr_iterations:
             v = []
             for hr_img in images:
-                lr_img = to_uint8(degrade(hr_img / 255.0, deg.kernel, 2, deg.method)) / 255.0
-                out = zssr(lr_img, deg.kernel, 2, deg.method, {"iterations": args.set14_zssr_iterations}, device="cpu")
+                lr_img = to_uint8(degrade(hr_img / 255.0, deg.kernel, 2, deg.subsampling)) / 255.0
+                out = zssr(lr_img, deg.kernel, 2, deg.subsampling, {"iterations": args.set14_zssr_iterations}, device="cpu")
                 v.append((psnr(out.sr, hr_img, 2), ssim(out.sr, hr_img, 2)))
             p, s = np.mean(v, axis=0)
             print(f"| - | ZSSR (cap {args.set14_zssr_iterations}) | paper | {p:.2f} | {s:.4f} |")

@@ -49,7 +49,7 @@ def timed(fn, device: torch.device) -> tuple[float, float]:
     return time.perf_counter() - start, time.process_time() - start_cpu
 
 
-def bench(size: dict, images, work: Path, device: torch.device, warmup: int, iters: int, method: str) -> dict:
+def bench(size: dict, images, work: Path, device: torch.device, warmup: int, iters: int, subsampling: str) -> dict:
     store = work / f"meta{size['patch']}.h5"
     if not store.exists():
         write_patch_store(images, store, size["patch"], 120, None, seed=0, reject_flat=True, store_augmented=True)
@@ -73,7 +73,7 @@ def bench(size: dict, images, work: Path, device: torch.device, warmup: int, ite
         t_read = timed(lambda: pool.read(pool.rows[other].ravel()), device)
         t_fancy = timed(lambda: pool.patches[np.unique(pool.rows[third])], device)
         t_batch = timed(lambda: got.update(raw=pool.batch(task_ids, device)), device)
-        t_syn = timed(lambda: got.update(batch=synthesise(*got["raw"], pool.scale, method, pool.n_support)), device)
+        t_syn = timed(lambda: got.update(batch=synthesise(*got["raw"], pool.scale, subsampling, pool.n_support)), device)
 
         def step():
             loss = meta_loss(theta, got["batch"], steps, 0.01, [1.0 / steps] * steps, first_order=False)
@@ -96,7 +96,7 @@ def main() -> None:
     ap.add_argument("--images", type=Path, nargs="+", default=[SHARED / "T91", SHARED / "BSD200"])
     ap.add_argument("--work", type=Path, default=Path("/tmp/mzsr_bench_tasks"))
     ap.add_argument("--sizes", default="paper,small")
-    ap.add_argument("--method", choices=["direct", "bicubic"], default="direct")
+    ap.add_argument("--subsampling", "--method", dest="subsampling", choices=["direct", "bicubic"], default="direct")
     ap.add_argument("--warmup", type=int, default=1)
     ap.add_argument("--iters", type=int, default=None, help="timed iterations per size (default 3 on CPU, 20 on CUDA)")
     ap.add_argument("--threads", type=int, default=None)
@@ -110,12 +110,12 @@ def main() -> None:
     args.work.mkdir(parents=True, exist_ok=True)
     images = list_images(args.images)
     name = torch.cuda.get_device_name(device) if device.type == "cuda" else f"cpu, {torch.get_num_threads()} threads"
-    print(f"device {name}; torch {torch.__version__}; {args.method} subsampling; median of {iters} after {args.warmup} warm-up")
+    print(f"device {name}; torch {torch.__version__}; {args.subsampling} subsampling; median of {iters} after {args.warmup} warm-up")
     print("| size | store patches | store read s | fancy read s | batch s | synthesis s | meta-iteration s | "
           "(batch + synthesis) / meta-iteration |\n|---|---|---|---|---|---|---|---|")
     for key in args.sizes.split(","):
         s = SIZES[key]
-        r = bench(s, images, args.work, device, args.warmup, iters, args.method)
+        r = bench(s, images, args.work, device, args.warmup, iters, args.subsampling)
         label = f"{key}: {s['tasks']} x ({s['shots']}+{s['shots']}) x {s['patch']} px, {s['inner_steps']} steps"
         cell = lambda k: f"{r[k][0]:.4f} ({r[k][1]:.4f})"  # noqa: E731
         ratio = [(r["batch"][i] + r["synthesis"][i]) / r["meta-iteration"][i] for i in (0, 1)]

@@ -63,7 +63,7 @@ def paper_recipe(model: str, tiny: bool = False) -> dict:
     """Meta, task and patch settings of the run: config/config.yaml's (tiny: a CPU check in seconds)."""
     paper = yaml.safe_load((REPO / "config" / "config.yaml").read_text())
     meta = {k: v for k, v in paper["meta"].items() if k in META_DEFAULTS}
-    meta.update(scale=2, method=MODELS[model][0], checkpoint_every=100, log_every=50)
+    meta.update(scale=2, subsampling=MODELS[model][0], checkpoint_every=100, log_every=50)
     tasks = {k: paper["tasks"][k] for k in ("n_support", "n_query", "seed")}
     patches = {k: paper["patches"]["meta"][k] for k in ("patch_size", "stride", "reject_flat", "flat_threshold")}
     shards = paper["tasks"]["shards"]
@@ -205,7 +205,7 @@ def train(args) -> None:
     info = {"name": args.model, "iterations": end_step, "start": "theta_T: the authors' pre-trained x2 model (500K steps,"
             " bicubic), imported from TensorFlow", "data": DATA, "device": card, "config_digest": recipe_digest(recipe),
             "recipe": recipe, "log": f"models/training/{args.model}/log.csv"}
-    meta = {"scale": 2, "degradation": cfg["method"], "step": end_step, "source": "meta", "config": cfg}
+    meta = {"scale": 2, "degradation": cfg["subsampling"], "step": end_step, "source": "meta", "config": cfg}
     t_eval = time.perf_counter()
     info["set14"] = set14 = set14_means(state, meta, args.bundle, MODELS[args.model][1], args.device)
     args.out.mkdir(parents=True, exist_ok=True)
@@ -236,7 +236,7 @@ def ab(args) -> None:
         (work / "train").mkdir(parents=True)
         _, end, seconds, state = budgeted_meta_train(args.bundle / "theta_T.safetensors", shards, store, cfg, work,
                                                      args.minutes, args.device)
-        meta = {"scale": 2, "degradation": cfg["method"], "step": end, "source": "meta", "config": cfg}
+        meta = {"scale": 2, "degradation": cfg["subsampling"], "step": end, "source": "meta", "config": cfg}
         result["arms"][arm] = {"iterations": end, "train_seconds": round(seconds, 1),
                                "set14": set14_means(state, meta, args.bundle, MODELS[args.model][1], args.device)}
         print(arm, json.dumps(result["arms"][arm]), flush=True)

@@ -37,13 +37,13 @@ def score_rows(model, meta: dict, paths, degradations, steps, schedule: str = "a
         deg = named_degradation(name)
         for path in paths:
             hr = modcrop(read_image_uint8(path), 2)
-            lr = to_uint8(degrade(hr / 255.0, deg.kernel, 2, deg.method)) / 255.0
+            lr = to_uint8(degrade(hr / 255.0, deg.kernel, 2, deg.subsampling)) / 255.0
             sched = schedule
             if sched == "weights":
                 from mzsr.adapt import resolve_schedule, weights_subsampling
 
-                sched = resolve_schedule("auto", weights_subsampling(meta, deg.method), 2)
-            for out in adapt(model, lr, deg.kernel, 2, deg.method, steps, sched, device, preset, **options):
+                sched = resolve_schedule("auto", weights_subsampling(meta, deg.subsampling), 2)
+            for out in adapt(model, lr, deg.kernel, 2, deg.subsampling, steps, sched, device, preset, **options):
                 rows.append({"degradation": name, "image": path.stem, "steps": out.steps, "lr_size": list(lr.shape[:2]),
                              "psnr": psnr(out.sr, hr, 2), "ssim": ssim(out.sr, hr, 2)})
     return rows

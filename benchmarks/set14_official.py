@@ -31,10 +31,10 @@ def evaluate(model, images, deg_name: str, steps, schedule: str, device: str) ->
     deg = named_degradation(deg_name)
     scores: dict = {"bicubic": []}
     for hr in images:
-        lr = to_uint8(degrade(hr / 255.0, deg.kernel, 2, deg.method)) / 255.0
+        lr = to_uint8(degrade(hr / 255.0, deg.kernel, 2, deg.subsampling)) / 255.0
         bic = to_uint8(imresize(lr, 2))
         scores["bicubic"].append((psnr(bic, hr, 2), ssim(bic, hr, 2)))
-        for out in adapt(model, lr, deg.kernel, 2, deg.method, steps, schedule, device):
+        for out in adapt(model, lr, deg.kernel, 2, deg.subsampling, steps, schedule, device):
             scores.setdefault(out.steps, []).append((psnr(out.sr, hr, 2), ssim(out.sr, hr, 2)))
     return {k: tuple(np.mean(v, axis=0)) for k, v in scores.items()}
 

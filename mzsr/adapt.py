@@ -1,6 +1,6 @@
 """Zero-shot adaptation of one image: MZSR's meta-test (MZSR.md, stage 3).
 
-father = the LR test image; son = father degraded once more with the given kernel and method
+father = the LR test image; son = father degraded once more with the given kernel and subsampling
 (plus optional Gaussian noise, the release's `noise_level`), clipped to [0, 1] as the release does.
 n plain SGD steps on L1(f(bicubic_up(son)), father) over the whole image, then the output is
 f(bicubic_up(LR)) at the HR size. Every upscale to a target size keeps the scale exact and cuts the
@@ -143,7 +143,7 @@ ADAPT_DEFAULTS = settings.defaults("adapt")
 
 
 @torch.no_grad()
-def upscale(model: torch.nn.Module, lr: torch.Tensor, scale: int, tile: int | None = DEFAULT_TILE, output_shape=None) -> torch.Tensor:
+def upscale(model: torch.nn.Module, lr_image: torch.Tensor, scale: int, tile: int | None = DEFAULT_TILE, output_shape=None) -> torch.Tensor:
     """f(bicubic_up(LR)) at the HR size: `output_shape`, else (ceil(H * scale), ceil(W * scale)).
 
     Large images are processed in tiles of `tile` x `tile` HR pixels with a margin of the network's
@@ -151,7 +151,7 @@ def upscale(model: torch.nn.Module, lr: torch.Tensor, scale: int, tile: int | No
     stays bounded by the tile size. Out of GPU memory, the tiles are halved (down to MIN_TILE) with
     a one-line warning, and the result stays the same.
     """
-    x = imresize_torch(lr, float(scale), output_shape)
+    x = imresize_torch(lr_image, float(scale), output_shape)
     h, w = x.shape[-2:]
     while True:
         try:
@@ -194,11 +194,11 @@ def _training_pair(son_up: torch.Tensor, father: torch.Tensor, max_pixels: int |
     return son_up[..., y : y + ch, x : x + cw], father[..., y : y + ch, x : x + cw]
 
 
-def make_son(father: torch.Tensor, kernel: torch.Tensor | None, scale: int, method: str,
+def make_son(father: torch.Tensor, kernel: torch.Tensor | None, scale: int, subsampling: str,
              grid: str = ADAPT_DEFAULTS["grid"], noise_level: float = float(ADAPT_DEFAULTS["noise_level"]),
              generator: torch.Generator | None = None) -> torch.Tensor:
     """The release's son: father degraded once more, plus N(0, noise_level^2) noise, clipped to [0, 1]."""
-    son = degrade_torch(father, kernel, scale, method, grid)
+    son = degrade_torch(father, kernel, scale, subsampling, grid)
     if noise_level > 0:
         noise = torch.randn(son.shape, generator=generator, dtype=son.dtype, device="cpu").to(son.device)
         son = son + noise_level * noise
@@ -210,7 +210,7 @@ def adapt(
     lr_image: np.ndarray,
     kernel: np.ndarray | None,
     scale: int,
-    method: str = "direct",
+    subsampling: str = "direct",
     step_counts=tuple(ADAPT_DEFAULTS["steps"]),
     schedule: str = ADAPT_DEFAULTS["schedule"],
     device: str | torch.device | None = None,
@@ -225,7 +225,7 @@ def adapt(
     """Adapt a copy of `model` to one LR image and return the SR output after each step count.
 
     `lr_image` is HxWx3 float in [0, 1]; `kernel` the image's blur kernel (None = plain bicubic).
-    `schedule` names the lr schedule ("auto": the released one for `method` and `scale`); `grid` the
+    `schedule` names the lr schedule ("auto": the released one for `subsampling` and `scale`); `grid` the
     direct-subsampling grid of the son; `output_shape` the HR size (default ceil(LR size * scale)).
     The defaults of step_counts, schedule, preset, grid and noise_level are the config's adapt section.
     Time for each entry counts adaptation up to that step plus its own inference (synchronised on
@@ -233,7 +233,7 @@ def adapt(
     """
     while True:
         try:
-            return _adapt_once(model, lr_image, kernel, scale, method, step_counts, schedule, device, preset, tile,
+            return _adapt_once(model, lr_image, kernel, scale, subsampling, step_counts, schedule, device, preset, tile,
                                max_adapt_pixels, seed, grid, noise_level, output_shape)
         except torch.OutOfMemoryError:  # inference retries on its own (`upscale`): this is an adaptation step
             h, w = lr_image.shape[:2]
@@ -248,21 +248,21 @@ def adapt(
             max_adapt_pixels = smaller * smaller
 
 
-def _adapt_once(model, lr_image, kernel, scale, method, step_counts, schedule, device, preset, tile, max_adapt_pixels,
+def _adapt_once(model, lr_image, kernel, scale, subsampling, step_counts, schedule, device, preset, tile, max_adapt_pixels,
                 seed, grid, noise_level, output_shape) -> list[AdaptationOutput]:
     if preset not in PRESETS:
         raise ValueError(f"unknown preset {preset!r}; use one of {', '.join(PRESETS)}")
     if noise_level < 0:
         raise ValueError(f"noise_level must be >= 0, got {noise_level}")
     if any(int(n) > 0 for n in step_counts):  # zero steps need no schedule (e.g. a pre-trained model as it is)
-        schedule = resolve_schedule(schedule, method, scale)
+        schedule = resolve_schedule(schedule, subsampling, scale)
     options = PRESETS[preset]
     device = pick_device(device) if not isinstance(device, torch.device) else device
     net = copy.deepcopy(model).to(device).train()
     father = to_tensor(lr_image, device)
     k = None if kernel is None else torch.as_tensor(kernel, dtype=torch.float32, device=device)
     with torch.no_grad():
-        son = make_son(father, k, scale, method, grid, noise_level, torch.Generator().manual_seed(seed))
+        son = make_son(father, k, scale, subsampling, grid, noise_level, torch.Generator().manual_seed(seed))
         son_up = imresize_torch(son, float(scale), output_shape=father.shape[-2:])
     wanted = sorted(set(int(n) for n in step_counts))
     if wanted and wanted[0] < 0:
@@ -286,11 +286,11 @@ def _adapt_once(model, lr_image, kernel, scale, method, step_counts, schedule, d
         start = time.perf_counter()
         net.eval()
         if options["self_ensemble"]:
-            sr = self_ensemble(net, father, scale, kernel, method, tile, output_shape)
+            sr = self_ensemble(net, father, scale, kernel, subsampling, tile, output_shape)
         else:
             sr = upscale(net, father, scale, tile, output_shape)
         if options["back_projection"]:
-            sr = back_project(sr, father, k, scale, method, options["back_projection"], grid)
+            sr = back_project(sr, father, k, scale, subsampling, options["back_projection"], grid)
         net.train()
         sr_img = to_uint8_image(sr)
         _sync(device)
@@ -328,7 +328,7 @@ def _geometric(x: torch.Tensor, k: int) -> torch.Tensor:
     return apply_transform(x, TRANSFORMS[k])
 
 
-def valid_transforms(kernel: np.ndarray | None, method: str, scale: int) -> list[tuple[tuple[bool, bool, bool], tuple[int, int]]]:
+def valid_transforms(kernel: np.ndarray | None, subsampling: str, scale: int) -> list[tuple[tuple[bool, bool, bool], tuple[int, int]]]:
     """The flips/rotations under which the degradation keeps its form, each with its sampling phase.
 
     Transforming an LR image made with kernel k transforms k with it, so only transforms that leave k
@@ -346,7 +346,7 @@ def valid_transforms(kernel: np.ndarray | None, method: str, scale: int) -> list
             moved = apply_transform(k, transform)
             if transform != TRANSFORMS[0] and (not odd or moved.shape != k.shape or not np.allclose(moved, k, rtol=0, atol=1e-6 * k.max())):
                 continue
-        phase = scale - 1 if (kernel is not None and method == "direct") else 0
+        phase = scale - 1 if (kernel is not None and subsampling == "direct") else 0
         out.append((transform, (phase * transform[1], phase * transform[2])))
     return out
 
@@ -362,25 +362,25 @@ def _shift_back(x: torch.Tensor, phase: tuple[int, int]) -> torch.Tensor:
 
 
 @torch.no_grad()
-def geometric_ensemble(sr_fn, lr: torch.Tensor, scale: int, kernel: np.ndarray | None, method: str, output_shape=None) -> torch.Tensor:
+def geometric_ensemble(sr_fn, lr_image: torch.Tensor, scale: int, kernel: np.ndarray | None, subsampling: str, output_shape=None) -> torch.Tensor:
     """Median over the valid flips/rotations (`valid_transforms`) of sr_fn(T(LR)), each shifted back
-    by its sampling phase and transformed back; `sr_fn(lr, output_shape)` maps LR to HR."""
-    hr_shape = tuple(output_shape) if output_shape is not None else tuple(-(-n * scale // 1) for n in lr.shape[-2:])
+    by its sampling phase and transformed back; `sr_fn(lr_image, output_shape)` maps LR to HR."""
+    hr_shape = tuple(output_shape) if output_shape is not None else tuple(-(-n * scale // 1) for n in lr_image.shape[-2:])
     outs = []
-    for transform, phase in valid_transforms(kernel, method, scale):
+    for transform, phase in valid_transforms(kernel, subsampling, scale):
         shape = hr_shape[::-1] if transform[0] else hr_shape
-        out = _shift_back(sr_fn(apply_transform(lr, transform), shape), phase)
+        out = _shift_back(sr_fn(apply_transform(lr_image, transform), shape), phase)
         outs.append(invert_transform(out, transform))
     return torch.stack(outs).median(dim=0).values
 
 
 @torch.no_grad()
-def self_ensemble(model: torch.nn.Module, lr: torch.Tensor, scale: int, kernel: np.ndarray | None = None, method: str = "direct",
+def self_ensemble(model: torch.nn.Module, lr_image: torch.Tensor, scale: int, kernel: np.ndarray | None = None, subsampling: str = "direct",
                   tile: int | None = DEFAULT_TILE, output_shape=None) -> torch.Tensor:
     """ZSSR's final test (median over flips/rotations), restricted to the transforms valid for the kernel."""
     if isinstance(kernel, torch.Tensor):
         kernel = kernel.detach().cpu().numpy()
-    return geometric_ensemble(lambda x, shape: upscale(model, x, scale, tile, shape), lr, scale, kernel, method, output_shape)
+    return geometric_ensemble(lambda x, shape: upscale(model, x, scale, tile, shape), lr_image, scale, kernel, subsampling, output_shape)
 
 
 # ------------------------------------------------------------------------------------ back-projection
@@ -405,7 +405,7 @@ def _direct_adjoint(error: torch.Tensor, kernel: torch.Tensor, scale: int, hr_sh
 
 
 @torch.no_grad()
-def back_project(sr: torch.Tensor, lr: torch.Tensor, kernel: torch.Tensor | None, scale: int, method: str,
+def back_project(sr: torch.Tensor, lr_image: torch.Tensor, kernel: torch.Tensor | None, scale: int, subsampling: str,
                  iterations: int = 10, grid: str = "release") -> torch.Tensor:
     """Iterative back-projection: push D(SR) towards the LR image, clipping to [0, 1] each round.
 
@@ -414,13 +414,13 @@ def back_project(sr: torch.Tensor, lr: torch.Tensor, kernel: torch.Tensor | None
     0, s, 2s, ... it came from, so the error goes back through the adjoint of D with the step
     1 / ||D D^T|| (Landweber), aligned by construction.
     """
-    if kernel is not None and method == "direct":
+    if kernel is not None and subsampling == "direct":
         step = 1.0 / _lattice_gain(kernel, scale)
         for _ in range(iterations):
-            error = lr - degrade_torch(sr, kernel, scale, method, grid)
+            error = lr_image - degrade_torch(sr, kernel, scale, subsampling, grid)
             sr = (sr + step * _direct_adjoint(error, kernel.to(sr.dtype), scale, sr.shape[-2:], grid)).clamp(0.0, 1.0)
         return sr
     for _ in range(iterations):
-        error = lr - degrade_torch(sr, kernel, scale, method, grid)
+        error = lr_image - degrade_torch(sr, kernel, scale, subsampling, grid)
         sr = (sr + imresize_torch(error, float(scale), output_shape=sr.shape[-2:])).clamp(0.0, 1.0)
     return sr

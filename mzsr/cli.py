@@ -23,37 +23,39 @@ def _add_common(p: argparse.ArgumentParser) -> None:
     p.add_argument("--scale", type=int, default=SCALE, help=f"super-resolution scale factor (default {SCALE})")
 
 
-ESTIMATE = "estimate"  # --kernel estimate: each image's kernel estimated with KernelGAN first
+ESTIMATE = "estimate"  # --degradation estimate: each image's kernel estimated with KernelGAN first
 KERNELGAN_SCALES = (2, 4)
 KERNELGAN_ABOUT = (f"KernelGAN (Bell-Kligler et al. 2019, after the authors' release; {KERNELGAN_ITERATIONS:,} iterations"
                    " by default; about 100 s per image on one CPU core at 3,000, faster on a GPU)")
 FORMATS = {
     "mzsr": "key 'kernel', MZSR's convention (centre of mass on the middle pixel), read as it is",
     "kernelgan": "key 'Kernel', exactly what KernelGAN's release writes (its kernel_shift: centre of mass half "
-                 "a pixel per axis further down/right); --kernel per-image and kernel files undo the shift",
+                 "a pixel per axis further down/right); --degradation per-image and kernel files undo the shift",
 }
 
 
 def _kernel_args(p: argparse.ArgumentParser, required: bool, estimate: bool = False) -> None:
     p.add_argument(
-        "--kernel",
+        "--degradation",
+        "--kernel",  # the old name, from before the config's `degradations` was matched
+        dest="degradation",
         required=required,
         help="named degradation (g0.2, g2.0, ani, gb1.3, bicubic), rk or rk<seed> (a random DIV2KRK-style "
         "kernel of its own for every image, drawn from the seed and the image's stem; degrade writes it to "
         "<out>/kernels/<stem>_kernel_x<scale>.mat), a kernel file (.mat with key 'kernel'/'Kernel', or .npy), "
         "or 'per-image': each image's <stem>_kernel_x<scale>.mat (KernelGAN) or the folder's kernel.mat"
         + (f"; or 'estimate': each image's kernel estimated first with {KERNELGAN_ABOUT}, written to "
-           "<out>/kernels/<stem>_kernel_x<scale>.mat (key 'kernel') and .png; direct subsampling unless --subsample"
+           "<out>/kernels/<stem>_kernel_x<scale>.mat (key 'kernel') and .png; direct subsampling unless --subsampling"
            if estimate else ""),
     )
-    p.add_argument("--subsample", choices=("direct", "bicubic"),
+    p.add_argument("--subsampling", "--subsample", dest="subsampling", choices=("direct", "bicubic"),
                    help="subsampling for a kernel file" + (" or an estimated kernel" if estimate else "") + " (default direct)")
 
 
 def _estimate_args(p: argparse.ArgumentParser, upscale: bool) -> None:
-    """KernelGAN's options, for estimate-kernel and upscale --kernel estimate (defaults: None, filled by
-    `_kernelgan_settings`, so that upscale can tell them given without --kernel estimate)."""
-    only = "with --kernel estimate: " if upscale else ""
+    """KernelGAN's options, for estimate-kernel and upscale --degradation estimate (defaults: None, filled by
+    `_kernelgan_settings`, so that upscale can tell them given without --degradation estimate)."""
+    only = "with --degradation estimate: " if upscale else ""
     p.add_argument("--iterations", type=int,
                    help=f"{only}KernelGAN's iterations (default {KERNELGAN_ITERATIONS}, as the release)")
     p.add_argument("--seed", type=int, help=f"{only}seed of KernelGAN's initialisation and crops (default {KERNELGAN_SEED})")
@@ -78,8 +80,9 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("import-tf", help="convert the authors' TensorFlow-1 checkpoint to a weights file")
     p.add_argument("checkpoint", help="checkpoint prefix, e.g. .../Pretrained (without .index)")
     p.add_argument("out", type=Path, help="output weights file: .safetensors, or .pt/.pth (a plain-tensor torch file)")
-    p.add_argument("--degradation", default="bicubic", choices=("bicubic", "direct"),
-                   help="degradation family the model was trained for (default bicubic: the authors' theta_T)")
+    p.add_argument("--subsampling", "--degradation", dest="subsampling", default="bicubic", choices=("bicubic", "direct"),
+                   help="subsampling the model was trained for (default bicubic: the authors' theta_T; --degradation is"
+                   " the old name)")
     _add_common(p)
     p.set_defaults(func=cmd_import_tf)
 
@@ -88,12 +91,12 @@ def build_parser() -> argparse.ArgumentParser:
         description=f"Estimate each LR image's blur kernel with {KERNELGAN_ABOUT}. Writes "
                     "<out>/<stem>_kernel_x<scale>.mat and a picture of it, <out>/<stem>_kernel_x<scale>.png. "
                     "Formats: " + "; ".join(f"{k}: {v}" for k, v in FORMATS.items()) + ". With --out LR_DIR/kernels, "
-                    "'mzsr upscale LR_DIR --kernel per-image' finds the files.")
+                    "'mzsr upscale LR_DIR --degradation per-image' finds the files.")
     p.add_argument("inputs", nargs="+", help="LR image files or folders")
     p.add_argument("--out", required=True, type=Path, help="output folder for the kernel files and pictures")
     p.add_argument("--format", choices=tuple(FORMATS), default="mzsr",
                    help="mzsr (default): key 'kernel', MZSR's convention; kernelgan: key 'Kernel', what KernelGAN's "
-                        "release writes (half-pixel shifted); --kernel per-image reads both right")
+                        "release writes (half-pixel shifted); --degradation per-image reads both right")
     _estimate_args(p, upscale=False)
     p.add_argument("--device", default=DEVICE, help=f"cpu, cuda, cuda:1 ... (default {DEVICE}: cuda when present)")
     p.add_argument("--scale", type=int, default=SCALE, help="scale factor of the kernel: 2 or 4 (the analytic x4 kernel "
@@ -144,7 +147,7 @@ def _out_path(out_dir: Path, src: Path) -> Path:
 
 
 def _kernel_paths(out_dir: Path, src: Path, scale: int) -> tuple[Path, Path]:
-    """The kernel file and its picture for one image: KernelGAN's names, found by --kernel per-image."""
+    """The kernel file and its picture for one image: KernelGAN's names, found by --degradation per-image."""
     name = f"{src.stem}_kernel_x{scale}"
     return out_dir / f"{name}.mat", out_dir / f"{name}.png"
 
@@ -186,15 +189,15 @@ def cmd_degrade(args) -> int:
     from .kernels import random_kernel_seed
     from .metrics import modcrop
 
-    if args.kernel == ESTIMATE:
-        raise MZSRError("--kernel estimate is for LR images (upscale, estimate-kernel); degrade needs a known kernel")
+    if args.degradation == ESTIMATE:
+        raise MZSRError("--degradation estimate is for LR images (upscale, estimate-kernel); degrade needs a known kernel")
     jobs = _checked_inputs(args, _checked_outputs(args, list_images(args.inputs)), hr=True)
-    for path, kernel, method in tqdm(jobs, desc="degrade", unit="img", disable=None):
+    for path, kernel, subsampling in tqdm(jobs, desc="degrade", unit="img", disable=None):
         hr = modcrop(read_image_uint8(path), args.scale)
-        write_lr_png(hr / 255.0, kernel, args.scale, method, _out_path(args.out, path))
-        if random_kernel_seed(args.kernel) is not None:
+        write_lr_png(hr / 255.0, kernel, args.scale, subsampling, _out_path(args.out, path))
+        if random_kernel_seed(args.degradation) is not None:
             # rk: each image's own kernel beside its LR image, key "kernel" (MZSR convention, read back
-            # as it is by --kernel per-image)
+            # as it is by --degradation per-image)
             import scipy.io
 
             kernel_path = args.out / "kernels" / f"{path.stem}_kernel_x{args.scale}.mat"
@@ -211,34 +214,34 @@ def cmd_import_tf(args) -> int:
     check_weights_suffix(args.out)  # the format the name asks for, or a refusal before any work
     check_output_file(args.out)
     state = import_tf_checkpoint(args.checkpoint)
-    meta = {"scale": args.scale, "degradation": args.degradation, "step": 0, "source": f"tf:{args.checkpoint}"}
+    meta = {"scale": args.scale, "degradation": args.subsampling, "step": 0, "source": f"tf:{args.checkpoint}"}
     save_weights(args.out, state, meta)
     print(f"wrote {args.out} ({sum(v.numel() for v in state.values()):,} parameters)")
     return 0
 
 
 def _degradation_for(args, image: Path):
-    """(kernel, method, label) for one image: a named/file degradation, or the image's own kernel."""
+    """(kernel, subsampling, label) for one image: a named/file degradation, or the image's own kernel."""
     from .kernels import kernel_file_for_image, load_kernel_file, resolve_degradation
 
-    if args.kernel is None:
+    if args.degradation is None:
         return None, "bicubic", "bicubic"
-    if args.kernel == ESTIMATE:  # estimated right before the image's SR (`_estimate_one`)
-        return None, args.subsample or "direct", "KernelGAN"
-    if args.kernel == "per-image":
+    if args.degradation == ESTIMATE:  # estimated right before the image's SR (`_estimate_one`)
+        return None, args.subsampling or "direct", "KernelGAN"
+    if args.degradation == "per-image":
         path = kernel_file_for_image(image, args.scale)
         if path is None:
             raise MZSRError(f"{image}: no kernel file for this image ({image.stem}_kernel_x{args.scale}.mat or kernel.mat)")
-        return load_kernel_file(path), args.subsample or "direct", str(path)
-    deg = resolve_degradation(args.kernel, args.subsample, image=image.stem, scale=args.scale)
-    return deg.kernel, deg.method, args.kernel
+        return load_kernel_file(path), args.subsampling or "direct", str(path)
+    deg = resolve_degradation(args.degradation, args.subsampling, image=image.stem, scale=args.scale)
+    return deg.kernel, deg.subsampling, args.degradation
 
 
 def _released_for(args, images: list[Path]) -> Path:
     """The released model that fits the kernel's subsampling and the scale (one for all inputs)."""
     from .released import released_weights
 
-    kinds = {_degradation_for(args, image)[1] for image in images} if args.kernel is not None else {"bicubic"}
+    kinds = {_degradation_for(args, image)[1] for image in images} if args.degradation is not None else {"bicubic"}
     if len(kinds) > 1:
         raise MZSRError("the inputs' kernels use both direct and bicubic subsampling: give --weights, or run them apart")
     path = released_weights(kinds.pop(), args.scale)
@@ -258,14 +261,14 @@ def _checked_inputs(args, paths: list[Path], hr: bool) -> list[tuple[Path, np.nd
         img = read_image(path)
         if hr:  # ground truth is mod-cropped to the scale (odd sizes lose their last row/column)
             img = modcrop(img, args.scale)
-        kernel, method, label = _degradation_for(args, path)
+        kernel, subsampling, label = _degradation_for(args, path)
         if kernel is not None:
             validate_kernel(kernel, label, img.shape[:2], image=path)
-        if args.kernel == ESTIMATE:
+        if args.degradation == ESTIMATE:
             from .estimate import check_estimable
 
             check_estimable(img.shape, bool(args.real), str(path))
-        jobs.append((path, kernel, method))
+        jobs.append((path, kernel, subsampling))
     return jobs
 
 
@@ -274,11 +277,11 @@ def _checked_inputs(args, paths: list[Path], hr: bool) -> list[tuple[Path, np.nd
 
 def _kernelgan_settings(args, used: bool = True) -> tuple[dict, int]:
     """(cfg, seed) for `estimate_kernel` from --iterations/--seed/--real, checked before any work.
-    `used` False (upscale without --kernel estimate): the options, if given, are refused."""
+    `used` False (upscale without --degradation estimate): the options, if given, are refused."""
     given = [f"--{name}" for name in ("iterations", "seed", "real") if getattr(args, name) is not None]
     if not used:
         if given:
-            raise MZSRError(f"{', '.join(given)}: KernelGAN's options, for --kernel estimate only")
+            raise MZSRError(f"{', '.join(given)}: KernelGAN's options, for --degradation estimate only")
         return {}, KERNELGAN_SEED
     if args.scale not in KERNELGAN_SCALES:
         raise MZSRError(f"KernelGAN estimates x2 kernels (and x4 from them); --scale {args.scale} is not supported")
@@ -354,12 +357,12 @@ def cmd_upscale(args) -> int:
     from .resize import imresize
 
     images = list_images(args.inputs)
-    estimating = args.kernel == ESTIMATE and args.method != "bicubic"
-    kernelgan_cfg, kernelgan_seed = _kernelgan_settings(args, used=args.kernel == ESTIMATE)
+    estimating = args.degradation == ESTIMATE and args.method != "bicubic"
+    kernelgan_cfg, kernelgan_seed = _kernelgan_settings(args, used=args.degradation == ESTIMATE)
     if args.zssr_iterations < 1:
         raise MZSRError(f"--zssr-iterations must be >= 1, got {args.zssr_iterations}")
     if args.method == "bicubic":
-        args.kernel = None  # bicubic upscaling ignores the degradation
+        args.degradation = None  # bicubic upscaling ignores the degradation
     if args.steps < 0:
         raise MZSRError(f"--steps must be >= 0, got {args.steps}")
     if not 0 <= args.noise_level < float("inf"):
@@ -375,15 +378,15 @@ def cmd_upscale(args) -> int:
 
         check_output_folder(kernels_dir)
     if args.method == "mzsr":
-        if args.steps > 0 and args.kernel is None:
-            raise MZSRError("adaptation (--steps > 0) needs the degradation: give --kernel")
+        if args.steps > 0 and args.degradation is None:
+            raise MZSRError("adaptation (--steps > 0) needs the degradation: give --degradation")
         from .checkpoints import load_model
 
         model, weights_meta = load_model(args.weights or _released_for(args, images), expected_scale=args.scale)
-    if args.method == "zssr" and args.kernel is None:
-        raise MZSRError("--method zssr needs the degradation: give --kernel")
+    if args.method == "zssr" and args.degradation is None:
+        raise MZSRError("--method zssr needs the degradation: give --degradation")
     jobs = _checked_inputs(args, images, hr=False)
-    for path, kernel, method in tqdm(jobs, desc=f"upscale ({args.method})", unit="img", disable=None):
+    for path, kernel, subsampling in tqdm(jobs, desc=f"upscale ({args.method})", unit="img", disable=None):
         lr = read_image(path)
         if args.method == "bicubic":
             write_png(_out_path(args.out, path), imresize(lr, float(args.scale)))
@@ -396,12 +399,12 @@ def cmd_upscale(args) -> int:
             cfg = {"iterations": args.zssr_iterations}  # paper: the original's own output (2 back-projections)
             if args.preset == "best":
                 cfg.update(PRESETS["best"])
-            result = zssr(lr, kernel, args.scale, method, cfg, device)
+            result = zssr(lr, kernel, args.scale, subsampling, cfg, device)
         else:
             schedule = args.schedule
             if args.steps > 0:  # the weights decide the schedule: their subsampling, else the kernel's
-                schedule = resolve_schedule(args.schedule, weights_subsampling(weights_meta, method), args.scale)
-            (result,) = adapt(model, lr, kernel, args.scale, method, (args.steps,), schedule, device, args.preset,
+                schedule = resolve_schedule(args.schedule, weights_subsampling(weights_meta, subsampling), args.scale)
+            (result,) = adapt(model, lr, kernel, args.scale, subsampling, (args.steps,), schedule, device, args.preset,
                               grid=args.grid, noise_level=args.noise_level)
         write_png(_out_path(args.out, path), result.sr)
     return 0

@@ -36,9 +36,9 @@ def direct_indices(n: int, scale: int, grid: str = "release") -> np.ndarray:
     return np.round(np.linspace(0, n - scale, count)).astype(np.int64)
 
 
-def _check_method(method: str) -> None:
-    if method not in SUBSAMPLING:
-        raise ValueError(f"unknown subsampling method {method!r}; expected one of {SUBSAMPLING}")
+def _check_subsampling(subsampling: str) -> None:
+    if subsampling not in SUBSAMPLING:
+        raise ValueError(f"unknown subsampling {subsampling!r}; expected one of {SUBSAMPLING}")
 
 
 def blur(img: np.ndarray, kernel: np.ndarray) -> np.ndarray:
@@ -51,13 +51,13 @@ def blur(img: np.ndarray, kernel: np.ndarray) -> np.ndarray:
     )
 
 
-def degrade(hr: np.ndarray, kernel: np.ndarray | None, scale: int, method: str = "direct", grid: str = "release") -> np.ndarray:
+def degrade(hr: np.ndarray, kernel: np.ndarray | None, scale: int, subsampling: str = "direct", grid: str = "release") -> np.ndarray:
     """LR image from an HxWxC float HR image; kernel None means plain bicubic downscaling."""
     if kernel is None:
         return imresize(hr, 1.0 / scale)
-    _check_method(method)
+    _check_subsampling(subsampling)
     blurred = blur(hr, kernel)
-    if method == "direct":
+    if subsampling == "direct":
         rows, cols = direct_indices(hr.shape[0], scale, grid), direct_indices(hr.shape[1], scale, grid)
         return blurred[rows[:, None], cols]
     return imresize(blurred, 1.0 / scale)
@@ -98,13 +98,13 @@ def subsample_direct_torch(x: torch.Tensor, scale: int, grid: str = "release") -
     return x.index_select(-2, rows).index_select(-1, cols)
 
 
-def degrade_torch(x: torch.Tensor, kernel: torch.Tensor | None, scale: int, method: str = "direct", grid: str = "release") -> torch.Tensor:
+def degrade_torch(x: torch.Tensor, kernel: torch.Tensor | None, scale: int, subsampling: str = "direct", grid: str = "release") -> torch.Tensor:
     """Batched twin of `degrade` for (N, C, H, W) tensors; kernel (kh, kw), (N, kh, kw) or None."""
     if kernel is None:
         return imresize_torch(x, 1.0 / scale)
-    _check_method(method)
+    _check_subsampling(subsampling)
     blurred = blur_torch(x, kernel)
-    if method == "direct":
+    if subsampling == "direct":
         return subsample_direct_torch(blurred, scale, grid)
     return imresize_torch(blurred, 1.0 / scale)
 
@@ -114,10 +114,10 @@ def to_uint8(img: np.ndarray) -> np.ndarray:
     return np.round(np.clip(np.asarray(img, dtype=np.float64), 0.0, 1.0) * 255.0).astype(np.uint8)
 
 
-def write_lr_png(hr: np.ndarray, kernel: np.ndarray | None, scale: int, method: str, path: str | Path) -> np.ndarray:
+def write_lr_png(hr: np.ndarray, kernel: np.ndarray | None, scale: int, subsampling: str, path: str | Path) -> np.ndarray:
     """Degrade a float HR image and save the LR PNG exactly as the authors did; returns the uint8 LR."""
     from .images import write_png
 
-    lr = to_uint8(degrade(hr, kernel, scale, method))
+    lr = to_uint8(degrade(hr, kernel, scale, subsampling))
     write_png(path, lr)
     return lr

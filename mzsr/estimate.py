@@ -272,8 +272,8 @@ def check_estimable(shape, real_image: bool, source: str = "image", crop: int = 
                         f" each side{hint}")
 
 
-def _prepare(lr: np.ndarray, real_image: bool, sf: int = 2) -> np.ndarray:
-    img = np.asarray(lr, dtype=np.float64)
+def _prepare(lr_image: np.ndarray, real_image: bool, sf: int = 2) -> np.ndarray:
+    img = np.asarray(lr_image, dtype=np.float64)
     if img.ndim == 2:
         img = np.repeat(img[..., None], 3, axis=2)
     if not real_image:  # the release shaves synthetic images' edges (boundary effects of degrading)
@@ -282,7 +282,7 @@ def _prepare(lr: np.ndarray, real_image: bool, sf: int = 2) -> np.ndarray:
     return np.ascontiguousarray(img[:h, :w])
 
 
-def estimate_kernel(lr: np.ndarray, scale: int = 2, cfg: dict | None = None, device: str | torch.device = "cpu",
+def estimate_kernel(lr_image: np.ndarray, scale: int = 2, cfg: dict | None = None, device: str | torch.device = "cpu",
                     seed: int = settings.default("estimate.seed"), progress: bool = False,
                     source: str = "image") -> KernelEstimate:
     """KernelGAN on one LR image (HxWx3 float in [0, 1]): its x2 kernel, or for x4 the analytic x4
@@ -301,8 +301,8 @@ def estimate_kernel(lr: np.ndarray, scale: int = 2, cfg: dict | None = None, dev
     iterations, crop = int(cfg["iterations"]), int(cfg["crop"])
     if iterations < 1:
         raise MZSRError(f"kernel estimation: iterations must be >= 1, got {iterations}")
-    check_estimable(np.shape(lr), bool(cfg["real_image"]), source, crop)
-    img = _prepare(lr, bool(cfg["real_image"]))
+    check_estimable(np.shape(lr_image), bool(cfg["real_image"]), source, crop)
+    img = _prepare(lr_image, bool(cfg["real_image"]))
     device = torch.device(device)
     start = time.perf_counter()
     devices = [device.index or 0] if device.type == "cuda" else []

@@ -65,11 +65,11 @@ def sample_training_kernel(rng: np.random.Generator, scale: int, size: int = TRA
 
 @dataclass(frozen=True)
 class Degradation:
-    """A named test degradation: its kernel (None = plain bicubic) and subsampling method."""
+    """A named test degradation: its kernel (None = plain bicubic) and subsampling."""
 
     name: str
     kernel: np.ndarray | None
-    method: str  # "direct" or "bicubic"
+    subsampling: str  # "direct" or "bicubic"
     description: str = ""
 
 
@@ -241,14 +241,14 @@ def load_kernel_file(path: str | Path) -> np.ndarray:
     return validate_kernel(k, str(path))
 
 
-def resolve_degradation(spec: str, method: str | None = None, image: str | Path | None = None, scale: int = 2) -> Degradation:
-    """A degradation from a name (g0.2, g2.0, ani, gb1.3, bicubic), a kernel file plus a method, or
+def resolve_degradation(spec: str, subsampling: str | None = None, image: str | Path | None = None, scale: int = 2) -> Degradation:
+    """A degradation from a name (g0.2, g2.0, ani, gb1.3, bicubic), a kernel file plus a subsampling, or
     `rk`/`rk<N>`: a random kernel of its own for every image (see `random_kernel_for_image`), which
     needs the `image` (its stem, the pipeline's {image}; a Path gives its stem) and the `scale`."""
     p = Path(spec)
     if (seed := random_kernel_seed(spec)) is not None:
-        if method is not None and method != "direct":
-            raise MZSRError(f"degradation {spec!r} uses direct subsampling; --subsample {method} contradicts it")
+        if subsampling is not None and subsampling != "direct":
+            raise MZSRError(f"degradation {spec!r} uses direct subsampling; --subsampling {subsampling} contradicts it")
         if image is None:
             raise MZSRError(f"degradation {spec!r} draws a kernel of its own for every image: it needs the image")
         stem = image.stem if isinstance(image, Path) else str(image)
@@ -256,11 +256,11 @@ def resolve_degradation(spec: str, method: str | None = None, image: str | Path 
         return Degradation(spec, kernel, "direct", f"random DIV2KRK-style kernel of image {stem!r} (seed {seed}), direct subsampling")
     if spec in NAMED_DEGRADATIONS:
         d = named_degradation(spec)
-        if method is not None and method != d.method:
-            raise MZSRError(f"degradation {spec!r} uses {d.method} subsampling; --subsample {method} contradicts it")
+        if subsampling is not None and subsampling != d.subsampling:
+            raise MZSRError(f"degradation {spec!r} uses {d.subsampling} subsampling; --subsampling {subsampling} contradicts it")
         return d
     if p.suffix.lower() in (".mat", ".npy"):
-        return Degradation(p.stem, load_kernel_file(p), method or "direct", f"kernel file {p}")
+        return Degradation(p.stem, load_kernel_file(p), subsampling or "direct", f"kernel file {p}")
     raise MZSRError(f"{spec!r} is neither a named degradation ({', '.join(NAMED_DEGRADATIONS)}), a random per-image "
                     "kernel (rk, rk<seed>) nor a .mat/.npy kernel file")
 

@@ -58,12 +58,12 @@ from .resize import imresize_torch
 from .training import CsvLog, check_finite, latest_checkpoint, load_training_state, save_training_state, setup_device
 
 # The config's meta section (mzsr/config.schema.yaml) less weights_folder (where models come from,
-# not how they are trained), at the config's scale; "method" is the subsampling of the tasks' LR
+# not how they are trained), at the config's scale; "subsampling" is the subsampling of the tasks' LR
 # ("direct" or "bicubic", the paper's two models), which the workflow sets per model it trains.
 META_DEFAULTS = {
     **settings.defaults("meta", without=("weights_folder",)),
     "scale": settings.default("scale"),
-    "method": "direct",
+    "subsampling": "direct",
 }
 
 
@@ -411,21 +411,21 @@ def make_meta_step(theta, optimizer, cfg: dict, device=None, **options) -> MetaS
     return MetaStep(theta, optimizer, cfg["inner_steps"], cfg["inner_lr"], device, cuda_graph=bool(cfg["cuda_graph"]), **options)
 
 @torch.no_grad()
-def synthesise(hr: torch.Tensor, kernels: torch.Tensor, scale: int, method: str, n_support: int):
+def synthesise(hr: torch.Tensor, kernels: torch.Tensor, scale: int, subsampling: str, n_support: int):
     """(support_x, support_y, query_x, query_y) of tasks from their HR patches (T, S+Q, 3, P, P) and
     kernels (T, k, k): LR = the task's degradation of each patch, input = its bicubic upscale to P
     (as the release's dataGenerator), all on the patches' device."""
     t, n = hr.shape[:2]
     flat = hr.flatten(0, 1)
-    lr = degrade_torch(flat, kernels.repeat_interleave(n, dim=0), scale, method)
+    lr = degrade_torch(flat, kernels.repeat_interleave(n, dim=0), scale, subsampling)
     x = imresize_torch(lr, scale=scale, output_shape=flat.shape[-2:]).reshape(hr.shape)
     return x[:, :n_support], hr[:, :n_support], x[:, n_support:], hr[:, n_support:]
 
 
-def make_batch(pool: TaskPool, task_ids, device, method: str):
+def make_batch(pool: TaskPool, task_ids, device, subsampling: str):
     """One meta-batch of the given tasks, synthesised on `device`."""
     hr, kernels = pool.batch(task_ids, device)
-    return synthesise(hr, kernels, pool.scale, method, pool.n_support)
+    return synthesise(hr, kernels, pool.scale, subsampling, pool.n_support)
 
 
 @torch.no_grad()
@@ -499,12 +499,12 @@ def meta_train(init_weights, shard_paths, patch_store, out_weights, cfg: dict, w
     meta_step = make_meta_step(theta, optimizer, cfg, device, keep_graphs=False)
     val_ids, train_ids = split_pool(len(pool), cfg["validation_tasks"], cfg["seed"])
     check_pool_size(len(pool), len(val_ids), cfg)
-    val_batch = make_batch(pool, val_ids, device, cfg["method"]) if len(val_ids) else None
+    val_batch = make_batch(pool, val_ids, device, cfg["subsampling"]) if len(val_ids) else None
     log = CsvLog(log_csv, ["step", "loss", "psnr_0", "psnr_1", "psnr_5", "seconds"], resume_step=start)
     t0 = time.perf_counter()
     bar = tqdm(total=cfg["iterations"], initial=start, desc="meta-train", unit="it", disable=None)
     for it in range(start, cfg["iterations"]):
-        batch = make_batch(pool, tasks_for_iteration(train_ids, cfg["meta_batch"], it), device, cfg["method"])
+        batch = make_batch(pool, tasks_for_iteration(train_ids, cfg["meta_batch"], it), device, cfg["subsampling"])
         weights = query_loss_weights(cfg["loss_weights"], cfg["inner_steps"], it, cfg["anneal_steps"], cfg["final_weight_floor"])
         first_order = cfg["first_order"] or it < cfg["first_order_iterations"]
         loss = meta_step(batch, weights, first_order, check=lambda value: check_finite(value, it, work_dir))
@@ -523,6 +523,6 @@ def meta_train(init_weights, shard_paths, patch_store, out_weights, cfg: dict, w
             on_step(step)
     bar.close()
     pool.close()
-    meta = {"scale": cfg["scale"], "degradation": cfg["method"], "step": cfg["iterations"], "source": "meta", "config": cfg}
+    meta = {"scale": cfg["scale"], "degradation": cfg["subsampling"], "step": cfg["iterations"], "source": "meta", "config": cfg}
     save_weights(out_weights, {k: v.detach().cpu() for k, v in model.state_dict().items()}, meta)
     return Path(out_weights)

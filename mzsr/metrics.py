@@ -55,7 +55,7 @@ def ssim(sr: np.ndarray, hr: np.ndarray, scale: int) -> float:
     )
 
 
-def redegradation_psnr(sr: np.ndarray, lr: np.ndarray, kernel, scale: int, method: str) -> float:
+def redegradation_psnr(sr: np.ndarray, lr_image: np.ndarray, kernel, scale: int, subsampling: str) -> float:
     """RGB PSNR between the LR input and the SR output degraded again with the given kernel.
 
     A high value means the kernel explains the LR image from the SR result; a wrong or misaligned
@@ -63,12 +63,12 @@ def redegradation_psnr(sr: np.ndarray, lr: np.ndarray, kernel, scale: int, metho
     """
     from .degrade import degrade, to_uint8
 
-    redone = to_uint8(degrade(sr / 255.0, kernel, scale, method)).astype(np.float64)
-    lr = np.asarray(lr, dtype=np.float64)
-    if redone.shape != lr.shape:
-        raise ValueError(f"re-degraded SR {redone.shape} does not match the LR image {lr.shape}")
+    redone = to_uint8(degrade(sr / 255.0, kernel, scale, subsampling)).astype(np.float64)
+    lr_image = np.asarray(lr_image, dtype=np.float64)
+    if redone.shape != lr_image.shape:
+        raise ValueError(f"re-degraded SR {redone.shape} does not match the LR image {lr_image.shape}")
     k = 0 if kernel is None else max(np.shape(kernel)) // 2
     shave = max(1, -(-k // scale))
-    diff = (redone - lr)[shave:-shave, shave:-shave]
+    diff = (redone - lr_image)[shave:-shave, shave:-shave]
     mse = float(np.mean(diff**2))
     return math.inf if mse == 0 else 10.0 * math.log10(255.0**2 / mse)

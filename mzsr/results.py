@@ -19,11 +19,11 @@ METHOD_LABELS = {"bicubic": "Bicubic", "pretrained": "Pre-trained", "zssr": "ZSS
 COLUMN_RANK = {"bicubic": 0, "zssr": 1, "pretrained": 2, "mzsr": 3, "zssr_kgan": 4, "mzsr_kgan": 5}
 
 
-def score_rows(results, gt_u8, lr_u8, kernel, scale: int, subsample, *, test_set: str, degradation: str, method: str,
+def score_rows(results, gt_u8, lr_u8, kernel, scale: int, subsampling, *, test_set: str, degradation: str, method: str,
                image: str) -> list[dict]:
     """A job's rows (JOB_COLUMNS) for its SR results [(steps, sr_uint8, seconds)]: PSNR and SSIM
     against the mod-cropped ground truth, and `redegradation_psnr`, each result degraded again with
-    the `kernel` and `subsample` the job used and compared with the LR input, which shows a wrong or
+    the `kernel` and `subsampling` the job used and compared with the LR input, which shows a wrong or
     misaligned kernel even without ground truth."""
     # here, not on import: the aggregation's environment has no torch (mzsr.degrade)
     from .metrics import psnr, redegradation_psnr, ssim
@@ -38,7 +38,7 @@ def score_rows(results, gt_u8, lr_u8, kernel, scale: int, subsample, *, test_set
             "psnr": psnr(sr, gt_u8, scale),
             "ssim": ssim(sr, gt_u8, scale),
             "seconds": float(seconds),
-            "redegradation_psnr": redegradation_psnr(sr, lr_u8, kernel, scale, subsample),
+            "redegradation_psnr": redegradation_psnr(sr, lr_u8, kernel, scale, subsampling),
         }
         for steps, sr, seconds in results
     ]

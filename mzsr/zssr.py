@@ -9,7 +9,7 @@ Variants (cfg "variant"):
 - "simple": the project's first baseline: random crops of the 8 flips/rotations of the LR image,
   the biased, PyTorch-initialised net, plain output.
 Both: son = father degraded with the kernel (the test degradation), L1 loss, Adam from lr 1e-3 and
-ZSSR's lr policy (`LrPolicy`), stop when lr < min_lr or at the iteration cap.
+ZSSR's lr policy (`LrPolicy`), stop when lr < lr_min or at the iteration cap.
 
 The kernel is used in MZSR's convention and NOT moved by ZSSR's kernel_shift: our LR images were
 made by correlating with the unshifted kernel, so the son must be made the same way.
@@ -168,7 +168,7 @@ def stalled(steps, errors, change_ratio: float = ZSSR_DEFAULTS["change_ratio"]) 
 class LrPolicy:
     """ZSSR's learning-rate policy: every `check_every` iterations, once more than `min_iters` have
     passed since the last change, lr /= 10 if the last slope_range // run_test_every reconstruction
-    MSEs have `stalled`; training is over when lr < min_lr (after the third drop with the defaults)."""
+    MSEs have `stalled`; training is over when lr < lr_min (after the third drop with the defaults)."""
 
     def __init__(self, cfg: dict):
         self.cfg = cfg
@@ -194,7 +194,7 @@ class LrPolicy:
 
     @property
     def finished(self) -> bool:
-        return self.lr < self.cfg["min_lr"]
+        return self.lr < self.cfg["lr_min"]
 
 
 # ------------------------------------------------------------------------------------ training
@@ -207,7 +207,7 @@ class ZSSRTraining:
     iterations: int
 
 
-def train_zssr(lr_t: torch.Tensor, kernel: torch.Tensor | None, scale: int, method: str, cfg: dict,
+def train_zssr(lr_t: torch.Tensor, kernel: torch.Tensor | None, scale: int, subsampling: str, cfg: dict,
                rng: np.random.Generator) -> ZSSRTraining:
     """Train a fresh net on the (1, 3, H, W) LR image `lr_t` (cfg already resolved; seed torch first)."""
     original = cfg["variant"] == "original"
@@ -221,7 +221,7 @@ def train_zssr(lr_t: torch.Tensor, kernel: torch.Tensor | None, scale: int, meth
     def son_up(father: torch.Tensor) -> torch.Tensor:
         """The network input for `father`: its son (as MZSR's, clipped, with noise_std), bicubic-upscaled
         at the exact scale and cut to its size."""
-        son = make_son(father, kernel, scale, method, noise_level=cfg["noise_std"], generator=noise)
+        son = make_son(father, kernel, scale, subsampling, noise_level=cfg["noise_std"], generator=noise)
         return imresize_torch(son, float(scale), output_shape=father.shape[-2:])
 
     iteration = 0
@@ -247,20 +247,20 @@ def train_zssr(lr_t: torch.Tensor, kernel: torch.Tensor | None, scale: int, meth
 
 
 @torch.no_grad()
-def final_output(net: MZSRNet, lr_t: torch.Tensor, kernel: torch.Tensor | None, scale: int, method: str,
+def final_output(net: MZSRNet, lr_t: torch.Tensor, kernel: torch.Tensor | None, scale: int, subsampling: str,
                  ensemble: bool, back_projection: int) -> torch.Tensor:
     """f(bicubic_up(LR)) at the HR size (or its self-ensemble), clipped, then back-projection rounds."""
     if ensemble:
-        sr = self_ensemble(net, lr_t, scale, kernel=kernel, method=method)
+        sr = self_ensemble(net, lr_t, scale, kernel=kernel, subsampling=subsampling)
     else:
         sr = upscale(net, lr_t, scale)
     sr = sr.clamp(0.0, 1.0)
     if back_projection:
-        sr = back_project(sr, lr_t, kernel, scale, method, int(back_projection))
+        sr = back_project(sr, lr_t, kernel, scale, subsampling, int(back_projection))
     return sr
 
 
-def zssr(lr_image: np.ndarray, kernel: np.ndarray | None, scale: int, method: str = "direct", cfg: dict | None = None,
+def zssr(lr_image: np.ndarray, kernel: np.ndarray | None, scale: int, subsampling: str = "direct", cfg: dict | None = None,
          device=None, seed: int = settings.default("zssr.seed")) -> AdaptationOutput:
     """Train a fresh network on one LR image and return its SR output (HR size, uint8).
 
@@ -273,7 +273,7 @@ def zssr(lr_image: np.ndarray, kernel: np.ndarray | None, scale: int, method: st
     k = None if kernel is None else torch.as_tensor(kernel, dtype=torch.float32, device=device)
     _sync(device)
     start = time.perf_counter()
-    trained = train_zssr(lr_t, k, scale, method, cfg, np.random.default_rng(seed))
-    sr = final_output(trained.net, lr_t, k, scale, method, cfg["self_ensemble"], cfg["back_projection"])
+    trained = train_zssr(lr_t, k, scale, subsampling, cfg, np.random.default_rng(seed))
+    sr = final_output(trained.net, lr_t, k, scale, subsampling, cfg["self_ensemble"], cfg["back_projection"])
     _sync(device)
     return AdaptationOutput(trained.iterations, to_uint8_image(sr), time.perf_counter() - start)

@@ -75,21 +75,21 @@ def torch_setup(snakemake):
 
 def job_kernel(snakemake):
     """(kernel, subsampling) of an SR job: KernelGAN's estimate (input `estimated`, MZSR's convention)
-    with direct subsampling (param `subsample`) for the blind methods, else the
+    with direct subsampling (param `subsampling`) for the blind methods, else the
     degradation's own (the image's own kernel for rk; None for plain bicubic)."""
     if "estimated" in snakemake.input.keys():
         from mzsr.kernels import load_kernel_file
 
-        return load_kernel_file(snakemake.input.estimated), snakemake.params.subsample
+        return load_kernel_file(snakemake.input.estimated), snakemake.params.subsampling
     from mzsr.kernels import resolve_degradation
 
     deg = resolve_degradation(snakemake.params.degradation, image=snakemake.wildcards.image, scale=int(snakemake.params.scale))
-    return deg.kernel, deg.method
+    return deg.kernel, deg.subsampling
 
 
-def write_rows(snakemake, method, results, gt_u8, kernel, subsample):
+def write_rows(snakemake, method, results, gt_u8, kernel, subsampling):
     """The job CSV of SR results [(steps, sr_uint8, seconds)]: `mzsr.results.score_rows` against the
-    mod-cropped GT and the job's LR input, with the `kernel` and `subsample` the job used."""
+    mod-cropped GT and the job's LR input, with the `kernel` and `subsampling` the job used."""
     import pandas as pd
 
     from mzsr.images import read_image_uint8
@@ -97,6 +97,6 @@ def write_rows(snakemake, method, results, gt_u8, kernel, subsample):
     from mzsr.results import JOB_COLUMNS, score_rows
 
     w = snakemake.wildcards
-    rows = score_rows(results, gt_u8, read_image_uint8(snakemake.input.lr), kernel, int(snakemake.params.scale), subsample,
+    rows = score_rows(results, gt_u8, read_image_uint8(snakemake.input.lr_image), kernel, int(snakemake.params.scale), subsampling,
                       test_set=w.test_set, degradation=w.degradation, method=method, image=w.image)
     atomic_write_text(snakemake.output.csv, pd.DataFrame(rows, columns=JOB_COLUMNS).to_csv(index=False))

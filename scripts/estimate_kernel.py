@@ -16,13 +16,14 @@ from mzsr.estimate import estimate_kernel, kernel_error
 from mzsr.images import read_image
 from mzsr.io import atomic_write_bytes, atomic_write_text
 from mzsr.kernels import resolve_degradation
+from mzsr.settings import default
 
 device = _util.torch_setup(snakemake)
 scale = int(snakemake.params.scale)
 cfg = dict(snakemake.params.estimate)
-seed = int(cfg.pop("seed", 0))
+seed = int(cfg.pop("seed", default("estimate.seed")))
 w = snakemake.wildcards
-est = estimate_kernel(read_image(snakemake.input.lr), scale, cfg, device=device, seed=seed, source=snakemake.input.lr)
+est = estimate_kernel(read_image(snakemake.input.lr_image), scale, cfg, device=device, seed=seed, source=snakemake.input.lr_image)
 truth = resolve_degradation(snakemake.params.degradation, image=w.image, scale=scale).kernel
 error = None if truth is None else kernel_error(est.kernel, truth)
 print(f"KernelGAN: {est.iterations} iterations in {est.seconds:.1f} s, kernel {est.kernel.shape[0]}x{est.kernel.shape[1]}, "

@@ -13,4 +13,4 @@ deg = resolve_degradation(snakemake.params.degradation, image=snakemake.wildcard
 hr = modcrop(read_image_uint8(snakemake.input.gt), scale)
 if deg.kernel is not None:
     validate_kernel(deg.kernel, snakemake.params.degradation, hr.shape[:2], image=snakemake.input.gt)
-write_lr_png(hr / 255.0, deg.kernel, scale, deg.method, snakemake.output[0])
+write_lr_png(hr / 255.0, deg.kernel, scale, deg.subsampling, snakemake.output[0])

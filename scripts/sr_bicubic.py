@@ -11,10 +11,10 @@ from mzsr.metrics import modcrop
 from mzsr.resize import imresize
 
 scale = int(snakemake.params.scale)
-lr = read_image(snakemake.input.lr)
+lr = read_image(snakemake.input.lr_image)
 start = time.perf_counter()
 sr = to_uint8(imresize(lr, float(scale)))
 seconds = time.perf_counter() - start
 write_png(snakemake.output.sr, sr)
-kernel, subsample = _util.job_kernel(snakemake)  # the degradation's, for the re-degradation check
-_util.write_rows(snakemake, "bicubic", [(0, sr, seconds)], modcrop(read_image_uint8(snakemake.input.gt), scale), kernel, subsample)
+kernel, subsampling = _util.job_kernel(snakemake)  # the degradation's, for the re-degradation check
+_util.write_rows(snakemake, "bicubic", [(0, sr, seconds)], modcrop(read_image_uint8(snakemake.input.gt), scale), kernel, subsampling)

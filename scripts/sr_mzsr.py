@@ -7,37 +7,37 @@ _util.start(snakemake)  # stderr to the job's log, mzsr importable, one-line err
 
 import sys
 
-from mzsr.adapt import adapt, resolve_schedule, weights_subsampling
+from mzsr.adapt import ADAPT_DEFAULTS, adapt, resolve_schedule, weights_subsampling
 from mzsr.checkpoints import load_model
 from mzsr.images import read_image, read_image_uint8, write_png
 from mzsr.metrics import modcrop
 
 device = _util.torch_setup(snakemake)
 scale = int(snakemake.params.scale)
-cfg = snakemake.params.adapt
-kernel, subsample = _util.job_kernel(snakemake)  # resolved once: for adaptation and the re-degradation check
+cfg = {**ADAPT_DEFAULTS, **snakemake.params.adapt}  # (the workflow passes the whole section)
+kernel, subsampling = _util.job_kernel(snakemake)  # resolved once: for adaptation and the re-degradation check
 model, weights_meta = load_model(snakemake.input.weights, expected_scale=scale, device=device)
 gt = modcrop(read_image_uint8(snakemake.input.gt), scale)
 steps = sorted(cfg["steps"])
-schedule = cfg.get("schedule", "auto")
+schedule = cfg["schedule"]
 if max(steps) > 0:  # each degradation adapts with its model's schedule (the weights' subsampling)
-    schedule = resolve_schedule(schedule, weights_subsampling(weights_meta, subsample), scale)
-    print(f"schedule {schedule}, grid {cfg.get('grid', 'release')}, preset {cfg.get('preset', 'paper')}", file=sys.stderr)
+    schedule = resolve_schedule(schedule, weights_subsampling(weights_meta, subsampling), scale)
+    print(f"schedule {schedule}, grid {cfg['grid']}, preset {cfg['preset']}", file=sys.stderr)
 outputs = adapt(
     model,
-    read_image(snakemake.input.lr),
+    read_image(snakemake.input.lr_image),
     kernel,
     scale,
-    subsample,
+    subsampling,
     step_counts=steps,
     schedule=schedule,
     device=device,
-    preset=cfg.get("preset", "paper"),
-    grid=cfg.get("grid", "release"),
-    noise_level=float(cfg.get("noise_level", 0.0)),
+    preset=cfg["preset"],
+    grid=cfg["grid"],
+    noise_level=float(cfg["noise_level"]),
     output_shape=gt.shape[:2],  # the mod-cropped ground truth's size, as the release's test.py
 )
 paths = [snakemake.output.sr] if isinstance(snakemake.output.sr, str) else list(snakemake.output.sr)
 for out, path in zip(outputs, paths, strict=True):
     write_png(path, out.sr)
-_util.write_rows(snakemake, snakemake.params.method, [(o.steps, o.sr, o.seconds) for o in outputs], gt, kernel, subsample)
+_util.write_rows(snakemake, snakemake.params.method, [(o.steps, o.sr, o.seconds) for o in outputs], gt, kernel, subsampling)

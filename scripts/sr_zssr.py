@@ -8,17 +8,18 @@ import sys
 
 from mzsr.images import read_image, read_image_uint8, write_png
 from mzsr.metrics import modcrop
+from mzsr.settings import default
 from mzsr.zssr import zssr
 
 device = _util.torch_setup(snakemake)
 scale = int(snakemake.params.scale)
 cfg = dict(snakemake.params.zssr)
-seed = cfg.pop("seed", 0)
+seed = int(cfg.pop("seed", default("zssr.seed")))
 method = "zssr_kgan" if "estimated" in snakemake.input.keys() else "zssr"
-kernel, subsample = _util.job_kernel(snakemake)  # resolved once: for training and the re-degradation check
-out = zssr(read_image(snakemake.input.lr), kernel, scale, subsample, cfg, device=device, seed=seed)
+kernel, subsampling = _util.job_kernel(snakemake)  # resolved once: for training and the re-degradation check
+out = zssr(read_image(snakemake.input.lr_image), kernel, scale, subsampling, cfg, device=device, seed=seed)
 write_png(snakemake.output.sr, out.sr)
 gt = modcrop(read_image_uint8(snakemake.input.gt), scale)
 print(f"ZSSR stopped after {out.steps} of {cfg['iterations']} iterations", file=sys.stderr)
 # steps = the configured iteration cap, so that every image of a setting shares one summary row
-_util.write_rows(snakemake, method, [(cfg["iterations"], out.sr, out.seconds)], gt, kernel, subsample)
+_util.write_rows(snakemake, method, [(cfg["iterations"], out.sr, out.seconds)], gt, kernel, subsampling)

@@ -131,7 +131,7 @@ def test_degrade_with_random_per_image_kernels_writes_them_for_per_image(tmp_pat
         mat = scipy.io.loadmat(lr_dir / "kernels" / f"{stem}_kernel_x2.mat")
         assert "kernel" in mat and "Kernel" not in mat
         np.testing.assert_array_equal(mat["kernel"], resolve_degradation("rk", image=stem).kernel)
-        per_image = argparse.Namespace(kernel="per-image", subsample=None, scale=2)
+        per_image = argparse.Namespace(degradation="per-image", subsampling=None, scale=2)
         kernels[stem], method, label = _degradation_for(per_image, lr_dir / f"{stem}.png")
         assert method == "direct" and label.endswith(f"kernels/{stem}_kernel_x2.mat")
         np.testing.assert_array_equal(kernels[stem], mat["kernel"])  # read as it is, no shift
@@ -271,7 +271,7 @@ def test_estimate_kernel_refusals(tmp_path, texture_dir, capsys):
     out = tmp_path / "k"
     assert "--iterations must be >= 1" in err("estimate-kernel", texture_dir, "--out", out, "--iterations", "0")
     assert "--scale 3" in err("estimate-kernel", texture_dir, "--out", out, "--scale", "3")
-    assert "--kernel estimate only" in err("upscale", texture_dir, "--out", out, "--kernel", "g2.0", "--iterations", "5")
+    assert "--degradation estimate only" in err("upscale", texture_dir, "--out", out, "--kernel", "g2.0", "--iterations", "5")
     assert "degrade needs a known kernel" in err("degrade", texture_dir, "--out", out, "--kernel", "estimate")
     assert "--iterations must be >= 1" in err("upscale", texture_dir, "--out", out, "--kernel", "estimate",
                                               "--iterations", "0", "--method", "zssr")

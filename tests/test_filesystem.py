@@ -306,10 +306,10 @@ SR_WILDCARDS = {"test_set": "t", "degradation": "g2.0", "image": "gt"}
 SCRIPTS = {  # rule script -> (its input, output and params, given the inputs' folder and the output folder)
     "lr_image": lambda i, root, out: dict(input={"gt": str(root / "gt.png"), "kernel": []}, output={"out": str(out / "lr.png")},
                                           params={"degradation": "g2.0", "scale": 2}, wildcards=SR_WILDCARDS),
-    "sr_bicubic": lambda i, root, out: dict(input={"lr": str(i / "lr" / "a.png"), "gt": str(root / "gt.png")},
+    "sr_bicubic": lambda i, root, out: dict(input={"lr_image": str(i / "lr" / "a.png"), "gt": str(root / "gt.png")},
                                             output={"sr": str(out / "sr.png"), "csv": str(out / "sr.csv")},
                                             params={"scale": 2, "degradation": "g2.0"}, wildcards=SR_WILDCARDS),
-    "sr_mzsr": lambda i, root, out: dict(input={"lr": str(i / "lr" / "a.png"), "gt": str(root / "gt.png"),
+    "sr_mzsr": lambda i, root, out: dict(input={"lr_image": str(i / "lr" / "a.png"), "gt": str(root / "gt.png"),
                                                  "weights": str(i / "w.safetensors")},
                                           output={"sr": str(out / "sr.png"), "csv": str(out / "sr.csv")},
                                           params={"scale": 2, "degradation": "g2.0", "method": "mzsr",

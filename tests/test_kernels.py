@@ -59,8 +59,8 @@ def test_sampler_statistics_and_seeding():
 def test_named_degradations():
     assert set(NAMED_DEGRADATIONS) == {"g0.2", "g2.0", "ani", "gb1.3", "bicubic"}
     assert named_degradation("g2.0").kernel.shape == (21, 21)
-    assert named_degradation("gb1.3").method == "bicubic"
-    assert named_degradation("ani").method == "direct"
+    assert named_degradation("gb1.3").subsampling == "bicubic"
+    assert named_degradation("ani").subsampling == "direct"
     assert named_degradation("bicubic").kernel is None
     k = named_degradation("g0.2").kernel
     # A narrow Gaussian sampled on the pixel grid: neighbours of the centre weigh exp(-1 / (2 * 0.2)).
@@ -107,7 +107,7 @@ def test_kernel_files(tmp_path):
     with pytest.raises(MZSRError, match="e.mat"):
         load_kernel_file(tmp_path / "e.mat")
     d = resolve_degradation(str(tmp_path / "a.mat"), "bicubic")
-    assert d.method == "bicubic" and d.name == "a"
+    assert d.subsampling == "bicubic" and d.name == "a"
     with pytest.raises(MZSRError, match="contradicts"):
         resolve_degradation("g2.0", "bicubic")
 
@@ -208,7 +208,7 @@ def test_rk_degradation_is_per_image_and_reproducible():
     from mzsr.kernels import random_kernel, random_kernel_seed
 
     a = resolve_degradation("rk", image="a")
-    assert a.method == "direct" and a.name == "rk" and a.kernel.shape == (11, 11)
+    assert a.subsampling == "direct" and a.name == "rk" and a.kernel.shape == (11, 11)
     np.testing.assert_array_equal(a.kernel, resolve_degradation("rk", image="a").kernel)
     np.testing.assert_array_equal(a.kernel, resolve_degradation("rk0", image="a").kernel)  # rk = seed 0
     np.testing.assert_array_equal(a.kernel, resolve_degradation("rk", "direct", image=Path("x/a.png")).kernel)
@@ -218,11 +218,11 @@ def test_rk_degradation_is_per_image_and_reproducible():
     others = [resolve_degradation("rk", image="b").kernel, resolve_degradation("rk1", image="a").kernel, seven]
     assert all(np.abs(o - a.kernel).max() > 1e-3 for o in others)
     x4 = resolve_degradation("rk", image="a", scale=4)
-    assert x4.kernel.shape == (21, 21) and x4.method == "direct"
+    assert x4.kernel.shape == (21, 21) and x4.subsampling == "direct"
     assert (random_kernel_seed("rk"), random_kernel_seed("rk12"), random_kernel_seed("rkx"), random_kernel_seed("g2.0")) == (0, 12, None, None)
     with pytest.raises(MZSRError, match="'rk' draws a kernel of its own for every image"):
         resolve_degradation("rk")
-    with pytest.raises(MZSRError, match="'rk3' uses direct subsampling; --subsample bicubic contradicts it"):
+    with pytest.raises(MZSRError, match="'rk3' uses direct subsampling; --subsampling bicubic contradicts it"):
         resolve_degradation("rk3", "bicubic", image="a")
     with pytest.raises(MZSRError, match="not for scale 3"):
         resolve_degradation("rk", image="a", scale=3)

@@ -60,7 +60,7 @@ def _cli_cases():
                 values = list(NUMBERS)
             elif action.dest == "device":
                 values = ["cuda:7", "bogus", "tpu"] + ([] if torch.cuda.is_available() else ["cuda"])
-            elif action.dest == "kernel":
+            elif action.dest == "degradation":
                 values = ["bogus"]
             else:
                 continue  # paths: the file-system cases of tests/test_filesystem.py
@@ -114,7 +114,7 @@ def test_bad_option_value(base, capsys, command, option, value):
     assert rc not in (0, None) and "Traceback" not in err, err
     lines = err.strip().splitlines()
     if rc == 2:  # argparse: usage line(s), then `mzsr <command>: error: argument --x: ...`
-        assert re.match(rf"mzsr {command}: error: argument {re.escape(option)}", lines[-1]), lines
+        assert re.match(rf"mzsr {command}: error: argument (\S+/)?{re.escape(option)}", lines[-1]), lines
     else:
         assert rc == 1 and len(lines) == 1 and lines[0].startswith("mzsr: error: "), lines
         assert option in lines[0] or f"{value!r}" in lines[0] or "device" in lines[0], lines[0]

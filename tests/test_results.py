@@ -39,8 +39,8 @@ def job():
     """A 48x48 HR image, its g2.0 kernel (bicubic subsampling) and the LR image made with them."""
     hr = to_uint8(smooth_image(48, 48, seed=3))
     deg = resolve_degradation("g2.0")
-    lr = to_uint8(degrade(hr / 255.0, deg.kernel, 2, deg.method))
-    return hr, lr, deg.kernel, deg.method
+    lr = to_uint8(degrade(hr / 255.0, deg.kernel, 2, deg.subsampling))
+    return hr, lr, deg.kernel, deg.subsampling
 
 
 def test_score_rows_of_the_exact_image_and_of_a_noisy_one(job):

@@ -37,7 +37,7 @@ REPO = Path(__file__).resolve().parents[1]
 # workflow/rules/common.smk passes them (pretrain_cfg, meta_cfg; scripts pop the seeds).
 STAGES = {
     "pretrain": (PRETRAIN_DEFAULTS, {"tf_checkpoint"}, {"patch_size": "patches.pretrain.patch_size", "scale": "scale"}),
-    "meta": (META_DEFAULTS, {"weights_folder"}, {"scale": "scale", "method": ("direct",)}),  # the model's subsampling
+    "meta": (META_DEFAULTS, {"weights_folder"}, {"scale": "scale", "subsampling": ("direct",)}),  # the model's subsampling
     "zssr": (ZSSR_DEFAULTS, {"seed"}, {}),  # zssr(seed=...)
     "estimate": (KERNELGAN_DEFAULTS, {"seed"}, {}),  # estimate_kernel(seed=...)
     "adapt": (ADAPT_DEFAULTS, set(), {}),
@@ -72,8 +72,8 @@ def test_each_stages_defaults_are_its_schema_section(section):
 def test_a_knob_only_in_the_code_or_a_drifted_value_is_named():
     assert differences({**ZSSR_DEFAULTS, "new_knob": 1}, "zssr", {"seed"}) == [
         "zssr.new_knob: in the code (1), not in the schema"]
-    assert differences({**ZSSR_DEFAULTS, "min_lr": 1e-5}, "zssr", {"seed"}) == [
-        "zssr.min_lr: the code says 1e-05, the schema 9e-06"]
+    assert differences({**ZSSR_DEFAULTS, "lr_min": 1e-5}, "zssr", {"seed"}) == [
+        "zssr.lr_min: the code says 1e-05, the schema 9e-06"]
     assert differences({k: v for k, v in ZSSR_DEFAULTS.items() if k != "slope_range"}, "zssr", {"seed"}) == [
         "zssr.slope_range: in the schema (256), not in the code"]
     assert differences({**PRETRAIN_DEFAULTS, "checkpoint_every": 1000}, "pretrain", *STAGES["pretrain"][1:]) == [

@@ -172,7 +172,7 @@ def test_meta_training_script_names_a_bit_flipped_shard_and_leaves_it_for_the_re
                       "patches": str(meta_store)},
                output={"weights": str(tmp_path / "meta.safetensors"), "log_csv": str(tmp_path / "log.csv")},
                params={"work_dir": str(tmp_path / "work"), "meta": {"iterations": 1, "meta_batch": 2, "inner_steps": 1,
-                                                                    "validation_tasks": 0, "scale": 2, "method": "direct"}})
+                                                                    "validation_tasks": 0, "scale": 2, "subsampling": "direct"}})
     with pytest.raises(MZSRError) as e:
         run_script(monkeypatch, "meta_train", **job)
     assert error_line(e.value).startswith(f"mzsr: error: {shards[0]}: corrupt task shard")

@@ -7,7 +7,7 @@
 rule sr_bicubic:
     input:
         gt=gt_image,
-        lr="resources/test_inputs/{test_set}/{degradation}/{image}.png",
+        lr_image="resources/test_inputs/{test_set}/{degradation}/{image}.png",
     output:
         sr=sr_png("bicubic"),
         csv=job_csv("bicubic"),
@@ -25,7 +25,7 @@ rule sr_bicubic:
 rule sr_pretrained:
     input:
         gt=gt_image,
-        lr="resources/test_inputs/{test_set}/{degradation}/{image}.png",
+        lr_image="resources/test_inputs/{test_set}/{degradation}/{image}.png",
         kernel=kernel_file,
         weights=pretrained_weights(),
     output:
@@ -47,7 +47,7 @@ rule sr_pretrained:
 rule sr_mzsr:
     input:
         gt=gt_image,
-        lr="resources/test_inputs/{test_set}/{degradation}/{image}.png",
+        lr_image="resources/test_inputs/{test_set}/{degradation}/{image}.png",
         kernel=kernel_file,
         weights=meta_weights,
     output:
@@ -69,7 +69,7 @@ rule sr_mzsr:
 rule sr_zssr:
     input:
         gt=gt_image,
-        lr="resources/test_inputs/{test_set}/{degradation}/{image}.png",
+        lr_image="resources/test_inputs/{test_set}/{degradation}/{image}.png",
         kernel=kernel_file,
     output:
         sr=sr_png("zssr"),
@@ -95,7 +95,7 @@ rule sr_zssr:
 rule sr_mzsr_kgan:
     input:
         gt=gt_image,
-        lr="resources/test_inputs/{test_set}/{degradation}/{image}.png",
+        lr_image="resources/test_inputs/{test_set}/{degradation}/{image}.png",
         estimated=ESTIMATED_KERNEL,
         weights=lambda w: meta_model("direct"),
     output:
@@ -103,7 +103,7 @@ rule sr_mzsr_kgan:
         csv=job_csv("mzsr_kgan"),
     params:
         scale=SCALE,
-        subsample="direct",
+        subsampling="direct",
         method="mzsr_kgan",
         adapt=section(config["adapt"]),
     log:
@@ -117,14 +117,14 @@ rule sr_mzsr_kgan:
 rule sr_zssr_kgan:
     input:
         gt=gt_image,
-        lr="resources/test_inputs/{test_set}/{degradation}/{image}.png",
+        lr_image="resources/test_inputs/{test_set}/{degradation}/{image}.png",
         estimated=ESTIMATED_KERNEL,
     output:
         sr=sr_png("zssr_kgan"),
         csv=job_csv("zssr_kgan"),
     params:
         scale=SCALE,
-        subsample="direct",
+        subsampling="direct",
         zssr=section(config["zssr"]),
     log:
         log_path("sr_zssr_kgan", JOB),

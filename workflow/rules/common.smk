@@ -149,7 +149,7 @@ wildcard_constraints:
     image=r"[^/]+",
     shard=r"\d+",
     kind="pretrain|meta",
-    subsample="direct|bicubic",
+    subsampling="direct|bicubic",
     steps=r"\d+",
 
 
@@ -195,9 +195,9 @@ def pretrain_cfg():
     return section({**cfg, "patch_size": config["patches"]["pretrain"]["patch_size"], "scale": SCALE})
 
 
-def meta_cfg(subsample):
+def meta_cfg(subsampling):
     cfg = {k: v for k, v in config["meta"].items() if k != "weights_folder"}  # where models come from, not how
-    return section({**cfg, "scale": SCALE, "method": subsample})
+    return section({**cfg, "scale": SCALE, "subsampling": subsampling})
 
 
 def task_count():
@@ -226,11 +226,11 @@ def pretrain_work_dir():
     return work_dir("pretrain", {"pretrain": pretrain_cfg(), "patches": section(config["patches"]["pretrain"])})
 
 
-def meta_work_dir(subsample):
+def meta_work_dir(subsampling):
     """Meta-training resumes only on the same tasks: the task and meta-patch settings name its folder too."""
-    meta = {k: v for k, v in meta_cfg(subsample).items() if k != "cuda_graph"}  # how it runs, not what it learns
+    meta = {k: v for k, v in meta_cfg(subsampling).items() if k != "cuda_graph"}  # how it runs, not what it learns
     key = {"meta": meta, "tasks": section(config["tasks"]), "patches": section(config["patches"]["meta"])}
-    return work_dir(f"meta_{subsample}", key)
+    return work_dir(f"meta_{subsampling}", key)
 
 
 def work_dir(stage, cfg):
@@ -260,14 +260,14 @@ if RELEASED_FOLDER == "released":
     RELEASED_FOLDER = os.path.join(workflow.basedir, "models")
 
 
-def meta_model(subsample):
+def meta_model(subsampling):
     """The meta-trained model of a subsampling: trained here, or taken from meta.weights_folder."""
     if RELEASED_FOLDER is None:
-        return f"resources/models/meta_{subsample}.safetensors"
-    path = Path(RELEASED_FOLDER) / f"{subsample}_x{SCALE}.safetensors"
+        return f"resources/models/meta_{subsampling}.safetensors"
+    path = Path(RELEASED_FOLDER) / f"{subsampling}_x{SCALE}.safetensors"
     if not path.is_file():
         have = ", ".join(sorted(p.stem for p in Path(RELEASED_FOLDER).glob("*_x*.safetensors"))) or "none"
-        users = ", ".join(d for d, s in SUBSAMPLING.items() if s == subsample)
+        users = ", ".join(d for d, s in SUBSAMPLING.items() if s == subsampling)
         raise WorkflowError(
             f"meta.weights_folder {RELEASED_FOLDER}: no {path.name} for degradation(s) {users} "
             f"(it holds: {have}); drop them from degradations, or set meta.weights_folder: null to train it"

@@ -5,7 +5,7 @@
 
 rule estimate_kernel:
     input:
-        lr="resources/test_inputs/{test_set}/{degradation}/{image}.png",
+        lr_image="resources/test_inputs/{test_set}/{degradation}/{image}.png",
         kernel=kernel_file,
     output:
         kernel=ESTIMATED_KERNEL,

@@ -9,13 +9,13 @@ rule meta_train:
         shards=shard_paths(),
         patches="resources/patches/meta.h5",
     output:
-        weights="resources/models/meta_{subsample}.safetensors",
-        log_csv="results/training/meta_{subsample}_log.csv",
+        weights="resources/models/meta_{subsampling}.safetensors",
+        log_csv="results/training/meta_{subsampling}_log.csv",
     params:
-        meta=lambda w: meta_cfg(w.subsample),
-        work_dir=lambda w: meta_work_dir(w.subsample),
+        meta=lambda w: meta_cfg(w.subsampling),
+        work_dir=lambda w: meta_work_dir(w.subsampling),
     log:
-        log_path("meta_train", "{subsample}"),
+        log_path("meta_train", "{subsampling}"),
     conda:
         "../../envs/train.yaml"
     script:
