@@ -294,10 +294,7 @@ def estimate_kernel(lr_image: np.ndarray, scale: int = 2, cfg: dict | None = Non
 
     if scale not in (2, 4):
         raise MZSRError(f"{source}: KernelGAN estimates x2 kernels (and x4 from them); scale {scale} is not supported")
-    cfg = {**KERNELGAN_DEFAULTS, **(cfg or {})}
-    unknown = set(cfg) - set(KERNELGAN_DEFAULTS)
-    if unknown:
-        raise MZSRError(f"kernel estimation: unknown setting(s) {sorted(unknown)}; known: {sorted(KERNELGAN_DEFAULTS)}")
+    cfg = settings.with_defaults(cfg, KERNELGAN_DEFAULTS, "kernel estimation")
     iterations, crop = int(cfg["iterations"]), int(cfg["crop"])
     if iterations < 1:
         raise MZSRError(f"kernel estimation: iterations must be >= 1, got {iterations}")

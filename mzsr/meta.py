@@ -407,7 +407,7 @@ def make_meta_step(theta, optimizer, cfg: dict, device=None, **options) -> MetaS
 
     Call it after resuming the optimizer state: it sets Adam's `capturable` for the mode it runs in.
     `options` go to `MetaStep` (the benchmark's candidates)."""
-    cfg = {**META_DEFAULTS, **cfg}
+    cfg = settings.with_defaults(cfg, META_DEFAULTS, "meta-training")
     return MetaStep(theta, optimizer, cfg["inner_steps"], cfg["inner_lr"], device, cuda_graph=bool(cfg["cuda_graph"]), **options)
 
 @torch.no_grad()
@@ -480,7 +480,7 @@ def meta_train(init_weights, shard_paths, patch_store, out_weights, cfg: dict, w
 
     `on_step(step)` is called after every finished iteration (progress hooks, fault-injection tests).
     """
-    cfg = {**META_DEFAULTS, **cfg}
+    cfg = settings.with_defaults(cfg, META_DEFAULTS, "meta-training")
     work_dir = Path(work_dir)
     work_dir.mkdir(parents=True, exist_ok=True)
     device = setup_device(device)

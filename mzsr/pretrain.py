@@ -47,7 +47,7 @@ def pretrain(patch_store, out_weights, cfg: dict, work_dir, log_csv, device=None
 
     `on_step(step)` is called after every finished step (progress hooks, fault-injection tests).
     """
-    cfg = {**PRETRAIN_DEFAULTS, **cfg}
+    cfg = settings.with_defaults(cfg, PRETRAIN_DEFAULTS, "pre-training")
     work_dir = Path(work_dir)
     work_dir.mkdir(parents=True, exist_ok=True)
     device = setup_device(device)

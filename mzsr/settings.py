@@ -90,3 +90,15 @@ def defaults(path: str = "", without=()) -> dict:
     if unknown:
         raise KeyError(f"{SCHEMA_FILE.name}: {path or 'the config'} has no setting(s) {sorted(unknown)}")
     return {k: v for k, v in _filled(node, {}).items() if k not in without}
+
+
+def with_defaults(cfg: dict | None, stage_defaults: dict, stage: str) -> dict:
+    """`stage_defaults` updated with `cfg`; a key the stage does not know is an error (a typo would
+    otherwise train or estimate silently with the default)."""
+    from . import MZSRError
+
+    cfg = dict(cfg or {})
+    unknown = set(cfg) - set(stage_defaults)
+    if unknown:
+        raise MZSRError(f"{stage}: unknown setting(s) {sorted(unknown)}; known: {sorted(stage_defaults)}")
+    return {**stage_defaults, **cfg}

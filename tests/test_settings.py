@@ -10,6 +10,7 @@ from __future__ import annotations
 import inspect
 from pathlib import Path
 
+import numpy as np
 import pytest
 import yaml
 
@@ -214,3 +215,20 @@ def test_the_paper_config_spells_out_the_schemas_defaults():
     wrong += [f"{k}: in config/config.yaml, not in the schema" for k in spelt if k not in defaults]
     wrong += [f"{k}: not spelt out in config/config.yaml (default {defaults[k]!r})" for k in defaults if k not in spelt]
     assert not wrong, "\n".join(wrong)
+
+
+def test_a_stage_refuses_a_setting_it_does_not_know(tmp_path):
+    """A typo in a stage's settings is an error before any work, not a silent default."""
+    from mzsr import MZSRError
+    from mzsr.estimate import estimate_kernel
+    from mzsr.meta import meta_train
+    from mzsr.pretrain import pretrain
+
+    with pytest.raises(MZSRError, match=r"pre-training: unknown setting\(s\) \['stepz'\]; known: \['amp', "):
+        pretrain(tmp_path / "none.h5", tmp_path / "w.safetensors", {"stepz": 3}, tmp_path / "work", tmp_path / "log.csv")
+    with pytest.raises(MZSRError, match=r"meta-training: unknown setting\(s\) \['method'\]"):  # the old name of subsampling
+        meta_train(tmp_path / "w.safetensors", [], tmp_path / "none.h5", tmp_path / "m.safetensors", {"method": "direct"},
+                   tmp_path / "work", tmp_path / "log.csv")
+    with pytest.raises(MZSRError, match=r"kernel estimation: unknown setting\(s\) \['iters'\]"):
+        estimate_kernel(np.zeros((100, 100, 3)), 2, {"iters": 5})
+    assert not (tmp_path / "work").exists()
