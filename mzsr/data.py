@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 import warnings
 from pathlib import Path
 
@@ -23,7 +22,7 @@ import torch
 
 from . import MZSRError, MZSRWarning
 from .images import read_image_uint8
-from .io import atomic_path
+from .io import atomic_path, set_aside
 from .kernels import gaussian_kernels_torch, sample_training_params
 
 STORE_FORMAT = "mzsr-patches/1"
@@ -175,18 +174,6 @@ def content_digest(f: h5py.File, names) -> str:
         for start in range(0, ds.shape[0], _SLAB):
             digest.update(np.ascontiguousarray(ds[start:start + _SLAB]).tobytes())
     return _finish(digest, f, names)
-
-
-def set_aside(path: str | Path, why: str) -> Path:
-    """Move a bad project file out of the way (`<name>.corrupt`), so that a rerun of the pipeline
-    rebuilds it instead of reading it again; the file is kept for inspection (safe to delete)."""
-    path = Path(path)
-    aside = path.with_name(path.name + f".{why}")
-    try:
-        os.replace(path, aside)
-    except OSError:
-        return path
-    return aside
 
 
 def open_store(path: str | Path) -> h5py.File:

@@ -273,3 +273,16 @@ def atomic_copy(src: str | Path, dst: str | Path) -> None:
     """Copy a file so that `dst` is either absent or complete."""
     with atomic_path(dst) as tmp:
         shutil.copyfile(src, tmp)
+
+
+def set_aside(path: str | Path, why: str) -> Path:
+    """Move a bad project file out of the way (`<name>.<why>`: a corrupt store, a stale checkpoint), so
+    that a rerun rebuilds it instead of reading it again; the file is kept for inspection (safe to
+    delete). Returns where it is now (the same path if it could not be moved)."""
+    path = Path(path)
+    aside = path.with_name(path.name + f".{why}")
+    try:
+        os.replace(path, aside)
+    except OSError:
+        return path
+    return aside

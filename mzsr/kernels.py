@@ -170,7 +170,7 @@ def recenter_kernel(kernel: np.ndarray, center, clip: bool = True) -> np.ndarray
     return k
 
 
-def kernelgan_to_mzsr(kernel: np.ndarray, source: str = "kernel", sf: int = 2) -> np.ndarray:
+def kernelgan_to_mzsr(kernel: np.ndarray, source: str = "kernel") -> np.ndarray:
     """A kernel in KernelGAN's convention (its .mat files, key "Kernel") as MZSR uses it: centre of
     mass back on the correlation origin. Negative spline ringing down to 15% of the peak is clipped:
     KernelGAN shifts its hard-edged, thresholded kernels without clipping, and they ring by 1.5-8%."""

@@ -6,7 +6,6 @@ import hashlib
 import io
 import json
 import math
-import os
 import warnings
 from pathlib import Path
 
@@ -14,7 +13,7 @@ import numpy as np
 import torch
 
 from . import MZSRError, MZSRWarning
-from .io import atomic_open, atomic_write_bytes, atomic_write_text
+from .io import atomic_open, atomic_write_bytes, atomic_write_text, set_aside
 
 
 def setup_device(requested: str | None = None, tf32: bool = True) -> torch.device:
@@ -118,8 +117,7 @@ def latest_checkpoint(work_dir: str | Path) -> Path | None:
     problem = check_checkpoint(path)
     if problem is None:
         return path
-    aside = path.with_name("last.pt.bad")
-    os.replace(path, aside)
+    aside = set_aside(path, "bad")
     warnings.warn(f"{path}: {problem}; set aside as {aside.name}, training starts over", MZSRWarning, stacklevel=2)
     return None
 
