@@ -3,7 +3,9 @@
 Patch store: dataset `patches` (N, P, P, 3) uint8, one chunk per patch so that random access
 decompresses only what a batch needs; `source` (N,) int32 image index; `mode` (N,) uint8 flip/rotation
 of the patch (0-7, see `dihedral`); provenance as attributes. As the authors' generators do, flat
-patches can be dropped and every patch stored in all 8 flips/rotations.
+patches can be dropped and every patch stored in all 8 flips/rotations. A pre-training store also
+holds `lr_patches` (N, P/s, P/s, 3) uint8: the same region of the whole image's MATLAB-bicubic
+x1/s downscale, rounded to uint8, as the release's TFRecord holds DIV2K's bicubic LR images.
 Task shard: the specifications of T tasks, nothing synthesised: `kernel_params` (T, 3) float32
 (l1, l2, theta of the task's Gaussian training kernel) and `patches` (T, S+Q) int32 rows of the
 patch store, D_tr first. The LR inputs are made from them on the training device at batch time
@@ -58,14 +60,35 @@ def dihedral(x: np.ndarray, mode: int) -> np.ndarray:
     return y[..., ::-1, :, :] if mode % 2 else y
 
 
-def grid_patches(img: np.ndarray, patch_size: int, stride: int) -> np.ndarray:
-    """All patch_size x patch_size crops of an HxWxC image on a regular grid, (n, P, P, C)."""
+def grid_positions(h: int, w: int, patch_size: int, stride: int) -> list[tuple[int, int]]:
+    """Top-left corners of the patch_size x patch_size crops of an h x w image on a regular grid."""
+    return [(y, x) for y in range(0, h - patch_size + 1, stride) for x in range(0, w - patch_size + 1, stride)]
+
+
+def grid_patches(img: np.ndarray, patch_size: int, stride: int, scale: int = 1) -> np.ndarray:
+    """The crops at `grid_positions` of an HxWxC image, (n, P, P, C); with `scale`, the crops of its
+    x1/scale version at the same places (corners and size divided by the scale)."""
     h, w = img.shape[:2]
-    if h < patch_size or w < patch_size:
-        return np.empty((0, patch_size, patch_size, img.shape[2]), img.dtype)
-    ys = range(0, h - patch_size + 1, stride)
-    xs = range(0, w - patch_size + 1, stride)
-    return np.stack([img[y : y + patch_size, x : x + patch_size] for y in ys for x in xs])
+    size = patch_size // scale
+    corners = grid_positions(h * scale, w * scale, patch_size, stride)
+    if not corners:
+        return np.empty((0, size, size, img.shape[2]), img.dtype)
+    return np.stack([img[y // scale : y // scale + size, x // scale : x // scale + size] for y, x in corners])
+
+
+def bicubic_lr(img: np.ndarray, scale: int) -> np.ndarray:
+    """The LR image of the release's pre-training pairs: the HR image mod-cropped to the scale, MATLAB
+    bicubic x1/scale, rounded to uint8 (what DIV2K_train_LR_bicubic holds)."""
+    from .degrade import to_uint8
+    from .resize import imresize
+
+    return to_uint8(imresize(img.astype(np.float64) / 255.0, 1.0 / scale))
+
+
+def mod_crop(img: np.ndarray, scale: int) -> np.ndarray:
+    """The image cut to a multiple of the scale on each side (bottom and right), as the generators do."""
+    h, w = img.shape[:2]
+    return img[: h - h % scale, : w - w % scale]
 
 
 def write_patch_store(
@@ -79,6 +102,7 @@ def write_patch_store(
     reject_flat: bool = False,
     flat_threshold: float = FLAT_THRESHOLD,
     store_augmented: bool = False,
+    lr_scale: int | None = None,
 ) -> int:
     """Cut HR images into uint8 patches and store them in HDF5 atomically; returns the patch count.
 
@@ -86,46 +110,56 @@ def write_patch_store(
     `max_per_image` remain, a seeded random subset; with `store_augmented`, each of them in all 8
     flips/rotations (8 consecutive rows). Images smaller than a patch are skipped (and listed in the
     `skipped` attribute); `grid_patches` and `flat_patches` count what the grid gave and what was dropped.
+    With `lr_scale` (a pre-training store), each image is first mod-cropped to the scale and the
+    matching LR patches of its `bicubic_lr` are stored too (`lr_patches`), as the release's
+    pre-training generator pairs DIV2K's HR and bicubic LR images.
     """
     paths = [Path(p) for p in image_paths]
     if not paths:
         raise MZSRError(f"{out_path}: no training images given")
+    if lr_scale is not None and (lr_scale < 1 or patch_size % lr_scale or stride % lr_scale):
+        raise MZSRError(f"{out_path}: LR patches at x{lr_scale} need a patch size and stride divisible by the scale"
+                        f" (got {patch_size} and {stride})")
     modes = np.arange(8 if store_augmented else 1, dtype=np.uint8)
-    digest = hashlib.sha256()
+    digest, lr_digest = hashlib.sha256(), hashlib.sha256()
     with atomic_path(out_path) as tmp, h5py.File(tmp, "w") as f:
-        ds = f.create_dataset(
-            "patches",
-            shape=(0, patch_size, patch_size, 3),
-            maxshape=(None, patch_size, patch_size, 3),
-            dtype=np.uint8,
-            chunks=(1, patch_size, patch_size, 3),
-            compression="gzip",
-            compression_opts=1,
-        )
+        def dataset(name, size):
+            return f.create_dataset(name, shape=(0, size, size, 3), maxshape=(None, size, size, 3), dtype=np.uint8,
+                                    chunks=(1, size, size, 3), compression="gzip", compression_opts=1)
+
+        ds = dataset("patches", patch_size)
+        lr_ds = dataset("lr_patches", patch_size // lr_scale) if lr_scale else None
         sources: list[np.ndarray] = []
         skipped: list[str] = []
         n_grid = n_flat = 0
         for i, path in enumerate(paths):
-            patches = grid_patches(read_image_uint8(path), patch_size, stride)
+            img = read_image_uint8(path)
+            if lr_scale:
+                img = mod_crop(img, lr_scale)
+            patches = grid_patches(img, patch_size, stride)
             if len(patches) == 0:
                 skipped.append(path.name)
                 continue
+            lr = grid_patches(bicubic_lr(img, lr_scale), patch_size, stride, lr_scale) if lr_scale else None
             n_grid += len(patches)
+            keep = np.arange(len(patches))
             if reject_flat:
                 flat = is_flat(patches, flat_threshold)
                 n_flat += int(flat.sum())
-                patches = patches[~flat]
-            if max_per_image and len(patches) > max_per_image:
-                keep = np.sort(np.random.default_rng([seed, i]).choice(len(patches), max_per_image, replace=False))
-                patches = patches[keep]
-            if len(patches) == 0:
+                keep = keep[~flat]
+            if max_per_image and len(keep) > max_per_image:
+                keep = keep[np.sort(np.random.default_rng([seed, i]).choice(len(keep), max_per_image, replace=False))]
+            if len(keep) == 0:
                 continue
-            patches = np.stack([dihedral(patches, m) for m in modes], axis=1).reshape(-1, *patches.shape[1:])
-            n0 = ds.shape[0]
-            ds.resize(n0 + len(patches), axis=0)
-            ds[n0:] = patches
-            digest.update(np.ascontiguousarray(patches).tobytes())
-            sources.append(np.full(len(patches), i, np.int32))
+            for data, out, h in ((patches, ds, digest), (lr, lr_ds, lr_digest)):
+                if data is None:
+                    continue
+                data = np.stack([dihedral(data[keep], m) for m in modes], axis=1).reshape(-1, *data.shape[1:])
+                n0 = out.shape[0]
+                out.resize(n0 + len(data), axis=0)
+                out[n0:] = data
+                h.update(np.ascontiguousarray(data).tobytes())
+            sources.append(np.full(len(keep) * len(modes), i, np.int32))
         if ds.shape[0] == 0:
             why = f"all {n_grid} patches are flat (threshold {flat_threshold})" if n_grid else \
                 f"no image is at least {patch_size}x{patch_size}"
@@ -139,9 +173,11 @@ def write_patch_store(
         settings = dict(patch_size=patch_size, stride=stride, max_per_image=max_per_image or 0, seed=seed,
                         reject_flat=bool(reject_flat), flat_threshold=float(flat_threshold),
                         store_augmented=bool(store_augmented), images=[str(p) for p in paths])
+        if lr_scale:
+            settings["lr_scale"] = lr_scale
         f.attrs.update(
             format=STORE_FORMAT,
-            digest=_finish(digest, f, ("patches", "source", "mode")),
+            digest=_finish(digest, f, STORE_DATASETS, {"lr_patches": lr_digest} if lr_scale else {}),
             settings=json.dumps(settings, sort_keys=True),
             patch_size=patch_size,
             stride=stride,
@@ -150,6 +186,7 @@ def write_patch_store(
             reject_flat=reject_flat,
             flat_threshold=flat_threshold,
             store_augmented=store_augmented,
+            lr_scale=lr_scale or 0,
             grid_patches=n_grid,
             flat_patches=n_flat,
             images=json.dumps([str(p) for p in paths]),
@@ -159,21 +196,34 @@ def write_patch_store(
     return count
 
 
-def _finish(digest, f: h5py.File, names) -> str:
-    """The content digest: sha256 of the datasets' bytes in order, then of their names, dtypes, shapes."""
+STORE_DATASETS = ("patches", "source", "mode")
+SEPARATE = ("lr_patches",)  # datasets written beside `patches`, hashed in streams of their own
+
+
+def _finish(digest, f: h5py.File, names, separate: dict | None = None) -> str:
+    """The content digest: sha256 of the datasets' bytes in order, then of their names, dtypes, shapes,
+    then of the digests of the `separate` datasets (name -> sha256 of its bytes), when there are any."""
     layout = [[n, f[n].dtype.str, list(f[n].shape)] for n in names]
     digest.update(json.dumps(layout).encode())
+    for name, h in sorted((separate or {}).items()):
+        digest.update(json.dumps([name, f[name].dtype.str, list(f[name].shape), h.hexdigest()]).encode())
     return "sha256:" + digest.hexdigest()
 
 
+def _hash(ds, digest=None):
+    digest = digest or hashlib.sha256()
+    for start in range(0, ds.shape[0], _SLAB):
+        digest.update(np.ascontiguousarray(ds[start:start + _SLAB]).tobytes())
+    return digest
+
+
 def content_digest(f: h5py.File, names) -> str:
-    """Recompute the digest `_finish` recorded, reading `_SLAB` rows at a time."""
+    """Recompute the digest `_finish` recorded, reading `_SLAB` rows at a time (the `SEPARATE`
+    datasets that the file holds in their own streams)."""
     digest = hashlib.sha256()
     for n in names:
-        ds = f[n]
-        for start in range(0, ds.shape[0], _SLAB):
-            digest.update(np.ascontiguousarray(ds[start:start + _SLAB]).tobytes())
-    return _finish(digest, f, names)
+        _hash(f[n], digest)
+    return _finish(digest, f, names, {n: _hash(f[n]) for n in SEPARATE if n in f})
 
 
 def open_store(path: str | Path) -> h5py.File:
@@ -205,7 +255,7 @@ def verify_patch_store(path: str | Path, full: bool | None = None) -> str | None
         if not full:
             return str(recorded)
         try:
-            actual = content_digest(f, ("patches", "source", "mode"))
+            actual = content_digest(f, STORE_DATASETS)
         except (OSError, KeyError, ValueError) as e:
             actual = f"unreadable ({' '.join(str(e).split())[:120]})"
     if actual != recorded:
@@ -355,15 +405,20 @@ class PatchDataset(torch.utils.data.Dataset):
     """Random access into the HDF5 patch store; the file is opened once per worker process.
 
     Items are (index, augmentation) pairs chosen by `StepBatchSampler`, so a run is a pure function
-    of (seed, step) and resumes exactly.
+    of (seed, step) and resumes exactly. An item is the HR patch (3, P, P) uint8, or with `with_lr` the
+    pair (HR patch, LR patch) of a pre-training store, both in the same flip/rotation.
     """
 
-    def __init__(self, path: str | Path):
-        self.path = str(path)
+    def __init__(self, path: str | Path, with_lr: bool = False):
+        self.path, self.with_lr = str(path), with_lr
         verify_patch_store(self.path)
         with open_store(self.path) as f:
             self.length = f["patches"].shape[0]
             self.patch_size = f["patches"].shape[1]
+            self.lr_scale = int(f.attrs.get("lr_scale", 0)) if "lr_patches" in f else 0
+        if with_lr and not self.lr_scale:
+            raise MZSRError(f"{self.path}: a patch store without LR patches (made by an older mzsr, or for meta-training);"
+                            " pre-training needs one made with lr_scale: delete it and rerun the step that makes it")
         self._file = None
 
     def __len__(self) -> int:
@@ -373,28 +428,49 @@ class PatchDataset(torch.utils.data.Dataset):
         index, aug = item
         if self._file is None:
             self._file = h5py.File(self.path, "r")
+        names = ("patches", "lr_patches") if self.with_lr else ("patches",)
         try:
-            patch = dihedral(self._file["patches"][index], aug)
+            out = tuple(torch.from_numpy(np.ascontiguousarray(dihedral(self._file[n][index], aug))).permute(2, 0, 1)
+                        for n in names)
         except OSError as e:
             raise MZSRError(f"{self.path}: cannot read patch {index} ({' '.join(str(e).split())[:160]}); the store is"
                             " corrupt: delete it and rerun the step that makes it") from None
-        return torch.from_numpy(np.ascontiguousarray(patch)).permute(2, 0, 1)
+        return out if self.with_lr else out[0]
 
 
 class StepBatchSampler(torch.utils.data.Sampler):
-    """Yields, for steps start..steps-1, a batch of (patch index, flip/rotation) drawn from rng(seed, step);
-    without `augment` (the release's pre-training) every patch comes as stored, mode 0."""
+    """Yields, for steps start..steps-1, a batch of (patch index, flip/rotation).
+
+    The patches are taken in epochs, as the release reads its TFRecord: every patch once per epoch, in
+    the order of a permutation drawn from rng(seed, epoch), batch after batch across epoch boundaries.
+    Flips/rotations (only with `augment`; the release's pre-training reads patches as stored, mode 0)
+    come from rng(seed, step). So a batch is a pure function of (seed, step) and a run resumes exactly.
+    """
 
     def __init__(self, length: int, batch_size: int, seed: int, start: int, steps: int, augment: bool = False):
         self.length, self.batch_size, self.seed, self.start, self.steps = length, batch_size, seed, start, steps
         self.augment = augment
+        self._orders: dict[int, np.ndarray] = {}
 
     def __len__(self) -> int:
         return max(0, self.steps - self.start)
 
+    def _order(self, epoch: int) -> np.ndarray:
+        if epoch not in self._orders:
+            if len(self._orders) > 2:
+                self._orders.pop(min(self._orders))
+            self._orders[epoch] = np.random.default_rng([self.seed, 0x5EED, epoch]).permutation(self.length)
+        return self._orders[epoch]
+
+    def indices(self, step: int) -> np.ndarray:
+        """The store rows of one step's batch."""
+        positions = np.arange(step * self.batch_size, (step + 1) * self.batch_size)
+        epochs, offsets = np.divmod(positions, self.length)
+        return np.array([self._order(int(e))[o] for e, o in zip(epochs, offsets)], dtype=np.int64)
+
     def __iter__(self):
         for step in range(self.start, self.steps):
-            rng = np.random.default_rng([self.seed, step])
-            idx = rng.integers(0, self.length, self.batch_size)
-            aug = rng.integers(0, 8, self.batch_size) if self.augment else np.zeros(self.batch_size, np.int64)
+            idx = self.indices(step)
+            aug = (np.random.default_rng([self.seed, step]).integers(0, 8, self.batch_size) if self.augment
+                   else np.zeros(self.batch_size, np.int64))
             yield list(zip(idx.tolist(), aug.tolist()))

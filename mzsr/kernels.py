@@ -103,7 +103,7 @@ def validate_kernel(kernel, source: str = "kernel", image_shape: tuple[int, int]
         raise MZSRError(f"{source}: kernel must be 2-D, got shape {k.shape}")
     if not np.issubdtype(k.dtype, np.number):
         raise MZSRError(f"{source}: kernel must be numeric, got dtype {k.dtype}")
-    k = k.astype(np.float64)
+    k = np.ascontiguousarray(k, dtype=np.float64)
     if k.size == 0:
         raise MZSRError(f"{source}: kernel is empty")
     if not np.all(np.isfinite(k)):
@@ -211,6 +211,20 @@ def analytic_kernel(kernel: np.ndarray) -> np.ndarray:
     return big / big.sum()
 
 
+def _read_mat(path: Path) -> dict:
+    """The variables of a .mat file: scipy for MATLAB's v4-v7 formats, h5py for v7.3 (HDF5, MATLAB's
+    default since R2006b for -v7.3 and what `save` writes for large variables; stored transposed)."""
+    import scipy.io
+
+    try:
+        return scipy.io.loadmat(path)
+    except NotImplementedError:  # scipy: "Please use HDF reader for matlab v7.3 files"
+        import h5py
+
+        with h5py.File(path, "r") as f:
+            return {name: np.asarray(ds[()]).T for name, ds in f.items() if isinstance(ds, h5py.Dataset)}
+
+
 def load_kernel_file(path: str | Path) -> np.ndarray:
     """Read a kernel from .npy or .mat: key "kernel" (the MZSR authors') is taken as it is, key "Kernel"
     (KernelGAN's and ZSSR's) is converted from KernelGAN's shifted convention (`kernelgan_to_mzsr`)."""
@@ -222,14 +236,12 @@ def load_kernel_file(path: str | Path) -> np.ndarray:
         if suffix == ".npy":
             k = np.load(path, allow_pickle=False)
         elif suffix == ".mat":
-            import scipy.io
-
-            mat = scipy.io.loadmat(path)
+            mat = _read_mat(path)
             keys = [key for key in ("kernel", "Kernel") if key in mat]
             if not keys:
                 found = sorted(k for k in mat if not k.startswith("__"))
                 raise MZSRError(f"{path}: no 'kernel' or 'Kernel' variable in the .mat file (found {found})")
-            k = mat[keys[0]]
+            k = np.ascontiguousarray(mat[keys[0]])  # MATLAB's arrays come column-major: sums would round otherwise
             if keys[0] == "Kernel":  # KernelGAN's convention: its half-pixel shift undone
                 return kernelgan_to_mzsr(k, str(path))
         else:

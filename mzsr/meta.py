@@ -6,8 +6,9 @@ convolutions would leave it idle (1.21x faster on an H100). On a CPU grouped con
 15-35% more than plain ones, so there the tasks run one after another (benchmarks/bench_training.py).
 
 Per task: fast weights start at theta; for j = 1..J, one plain SGD step on L1 over D_tr (support),
-then the query loss L_j = L1 over D_te with the new fast weights. Meta loss = mean over tasks of
-sum_j w_j L_j; Adam on theta. Gradients flow through the inner steps (second order) unless
+then the query loss L_j = L1 over D_te with the new fast weights. Meta loss, as the release's
+train.py: L_j averaged over the tasks, then the MEAN over j of w_j L_j, (1/J) sum_j w_j L_j; Adam on
+theta, TensorFlow 1's by default (mzsr.optim). Gradients flow through the inner steps (second order) unless
 `first_order` is set, or for the first `first_order_iterations` iterations (the release's warm-up,
 SECOND_ORDER_GRAD_ITER, 0 there: it stops the inner gradients until that step).
 
@@ -19,9 +20,9 @@ a few warm-up steps on a side stream (their effect on theta and the Adam state i
 capture, then one replay per iteration with the batch and loss weights copied into static tensors.
 The thousands of kernel launches of a second-order step become one graph launch: that removes the
 CPU's launch and autograd overhead, not the time of the kernels themselves (the benchmark's
-profile tells the two apart). Adam runs with `capturable=True` there
-(`set_capturable` moves its step counters between host and device, so a state saved on a CPU resumes
-on a GPU and back). If the capture fails the step warns once and runs eagerly. In graph mode the
+profile tells the two apart). TF-1's Adam (mzsr.optim.AdamTF1) keeps its whole state on the device
+and is capturable as it is; PyTorch's Adam runs with `capturable=True` there (`set_capturable` moves
+its step counters between host and device, so a state saved on a CPU resumes on a GPU and back). If the capture fails the step warns once and runs eagerly. In graph mode the
 NaN check comes after the optimizer step (the step is one unit): training still stops at the same
 iteration and the last good checkpoint stays on disk.
 
@@ -54,6 +55,7 @@ from .checkpoints import load_weights, save_weights
 from .data import TaskPool
 from .degrade import degrade_torch
 from .model import MZSRNet
+from .optim import make_optimizer
 from .resize import imresize_torch
 from .training import CsvLog, check_finite, latest_checkpoint, load_training_state, save_training_state, setup_device
 
@@ -200,11 +202,17 @@ def inner_loop(theta: list[torch.Tensor], support_x, support_y, query_x, query_y
     return torch.stack(query_losses)
 
 
-def meta_loss(theta, batch, steps: int, inner_lr: float, weights, first_order: bool, forward=tasks_forward) -> torch.Tensor:
-    """Mean over tasks of sum_j w_j L_j for one meta-batch of (support_x, support_y, query_x, query_y)."""
-    losses = inner_loop(theta, *batch, steps, inner_lr, create_graph=not first_order, forward=forward)
+def weighted_query_loss(losses: torch.Tensor, weights) -> torch.Tensor:
+    """The release's meta-loss from the (steps, T) query losses: L_j averaged over the tasks, then
+    reduce_mean over j of w_j L_j, i.e. (1/J) sum_j w_j L_j (the mean, not the sum, over the J steps)."""
     w = torch.as_tensor(weights, dtype=losses.dtype, device=losses.device)
-    return (w[:, None] * losses).sum(dim=0).mean()
+    return (w * losses.mean(dim=1)).mean()
+
+
+def meta_loss(theta, batch, steps: int, inner_lr: float, weights, first_order: bool, forward=tasks_forward) -> torch.Tensor:
+    """The release's meta-loss (`weighted_query_loss`) of one meta-batch of (support_x, support_y, query_x, query_y)."""
+    losses = inner_loop(theta, *batch, steps, inner_lr, create_graph=not first_order, forward=forward)
+    return weighted_query_loss(losses, weights)
 
 
 def single_forward(params: list[torch.Tensor], x: torch.Tensor) -> torch.Tensor:
@@ -233,12 +241,12 @@ def vmap_meta_loss(theta, batch, steps: int, inner_lr: float, weights, first_ord
         return torch.stack(losses)
 
     losses = torch.func.vmap(one_task)(*batch)  # (T, steps)
-    w = torch.as_tensor(weights, dtype=losses.dtype, device=losses.device)
-    return (losses * w).sum(dim=1).mean()
+    return weighted_query_loss(losses.T, weights)
 
 
 def set_capturable(optimizer: torch.optim.Optimizer, capturable: bool) -> None:
-    """Switch Adam between eager and CUDA-graph-capturable mode, its state included.
+    """Switch PyTorch's Adam between eager and CUDA-graph-capturable mode, its state included (a no-op
+    for optimizers without the flag, such as AdamTF1, whose state always lives on the device).
 
     `load_state_dict` takes `capturable` from the saved groups and keeps the step counters where the
     flag says (on the host when false, on the parameters' device when true). A state saved by a
@@ -281,8 +289,8 @@ class MetaStep:
     (meta_train switches first_order once, from true to false). A failed capture warns once and the
     step runs eagerly from then on (`fallback_reason` says why).
 
-    The optimizer must be one whose fresh state is zeros (Adam): the warm-up's state is reset to zero
-    when there was none before it.
+    The optimizer must be one whose fresh state is zeros (both Adams): the warm-up's state is reset to
+    zero when there was none before it.
     """
 
     def __init__(self, theta, optimizer, inner_steps: int, inner_lr: float, device=None, *, cuda_graph: bool = False,
@@ -414,10 +422,11 @@ def make_meta_step(theta, optimizer, cfg: dict, device=None, **options) -> MetaS
 def synthesise(hr: torch.Tensor, kernels: torch.Tensor, scale: int, subsampling: str, n_support: int):
     """(support_x, support_y, query_x, query_y) of tasks from their HR patches (T, S+Q, 3, P, P) and
     kernels (T, k, k): LR = the task's degradation of each patch, input = its bicubic upscale to P
-    (as the release's dataGenerator), all on the patches' device."""
+    (as the release's dataGenerator: its noise_std is 0, and its clip to [0, 1] only rounds), all on
+    the patches' device."""
     t, n = hr.shape[:2]
     flat = hr.flatten(0, 1)
-    lr = degrade_torch(flat, kernels.repeat_interleave(n, dim=0), scale, subsampling)
+    lr = degrade_torch(flat, kernels.repeat_interleave(n, dim=0), scale, subsampling).clamp_(0.0, 1.0)
     x = imresize_torch(lr, scale=scale, output_shape=flat.shape[-2:]).reshape(hr.shape)
     return x[:, :n_support], hr[:, :n_support], x[:, n_support:], hr[:, n_support:]
 
@@ -491,7 +500,7 @@ def meta_train(init_weights, shard_paths, patch_store, out_weights, cfg: dict, w
     model = MZSRNet().to(device)
     model.load_state_dict(load_weights(init_weights, expected_scale=cfg["scale"])[0])
     theta = list(model.parameters())
-    optimizer = torch.optim.Adam(theta, lr=cfg["outer_lr"])
+    optimizer = make_optimizer(cfg["optimizer"], theta, cfg["outer_lr"])
     start = 0
     if (ckpt := latest_checkpoint(work_dir)) is not None:
         start = load_training_state(ckpt, model, optimizer)["step"]

@@ -54,6 +54,25 @@ def init_zssr_(model: MZSRNet, variance: float = 0.1) -> MZSRNet:
     return model
 
 
+# TF-1's truncated normal cuts at two standard deviations, which shrinks the spread by this factor;
+# its variance_scaling_initializer divides the standard deviation by it to keep the variance it asks for.
+_TRUNCATION_STD = 0.87962566103423978
+
+
+@torch.no_grad()
+def init_release_(model: MZSRNet) -> MZSRNet:
+    """The release's initialisation (tf.variance_scaling_initializer() of TF-1: scale 1, fan_in, truncated
+    normal): weights ~ N(0, 1 / (kh * kw * cin)) cut at two standard deviations, biases zero.
+    PyTorch's default for a convolution (uniform, a third of that variance, biases not zero) differs."""
+    for conv in model.convs:
+        kh, kw = conv.kernel_size
+        std = math.sqrt(1.0 / (kh * kw * conv.in_channels)) / _TRUNCATION_STD
+        torch.nn.init.trunc_normal_(conv.weight, 0.0, std, -2 * std, 2 * std)
+        if conv.bias is not None:
+            conv.bias.zero_()
+    return model
+
+
 def functional_forward(model: nn.Module, params: dict[str, torch.Tensor], x: torch.Tensor) -> torch.Tensor:
     """Run `model` with the weights in `params` (fast weights of meta-learning) instead of its own."""
     return functional_call(model, params, (x,))

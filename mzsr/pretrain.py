@@ -1,7 +1,10 @@
-"""Stage 1: large-scale pre-training of theta_T on bicubic x s pairs (MZSR.md).
+"""Stage 1: large-scale pre-training of theta_T on bicubic x s pairs, as the release's Large-Scale_Training.
 
-HR patches come from the HDF5 store; the LR input is made on the device in the batch (MATLAB
-bicubic down, then up), so the loader only moves uint8 patches. L1 loss, Adam, step-wise lr.
+The store pairs each HR patch with the uint8 LR patch of its image's MATLAB-bicubic downscale
+(mzsr.data.bicubic_lr, the release's DIV2K_train_LR_bicubic); the network input is that quantised
+LR patch bicubic-upscaled on the device. Patches in epochs, as stored (no flips/rotations); L1 (the
+mean absolute difference); TF-1's Adam; lr 4e-4 halved every 100K steps (staircase) down to 1e-4;
+the release's initialisation when starting from scratch.
 """
 from __future__ import annotations
 
@@ -12,10 +15,11 @@ import torch
 import torch.nn.functional as F
 from tqdm import tqdm
 
-from . import settings
+from . import MZSRError, settings
 from .checkpoints import save_weights
 from .data import PatchDataset, StepBatchSampler
-from .model import MZSRNet
+from .model import MZSRNet, init_release_
+from .optim import make_optimizer
 from .resize import imresize_torch
 from .training import (
     CsvLog,
@@ -36,10 +40,9 @@ PRETRAIN_DEFAULTS = {
 }
 
 
-def bicubic_pair(hr: torch.Tensor, scale: int) -> torch.Tensor:
-    """Network input for an HR batch: MATLAB-bicubic down by 1/s, then back up to the HR size."""
-    lr = imresize_torch(hr, 1.0 / scale)
-    return imresize_torch(lr, output_shape=hr.shape[-2:])
+def network_input(lr: torch.Tensor, scale: int, hr_size) -> torch.Tensor:
+    """The network's input for an LR batch: MATLAB-bicubic upscale by the scale to the HR size."""
+    return imresize_torch(lr, float(scale), output_shape=hr_size)
 
 
 def pretrain(patch_store, out_weights, cfg: dict, work_dir, log_csv, device=None, init_weights=None, on_step=None) -> Path:
@@ -52,17 +55,23 @@ def pretrain(patch_store, out_weights, cfg: dict, work_dir, log_csv, device=None
     work_dir.mkdir(parents=True, exist_ok=True)
     device = setup_device(device)
     torch.manual_seed(cfg["seed"])
-    model = MZSRNet().to(device)
+    model = init_release_(MZSRNet()).to(device)
     if init_weights:
         from .checkpoints import load_weights
 
         model.load_state_dict(load_weights(init_weights, expected_scale=cfg["scale"])[0])
-    optimizer = torch.optim.Adam(model.parameters(), lr=cfg["lr"])
+    optimizer = make_optimizer(cfg["optimizer"], model.parameters(), cfg["lr"])
     start = 0
     if (ckpt := latest_checkpoint(work_dir)) is not None:
         start = load_training_state(ckpt, model, optimizer)["step"]
     log = CsvLog(log_csv, ["step", "loss", "lr", "seconds"], resume_step=start)
-    dataset = PatchDataset(patch_store)
+    dataset = PatchDataset(patch_store, with_lr=True)
+    if dataset.lr_scale != cfg["scale"]:
+        raise MZSRError(f"{patch_store}: its LR patches are x{dataset.lr_scale}, pre-training is x{cfg['scale']};"
+                        " rebuild the store at this scale")
+    if cfg["patch_size"] % cfg["scale"] or cfg["patch_size"] > dataset.patch_size:
+        raise MZSRError(f"{patch_store}: holds {dataset.patch_size}px patches; pre-training at {cfg['patch_size']}px needs"
+                        f" a size no larger and divisible by the scale {cfg['scale']}")
     sampler = StepBatchSampler(len(dataset), cfg["batch_size"], cfg["seed"], start, cfg["steps"], cfg["augment"])
     loader = torch.utils.data.DataLoader(
         dataset,
@@ -77,15 +86,15 @@ def pretrain(patch_store, out_weights, cfg: dict, work_dir, log_csv, device=None
     step = start
     t0 = time.perf_counter()
     bar = tqdm(total=cfg["steps"], initial=start, desc="pre-train", unit="step", disable=None)
-    for batch in loader:
-        hr = batch.to(device, non_blocking=True).float().div_(255.0)
+    for hr, lr in loader:
+        hr, lr = (t.to(device, non_blocking=True).float().div_(255.0) for t in (hr, lr))
         if hr.shape[-1] > patch:  # the store may hold larger patches than this stage trains on
-            hr = hr[..., :patch, :patch]
+            hr, lr = hr[..., :patch, :patch], lr[..., : patch // cfg["scale"], : patch // cfg["scale"]]
         lr_now = step_lr(step, cfg["lr"], cfg["lr_halve_every"], cfg["lr_min"])
         for group in optimizer.param_groups:
             group["lr"] = lr_now
         with torch.no_grad():
-            x = bicubic_pair(hr, cfg["scale"])
+            x = network_input(lr, cfg["scale"], hr.shape[-2:])
         with torch.autocast(device.type, dtype=torch.bfloat16, enabled=use_amp):
             loss = F.l1_loss(model(x).float(), hr)
         check_finite(loss, step, work_dir)

@@ -22,6 +22,7 @@ count = write_patch_store(
     reject_flat=cfg["reject_flat"],
     flat_threshold=cfg["flat_threshold"],
     store_augmented=cfg["store_augmented"],
+    lr_scale=snakemake.params.lr_scale,
     provenance={"source": snakemake.config["data"]["train"]["source"], "kind": snakemake.wildcards.kind, **cfg},
 )
 with open_store(snakemake.output[0]) as f:

@@ -297,8 +297,9 @@ def test_training_fault_names_the_step_keeps_the_checkpoint_and_resumes(pretrain
     root, run = pretrain_run
     run("reference")
     if fault == "loss becomes NaN":  # the 4th batch's input is NaN: the loss of step 3 (0-based) is NaN
-        monkeypatch.setattr(mzsr.pretrain, "bicubic_pair", _fault_at_call(4, mzsr.pretrain.bicubic_pair,
-                                                                         lambda hr, s: torch.full_like(hr, float("nan"))))
+        monkeypatch.setattr(mzsr.pretrain, "network_input", _fault_at_call(4, mzsr.pretrain.network_input,
+                                                                           lambda lr, s, size: torch.full(
+                                                                               (*lr.shape[:2], *size), float("nan"))))
         message = r"loss became nan at step 3; training stopped\. The last good checkpoint is kept in .*faulty"
     else:  # the 4th loss is finite but its gradient is NaN: Adam writes NaN weights, due for checkpoint 4
         import torch.nn.functional as F

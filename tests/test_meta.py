@@ -20,6 +20,7 @@ from mzsr.meta import (
     tasks_for_iteration,
 )
 from mzsr.model import MZSRNet
+from mzsr.optim import AdamTF1, make_optimizer
 from training_helpers import make_training_data
 
 MICRO = {"iterations": 6, "meta_batch": 2, "inner_steps": 2, "checkpoint_every": 3, "validate_every": 3,
@@ -64,6 +65,17 @@ def test_meta_gradient_matches_finite_differences():
             checked += 1
     assert checked == 24
     assert second_order_visible, "first-order gradient should differ from the true meta-gradient"
+
+
+def test_meta_loss_is_the_release_mean_over_the_query_steps():
+    """train.py: total_losses2[j] = sum over tasks of L_j / meta-batch; the meta-loss is
+    reduce_mean(total_losses2 * loss_weights), the MEAN over the J steps (not their sum)."""
+    theta, batch = tiny_theta(), tiny_batch(tasks=3)
+    weights = [0.2, 0.3, 0.5]
+    losses = inner_loop(theta, *batch, 3, 0.05, create_graph=False)  # (J, T)
+    per_step = [sum(losses[j, t].item() for t in range(3)) / 3 for j in range(3)]
+    release = sum(w * lj for w, lj in zip(weights, per_step)) / 3
+    assert meta_loss(theta, batch, 3, 0.05, weights, first_order=True).item() == pytest.approx(release, rel=1e-12)
 
 
 def test_grouped_tasks_equal_a_per_task_loop():
@@ -371,7 +383,8 @@ def test_cuda_graph_key_in_the_schema_configs_and_defaults():
 
 
 @needs_cuda
-def test_cuda_graph_meta_step_matches_eager_on_cuda():
+@pytest.mark.parametrize("optimizer", ["adam_tf1", "adam"])
+def test_cuda_graph_meta_step_matches_eager_on_cuda(optimizer):
     """CUDA graph replay = the eager capturable step (TF32 off, float32, up to non-deterministic conv
     reductions), across a first-order -> second-order switch; keep_graphs=False keeps one graph."""
     from mzsr.meta import MetaStep
@@ -384,7 +397,8 @@ def test_cuda_graph_meta_step_matches_eager_on_cuda():
         for graph in (False, True):
             torch.manual_seed(0)
             model = MZSRNet().cuda()
-            opt = torch.optim.Adam(model.parameters(), lr=1e-3, capturable=True)
+            opt = (AdamTF1(model.parameters(), lr=1e-3) if optimizer == "adam_tf1"
+                   else torch.optim.Adam(model.parameters(), lr=1e-3, capturable=True))
             step = MetaStep(list(model.parameters()), opt, 2, 0.01, "cuda", cuda_graph=graph, keep_graphs=False)
             losses = [step(b, [0.4, 0.6], it < 2).item() for it, b in enumerate(batches)]
             assert step.graphed == graph and step.graph_count == int(graph), step.fallback_reason
@@ -398,7 +412,8 @@ def test_cuda_graph_meta_step_matches_eager_on_cuda():
 
 
 @needs_cuda
-def test_a_cpu_saved_state_resumes_under_a_cuda_graph(tmp_path):
+@pytest.mark.parametrize("optimizer", ["adam_tf1", "adam"])
+def test_a_cpu_saved_state_resumes_under_a_cuda_graph(tmp_path, optimizer):
     """A CPU run's checkpoint (capturable=False, step counters on the host) resumes on CUDA in graph
     mode: the counters move to the device, the capture works, and the run continues."""
     from mzsr.meta import make_meta_step
@@ -408,22 +423,23 @@ def test_a_cpu_saved_state_resumes_under_a_cuda_graph(tmp_path):
     batches = _small_meta_batches(3)
     torch.manual_seed(0)
     model = MZSRNet()
-    opt = torch.optim.Adam(model.parameters(), lr=1e-3)
+    opt = make_optimizer(optimizer, model.parameters(), 1e-3)
     make_meta_step(list(model.parameters()), opt, cfg, "cpu")(batches[0], [0.5, 0.5], False)
     save_training_state(tmp_path, 1, model, opt)
     model = MZSRNet().cuda()
-    opt = torch.optim.Adam(model.parameters(), lr=1e-3)
+    opt = make_optimizer(optimizer, model.parameters(), 1e-3)
     load_training_state(tmp_path / "last.pt", model, opt)
     step = make_meta_step(list(model.parameters()), opt, cfg, "cuda")
-    assert opt.param_groups[0]["capturable"] is True
+    assert opt.param_groups[0].get("capturable", True) is True
     for b in batches[1:]:
         loss = step(tuple(t.cuda() for t in b), [0.5, 0.5], False)
     assert step.graphed and step.graph_count == 1, step.fallback_reason
     assert torch.isfinite(loss) and all(float(s["step"]) == 3 for s in opt.state.values())
 
 
+@pytest.mark.parametrize("optimizer", ["adam_tf1", "adam"])
 @pytest.mark.parametrize("resumed", [False, True])
-def test_graph_warm_up_leaves_no_trace(resumed):
+def test_graph_warm_up_leaves_no_trace(resumed, optimizer):
     """What the capture does before recording (warm-up steps, then theta and the Adam state put back,
     or zeroed when there was none) leaves the run exactly as if the warm-up had not happened."""
     from mzsr.meta import MetaStep
@@ -432,7 +448,7 @@ def test_graph_warm_up_leaves_no_trace(resumed):
     runs = []
     for warm in (False, True):
         theta = tiny_theta()
-        step = MetaStep(theta, torch.optim.Adam(theta, lr=1e-2), 2, 0.05, "cpu")
+        step = MetaStep(theta, make_optimizer(optimizer, theta, 1e-2), 2, 0.05, "cpu")
         if resumed:  # Adam state exists before the capture
             step(batches[2], [0.5, 0.5], True)
         if warm:

@@ -9,10 +9,14 @@ import pytest
 import torch
 
 from mzsr.checkpoints import load_weights
-from mzsr.data import PatchDataset, StepBatchSampler, grid_patches
-from mzsr.pretrain import bicubic_pair
+from mzsr import MZSRError
+from mzsr.data import PatchDataset, StepBatchSampler, grid_patches, write_patch_store
+from mzsr.images import read_image_uint8, write_png
+from mzsr.model import MZSRNet, init_release_
+from mzsr.pretrain import network_input
 from mzsr.resize import imresize
 from mzsr.training import step_lr
+from conftest import smooth_image
 from training_helpers import make_training_data
 
 MICRO = {"steps": 6, "batch_size": 4, "patch_size": 24, "lr": 1e-3, "lr_halve_every": 2, "lr_min": 3e-4,
@@ -23,11 +27,63 @@ def test_lr_schedule_halves_down_to_floor():
     assert [step_lr(s, 4e-4, 100_000, 1e-4) for s in (0, 99_999, 100_000, 200_000, 400_000)] == [4e-4, 4e-4, 2e-4, 1e-4, 1e-4]
 
 
-def test_bicubic_pair_matches_numpy():
-    hr = torch.rand(2, 3, 24, 24, dtype=torch.float64)
-    x = bicubic_pair(hr, 2)
-    ref = imresize(imresize(hr[1].permute(1, 2, 0).numpy(), 0.5), 2)
+def test_network_input_is_the_release_bicubic_upscale():
+    lr = torch.rand(2, 3, 12, 12, dtype=torch.float64)
+    x = network_input(lr, 2, (24, 24))
+    ref = imresize(lr[1].permute(1, 2, 0).numpy(), 2)  # the release: imresize(input, scale=2, kernel='cubic')
     np.testing.assert_allclose(x[1].permute(1, 2, 0).numpy(), ref, atol=1e-10)
+
+
+def test_pretraining_pairs_are_the_release_quantised_whole_image_lr(tmp_path):
+    """As the release's generator pairs DIV2K HR with DIV2K_train_LR_bicubic: the image mod-cropped to
+    the scale, the LR of the WHOLE image (MATLAB bicubic x1/2) rounded to uint8, each LR patch cut at
+    (y/2, x/2); in every stored flip/rotation the two stay a pair."""
+    img = smooth_image(43, 53, seed=3)  # odd sizes: mod-cropped to 42 x 52
+    write_png(tmp_path / "a.png", img)
+    n = write_patch_store([tmp_path / "a.png"], tmp_path / "s.h5", 16, 8, None, 0, store_augmented=True, lr_scale=2)
+    hr_img = read_image_uint8(tmp_path / "a.png")[:42, :52]
+    lr_img = np.round(np.clip(imresize(hr_img / 255.0, 0.5), 0, 1) * 255).astype(np.uint8)  # restated
+    corners = [(y, x) for y in range(0, 42 - 15, 8) for x in range(0, 52 - 15, 8)]
+    assert n == 8 * len(corners)
+    with h5py.File(tmp_path / "s.h5") as f:
+        hr, lr = f["patches"][()], f["lr_patches"][()]
+        assert lr.shape == (n, 8, 8, 3) and f.attrs["lr_scale"] == 2
+    for i, (y, x) in enumerate(corners):
+        np.testing.assert_array_equal(hr[8 * i], hr_img[y:y + 16, x:x + 16])
+        np.testing.assert_array_equal(lr[8 * i], lr_img[y // 2:y // 2 + 8, x // 2:x // 2 + 8])
+        np.testing.assert_array_equal(lr[8 * i + 3], np.rot90(lr_img[y // 2:y // 2 + 8, x // 2:x // 2 + 8])[::-1])
+    # the whole-image LR is not the patch's own downscale: the borders differ (the release's is the former)
+    own = np.round(np.clip(imresize(hr[8] / 255.0, 0.5), 0, 1) * 255).astype(np.uint8)
+    assert (own != lr[8]).any() and (own[2:-2, 2:-2] == lr[8][2:-2, 2:-2]).all()
+    ds = PatchDataset(tmp_path / "s.h5", with_lr=True)
+    got_hr, got_lr = ds[(8, 0)]
+    np.testing.assert_array_equal(got_lr.permute(1, 2, 0).numpy(), lr[8])
+    np.testing.assert_array_equal(got_hr.permute(1, 2, 0).numpy(), hr[8])
+    with pytest.raises(MZSRError, match="patch size and stride divisible by the scale"):
+        write_patch_store([tmp_path / "a.png"], tmp_path / "t.h5", 16, 7, None, 0, lr_scale=2)
+    write_patch_store([tmp_path / "a.png"], tmp_path / "meta.h5", 16, 8, None, 0)
+    with pytest.raises(MZSRError, match="without LR patches"):
+        PatchDataset(tmp_path / "meta.h5", with_lr=True)
+
+
+def test_sampler_takes_every_patch_once_per_epoch():
+    """As the release reads its TFRecord: epochs of all the patches, batches running across epoch ends."""
+    sampler = StepBatchSampler(10, 4, seed=2, start=0, steps=5)
+    rows = [i for batch in sampler for i, _ in batch]
+    assert sorted(rows[:10]) == list(range(10)) and sorted(rows[10:20]) == list(range(10))
+    assert rows[:10] != rows[10:20]  # each epoch in an order of its own
+    np.testing.assert_array_equal(StepBatchSampler(10, 4, 2, 3, 5).indices(3), rows[12:16])
+
+
+def test_release_initialisation():
+    """tf.variance_scaling_initializer() of TF-1: N(0, 1 / fan_in) truncated at 2 std, biases zero."""
+    torch.manual_seed(0)
+    model = init_release_(MZSRNet())
+    for conv in model.convs:
+        w, fan_in = conv.weight.detach(), 9 * conv.in_channels
+        assert (conv.bias == 0).all()
+        assert w.std().item() == pytest.approx(fan_in ** -0.5, rel=0.05 if w.numel() > 10_000 else 0.2)
+        assert w.abs().max().item() <= 2 * fan_in ** -0.5 / 0.87962566103423978
 
 
 def test_patch_store_contents(tmp_path):

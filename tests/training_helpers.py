@@ -17,7 +17,7 @@ def make_training_data(root: Path, patch_size: int = 24, shards: int = 2, tasks:
         write_png(p, smooth_image(40, 48, seed=i))
         images.append(p)
     store = root / "patches.h5"
-    write_patch_store(images, store, patch_size, 8, 6, seed=0, provenance={"test": True})
+    write_patch_store(images, store, patch_size, 8, 6, seed=0, provenance={"test": True}, lr_scale=2)
     meta_store = root / "meta.h5"
     write_patch_store(images, meta_store, meta_patch, 8, 6, seed=1, reject_flat=True, store_augmented=True)
     shard_paths = []

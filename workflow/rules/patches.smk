@@ -9,6 +9,8 @@ rule patches:
         "resources/patches/{kind}.h5",
     params:
         patches=lambda w: section(config["patches"][w.kind]),
+        # pre-training pairs each HR patch with the uint8 LR patch of its image's bicubic downscale
+        lr_scale=lambda w: SCALE if w.kind == "pretrain" else None,
     log:
         log_path("patches", "{kind}"),
     conda:
