@@ -42,6 +42,7 @@ from mzsr.data import write_patch_store, write_task_shard  # noqa: E402
 from mzsr.images import list_images, read_image_uint8, write_png  # noqa: E402
 from mzsr.meta import META_DEFAULTS, meta_train  # noqa: E402
 from mzsr.released import config_digest, release_info  # noqa: E402
+from mzsr.training import bind_settings  # noqa: E402
 from set14_fidelity import mean_table, score_rows  # noqa: E402
 
 SHARED = REPO.parent / "shared" / "data"
@@ -73,7 +74,8 @@ def paper_recipe(model: str, tiny: bool = False) -> dict:
         tasks.update(n_support=2, n_query=2)
         patches.update(patch_size=32, stride=32)
         shards = 2
-    return {"meta": meta, "tasks": tasks, "patches": patches, "shards": shards}
+    # the meta-loss is the release's mean over the query steps (before, the sum): part of the recipe
+    return {"meta": meta, "tasks": tasks, "patches": patches, "shards": shards, "meta_loss": "release_mean"}
 
 
 # ------------------------------------------------------------------------------------ bundle (CPU)
@@ -194,6 +196,8 @@ def train(args) -> None:
     work = args.work
     store, shards = prepare_data(args.bundle, work, recipe)
     (work / "train").mkdir(parents=True, exist_ok=True)
+    # the state of a run made with another recipe is stale: set aside by meta_train, which starts over
+    bind_settings(work / "train", {"recipe": recipe_digest(recipe)})
     if (state_dir / "last.pt").exists():
         shutil.copy(state_dir / "last.pt", work / "train" / "last.pt")
     if (state_dir / "log.csv").exists():

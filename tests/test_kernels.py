@@ -106,6 +106,7 @@ def test_kernel_files(tmp_path):
     (tmp_path / "e.mat").write_text("not a mat file")
     with pytest.raises(MZSRError, match="e.mat"):
         load_kernel_file(tmp_path / "e.mat")
+    assert load_kernel_file(tmp_path / "a.mat").flags.c_contiguous  # loadmat gives column-major arrays
     d = resolve_degradation(str(tmp_path / "a.mat"), "bicubic")
     assert d.subsampling == "bicubic" and d.name == "a"
     with pytest.raises(MZSRError, match="contradicts"):
@@ -228,3 +229,29 @@ def test_rk_degradation_is_per_image_and_reproducible():
         resolve_degradation("rk", image="a", scale=3)
     with pytest.raises(MZSRError, match=r"random per-image kernel \(rk, rk<seed>\)"):
         resolve_degradation("rkx")
+
+
+def _write_mat73(path, **variables):
+    """A MATLAB -v7.3 .mat file as MATLAB writes one: HDF5 behind a 512-byte header, arrays column-major."""
+    import h5py
+
+    with h5py.File(path, "w", userblock_size=512) as f:
+        for name, value in variables.items():
+            f.create_dataset(name, data=np.asarray(value).T)
+            f[name].attrs["MATLAB_class"] = np.bytes_("double")
+    header = b"MATLAB 7.3 MAT-file, Platform: GLNXA64, Created on: Wed Dec  2 12:00:00 2026 HDF5 schema 1.00 ."
+    with open(path, "r+b") as f:
+        f.write(header.ljust(116) + b"\0" * 8 + b"\x00\x02" + b"IM")
+
+
+def test_kernel_files_in_matlab_v73_format(tmp_path):
+    k = gaussian_kernel(3, 1, 0.4)[:, 2:-1]  # not square: a transposition would show
+    k = k / k.sum()
+    _write_mat73(tmp_path / "k.mat", kernel=k)
+    with pytest.raises(NotImplementedError):
+        scipy.io.loadmat(tmp_path / "k.mat")  # what the reader met before
+    got = load_kernel_file(tmp_path / "k.mat")
+    np.testing.assert_allclose(got, k, atol=1e-15)
+    assert got.flags.c_contiguous
+    _write_mat73(tmp_path / "g.mat", Kernel=gaussian_kernel(2, 1, 0.4))
+    np.testing.assert_allclose(load_kernel_file(tmp_path / "g.mat"), np.pad(gaussian_kernel(2, 1, 0.4), 1), atol=1e-9)

@@ -8,8 +8,8 @@ import numpy as np
 import pytest
 import torch
 
-from mzsr.checkpoints import load_weights
 from mzsr import MZSRError
+from mzsr.checkpoints import load_weights
 from mzsr.data import PatchDataset, StepBatchSampler, grid_patches, write_patch_store
 from mzsr.images import read_image_uint8, write_png
 from mzsr.model import MZSRNet, init_release_
