@@ -29,6 +29,7 @@ from mzsr.data import TaskPool, write_patch_store, write_task_shard
 from mzsr.images import list_images
 from mzsr.meta import meta_loss, synthesise, tasks_for_iteration
 from mzsr.model import MZSRNet
+from mzsr.optim import make_optimizer
 
 SHARED = Path(__file__).resolve().parents[2] / "shared" / "data" / "train"
 SIZES = {"paper": {"tasks": 5, "shots": 8, "patch": 64, "inner_steps": 5},
@@ -60,7 +61,7 @@ def bench(size: dict, images, work: Path, device: torch.device, warmup: int, ite
     pool = TaskPool([shard], store)
     model = MZSRNet().to(device)
     theta = list(model.parameters())
-    opt = torch.optim.Adam(theta, lr=1e-4)
+    opt = make_optimizer("adam_tf1", theta, 1e-4)
     steps = size["inner_steps"]
     ids = np.arange(len(pool))
     times: dict[str, list[tuple[float, float]]] = {"store read": [], "fancy read": [], "batch": [], "synthesis": [],

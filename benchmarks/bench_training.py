@@ -4,7 +4,7 @@ the meta-step candidates of issue #14 timed and gradient-checked in one run.
 Rows, all measured in one process on random data (speed does not depend on the values):
   floor             plain MZSRNet forward + backward (no optimizer, no resize) on (32, 3, 96, 96) and on
                     (40, 3, 64, 64): the conv throughput this machine reaches at these sizes
-  pre-train         batch 32 of 96x96 HR patches, bicubic_pair input, MZSRNet, L1, backward, Adam
+  pre-train         batch 32 of 96x96 HR patches with their 48x48 LR, network_input, MZSRNet, L1, backward, TF-1's Adam
   pre-train bf16    the same under bf16 autocast, as `pretrain(amp=True)` does (CUDA only)
   meta rows         one meta-iteration (inner loop, meta-loss, backward, Adam) at 5 tasks x (8 support +
                     8 query) 64x64, 5 inner steps:
@@ -64,9 +64,10 @@ import torch
 import torch.nn.functional as F
 from torch.func import functional_call
 
-from mzsr.meta import MetaStep, make_forward, meta_loss, vmap_meta_loss
+from mzsr.meta import META_DEFAULTS, MetaStep, make_forward, meta_loss, vmap_meta_loss
 from mzsr.model import MZSRNet
-from mzsr.pretrain import bicubic_pair
+from mzsr.optim import make_optimizer
+from mzsr.pretrain import PRETRAIN_DEFAULTS, network_input
 from mzsr.training import setup_device
 
 FULL = {"pre_batch": 32, "pre_patch": 96, "tasks": 5, "shots": 8, "meta_patch": 64, "inner_steps": 5}
@@ -170,12 +171,13 @@ def pretrain_step(s: dict, device: torch.device, amp: bool):
     """One pre-training iteration as `mzsr.pretrain.pretrain` runs it, minus the data loader."""
     torch.manual_seed(0)
     model = MZSRNet().to(device)
-    opt = torch.optim.Adam(model.parameters(), lr=PRE_LR)
+    opt = make_optimizer(PRETRAIN_DEFAULTS["optimizer"], model.parameters(), PRE_LR)
     hr = torch.rand(s["pre_batch"], 3, s["pre_patch"], s["pre_patch"], device=device)
+    lr = torch.rand(s["pre_batch"], 3, s["pre_patch"] // 2, s["pre_patch"] // 2, device=device)
 
     def step():
         with torch.no_grad():
-            x = bicubic_pair(hr, 2)
+            x = network_input(lr, 2, hr.shape[-2:])
         with torch.autocast(device.type, dtype=torch.bfloat16, enabled=amp):
             loss = F.l1_loss(model(x).float(), hr)
         opt.zero_grad(set_to_none=True)
@@ -193,7 +195,8 @@ def meta_batch(s: dict, device: torch.device, dtype=torch.float32):
 
 
 def reference_meta_loss(model, params: dict, batch, steps: int, inner_lr: float, weights, first_order: bool):
-    """The usual MAML port: a Python loop over tasks, fast weights as a dict run through functional_call."""
+    """The usual MAML port: a Python loop over tasks, fast weights as a dict run through functional_call;
+    the release's meta-loss, (1/J) sum_j w_j L_j with L_j the tasks' mean."""
     sx, sy, qx, qy = batch
     total = 0.0
     for t in range(sx.shape[0]):
@@ -203,7 +206,7 @@ def reference_meta_loss(model, params: dict, batch, steps: int, inner_lr: float,
             grads = torch.autograd.grad(loss, list(fast.values()), create_graph=not first_order)
             fast = {k: w - inner_lr * g for (k, w), g in zip(fast.items(), grads)}
             total = total + weights[j] * F.l1_loss(functional_call(model, fast, (qx[t],)), qy[t])
-    return total / sx.shape[0]
+    return total / (sx.shape[0] * steps)
 
 
 class Candidate:
@@ -233,7 +236,7 @@ class Candidate:
         """(step, theta, meta_step or None) on a fresh model loaded from `state`, Adam on it."""
         model = MZSRNet().to(device)
         model.load_state_dict(state)
-        opt = torch.optim.Adam(model.parameters(), lr=META_LR)
+        opt = make_optimizer(META_DEFAULTS["optimizer"], model.parameters(), META_LR)
         theta, weights = list(model.parameters()), [1.0 / s["inner_steps"]] * s["inner_steps"]
         if self.reference:
             named = dict(model.named_parameters())
