@@ -1,5 +1,5 @@
 """Training speed at the paper's settings against the machine's own convolution throughput, and
-the meta-step candidates of issue #14 timed and gradient-checked in one run.
+the meta-step candidates timed and gradient-checked in one run.
 
 Rows, all measured in one process on random data (speed does not depend on the values):
   floor             plain MZSRNet forward + backward (no optimizer, no resize) on (32, 3, 96, 96) and on
@@ -74,7 +74,7 @@ FULL = {"pre_batch": 32, "pre_patch": 96, "tasks": 5, "shots": 8, "meta_patch": 
 QUICK = {"pre_batch": 4, "pre_patch": 32, "tasks": 2, "shots": 2, "meta_patch": 16, "inner_steps": 2}
 INNER_LR, PRE_LR, META_LR = 0.01, 4e-4, 1e-4
 TOLERANCE = {"fp32": 1e-4, "tf32": 1e-2, "bf16": 1e-2}  # relative error of the meta-gradient vs float64
-SPEEDUP_TARGET = 3.0  # issue #14: the 2nd-order meta-iteration vs the per-task reference loop
+SPEEDUP_TARGET = 3.0  # the 2nd-order meta-iteration vs the per-task reference loop
 
 
 def forward_flops(n: int, h: int, w: int) -> float:

@@ -1,6 +1,6 @@
 """MZSR: Meta-Transfer Learning for Zero-Shot Super-Resolution (Soh et al., CVPR 2020)."""
 
-__version__ = "0.1.0"
+__version__ = "0.2.0"
 
 
 class MZSRError(Exception):

@@ -38,7 +38,7 @@ def smooth_image(h: int, w: int, seed: int = 0) -> np.ndarray:
 
 
 # ------------------------------------------------------------------------------------ reliability count
-# The cases of RELIABILITY.md are the tests of these files; the run prints how many were tried and passed.
+# The cases of docs/reliability.md are the tests of these files; the run prints how many were tried and passed.
 RELIABILITY_FILES = ("tests/test_bad_inputs.py", "tests/test_interruptions.py", "tests/test_filesystem.py",
                      "tests/test_option_sweep.py", "tests/test_stores.py")
 

@@ -1,6 +1,6 @@
 """Every bad input gets a clear one-line error naming the file and the problem, or a documented conversion.
 
-Table-driven (issue #7, RELIABILITY.md). Each image, kernel and weights case goes through the `mzsr`
+Table-driven (docs/reliability.md). Each image, kernel and weights case goes through the `mzsr`
 command (in-process): exit status 1, one line `mzsr: error: <file>: <problem>` on stderr, nothing
 written. Each image and kernel case also goes through the pipeline's rule script that meets it
 (scripts/lr_image.py, run in-process as Snakemake runs it), and one real Snakemake run shows for one
@@ -339,7 +339,7 @@ WEIGHTS_CASES = [
      r"'convs\.2\.bias' contains NaN or infinite values"),
     ("pickle that would run code (torch.save)", "evil.pt", _torch_evil, r"refused to load: not a plain tensor checkpoint"),
     ("pickle that would run code (pickle.dump)", "evil2.pth", _pickle_evil, r"refused to load: not a plain tensor checkpoint"),
-    # recognised by content (issue #13): a pickle is a pickle whatever its name, and is refused as one
+    # recognised by content: a pickle is a pickle whatever its name, and is refused as one
     ("pickle named .safetensors", "evil.safetensors", lambda p: p.write_bytes(pickle.dumps(_Evil(p.with_suffix(".ran")))),
      r"refused to load: not a plain tensor checkpoint"),
     ("truncated weights file", "truncated.safetensors", _truncated_weights, r"not a readable safetensors file"),

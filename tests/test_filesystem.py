@@ -1,5 +1,5 @@
-"""The world around the inputs (issue #13): formats by content, file-system faults, out of GPU memory,
-two inputs with one stem. RELIABILITY.md lists each case.
+"""The world around the inputs: formats by content, file-system faults, out of GPU memory,
+two inputs with one stem. docs/reliability.md lists each case.
 
 File-system faults are real: a 256 KiB tmpfs filled to its last blocks (no space left), a tmpfs
 remounted read-only, a path that is a file, and permission denied as an unprivileged user (seteuid).

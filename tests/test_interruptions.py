@@ -5,7 +5,7 @@ function kills the process on its n-th call: no sleeps, no races), then rerun; t
 an uninterrupted run byte for byte, and the output path must never hold a partial file (temp file +
 rename; a killed writer's temp file is removed by the next writer). Training stages are covered by
 tests/test_pretrain.py and tests/test_meta.py (killed mid-training, resumed to identical weights);
-numerical faults (NaN loss, overflowing gradients) are at the end. See RELIABILITY.md.
+numerical faults (NaN loss, overflowing gradients) are at the end. See docs/reliability.md.
 """
 from __future__ import annotations
 

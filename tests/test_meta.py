@@ -215,7 +215,7 @@ def test_first_order_warm_up_switches_to_second_order(meta_setup):
     assert max((warm4[k] - first4[k]).abs().max() for k in warm4) > 0
 
 
-# ------------------------------------------------------------------ the meta-step object (issue #14)
+# ------------------------------------------------------------------ the meta-step object
 
 needs_cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device (CUDA graph capture); "
                                 "run on a GPU machine, or see benchmarks/bench_training.py --device cuda")

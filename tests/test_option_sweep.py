@@ -1,4 +1,4 @@
-"""Every option of the `mzsr` command and every config key with a bad value (issue #13, item 3).
+"""Every option of the `mzsr` command and every config key with a bad value.
 
 Generated, not hand-listed: the CLI cases come from `build_parser()`'s actions (int/float options get
 0, -1, nan, inf and a non-number; options with choices an unknown value; --device a device this

@@ -1,4 +1,4 @@
-"""One definition per setting (issue #12): mzsr/config.schema.yaml.
+"""One definition per setting: mzsr/config.schema.yaml.
 
 The workflow fills in what a config leaves out from the schema's defaults; the package's own
 defaults (the stages' *_DEFAULTS dicts, the keyword defaults of the functions that take a setting,
@@ -78,7 +78,7 @@ def test_a_knob_only_in_the_code_or_a_drifted_value_is_named():
     assert differences({k: v for k, v in ZSSR_DEFAULTS.items() if k != "slope_range"}, "zssr", {"seed"}) == [
         "zssr.slope_range: in the schema (256), not in the code"]
     assert differences({**PRETRAIN_DEFAULTS, "checkpoint_every": 1000}, "pretrain", *STAGES["pretrain"][1:]) == [
-        "pretrain.checkpoint_every: the code says 1000, the schema 5000"]  # the drift of issue #12, fixed
+        "pretrain.checkpoint_every: the code says 1000, the schema 5000"]  # a drift that once happened
     assert differences({**META_DEFAULTS, "first_order": 0}, "meta", *STAGES["meta"][1:]) == [
         "meta.first_order: the code says 0, the schema False"]
 

@@ -1,4 +1,4 @@
-"""The project's own stores carry a content digest and their settings (issue #13, item 4).
+"""The project's own stores carry a content digest and their settings.
 
 Patch stores and task shards (HDF5: a `digest` attribute over their datasets, `settings` as JSON)
 and training checkpoints (last.pt: a digest over its tensors and values, and the digest of the
