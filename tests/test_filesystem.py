@@ -317,7 +317,7 @@ SCRIPTS = {  # rule script -> (its input, output and params, given the inputs' f
     "patches": lambda i, root, out: dict(input={"folder": str(root / "hr")}, output={"store": str(out / "p.h5")},
                                          params={"patches": {"patch_size": 16, "stride": 8, "max_per_image": 40, "seed": 0,
                                                              "reject_flat": False, "flat_threshold": -6.0,
-                                                             "store_augmented": True}},
+                                                             "store_augmented": True}, "lr_scale": None},
                                          wildcards={"kind": "meta"}),
     "task_shard": lambda i, root, out: dict(input={"store": str(root / "meta.h5")}, output={"shard": str(out / "s.h5")},
                                             params={"tasks": {"tasks": 2000, "scale": 2, "n_support": 2, "n_query": 2, "seed": 0}},

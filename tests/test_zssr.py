@@ -151,15 +151,15 @@ def test_short_original_run_learns_and_beats_bicubic():
     lr = to_uint8(degrade(hr, kernel, 2, "direct")) / 255.0
     torch.manual_seed(0)
     lr_t = to_tensor(lr, "cpu")
-    # 151 iterations: at 101 the run is still on its way and how far depends on the CPU's arithmetic
-    # (an AMD EPYC with AVX-512: reconstruction error 0.71 of the first, below bicubic; at 151: 0.46)
-    cfg = resolve_config({"iterations": 151, "crop_size": 32})
+    # 301 iterations: a shorter run is still on its way and how far depends on the CPU's arithmetic
+    # (an AMD EPYC with AVX-512 was below bicubic at 101; an Intel Xeon with AVX-512 at 151)
+    cfg = resolve_config({"iterations": 301, "crop_size": 32})
     trained = train_zssr(lr_t, torch.as_tensor(kernel, dtype=torch.float32), 2, "direct", cfg, np.random.default_rng(0))
-    assert trained.iterations == 151 and trained.policy.mse_steps == [0, 50, 100, 150]
+    assert trained.iterations == 301 and trained.policy.mse_steps == [0, 50, 100, 150, 200, 250, 300]
     assert trained.policy.mse_rec[-1] < 0.7 * trained.policy.mse_rec[0]
     sr = to_uint8_image(upscale(trained.net, lr_t, 2))  # the net alone, without back-projection
     bicubic = to_uint8(imresize(lr, 2))
-    assert psnr(sr, hr_u8, 2) > psnr(bicubic, hr_u8, 2) + 0.3  # 36.32 against 35.58 dB
+    assert psnr(sr, hr_u8, 2) > psnr(bicubic, hr_u8, 2) + 0.3
 
 
 def test_zssr_is_seeded_and_counts_its_iterations():
