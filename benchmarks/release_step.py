@@ -36,6 +36,7 @@ from mzsr.images import list_images, read_image_uint8
 from mzsr.kernels import gaussian_kernels_torch, sample_training_params
 from mzsr.meta import META_DEFAULTS, make_meta_step, meta_loss, query_loss_weights, synthesise
 from mzsr.model import MZSRNet
+from mzsr.optim import make_optimizer
 
 SHARED = Path(__file__).resolve().parents[2] / "shared" / "data"
 
@@ -114,8 +115,6 @@ def project_run(state: dict, batches, cfg, previous: bool = False) -> list[tuple
             opt.step()
             out.append(([p.detach().double().numpy().copy() for p in theta], loss.item()))
         return out
-    from mzsr.optim import make_optimizer
-
     opt = make_optimizer(cfg["optimizer"], theta, cfg["outer_lr"])
     step = make_meta_step(theta, opt, cfg, "cpu")
     for batch in batches:

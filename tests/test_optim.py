@@ -67,10 +67,10 @@ def test_resumed_state_continues_bit_for_bit():
     straight, _ = _run(AdamTF1, theta0, grads, lr=1e-3)
     first, opt = _run(AdamTF1, theta0, grads[:4], lr=1e-3)
     buf = io.BytesIO()
-    torch.save({"params": first[-1], "opt": opt.state_dict()}, buf)
+    torch.save({"params": torch.from_numpy(first[-1]), "opt": opt.state_dict()}, buf)
     buf.seek(0)
-    saved = torch.load(buf, weights_only=False)
-    p = torch.tensor(saved["params"], requires_grad=True)
+    saved = torch.load(buf, weights_only=True)
+    p = saved["params"].clone().requires_grad_(True)
     resumed = AdamTF1([p], lr=1e-3)
     resumed.load_state_dict(saved["opt"])
     for g, want in zip(grads[4:], straight[4:]):
