@@ -6,19 +6,27 @@
 #
 # A --configfile replaces config/config.yaml instead of being merged into it; whatever it leaves out
 # takes the defaults of mzsr/config.schema.yaml (the paper's settings; the mzsr package's too).
+import sys
+from pathlib import Path
+
 from snakemake.utils import min_version, validate
 
-min_version("9.0")
+min_version("9.27")
+
+# This checkout: its config, schema, models and the torch-free mzsr.facts, wherever the run's folder
+# is (a workflow used as a module runs in its user's folder: workflow.basedir is theirs).
+WORKFLOW_DIR = Path(str(workflow.current_basedir)).resolve()
+sys.path.insert(0, str(WORKFLOW_DIR))
 
 
 if not workflow.overwrite_configfiles:
 
-    configfile: os.path.join(workflow.basedir, "config", "config.yaml")
+    configfile: str(WORKFLOW_DIR / "config" / "config.yaml")
 
 
 CONFIG_FILES = ", ".join(map(str, workflow.overwrite_configfiles or ["config/config.yaml"]))
 try:
-    validate(config, os.path.join(workflow.basedir, "mzsr", "config.schema.yaml"))
+    validate(config, str(WORKFLOW_DIR / "mzsr" / "config.schema.yaml"))
 except WorkflowError as e:  # one line naming the config file, the key and the problem
     problem = e.__context__
     where = ".".join(map(str, getattr(problem, "absolute_path", ()))) or "top level"
@@ -47,6 +55,3 @@ rule all:
         image_targets(archives=False),
         image_targets(archives=True),
     default_target: True
-
-
-configure_jobs()  # threads, resources and cluster groups of every rule, from config compute and cluster

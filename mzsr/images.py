@@ -12,9 +12,8 @@ import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
 
 from . import MZSRError
+from .facts import IMAGE_SUFFIXES
 from .io import atomic_path
-
-IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp")
 
 
 def list_images(paths) -> list[Path]:

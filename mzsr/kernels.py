@@ -5,7 +5,6 @@ Gaussian kernels have covariance S = R(theta) diag(l1, l2) R(theta)^T where l1, 
 """
 from __future__ import annotations
 
-import re
 import warnings
 import zlib
 from dataclasses import dataclass
@@ -15,6 +14,7 @@ import numpy as np
 import torch
 
 from . import MZSRError
+from .facts import KERNEL_FILE_SUFFIXES, NAMED_SUBSAMPLING, RANDOM_KERNEL_SPEC
 
 TRAIN_KERNEL_SIZE = 15
 
@@ -84,6 +84,7 @@ def _named() -> dict[str, Degradation]:
 
 
 NAMED_DEGRADATIONS = tuple(_named())
+assert {d.name: d.subsampling for d in _named().values()} == NAMED_SUBSAMPLING, "mzsr.facts and the kernels disagree"
 
 
 def named_degradation(name: str) -> Degradation:
@@ -271,7 +272,7 @@ def resolve_degradation(spec: str, subsampling: str | None = None, image: str | 
         if subsampling is not None and subsampling != d.subsampling:
             raise MZSRError(f"degradation {spec!r} uses {d.subsampling} subsampling; --subsampling {subsampling} contradicts it")
         return d
-    if p.suffix.lower() in (".mat", ".npy"):
+    if p.suffix.lower() in KERNEL_FILE_SUFFIXES:
         return Degradation(p.stem, load_kernel_file(p), subsampling or "direct", f"kernel file {p}")
     raise MZSRError(f"{spec!r} is neither a named degradation ({', '.join(NAMED_DEGRADATIONS)}), a random per-image "
                     "kernel (rk, rk<seed>) nor a .mat/.npy kernel file")
@@ -302,8 +303,6 @@ def kernel_file_for_image(image: str | Path, scale: int) -> Path | None:
 RANDOM_KERNEL_SIZE = 11
 RANDOM_KERNEL_VARIANCES = (0.6, 5.0)
 RANDOM_KERNEL_NOISE = 0.25
-RANDOM_KERNEL_SCALES = (2, 4)
-_RANDOM_SPEC = re.compile(r"rk([0-9]*)")
 
 
 def random_kernel_params(rng: np.random.Generator, size: int = RANDOM_KERNEL_SIZE):
@@ -361,7 +360,7 @@ def random_kernel(rng: np.random.Generator, scale: int) -> np.ndarray:
 
 def random_kernel_seed(spec: str) -> int | None:
     """The seed of a random per-image degradation spec, `rk` (seed 0) or `rk<N>` (seed N); else None."""
-    m = _RANDOM_SPEC.fullmatch(str(spec))
+    m = RANDOM_KERNEL_SPEC.fullmatch(str(spec))
     return None if m is None else int(m.group(1) or 0)
 
 

@@ -2,16 +2,13 @@
 folder as it is (mzsr.download.prepare_images). Resolved and checked here, before anything is
 downloaded or written.
 
-workflow/rules/common.smk parses these too, for planning (it does not import mzsr): keep the two
-in step.
+What the workflow needs for planning (the kind of a source, skimage names) is in mzsr.facts.
 """
 from __future__ import annotations
 
-from . import MZSRError
+from . import MZSRError, facts
 from .download import DIV2K_COUNTS, DIV2K_URLS
-
-DIV2K = "div2k:"
-SKIMAGE = "skimage:"
+from .facts import DIV2K, SKIMAGE
 
 
 def resolve_source(source: str, expected_count: int | None = None) -> tuple[str, int | None]:
@@ -28,10 +25,10 @@ def resolve_source(source: str, expected_count: int | None = None) -> tuple[str,
 
 def skimage_names(source: str) -> list[str]:
     """The photo names of "skimage:a,b" (blanks ignored); none is an error."""
-    names = [n.strip() for n in source[len(SKIMAGE):].split(",") if n.strip()]
-    if not source.startswith(SKIMAGE) or not names:
-        raise MZSRError(f"{source}: name at least one scikit-image photo, e.g. skimage:coffee,rocket")
-    return names
+    try:
+        return facts.skimage_names(source)
+    except ValueError as e:
+        raise MZSRError(str(e)) from None
 
 
 def skimage_photos(source: str) -> dict:

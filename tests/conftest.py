@@ -1,4 +1,4 @@
-"""Shared fixtures: where ../shared/data is, and small deterministic images."""
+"""Shared fixtures: where ../shared/data is, small deterministic images, a small pipeline config."""
 from __future__ import annotations
 
 from pathlib import Path
@@ -6,6 +6,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+import yaml
 
 REPO = Path(__file__).resolve().parents[1]
 SHARED_DATA = REPO.parent / "shared" / "data"
@@ -22,6 +23,14 @@ needs_shared_data = pytest.mark.skipif(
 def _deterministic():
     torch.manual_seed(0)
     torch.set_num_threads(2)
+
+
+def released_demo_config() -> dict:
+    """The released-model demo (config/demo_released.yaml) made small: one photo, one degradation,
+    bicubic and MZSR."""
+    demo = yaml.safe_load((REPO / "config" / "demo_released.yaml").read_text())
+    return {**demo, "test_sets": {"photos": "skimage:chelsea"}, "degradations": ["g2.0"], "methods": ["bicubic", "mzsr"],
+            "adapt": {"steps": [0, 1, 10], "schedule": "auto"}}
 
 
 def smooth_image(h: int, w: int, seed: int = 0) -> np.ndarray:

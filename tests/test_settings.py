@@ -168,7 +168,7 @@ def test_settings_reads_the_defaults_the_workflow_fills_in():
     validate(config, str(settings.SCHEMA_FILE))
     assert config == settings.defaults()
     assert settings.SCHEMA_FILE == REPO / "mzsr" / "config.schema.yaml"  # package data (pyproject.toml)
-    assert 'os.path.join(workflow.basedir, "mzsr", "config.schema.yaml")' in (REPO / "Snakefile").read_text()
+    assert 'validate(config, str(WORKFLOW_DIR / "mzsr" / "config.schema.yaml"))' in (REPO / "Snakefile").read_text()
 
 
 def test_every_setting_says_what_it_does():

@@ -46,6 +46,7 @@ import torch
 import yaml
 from PIL import Image
 
+from mzsr import facts
 import slurm_cluster
 
 _spec = importlib.util.spec_from_file_location("count_submissions",
@@ -56,8 +57,8 @@ _spec.loader.exec_module(count_submissions)
 REPO = Path(__file__).resolve().parents[1]
 PROFILE = REPO / "slurm" / "config.yaml"
 MICRO = REPO / "tests" / "micro.yaml"
-GPU_RULES = {"pretrain", "meta_train", "sr_pretrained", "sr_mzsr", "sr_zssr"}
 BLIND_GPU_RULES = {"estimate_kernel", "sr_mzsr_kgan", "sr_zssr_kgan"}  # methods mzsr_kgan, zssr_kgan (not in the demo)
+DEMO_GPU_RULES = set(facts.GPU_RULES) - BLIND_GPU_RULES  # the network rules of the demo's run
 GPU_GROUPS = {"sr_pretrained", "sr_mzsr", "sr_zssr"}  # group kinds (workflow/rules/common.smk); blind: BLIND_GPU_RULES
 JOB_PREFIX = "mzsrtest"  # MZSR_SLURM_JOB_PREFIX of the test run
 # Long enough that each training job is still running when the test interrupts it after its first
@@ -163,7 +164,7 @@ def test_profile_settings(monkeypatch):
     assert "slurm_account" not in profile["default-resources"]  # only where MZSR_SLURM_ACCOUNT is set
     assert profile["default-resources"]["slurm_partition"] == "cpu"
     assert {"mem_mb", "runtime"} <= set(profile["default-resources"])
-    assert set(profile["set-resources"]) == GPU_RULES | BLIND_GPU_RULES
+    assert set(profile["set-resources"]) == set(facts.GPU_RULES)
     for rule, resources in profile["set-resources"].items():
         assert resources["slurm_partition"] == "gpu" and resources["cpus_per_gpu"] == "threads", rule
     assert profile["set-resources"]["pretrain"]["gpu"] == profile["set-resources"]["meta_train"]["gpu"] == 1
@@ -214,11 +215,11 @@ def test_profile_from_repository_root_with_site_facts_from_environment(tmp_path)
     assert "Using profile slurm for setting default command line arguments" in out
     demo = yaml.safe_load((REPO / "config" / "demo.yaml").read_text())["compute"]
     jobs = [(rule, res) for rule, _, res in job_blocks(out) if rule != "all"]
-    assert {rule for rule, _ in jobs} >= GPU_RULES | {"train_images", "patches", "aggregate"}
+    assert {rule for rule, _ in jobs} >= DEMO_GPU_RULES | {"train_images", "patches", "aggregate"}
     for rule, res in jobs:
         assert res["slurm_account"] == "acct42", rule
         assert "mem_mb" in res and "runtime" in res, rule
-        if rule in GPU_RULES:
+        if rule in DEMO_GPU_RULES:
             threads = (demo.get(rule) or {}).get("threads", demo["default"]["threads"])
             assert (res["slurm_partition"], res["gpu"], res["cpus_per_gpu"]) == ("a100", "1", str(threads)), rule
         else:
@@ -380,7 +381,7 @@ def rule_of(comment: str) -> str:
 
 
 def is_gpu_job(kind: str) -> bool:
-    return kind in GPU_RULES | BLIND_GPU_RULES or kind.removeprefix("group ") in GPU_GROUPS | BLIND_GPU_RULES
+    return kind in facts.GPU_RULES or kind.removeprefix("group ") in GPU_GROUPS | BLIND_GPU_RULES
 
 
 def completed(run) -> list[dict[str, str]]:

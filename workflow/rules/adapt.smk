@@ -7,7 +7,7 @@
 rule sr_bicubic:
     input:
         gt=gt_image,
-        lr_image="resources/test_inputs/{test_set}/{degradation}/{image}.png",
+        lr_image=LR_INPUT,
     output:
         sr=sr_png("bicubic"),
         csv=job_csv("bicubic"),
@@ -16,6 +16,13 @@ rule sr_bicubic:
         degradation=lambda w: DEGRADATIONS[w.degradation],
     log:
         log_path("sr_bicubic", JOB),
+    benchmark:
+        benchmark_path("sr_bicubic", JOB)
+    threads: threads_of("sr_bicubic")
+    resources:
+        **resources_of("sr_bicubic"),
+    group:
+        image_group("sr_bicubic")
     conda:
         "../../envs/eval.yaml"
     script:
@@ -25,7 +32,7 @@ rule sr_bicubic:
 rule sr_pretrained:
     input:
         gt=gt_image,
-        lr_image="resources/test_inputs/{test_set}/{degradation}/{image}.png",
+        lr_image=LR_INPUT,
         kernel=kernel_file,
         weights=pretrained_weights(),
     output:
@@ -38,6 +45,13 @@ rule sr_pretrained:
         adapt={"steps": [0]},
     log:
         log_path("sr_pretrained", JOB),
+    benchmark:
+        benchmark_path("sr_pretrained", JOB)
+    threads: threads_of("sr_pretrained")
+    resources:
+        **resources_of("sr_pretrained"),
+    group:
+        image_group("sr_pretrained")
     conda:
         "../../envs/eval.yaml"
     script:
@@ -47,7 +61,7 @@ rule sr_pretrained:
 rule sr_mzsr:
     input:
         gt=gt_image,
-        lr_image="resources/test_inputs/{test_set}/{degradation}/{image}.png",
+        lr_image=LR_INPUT,
         kernel=kernel_file,
         weights=meta_weights,
     output:
@@ -60,6 +74,13 @@ rule sr_mzsr:
         adapt=section(config["adapt"]),
     log:
         log_path("sr_mzsr", JOB),
+    benchmark:
+        benchmark_path("sr_mzsr", JOB)
+    threads: threads_of("sr_mzsr")
+    resources:
+        **resources_of("sr_mzsr"),
+    group:
+        image_group("sr_mzsr")
     conda:
         "../../envs/eval.yaml"
     script:
@@ -69,7 +90,7 @@ rule sr_mzsr:
 rule sr_zssr:
     input:
         gt=gt_image,
-        lr_image="resources/test_inputs/{test_set}/{degradation}/{image}.png",
+        lr_image=LR_INPUT,
         kernel=kernel_file,
     output:
         sr=sr_png("zssr"),
@@ -80,6 +101,13 @@ rule sr_zssr:
         zssr=section(config["zssr"]),
     log:
         log_path("sr_zssr", JOB),
+    benchmark:
+        benchmark_path("sr_zssr", JOB)
+    threads: threads_of("sr_zssr")
+    resources:
+        **resources_of("sr_zssr"),
+    group:
+        image_group("sr_zssr")
     conda:
         "../../envs/eval.yaml"
     script:
@@ -87,48 +115,51 @@ rule sr_zssr:
 
 
 # Blind: the same methods with the kernel that KernelGAN estimated from the LR input (rule
-# estimate_kernel); they never see the true kernel. KernelGAN's generator is one blur followed by
-# direct subsampling, so its kernel is the whole x2 downscaling (a bicubic degradation's antialiasing
-# included): the blind methods always use direct subsampling, and MZSR the Direct model.
+# estimate_kernel) in place of the true one, which they never see (the `degradation` param they keep
+# names their test input only). KernelGAN's generator is one blur followed by direct subsampling, so
+# its kernel is the whole x2 downscaling (a bicubic degradation's antialiasing included): the blind
+# methods always use direct subsampling, and MZSR the Direct model.
 
 
-rule sr_mzsr_kgan:
+use rule sr_mzsr as sr_mzsr_kgan with:
     input:
         gt=gt_image,
-        lr_image="resources/test_inputs/{test_set}/{degradation}/{image}.png",
+        lr_image=LR_INPUT,
         estimated=ESTIMATED_KERNEL,
         weights=lambda w: meta_model("direct"),
     output:
         sr=[sr_png("mzsr_kgan", n) for n in ADAPT_STEPS],
         csv=job_csv("mzsr_kgan"),
     params:
-        scale=SCALE,
-        subsampling="direct",
         method="mzsr_kgan",
-        adapt=section(config["adapt"]),
+        subsampling="direct",
     log:
         log_path("sr_mzsr_kgan", JOB),
-    conda:
-        "../../envs/eval.yaml"
-    script:
-        "../../scripts/sr_mzsr.py"
+    benchmark:
+        benchmark_path("sr_mzsr_kgan", JOB)
+    threads: threads_of("sr_mzsr_kgan")
+    resources:
+        **resources_of("sr_mzsr_kgan"),
+    group:
+        image_group("sr_mzsr_kgan")
 
 
-rule sr_zssr_kgan:
+use rule sr_zssr as sr_zssr_kgan with:
     input:
         gt=gt_image,
-        lr_image="resources/test_inputs/{test_set}/{degradation}/{image}.png",
+        lr_image=LR_INPUT,
         estimated=ESTIMATED_KERNEL,
     output:
         sr=sr_png("zssr_kgan"),
         csv=job_csv("zssr_kgan"),
     params:
-        scale=SCALE,
         subsampling="direct",
-        zssr=section(config["zssr"]),
     log:
         log_path("sr_zssr_kgan", JOB),
-    conda:
-        "../../envs/eval.yaml"
-    script:
-        "../../scripts/sr_zssr.py"
+    benchmark:
+        benchmark_path("sr_zssr_kgan", JOB)
+    threads: threads_of("sr_zssr_kgan")
+    resources:
+        **resources_of("sr_zssr_kgan"),
+    group:
+        image_group("sr_zssr_kgan")

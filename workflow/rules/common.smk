@@ -1,6 +1,7 @@
-# Helpers for the rules: paths, config sections, input functions, wildcard constraints, and which
-# test images exist. The only file of the workflow with Python logic; it never imports mzsr (the
-# rules' scripts do, inside their own environments).
+# Helpers for the rules: paths, config sections, input functions, wildcard constraints, which test
+# images exist, and each rule's threads, resources, group and benchmark file. The only file of the
+# workflow with Python logic; of mzsr it imports only the torch-free mzsr.facts (the rules' scripts
+# import the rest, inside their own environments).
 import hashlib
 import json
 import math
@@ -9,6 +10,8 @@ from pathlib import Path
 
 from snakemake.exceptions import WorkflowError
 from snakemake.logging import logger
+
+from mzsr import facts
 
 
 def non_finite_key(value, where=""):
@@ -28,47 +31,26 @@ if (_bad := non_finite_key(config)) is not None:
     raise WorkflowError(f"config {CONFIG_FILES}: {_bad}: NaN or infinity, expected a finite number")
 
 
-IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp")
 SCALE = config["scale"]
 METHODS = config["methods"]
 ADAPT_STEPS = sorted(config["adapt"]["steps"])
 # Blind methods: MZSR and ZSSR with the kernel that KernelGAN estimates from each LR test input
 # (rule estimate_kernel), beside mzsr and zssr with the degradation's true kernel.
 KGAN_METHODS = [m for m in METHODS if m.endswith("_kgan")]
-if KGAN_METHODS and SCALE not in (2, 4):
+if KGAN_METHODS and SCALE not in facts.RANDOM_KERNEL_SCALES:
     raise WorkflowError(
         f"methods {', '.join(KGAN_METHODS)}: KernelGAN estimates x2 kernels (and x4 from them), not scale {SCALE}"
     )
-# Rules that run a network and so may use a GPU; they ask for compute.<rule>.gpu (default 1).
-GPU_RULES = (
-    "pretrain",
-    "meta_train",
-    "sr_pretrained",
-    "sr_mzsr",
-    "sr_zssr",
-    "estimate_kernel",
-    "sr_mzsr_kgan",
-    "sr_zssr_kgan",
-)
 
 
 # ------------------------------------------------------------------------------------ sources
 
 
-def source_kind(source):
-    """skimage (bundled photos), folder (images on disk) or archive (zip file, URL, div2k:...)."""
-    if source.startswith("skimage:"):
-        return "skimage"
-    if source.startswith(("div2k:", "http://", "https://")) or source.lower().endswith(".zip"):
-        return "archive"
-    return "folder"
-
-
 def skimage_names(source):
-    names = [n.strip() for n in source[len("skimage:") :].split(",") if n.strip()]
-    if not names:
-        raise WorkflowError(f"{source!r}: name at least one scikit-image photo, e.g. skimage:coffee,rocket")
-    return names
+    try:
+        return facts.skimage_names(source)
+    except ValueError as e:
+        raise WorkflowError(str(e)) from None
 
 
 def scan_images(folder, recursive=False):
@@ -77,7 +59,7 @@ def scan_images(folder, recursive=False):
     found = folder.rglob("*") if recursive else folder.iterdir()
     images = {}
     for p in sorted(found):
-        if p.suffix.lower() in IMAGE_SUFFIXES and p.is_file() and not p.name.startswith("."):
+        if p.suffix.lower() in facts.IMAGE_SUFFIXES and p.is_file() and not p.name.startswith("."):
             if p.stem in images:
                 raise WorkflowError(
                     f"{folder}: {images[p.stem].name} and {p.name} share the name {p.stem!r}; rename one"
@@ -92,7 +74,7 @@ def scan_images(folder, recursive=False):
 # name -> {"kind", "source", "images": {stem: path} or None until an archive is extracted}
 TEST_SETS = {}
 for _name, _source in config["test_sets"].items():
-    _kind = source_kind(_source)
+    _kind = facts.source_kind(_source)
     if _kind == "folder":
         if not Path(_source).is_dir():
             logger.warning(
@@ -116,23 +98,20 @@ if not TEST_SETS:
 
 def degradation_name(spec):
     """A degradation's name in paths, CSVs and the report: the named one, or a kernel file's stem."""
-    return Path(spec).stem if spec.lower().endswith((".mat", ".npy")) else spec
+    return Path(spec).stem if spec.lower().endswith(facts.KERNEL_FILE_SUFFIXES) else spec
 
 
 DEGRADATIONS = {degradation_name(s): s for s in config["degradations"]}
 if len(DEGRADATIONS) != len(config["degradations"]):
     raise WorkflowError(f"degradations {config['degradations']}: two of them share a name")
 
-# Subsampling of each degradation (as in mzsr.kernels; kernel files and the random per-image kernels
-# rk, rk<seed> use direct subsampling). MZSR evaluates each with the meta-trained model of its
-# subsampling, as the paper does ("Direct" and "Bicubic" models); only the models that some
-# degradation needs are trained.
-_NAMED_SUBSAMPLING = {"g0.2": "direct", "g2.0": "direct", "ani": "direct", "gb1.3": "bicubic", "bicubic": "bicubic"}
-SUBSAMPLING = {name: _NAMED_SUBSAMPLING.get(spec, "direct") for name, spec in DEGRADATIONS.items()}
+# MZSR evaluates each degradation with the meta-trained model of its subsampling, as the paper does
+# ("Direct" and "Bicubic" models); only the models that some degradation needs are trained.
+SUBSAMPLING = {name: facts.degradation_subsampling(spec) for name, spec in DEGRADATIONS.items()}
 # rk, rk<seed>: each image's own random kernel (KernelGAN's DIV2KRK recipe), drawn by the rules'
 # scripts from the seed and the image's stem; DIV2KRK defines it at x2 and x4 only.
-RANDOM_KERNEL_DEGRADATIONS = [name for name in DEGRADATIONS if re.fullmatch(r"rk[0-9]*", name)]
-if RANDOM_KERNEL_DEGRADATIONS and SCALE not in (2, 4):
+RANDOM_KERNEL_DEGRADATIONS = [name for name in DEGRADATIONS if facts.is_random_kernel(name)]
+if RANDOM_KERNEL_DEGRADATIONS and SCALE not in facts.RANDOM_KERNEL_SCALES:
     raise WorkflowError(
         f"degradations {', '.join(RANDOM_KERNEL_DEGRADATIONS)}: random kernels exist for scale 2 and 4 "
         f"(KernelGAN's DIV2KRK), not for scale {SCALE}"
@@ -257,7 +236,7 @@ def shard_paths():
 # meta.weights_folder: null (train here), "released" (this repository's models/) or a folder
 RELEASED_FOLDER = config["meta"]["weights_folder"]
 if RELEASED_FOLDER == "released":
-    RELEASED_FOLDER = os.path.join(workflow.basedir, "models")
+    RELEASED_FOLDER = str(WORKFLOW_DIR / "models")
 
 
 def meta_model(subsampling):
@@ -288,10 +267,10 @@ def used_meta_models():
 
 
 # ------------------------------------------------------------------------------------ compute
-# Threads and resources of every rule come from config compute (compute.<rule>, else compute.default,
-# whose defaults the schema gives) and the per-image rules' cluster groups from config cluster; both
-# are set on the rules by configure_jobs() at the end of the Snakefile, with each rule's benchmark
-# file, so that a rule reads as its data flow (inputs, outputs, params, log, environment, script).
+# Every rule states its threads, resources and benchmark file with these helpers, from config compute
+# (compute.<rule>, else compute.default, whose defaults the schema gives); the per-image rules also
+# their cluster group. A profile's or the command line's --set-threads and --set-resources win over
+# them, and --default-resources fill only what a rule leaves out, as for any Snakemake rule.
 
 
 def compute(rule, key):
@@ -300,49 +279,44 @@ def compute(rule, key):
     return own.get(key, config["compute"]["default"][key])
 
 
+def threads_of(name):
+    return compute(name, "threads")
+
+
+def resources_of(name):
+    """Memory (MB) and run time (minutes) of a rule; GPUs for a network rule (facts.GPU_RULES); for a
+    per-image rule one image_jobs token, so that the jobs of a group job run one after another."""
+    resources = {"mem_mb": compute(name, "mem_mb"), "runtime": compute(name, "runtime")}
+    if name in facts.GPU_RULES:
+        resources["gpu"] = compute(name, "gpu")
+    if name in IMAGE_RULE_GROUPS:
+        resources["image_jobs"] = 1
+    return resources
+
+
 def log_path(rule, pattern=""):
     return f"logs/{rule}/{pattern}.log" if pattern else f"logs/{rule}.log"
 
 
-def configure_jobs():
-    """Threads, memory, run time, GPUs, the image_jobs token, the cluster group and the benchmark file
-    of every rule (logs/benchmarks/<rule>/..., beside its log, logs/<rule>/...).
-    What the command line or a profile sets (--set-threads, --set-resources) wins, as it does over a
-    rule's own directives; --default-resources fill only what no rule sets."""
-    settings = workflow.resource_settings
-    for r in workflow.rules:
-        if r.name == "all":
-            continue
-        if r.name not in settings.overwrite_threads:
-            r.resources["_cores"] = compute(r.name, "threads")
-        wanted = {"mem_mb": compute(r.name, "mem_mb"), "runtime": compute(r.name, "runtime")}
-        if r.name in GPU_RULES:
-            wanted["gpu"] = compute(r.name, "gpu")
-        if r.name in IMAGE_RULE_GROUPS:
-            wanted["image_jobs"] = 1
-            r.group = image_group(IMAGE_RULE_GROUPS[r.name])
-        given = settings.overwrite_resources.get(r.name, {})
-        r.resources.update({k: v for k, v in wanted.items() if k not in given})
-        r.benchmark_modifier = r.log_modifier  # what Snakemake sets from a benchmark directive
-        r.benchmark = f"logs/benchmarks/{str(r.log[0]).removeprefix('logs/').removesuffix('.log')}.tsv"
+def benchmark_path(rule, pattern=""):
+    """Beside the log: logs/benchmarks/<rule>/<pattern>.tsv for logs/<rule>/<pattern>.log."""
+    return f"logs/benchmarks/{rule}/{pattern}.tsv" if pattern else f"logs/benchmarks/{rule}.tsv"
 
 
-# ------------------------------------------------------------------------------------ cluster submissions
+# ------------------------------------------------------------------------------------ cluster groups
 # On a cluster (snakemake --profile slurm) the per-image jobs travel in group jobs: one SLURM job
 # runs one kind of per-image job for up to cluster.images_per_cpu_job (LR inputs with their bicubic
 # baseline; crops) or cluster.images_per_gpu_job (each network method on its own) test images x
-# degradations of one test set, one after another (image_jobs=1, below). CPU and GPU work
-# never share a group, and each network method has its own, so that ZSSR and the pre-trained model
-# do not wait for meta-training. Snakemake groups only jobs that need to run, so a rerun submits
-# only what changed; local runs ignore groups. cluster.group: false submits every job on its own.
+# degradations of one test set, one after another (their image_jobs=1). CPU and GPU work never share
+# a group, and each network method has its own, so that ZSSR and the pre-trained model do not wait
+# for meta-training. Snakemake groups only jobs that need to run, so a rerun submits only what
+# changed; local runs ignore groups. cluster.group: false submits every job on its own.
 #
 # A group's name says which images it holds (<kind>-<test set>-<chunk>), so that the same images
 # travel together however often Snakemake regroups (it does at every checkpoint, e.g. after a test
 # set's download; with one name per kind and --group-components, Snakemake 9.27 merges its cached
-# groups again on each regrouping and runs some jobs twice). A chunk's jobs are not connected in
-# the DAG, so its name points to its kind (parent group id) and the kind's --group-components is
-# the chunk size: Snakemake has no Snakefile directive for either, hence the two workflow
-# attributes set below; a --group-components on the command line takes precedence.
+# groups again on each regrouping and runs some jobs twice). A chunk's jobs are not connected in the
+# DAG, so its name points to its kind (parent group id), whose --group-components is the chunk size.
 IMAGE_RULE_GROUPS = {  # per-image rule -> the kind of group job it travels in
     "lr_image": "inputs",
     "sr_bicubic": "inputs",
@@ -354,8 +328,7 @@ IMAGE_RULE_GROUPS = {  # per-image rule -> the kind of group job it travels in
     "sr_zssr_kgan": "sr_zssr_kgan",
     "crop": "crop",
 }
-IMAGE_GROUP_KINDS = {kind: "gpu" if kind in GPU_RULES else "cpu" for kind in IMAGE_RULE_GROUPS.values()}
-GROUP_JOBS = config["cluster"]["group"]
+IMAGE_GROUP_KINDS = {kind: "gpu" if kind in facts.GPU_RULES else "cpu" for kind in IMAGE_RULE_GROUPS.values()}
 _IMAGE_UNITS = {}  # test set -> {image: position}
 
 
@@ -363,51 +336,69 @@ def images_per_job(kind):
     return config["cluster"][f"images_per_{IMAGE_GROUP_KINDS[kind]}_job"]
 
 
-def image_group(kind):
-    """The `group:` of a per-image rule: a function naming the job's chunk, or None (no groups)."""
-    if not GROUP_JOBS:
+def image_group(name):
+    """The `group:` of a per-image rule: a function naming the job's chunk, or None (cluster.group:
+    false). Local runs get no group, as a local dry run lists none."""
+    if not config["cluster"]["group"]:
         return None
+    kind = IMAGE_RULE_GROUPS[name]
     size = images_per_job(kind)
 
     def group(wildcards):
-        if workflow.global_resources["_nodes"].value is None:
-            return None  # not a cluster run (--jobs unset): a local run's dry run lists no groups either
+        if not is_cluster_run():
+            return None
         ts = wildcards.test_set
         if ts not in _IMAGE_UNITS:
             _IMAGE_UNITS[ts] = {image: i for i, image in enumerate(test_images(ts))}
         images = _IMAGE_UNITS[ts]
         unit = list(DEGRADATIONS).index(wildcards.degradation) * len(images) + images[wildcards.image]
-        name = f"{kind}-{ts}-{unit // size}"
-        workflow.parent_groupids[name] = kind
-        _set_group_components()
-        _limit_image_jobs()
-        return name
+        chunk = f"{kind}-{ts}-{unit // size}"
+        group_chunk_of(chunk, kind, {k: images_per_job(k) for k in IMAGE_GROUP_KINDS})
+        return chunk
 
     return group
 
 
-# The jobs of a group job run one after another: each per-image rule asks for image_jobs=1, and
 # image_jobs is 1 per submitted job (scope local: not a limit of the whole run). Snakemake sizes a
 # group's request (sbatch) and its job step (srun, in the SLURM job) from its jobs' resources within
-# this limit: one job's CPUs, memory and GPU, the sum of the run times. Registered where groups are
-# formed, in Snakemake and in the SLURM job, not in local runs; --resources image_jobs=N wins.
+# this limit: one job's CPUs, memory and GPU, the sum of the run times; --resources image_jobs=N wins.
 resource_scopes:
     image_jobs="local",
 
 
-def _limit_image_jobs():
+# ------------------------------------------------------------------------------------ Snakemake internals
+# What no public Snakemake interface does, each in one place, tested with Snakemake 9.27.1 and the
+# oldest release that pyproject.toml admits (tests/test_snakemake_versions.py). The Snakefile uses
+# one more, workflow.overwrite_configfiles: whether --configfile was given, so that it replaces
+# config/config.yaml instead of being merged into it (covered by tests/test_workflow.py's dry runs).
+
+
+def is_cluster_run():
+    """Whether jobs go to a cluster: --jobs is set (workflow.nodes, the `_nodes` global resource).
+    Snakemake has no public flag for it; dry runs keep --jobs from 9.27 on (older 9.x: None), so a
+    dry run with --profile slurm lists the group jobs that a run submits. Local runs get no groups,
+    as Snakemake lists none in a local dry run. Covered by tests/test_submissions.py."""
+    return workflow.nodes is not None
+
+
+def group_chunk_of(name, kind, sizes):
+    """Group `name` is a chunk of group kind `kind`; every kind's chunk size is its --group-components.
+
+    - workflow.parent_groupids: Snakemake fills it only for string groups with wildcards
+      (Rule.expand_group); a group that a function names has no directive for its parent.
+    - workflow.group_settings.group_components: --group-components exists on the command line and in
+      profiles only, and the chunk sizes come from the config; set while the DAG is built, because
+      Snakemake puts its command-line group settings in place after parsing the Snakefile (9.x). A
+      --group-components on the command line takes precedence.
+    - workflow.register_resource("image_jobs", 1): a global resource's default from the Snakefile;
+      --resources in a profile is replaced whole by one on the command line (--resources gpu=1).
+    Covered by tests/test_submissions.py and tests/test_slurm.py (group sizes, one job at a time)."""
+    workflow.parent_groupids[name] = kind
+    settings = workflow.group_settings
+    if any(k not in settings.group_components for k in sizes):
+        settings.group_components = type(settings.group_components)({**sizes, **settings.group_components})
     if "image_jobs" not in workflow.global_resources:
         workflow.register_resource("image_jobs", 1)
-
-
-def _set_group_components():
-    """The chunk size of every kind as its --group-components, unless given on the command line.
-    Set while the DAG is built: Snakemake puts its command-line group settings in place after
-    parsing the Snakefile."""
-    settings = workflow.group_settings
-    if any(kind not in settings.group_components for kind in IMAGE_GROUP_KINDS):
-        sizes = {kind: images_per_job(kind) for kind in IMAGE_GROUP_KINDS}
-        settings.group_components = type(settings.group_components)({**sizes, **settings.group_components})
 
 
 # A failed group job fails all its jobs: Snakemake cannot tell which one failed, and removes the
@@ -419,6 +410,9 @@ def _set_group_components():
 # it starts, or a group member that a killed group job never reached, leaves no result of an
 # earlier run that would pass for a current one.
 def remove_outputs_of_jobs_to_run():
+    """workflow.dag.needrun_jobs(), job.remove_existing_output() through workflow.async_run: Snakemake
+    has no hook or flag that clears the outputs of the jobs of a run before the first starts (9.x).
+    Covered by tests/test_submissions.py::test_with_keep_incomplete_the_outputs_of_jobs_to_run_go_first."""
     if not workflow.execution_settings.keep_incomplete or workflow.dryrun or workflow.touch:
         return
     jobs = [job for job in workflow.dag.needrun_jobs() if not job.is_norun]
@@ -433,6 +427,7 @@ onstart:
 
 # ------------------------------------------------------------------------------------ outputs
 JOB = "{test_set}/{degradation}/{image}"
+LR_INPUT = f"resources/test_inputs/{JOB}.png"  # a test image degraded (rule lr_image)
 
 
 STEPPED_METHODS = ("mzsr", "mzsr_kgan")  # one SR image per adaptation step count: <method>-<steps>/

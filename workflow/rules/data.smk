@@ -9,6 +9,11 @@ rule train_images:
         data=section(config["data"]["train"]),
     log:
         log_path("train_images"),
+    benchmark:
+        benchmark_path("train_images")
+    threads: threads_of("train_images")
+    resources:
+        **resources_of("train_images"),
     conda:
         "../../envs/data.yaml"
     script:
@@ -22,6 +27,11 @@ rule skimage_test_image:
         data=lambda w: {"source": f"skimage:{w.image}"},
     log:
         log_path("skimage_test_image", "{test_set}/{image}"),
+    benchmark:
+        benchmark_path("skimage_test_image", "{test_set}/{image}")
+    threads: threads_of("skimage_test_image")
+    resources:
+        **resources_of("skimage_test_image"),
     conda:
         "../../envs/data.yaml"
     script:
@@ -35,6 +45,11 @@ checkpoint test_set_archive:
         data=lambda w: {"source": config["test_sets"][w.test_set]},
     log:
         log_path("test_set_archive", "{test_set}"),
+    benchmark:
+        benchmark_path("test_set_archive", "{test_set}")
+    threads: threads_of("test_set_archive")
+    resources:
+        **resources_of("test_set_archive"),
     conda:
         "../../envs/data.yaml"
     script:

@@ -5,7 +5,7 @@
 
 rule estimate_kernel:
     input:
-        lr_image="resources/test_inputs/{test_set}/{degradation}/{image}.png",
+        lr_image=LR_INPUT,
         kernel=kernel_file,
     output:
         kernel=ESTIMATED_KERNEL,
@@ -16,6 +16,13 @@ rule estimate_kernel:
         estimate=section(config["estimate"]),
     log:
         log_path("estimate_kernel", JOB),
+    benchmark:
+        benchmark_path("estimate_kernel", JOB)
+    threads: threads_of("estimate_kernel")
+    resources:
+        **resources_of("estimate_kernel"),
+    group:
+        image_group("estimate_kernel")
     conda:
         "../../envs/eval.yaml"
     script:

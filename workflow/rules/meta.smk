@@ -16,6 +16,11 @@ rule meta_train:
         work_dir=lambda w: meta_work_dir(w.subsampling),
     log:
         log_path("meta_train", "{subsampling}"),
+    benchmark:
+        benchmark_path("meta_train", "{subsampling}")
+    threads: threads_of("meta_train")
+    resources:
+        **resources_of("meta_train"),
     conda:
         "../../envs/train.yaml"
     script:

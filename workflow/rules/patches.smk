@@ -13,6 +13,11 @@ rule patches:
         lr_scale=lambda w: SCALE if w.kind == "pretrain" else None,
     log:
         log_path("patches", "{kind}"),
+    benchmark:
+        benchmark_path("patches", "{kind}")
+    threads: threads_of("patches")
+    resources:
+        **resources_of("patches"),
     conda:
         "../../envs/data.yaml"
     script:

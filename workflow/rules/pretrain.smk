@@ -13,6 +13,11 @@ rule pretrain:
         work_dir=pretrain_work_dir(),
     log:
         log_path("pretrain"),
+    benchmark:
+        benchmark_path("pretrain")
+    threads: threads_of("pretrain")
+    resources:
+        **resources_of("pretrain"),
     conda:
         "../../envs/train.yaml"
     script:
@@ -29,6 +34,11 @@ rule import_tf:
         scale=SCALE,
     log:
         log_path("import_tf"),
+    benchmark:
+        benchmark_path("import_tf")
+    threads: threads_of("import_tf")
+    resources:
+        **resources_of("import_tf"),
     conda:
         "../../envs/train.yaml"
     script:

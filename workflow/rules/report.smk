@@ -17,6 +17,11 @@ rule plot_steps:
         scale=SCALE,
     log:
         log_path("plot_steps"),
+    benchmark:
+        benchmark_path("plot_steps")
+    threads: threads_of("plot_steps")
+    resources:
+        **resources_of("plot_steps"),
     conda:
         "../../envs/report.yaml"
     script:
@@ -40,6 +45,13 @@ rule crop:
         scale=SCALE,
     log:
         log_path("crop", JOB),
+    benchmark:
+        benchmark_path("crop", JOB)
+    threads: threads_of("crop")
+    resources:
+        **resources_of("crop"),
+    group:
+        image_group("crop")
     conda:
         "../../envs/report.yaml"
     script:

@@ -14,6 +14,11 @@ rule task_shard:
         tasks=lambda w: tasks_cfg(int(w.shard)),
     log:
         log_path("task_shard", "shard={shard}"),
+    benchmark:
+        benchmark_path("task_shard", "shard={shard}")
+    threads: threads_of("task_shard")
+    resources:
+        **resources_of("task_shard"),
     conda:
         "../../envs/data.yaml"
     script:

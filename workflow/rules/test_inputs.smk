@@ -7,12 +7,19 @@ rule lr_image:
         gt=gt_image,
         kernel=kernel_file,
     output:
-        "resources/test_inputs/{test_set}/{degradation}/{image}.png",
+        LR_INPUT,
     params:
         degradation=lambda w: DEGRADATIONS[w.degradation],
         scale=SCALE,
     log:
         log_path("lr_image", JOB),
+    benchmark:
+        benchmark_path("lr_image", JOB)
+    threads: threads_of("lr_image")
+    resources:
+        **resources_of("lr_image"),
+    group:
+        image_group("lr_image")
     conda:
         "../../envs/data.yaml"
     script:

@@ -1,0 +1,62 @@
+"""Facts that the package, the Snakemake workflow and the SLURM profile share: which files are images,
+how each named degradation subsamples, what names a random per-image kernel, what a data source is,
+and which rules run a network. Standard library only, so that the Snakefile (workflow/rules/common.smk)
+and the profile import it without torch or numpy: one place for each fact.
+"""
+
+from __future__ import annotations
+
+import re
+
+IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp")
+
+# The paper's named test degradations and their subsampling (their kernels are in mzsr.kernels).
+NAMED_SUBSAMPLING = {"g0.2": "direct", "g2.0": "direct", "ani": "direct", "gb1.3": "bicubic", "bicubic": "bicubic"}
+
+# rk, rk<seed>: each image's own random DIV2KRK-style kernel (direct subsampling), at x2 and x4 only.
+RANDOM_KERNEL_SPEC = re.compile(r"rk([0-9]*)")
+RANDOM_KERNEL_SCALES = (2, 4)
+
+KERNEL_FILE_SUFFIXES = (".mat", ".npy")
+
+SKIMAGE = "skimage:"
+DIV2K = "div2k:"
+
+# The workflow's rules that run a network and so may use a GPU: the SLURM profile sends them to the
+# GPU partition, and each asks for compute.<rule>.gpu GPUs.
+GPU_RULES = (
+    "pretrain",
+    "meta_train",
+    "sr_pretrained",
+    "sr_mzsr",
+    "sr_zssr",
+    "estimate_kernel",
+    "sr_mzsr_kgan",
+    "sr_zssr_kgan",
+)
+
+
+def degradation_subsampling(spec: str) -> str:
+    """The subsampling of a degradation spec: a named one's own; kernel files and rk use direct."""
+    return NAMED_SUBSAMPLING.get(spec, "direct")
+
+
+def is_random_kernel(spec: str) -> bool:
+    return RANDOM_KERNEL_SPEC.fullmatch(str(spec)) is not None
+
+
+def source_kind(source: str) -> str:
+    """skimage (photos bundled with scikit-image), archive (zip file, URL, div2k:...) or folder."""
+    if source.startswith(SKIMAGE):
+        return "skimage"
+    if source.startswith((DIV2K, "http://", "https://")) or source.lower().endswith(".zip"):
+        return "archive"
+    return "folder"
+
+
+def skimage_names(source: str) -> list[str]:
+    """The photo names of "skimage:a,b" (blanks ignored); a ValueError when it names none."""
+    names = [n.strip() for n in source[len(SKIMAGE) :].split(",") if n.strip()]
+    if not source.startswith(SKIMAGE) or not names:
+        raise ValueError(f"{source}: name at least one scikit-image photo, e.g. skimage:coffee,rocket")
+    return names
