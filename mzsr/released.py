@@ -94,10 +94,11 @@ def header_metadata(path: str | Path) -> dict:
 
 
 def describe_weights(path: str | Path) -> str:
-    """One line on where a model comes from, for tables and reports."""
+    """One line on where a model comes from, for tables and reports. A released model by its name, not
+    its path, which differs between checkouts of the same run."""
     meta = header_metadata(path)
     info = meta.get("released") or {}
     if info:
-        return (f"{path}: released {info.get('name', Path(path).stem)}, {info.get('iterations', '?')} meta-iterations"
+        return (f"released {info.get('name', Path(path).stem)}, {info.get('iterations', '?')} meta-iterations"
                 f" on {info.get('device', '?')} ({info.get('data', '?')})")
     return f"{path}: {meta.get('source', 'unknown')} weights, step {meta.get('step', '?')}"

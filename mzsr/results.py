@@ -147,3 +147,21 @@ def _markdown_rows(header, rows) -> str:
     lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     lines += ["| " + " | ".join(str(v) for v in row) + " |" for row in rows]
     return "".join(line + "\n" for line in lines)
+
+
+def html_table(table: pd.DataFrame, title: str, notes: list[str] = (), float_format: str = "{:.4f}") -> str:
+    """A results table as a small HTML page, which `snakemake --report` shows in the page (a CSV it
+    only offers as a download). `notes` are lines of text below the table (escaped)."""
+    import html
+
+    body = table.to_html(index=False, border=0, na_rep="", float_format=float_format.format, classes="results")
+    below = "".join(f"<p>{html.escape(line)}</p>\n" for line in notes)
+    return (f'<!DOCTYPE html>\n<html lang="en">\n<head>\n<meta charset="utf-8">\n<title>{html.escape(title)}</title>\n'
+            f"<style>{_TABLE_CSS}</style>\n</head>\n<body>\n<h3>{html.escape(title)}</h3>\n{body}\n{below}</body>\n</html>\n")
+
+
+_TABLE_CSS = ("body{font-family:system-ui,sans-serif;font-size:14px;margin:12px}"
+              "table.results{border-collapse:collapse}"
+              "table.results th,table.results td{padding:4px 10px;border-bottom:1px solid #ddd;text-align:right}"
+              "table.results th{background:#f4f4f4}"
+              "table.results td:nth-child(-n+2),table.results th:nth-child(-n+2){text-align:left}")

@@ -27,7 +27,7 @@ def test_the_released_direct_x2_model_is_found_and_says_where_it_comes_from():
     assert info["name"] == "direct_x2" and info["iterations"] == 700 and info["device"] == "NVIDIA H100 80GB HBM3"
     assert {"data", "config_digest", "recipe", "set14", "start"} <= set(info)
     assert set(info["set14"]) == {"g0.2", "g2.0", "ani"} and set(info["set14"]["g2.0"]) == {"0", "1", "10"}
-    assert describe_weights(path).endswith("released direct_x2, 700 meta-iterations on NVIDIA H100 80GB HBM3 "
+    assert describe_weights(path) == ("released direct_x2, 700 meta-iterations on NVIDIA H100 80GB HBM3 "
                                            f"({info['data']})")
 
 

@@ -185,11 +185,43 @@ def test_too_small_a_task_count_fails_at_planning(tmp_path):
             "raise it or leave it null") in proc.stdout + proc.stderr
 
 
+def read_report(path: Path) -> tuple[str, dict[str, dict]]:
+    """(the front page's HTML, {result path: its entry, with the embedded file as `content`}) of a
+    `snakemake --report` page, read from the JavaScript variables that hold them."""
+    import base64
+    import json
+
+    page = path.read_text()
+    front = json.loads(re.search(r"var workflow_desc = (\".*?\");\n", page).group(1))
+    results = json.loads(re.search(r"var results = (\{.*?\});\n", page).group(1))
+    for entry in results.values():
+        entry["content"] = base64.b64decode(entry["data_uri"].split("base64,", 1)[1]).decode("utf-8", "replace")
+    return front, results
+
+
+def check_report(workdir: Path, configfile: str) -> tuple[str, dict[str, dict]]:
+    """The report renders without a reStructuredText message, names no absolute path and shows the
+    two results tables in the page (HTML, not a CSV download), beside the plot and the crops."""
+    check(snakemake(workdir, "--configfile", configfile, "--report", "report.html"))
+    front, results = read_report(workdir / "report.html")
+    for text in [front] + [entry["caption"] for entry in results.values()]:
+        assert "System Message" not in text and "system-message" not in text, text
+    for entry in results.values():
+        assert str(REPO) not in entry["job_properties"]["params"] and str(workdir) not in entry["caption"]
+    for table in ("paper_table", "summary"):
+        entry = results[f"results/report/{table}.html"]
+        assert entry["mime_type"] == "text/html" and "<table" in entry["content"]
+    assert "results/report/psnr_vs_steps.png" in results
+    assert any(path.startswith("results/report/crops/") for path in results)
+    return front, results
+
+
 @pytest.mark.slow
 def test_micro_report(micro_run):
-    check(snakemake(micro_run, "--configfile", "micro.yaml", "--report", "report.html"))
-    html = (micro_run / "report.html").read_text()
-    assert "summary.csv" in html and "psnr_vs_steps.png" in html
+    front, results = check_report(micro_run, "micro.yaml")
+    assert "<strong>Models</strong>, trained by this run" in front and "2 iterations of meta-batch" in front
+    paper = results["results/report/paper_table.html"]["content"]
+    assert "<th>MZSR(10)</th>" in paper and "meta-trained by this run" in results["results/report/paper_table.html"]["caption"]
 
 
 def _changed_config(workdir: Path, section: str, key: str, value) -> str:
@@ -271,7 +303,8 @@ def test_pipeline_from_the_released_models_trains_nothing_and_names_them(tmp_pat
     # the re-degradation check uses the image's own kernel: MZSR's SR re-degraded matches the LR closely
     assert per_image.loc[("rk", "mzsr", 10), "redegradation_psnr"].item() > 40
     table = (tmp_path / "results" / "metrics" / "paper_table.md").read_text()
-    assert f"- MZSR, direct subsampling: {REPO / 'models' / 'direct_x2.safetensors'}: released direct_x2, 700 meta-iterations" in table
+    # the model by its name: two checkouts of the same run give the same table
+    assert "- MZSR, direct subsampling: released direct_x2, 700 meta-iterations" in table and str(REPO) not in table
     # blind SR: a centred kernel per LR image, its rows beside the true-kernel ones, its error in a table
     for deg in ("g2.0", "rk"):
         k = np.load(tmp_path / "results" / "kernels" / "tiny" / deg / "a.npy")
@@ -294,8 +327,11 @@ def test_pipeline_from_the_released_models_trains_nothing_and_names_them(tmp_pat
                                    "MZSR(0), KernelGAN kernel", "MZSR(1), KernelGAN kernel", "MZSR(10), KernelGAN kernel"]
     assert "| degradation | kernel error | seconds | iterations | images |" in table
     assert re.search(r"^\| rk \| \d\.\d{5} \| [\d.]+ \| 20 \| 1 \|$", table, re.M), table
-    check(snakemake(tmp_path, "--configfile", cfg, "--report", "report.html"))
-    assert "the released models of" in (tmp_path / "report.html").read_text()
+    front, results = check_report(tmp_path, cfg)
+    assert "<strong>Models</strong>: not trained by this run" in front and "trained by this run:" not in front
+    assert "<strong>Blind methods</strong>" in front
+    assert "the released models of\nthis workflow" in results["results/report/paper_table.html"]["caption"]
+    assert "<table" in results["results/report/kernels.html"]["content"]
 
 
 def test_estimate_defaults_are_the_kernelgan_release():
@@ -350,8 +386,9 @@ def job_resources(out: str) -> dict[str, dict[str, str]]:
 
 
 def test_every_rule_takes_its_compute_settings_and_the_command_line_wins(tmp_path):
-    """configure_jobs(): compute.<rule>, else compute.default, whose keys a config leaves out come
-    from the schema; --set-threads and --set-resources win over both, key by key."""
+    """Each rule's threads: and resources: (common.smk's threads_of, resources_of): compute.<rule>,
+    else compute.default, whose keys a config leaves out come from the schema; --set-threads and
+    --set-resources win over both, key by key."""
     config = yaml.safe_load((REPO / "config" / "demo_released.yaml").read_text())
     config["compute"] = {"default": {"threads": 2}, "sr_zssr": {"runtime": 7}}
     (tmp_path / "c.yaml").write_text(yaml.safe_dump(config))
