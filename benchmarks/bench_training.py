@@ -16,7 +16,7 @@ Rows, all measured in one process on random data (speed does not depend on the v
     split bwd                 conv backward as conv_transpose2d + conv2d_weight (see mzsr.meta.conv3x3)
     channels_last, bf16, TF32 off   memory format, bf16 autocast, TF32 convolutions disabled (CUDA)
 
-The CUDA defaults mirror meta_train (mzsr.training.setup_device: cuDNN autotuning, TF32 on).
+The CUDA defaults mirror meta_train (mzsr.device.pick_device: cuDNN autotuning, TF32 on).
 Every meta row's meta-gradient (the .grad of its first step, at the seeded initial theta, on the
 same batch) is compared with a float64 meta-gradient of that batch on the same device:
 relative error = ||g - g64|| / ||g64|| over all parameters (and the worst layer), against a stated
@@ -64,11 +64,11 @@ import torch
 import torch.nn.functional as F
 from torch.func import functional_call
 
+from mzsr.device import pick_device
 from mzsr.meta import META_DEFAULTS, MetaStep, make_forward, meta_loss, vmap_meta_loss
 from mzsr.model import MZSRNet
 from mzsr.optim import make_optimizer
 from mzsr.pretrain import PRETRAIN_DEFAULTS, network_input
-from mzsr.training import setup_device
 
 FULL = {"pre_batch": 32, "pre_patch": 96, "tasks": 5, "shots": 8, "meta_patch": 64, "inner_steps": 5}
 QUICK = {"pre_batch": 4, "pre_patch": 32, "tasks": 2, "shots": 2, "meta_patch": 16, "inner_steps": 2}
@@ -480,7 +480,7 @@ def main() -> None:
         ap.error("--device cuda: this torch sees no CUDA device")
     device = torch.device("cuda" if args.device == "cuda" or (args.device == "auto" and torch.cuda.is_available()) else "cpu")
     cuda = device.type == "cuda"
-    setup_device(str(device))  # as meta_train: cuDNN autotuning and TF32 on CUDA
+    pick_device(str(device))  # as meta_train: cuDNN autotuning and TF32 on CUDA
     warmup = max(1, args.warmup if args.warmup is not None else (3 if cuda else 1))
     iters = max(1, args.iters if args.iters is not None else (10 if cuda else 2 if args.quick else 3))
     s = QUICK if args.quick else FULL

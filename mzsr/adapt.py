@@ -20,8 +20,8 @@ import torch.nn.functional as F
 
 from . import MZSRError, MZSRWarning, settings
 from .degrade import blur_torch, degrade_torch, direct_indices
+from .device import pick_device, synchronize
 from .resize import imresize_torch
-from .training import setup_device
 
 # Learning rate per step, as (first step it applies to, lr): the authors' test.py per released model.
 LR_SCHEDULES: dict[str, tuple[tuple[int, float], ...]] = {
@@ -68,32 +68,6 @@ def weights_subsampling(metadata: dict, fallback: str) -> str:
     if metadata.get("source") == "meta" and metadata.get("degradation") in ("direct", "bicubic"):
         return str(metadata["degradation"])
     return fallback
-
-
-def pick_device(requested: str | None = None) -> torch.device:
-    """CUDA when present unless told otherwise (the trainers' choice, `training.setup_device`); a
-    device that does not exist here (`cuda:7`, `cuda` without a GPU, `tpu`) is one clear error."""
-    if requested and requested != "auto":
-        try:
-            device = torch.device(requested)
-        except (RuntimeError, ValueError):
-            raise MZSRError(f"device {requested!r}: not a torch device (use auto, cpu, cuda, cuda:N or mps)") from None
-        if device.type == "cuda":
-            count = torch.cuda.device_count() if torch.cuda.is_available() else 0
-            if count == 0:
-                raise MZSRError(f"device {requested!r}: CUDA is not available on this machine (use cpu or auto)")
-            if device.index is not None and device.index >= count:
-                raise MZSRError(f"device {requested!r}: this machine has {count} CUDA device(s), cuda:0 to cuda:{count - 1}")
-        elif device.type == "mps" and not (hasattr(torch.backends, "mps") and torch.backends.mps.is_available()):
-            raise MZSRError(f"device {requested!r}: MPS is not available on this machine (use cpu or auto)")
-        elif device.type not in ("cpu", "cuda", "mps"):
-            raise MZSRError(f"device {requested!r}: not supported (use auto, cpu, cuda, cuda:N or mps)")
-    return setup_device(requested)
-
-
-def _sync(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
 
 
 def to_tensor(img: np.ndarray, device) -> torch.Tensor:
@@ -273,7 +247,7 @@ def _adapt_once(model, lr_image, kernel, scale, subsampling, step_counts, schedu
     step_seconds: list[float] = []
     for target in wanted:
         while len(step_seconds) < target:
-            _sync(device)
+            synchronize(device)
             start = time.perf_counter()
             for group in optimizer.param_groups:
                 group["lr"] = learning_rate(schedule, len(step_seconds))
@@ -281,7 +255,7 @@ def _adapt_once(model, lr_image, kernel, scale, subsampling, step_counts, schedu
             optimizer.zero_grad(set_to_none=True)
             F.l1_loss(net(x), y).backward()
             optimizer.step()
-            _sync(device)
+            synchronize(device)
             step_seconds.append(time.perf_counter() - start)
         start = time.perf_counter()
         net.eval()
@@ -293,7 +267,7 @@ def _adapt_once(model, lr_image, kernel, scale, subsampling, step_counts, schedu
             sr = back_project(sr, father, k, scale, subsampling, options["back_projection"], grid)
         net.train()
         sr_img = to_uint8_image(sr)
-        _sync(device)
+        synchronize(device)
         seconds = sum(step_seconds) + time.perf_counter() - start
         outputs.append(AdaptationOutput(target, sr_img, seconds, list(step_seconds)))
     return outputs

@@ -337,7 +337,7 @@ def _progress() -> bool:
 
 
 def cmd_estimate_kernel(args) -> int:
-    from .adapt import pick_device
+    from .device import pick_device
     from .estimate import check_estimable
     from .images import list_images, read_image
 
@@ -352,7 +352,8 @@ def cmd_estimate_kernel(args) -> int:
 
 
 def cmd_upscale(args) -> int:
-    from .adapt import PRESETS, adapt, pick_device, resolve_schedule, weights_subsampling
+    from .adapt import PRESETS, adapt, resolve_schedule, weights_subsampling
+    from .device import pick_device
     from .images import list_images, read_image, write_png
     from .resize import imresize
 

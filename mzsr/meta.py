@@ -54,10 +54,11 @@ from . import MZSRError, settings
 from .checkpoints import load_weights, save_weights
 from .data import TaskPool
 from .degrade import degrade_torch
+from .device import pick_device
 from .model import MZSRNet
 from .optim import make_optimizer
 from .resize import imresize_torch
-from .training import CsvLog, check_finite, latest_checkpoint, load_training_state, save_training_state, setup_device
+from .training import CsvLog, check_finite, latest_checkpoint, load_training_state, save_training_state
 
 # The config's meta section (mzsr/config.schema.yaml) less weights_folder (where models come from,
 # not how they are trained), at the config's scale; "subsampling" is the subsampling of the tasks' LR
@@ -492,7 +493,7 @@ def meta_train(init_weights, shard_paths, patch_store, out_weights, cfg: dict, w
     cfg = settings.with_defaults(cfg, META_DEFAULTS, "meta-training")
     work_dir = Path(work_dir)
     work_dir.mkdir(parents=True, exist_ok=True)
-    device = setup_device(device)
+    device = pick_device(device)
     torch.manual_seed(cfg["seed"])
     pool = TaskPool(shard_paths, patch_store)
     if pool.scale != cfg["scale"]:

@@ -18,6 +18,7 @@ from tqdm import tqdm
 from . import MZSRError, settings
 from .checkpoints import save_weights
 from .data import PatchDataset, StepBatchSampler
+from .device import pick_device
 from .model import MZSRNet, init_release_
 from .optim import make_optimizer
 from .resize import imresize_torch
@@ -27,7 +28,6 @@ from .training import (
     latest_checkpoint,
     load_training_state,
     save_training_state,
-    setup_device,
     step_lr,
 )
 
@@ -53,7 +53,7 @@ def pretrain(patch_store, out_weights, cfg: dict, work_dir, log_csv, device=None
     cfg = settings.with_defaults(cfg, PRETRAIN_DEFAULTS, "pre-training")
     work_dir = Path(work_dir)
     work_dir.mkdir(parents=True, exist_ok=True)
-    device = setup_device(device)
+    device = pick_device(device)
     torch.manual_seed(cfg["seed"])
     model = init_release_(MZSRNet()).to(device)
     if init_weights:

@@ -16,16 +16,6 @@ from . import MZSRError, MZSRWarning
 from .io import atomic_open, atomic_write_bytes, atomic_write_text, set_aside
 
 
-def setup_device(requested: str | None = None, tf32: bool = True) -> torch.device:
-    """CUDA when present (unless told otherwise); TF32 convolutions on Ampere+ when allowed."""
-    device = torch.device(requested if requested and requested != "auto" else ("cuda" if torch.cuda.is_available() else "cpu"))
-    if device.type == "cuda":
-        torch.backends.cudnn.benchmark = True
-        torch.backends.cuda.matmul.allow_tf32 = tf32
-        torch.backends.cudnn.allow_tf32 = tf32
-    return device
-
-
 def step_lr(step: int, lr: float, halve_every: int, lr_min: float) -> float:
     """Step-wise schedule of pre-training: lr halved every `halve_every` steps, never below lr_min."""
     return max(lr * 0.5 ** (step // halve_every), lr_min) if halve_every > 0 else lr

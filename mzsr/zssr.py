@@ -28,15 +28,14 @@ from . import settings
 from .adapt import (
     AdaptationOutput,
     _geometric,
-    _sync,
     back_project,
     make_son,
-    pick_device,
     self_ensemble,
     to_tensor,
     to_uint8_image,
     upscale,
 )
+from .device import pick_device, synchronize
 from .model import MZSRNet, init_zssr_
 from .resize import imresize_torch
 
@@ -271,9 +270,9 @@ def zssr(lr_image: np.ndarray, kernel: np.ndarray | None, scale: int, subsamplin
     torch.manual_seed(seed)
     lr_t = to_tensor(lr_image, device)
     k = None if kernel is None else torch.as_tensor(kernel, dtype=torch.float32, device=device)
-    _sync(device)
+    synchronize(device)
     start = time.perf_counter()
     trained = train_zssr(lr_t, k, scale, subsampling, cfg, np.random.default_rng(seed))
     sr = final_output(trained.net, lr_t, k, scale, subsampling, cfg["self_ensemble"], cfg["back_projection"])
-    _sync(device)
+    synchronize(device)
     return AdaptationOutput(trained.iterations, to_uint8_image(sr), time.perf_counter() - start)

@@ -64,7 +64,7 @@ def torch_setup(snakemake):
     """Limit torch to the job's threads and return the configured device."""
     import torch
 
-    from mzsr.adapt import pick_device
+    from mzsr.device import pick_device
 
     threads = max(1, int(snakemake.threads))
     torch.set_num_threads(threads)

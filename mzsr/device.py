@@ -1,0 +1,47 @@
+"""Which device runs the network: one choice for the `mzsr` command, the rule scripts, adaptation, ZSSR
+and both trainers, so that a device that does not exist is the same clear error everywhere."""
+
+from __future__ import annotations
+
+import torch
+
+from . import MZSRError
+
+
+def pick_device(requested: str | torch.device | None = None, tf32: bool = True) -> torch.device:
+    """CUDA when present unless told otherwise ("auto" or None); "cpu", "cuda", "cuda:N" or "mps" as
+    asked. A device that does not exist here (`cuda:7`, `cuda` without a GPU, `tpu`) is one clear
+    error. On CUDA, cuDNN autotuning and (with `tf32`) TF32 convolutions and matrix products."""
+    if requested is None or str(requested) == "auto":
+        device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    else:
+        device = _checked(requested)
+    if device.type == "cuda":
+        torch.backends.cudnn.benchmark = True
+        torch.backends.cuda.matmul.allow_tf32 = tf32
+        torch.backends.cudnn.allow_tf32 = tf32
+    return device
+
+
+def _checked(requested) -> torch.device:
+    try:
+        device = torch.device(requested)
+    except (RuntimeError, ValueError):
+        raise MZSRError(f"device {requested!r}: not a torch device (use auto, cpu, cuda, cuda:N or mps)") from None
+    if device.type == "cuda":
+        count = torch.cuda.device_count() if torch.cuda.is_available() else 0
+        if count == 0:
+            raise MZSRError(f"device {requested!r}: CUDA is not available on this machine (use cpu or auto)")
+        if device.index is not None and device.index >= count:
+            raise MZSRError(f"device {requested!r}: this machine has {count} CUDA device(s), cuda:0 to cuda:{count - 1}")
+    elif device.type == "mps" and not (hasattr(torch.backends, "mps") and torch.backends.mps.is_available()):
+        raise MZSRError(f"device {requested!r}: MPS is not available on this machine (use cpu or auto)")
+    elif device.type not in ("cpu", "cuda", "mps"):
+        raise MZSRError(f"device {requested!r}: not supported (use auto, cpu, cuda, cuda:N or mps)")
+    return device
+
+
+def synchronize(device: torch.device) -> None:
+    """Wait for the device's queued work (for wall-clock timings); nothing to wait for on a CPU."""
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
