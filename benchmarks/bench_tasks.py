@@ -27,7 +27,8 @@ import torch
 
 from mzsr.data import TaskPool, write_patch_store, write_task_shard
 from mzsr.images import list_images
-from mzsr.meta import meta_loss, synthesise, tasks_for_iteration
+from mzsr.maml import meta_loss
+from mzsr.meta import synthesise, tasks_for_iteration
 from mzsr.model import MZSRNet
 from mzsr.optim import make_optimizer
 

@@ -10,10 +10,10 @@ Rows, all measured in one process on random data (speed does not depend on the v
                     8 query) 64x64, 5 inner steps:
     per-task reference loop   the loop public MAML ports write (functional_call + autograd.grad with
                               create_graph, one task after another): the baseline of the speed-ups
-    eager / graph             mzsr.meta.MetaStep run eagerly, or captured whole in a CUDA graph (CUDA only;
+    eager / graph             mzsr.meta_step.MetaStep run eagerly, or captured whole in a CUDA graph (CUDA only;
                               "graph grouped" is what meta_train runs on a GPU with meta.cuda_graph)
     grouped / looped / vmap   tasks as one grouped convolution, a task loop, or torch.func.vmap
-    split bwd                 conv backward as conv_transpose2d + conv2d_weight (see mzsr.meta.conv3x3)
+    split bwd                 conv backward as conv_transpose2d + conv2d_weight (see mzsr.maml.conv3x3)
     channels_last, bf16, TF32 off   memory format, bf16 autocast, TF32 convolutions disabled (CUDA)
 
 The CUDA defaults mirror meta_train (mzsr.device.pick_device: cuDNN autotuning, TF32 on).
@@ -65,7 +65,9 @@ import torch.nn.functional as F
 from torch.func import functional_call
 
 from mzsr.device import pick_device
-from mzsr.meta import META_DEFAULTS, MetaStep, make_forward, meta_loss, vmap_meta_loss
+from mzsr.maml import make_forward, meta_loss, vmap_meta_loss
+from mzsr.meta import META_DEFAULTS
+from mzsr.meta_step import MetaStep
 from mzsr.model import MZSRNet
 from mzsr.optim import make_optimizer
 from mzsr.pretrain import PRETRAIN_DEFAULTS, network_input
@@ -295,7 +297,7 @@ CUDA_ONLY_NOTE = ("CUDA-only rows skipped on this CPU: CUDA graph capture (graph
 
 
 def float64_gradient(state: dict, batch, s: dict, device: torch.device, first_order: bool):
-    """Meta-loss and meta-gradient of the batch in float64 on `device` (mzsr.meta.meta_loss, its default
+    """Meta-loss and meta-gradient of the batch in float64 on `device` (mzsr.maml.meta_loss, its default
     forward there: the task loop on a CPU), at the same initial weights as every row; the gradient
     comes back on the rows' device."""
     rows_device = batch[0].device

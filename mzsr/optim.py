@@ -27,7 +27,7 @@ class AdamTF1(torch.optim.Optimizer):
     The state is per parameter: `step` (float32 count), `exp_avg`, `exp_avg_sq`, all zero when fresh
     and all on the parameter's device; b1^t and b2^t are computed from the count on the device. So a
     step has no host synchronisation and can be captured in a CUDA graph as it is, and a zeroed state
-    is a fresh one (what the CUDA-graph warm-up of mzsr.meta.MetaStep relies on). The learning rate is
+    is a fresh one (what the CUDA-graph warm-up of mzsr.meta_step.MetaStep relies on). The learning rate is
     read from the parameter group at every eager step (a captured graph keeps the one it was captured with).
     """
 

@@ -80,7 +80,7 @@ def test_resumed_state_continues_bit_for_bit():
 
 
 def test_zeroed_state_is_a_fresh_one():
-    """mzsr.meta.MetaStep undoes its CUDA-graph warm-up by zeroing the state it created: that must be
+    """mzsr.meta_step.MetaStep undoes its CUDA-graph warm-up by zeroing the state it created: that must be
     the state of an optimizer that never stepped."""
     theta0, grads = np.ones(5), _gradients(3, (5,), 4)
     want, _ = _run(AdamTF1, theta0, grads[1:], lr=1e-3)

@@ -26,7 +26,8 @@ from mzsr.estimate import (
     estimate_kernel,
     significant_kernel,
 )
-from mzsr.meta import META_DEFAULTS, query_loss_weights
+from mzsr.maml import query_loss_weights
+from mzsr.meta import META_DEFAULTS
 from mzsr.model import init_zssr_
 from mzsr.pretrain import PRETRAIN_DEFAULTS
 from mzsr.zssr import AUGMENT_DEFAULTS, ZSSR_DEFAULTS, random_augment, stalled, zssr
