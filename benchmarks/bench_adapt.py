@@ -20,7 +20,7 @@ import torch
 import torch.nn.functional as F
 from skimage import data
 
-from mzsr.adapt import adapt
+from mzsr.adapt import AdaptOptions, adapt
 from mzsr.checkpoints import import_tf_checkpoint, load_model
 from mzsr.degrade import degrade, to_uint8
 from mzsr.images import read_image_uint8
@@ -86,7 +86,7 @@ def main() -> None:
         models = {"meta": models["meta"]}
     timing = {}
     for steps in (1, 10) if not args.skip_timing else ():
-        runs = [adapt(model, lr, deg.kernel, 2, deg.subsampling, (steps,), device="cpu")[0].seconds for _ in range(args.repeats)]
+        runs = [adapt(model, lr, deg.kernel, 2, deg.subsampling, AdaptOptions(steps=(steps,)), device="cpu")[0].seconds for _ in range(args.repeats)]
         timing[f"MZSR({steps})"] = float(np.median(runs))
     if not args.skip_timing:
         z = zssr(lr, deg.kernel, 2, deg.subsampling, {"iterations": args.zssr_iterations}, device="cpu")
@@ -108,7 +108,7 @@ def main() -> None:
                 scores: dict[int, list] = {}
                 for hr_img in images:
                     lr_img = to_uint8(degrade(hr_img / 255.0, deg.kernel, 2, deg.subsampling)) / 255.0
-                    for out in adapt(m, lr_img, deg.kernel, 2, deg.subsampling, (0, 1, 10), device="cpu", preset=preset):
+                    for out in adapt(m, lr_img, deg.kernel, 2, deg.subsampling, AdaptOptions(steps=(0, 1, 10), preset=preset), device="cpu"):
                         scores.setdefault(out.steps, []).append((psnr(out.sr, hr_img, 2), ssim(out.sr, hr_img, 2)))
                 for steps, v in scores.items():
                     p, s = np.mean(v, axis=0)

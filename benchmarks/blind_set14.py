@@ -25,7 +25,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from mzsr.adapt import adapt, resolve_schedule, weights_subsampling
+from mzsr.adapt import AdaptOptions, adapt, resolve_schedule, weights_subsampling
 from mzsr.checkpoints import load_model
 from mzsr.degrade import degrade, to_uint8
 from mzsr.estimate import estimate_kernel, kernel_error
@@ -98,7 +98,7 @@ def main() -> None:
                 for name, k in kernels.items():
                     if name in rec:
                         continue
-                    (out,) = adapt(model, lr, k, 2, "direct", (10,), schedule, device, output_shape=hr.shape[:2])
+                    (out,) = adapt(model, lr, k, 2, "direct", AdaptOptions(steps=(10,), schedule=schedule), device, hr.shape[:2])
                     rec[name] = {"psnr": psnr(out.sr, hr, 2), "ssim": ssim(out.sr, hr, 2), "seconds": out.seconds}
             elif phase == "zssr" and args.zssr_iterations > 0:
                 key = f"zssr_kgan_{args.zssr_iterations}"

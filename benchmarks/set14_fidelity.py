@@ -18,7 +18,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from mzsr.adapt import adapt
+from mzsr.adapt import AdaptOptions, adapt
 from mzsr.checkpoints import load_model
 from mzsr.degrade import degrade, to_uint8
 from mzsr.images import read_image_uint8
@@ -43,7 +43,7 @@ def score_rows(model, meta: dict, paths, degradations, steps, schedule: str = "a
                 from mzsr.adapt import resolve_schedule, weights_subsampling
 
                 sched = resolve_schedule("auto", weights_subsampling(meta, deg.subsampling), 2)
-            for out in adapt(model, lr, deg.kernel, 2, deg.subsampling, steps, sched, device, preset, **options):
+            for out in adapt(model, lr, deg.kernel, 2, deg.subsampling, AdaptOptions(steps=steps, schedule=sched, preset=preset, **options), device):
                 rows.append({"degradation": name, "image": path.stem, "steps": out.steps, "lr_size": list(lr.shape[:2]),
                              "psnr": psnr(out.sr, hr, 2), "ssim": ssim(out.sr, hr, 2)})
     return rows

@@ -14,7 +14,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from mzsr.adapt import adapt
+from mzsr.adapt import AdaptOptions, adapt
 from mzsr.checkpoints import import_tf_checkpoint, load_model
 from mzsr.degrade import degrade, to_uint8
 from mzsr.images import read_image_uint8
@@ -34,7 +34,7 @@ def evaluate(model, images, deg_name: str, steps, schedule: str, device: str) ->
         lr = to_uint8(degrade(hr / 255.0, deg.kernel, 2, deg.subsampling)) / 255.0
         bic = to_uint8(imresize(lr, 2))
         scores["bicubic"].append((psnr(bic, hr, 2), ssim(bic, hr, 2)))
-        for out in adapt(model, lr, deg.kernel, 2, deg.subsampling, steps, schedule, device):
+        for out in adapt(model, lr, deg.kernel, 2, deg.subsampling, AdaptOptions(steps=steps, schedule=schedule), device):
             scores.setdefault(out.steps, []).append((psnr(out.sr, hr, 2), ssim(out.sr, hr, 2)))
     return {k: tuple(np.mean(v, axis=0)) for k, v in scores.items()}
 

@@ -19,7 +19,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from mzsr.adapt import adapt, to_tensor, to_uint8_image
+from mzsr.adapt import AdaptOptions, adapt, to_tensor, to_uint8_image
 from mzsr.checkpoints import load_model
 from mzsr.degrade import degrade, to_uint8
 from mzsr.images import read_image_uint8
@@ -40,7 +40,7 @@ def run_image(name: str, model, kernel, iterations: int, seed: int):
     hr = modcrop(read_image_uint8(SET14 / f"{name}.png"), 2)
     lr = to_uint8(degrade(hr / 255.0, kernel, 2, "direct")) / 255.0
     rows = [("Bicubic", psnr(to_uint8(imresize(lr, 2)), hr, 2), 0, 0.0)]
-    out = adapt(model, lr, kernel, 2, "direct", (10,), "direct_x2", "cpu")[0]
+    out = adapt(model, lr, kernel, 2, "direct", AdaptOptions(steps=(10,), schedule="direct_x2"), "cpu")[0]
     rows.append(("MZSR(10)", psnr(out.sr, hr, 2), out.steps, out.seconds))
     k = torch.as_tensor(kernel, dtype=torch.float32)
     lr_t = to_tensor(lr, "cpu")

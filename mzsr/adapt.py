@@ -12,7 +12,7 @@ from __future__ import annotations
 import copy
 import time
 import warnings
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 import numpy as np
 import torch
@@ -179,39 +179,66 @@ def make_son(father: torch.Tensor, kernel: torch.Tensor | None, scale: int, subs
     return son.clamp(0.0, 1.0)
 
 
+@dataclass(frozen=True)
+class AdaptOptions:
+    """How one image is adapted: the config's adapt section (steps, schedule, preset, grid, noise_level;
+    its defaults are theirs), the son's noise seed, and the tile and crop sizes that bound memory.
+
+    `steps`: the step counts to return an SR image after; `schedule` the lr schedule ("auto": the
+    released one for the model's subsampling and scale); `grid` the direct-subsampling grid of the son;
+    `max_adapt_pixels` adapts on random crops of that many pixels for larger images; `tile` the
+    inference tile (None: whole image)."""
+
+    steps: tuple[int, ...] = tuple(ADAPT_DEFAULTS["steps"])
+    schedule: str = ADAPT_DEFAULTS["schedule"]
+    preset: str = ADAPT_DEFAULTS["preset"]
+    grid: str = ADAPT_DEFAULTS["grid"]
+    noise_level: float = float(ADAPT_DEFAULTS["noise_level"])
+    seed: int = 0
+    tile: int | None = DEFAULT_TILE
+    max_adapt_pixels: int | None = DEFAULT_MAX_ADAPT_PIXELS
+
+    def __post_init__(self):
+        object.__setattr__(self, "steps", tuple(sorted(set(int(n) for n in self.steps))))
+        if self.steps and self.steps[0] < 0:
+            raise ValueError("step counts must be >= 0")
+        if self.preset not in PRESETS:
+            raise ValueError(f"unknown preset {self.preset!r}; use one of {', '.join(PRESETS)}")
+        if self.noise_level < 0:
+            raise ValueError(f"noise_level must be >= 0, got {self.noise_level}")
+
+    @classmethod
+    def from_config(cls, section: dict, **more) -> AdaptOptions:
+        """From a config's adapt section (what it leaves out takes the schema's defaults)."""
+        cfg = {**ADAPT_DEFAULTS, **section}
+        return cls(steps=tuple(cfg["steps"]), schedule=cfg["schedule"], preset=cfg["preset"], grid=cfg["grid"],
+                   noise_level=float(cfg["noise_level"]), **more)
+
+
 def adapt(
     model: torch.nn.Module,
     lr_image: np.ndarray,
     kernel: np.ndarray | None,
     scale: int,
     subsampling: str = "direct",
-    step_counts=tuple(ADAPT_DEFAULTS["steps"]),
-    schedule: str = ADAPT_DEFAULTS["schedule"],
+    options: AdaptOptions = AdaptOptions(),
     device: str | torch.device | None = None,
-    preset: str = ADAPT_DEFAULTS["preset"],
-    tile: int | None = DEFAULT_TILE,
-    max_adapt_pixels: int | None = DEFAULT_MAX_ADAPT_PIXELS,
-    seed: int = 0,
-    grid: str = ADAPT_DEFAULTS["grid"],
-    noise_level: float = float(ADAPT_DEFAULTS["noise_level"]),
     output_shape: tuple[int, int] | None = None,
 ) -> list[AdaptationOutput]:
-    """Adapt a copy of `model` to one LR image and return the SR output after each step count.
+    """Adapt a copy of `model` to one LR image and return the SR output after each of `options.steps`.
 
-    `lr_image` is HxWx3 float in [0, 1]; `kernel` the image's blur kernel (None = plain bicubic).
-    `schedule` names the lr schedule ("auto": the released one for `subsampling` and `scale`); `grid` the
-    direct-subsampling grid of the son; `output_shape` the HR size (default ceil(LR size * scale)).
-    The defaults of step_counts, schedule, preset, grid and noise_level are the config's adapt section.
-    Time for each entry counts adaptation up to that step plus its own inference (synchronised on
-    GPUs); `step_seconds` of each entry lists the time of every adaptation step so far.
+    `lr_image` is HxWx3 float in [0, 1]; `kernel` the image's blur kernel (None = plain bicubic);
+    `output_shape` the HR size (default ceil(LR size * scale)). Time for each entry counts adaptation
+    up to that step plus its own inference (synchronised on GPUs); `step_seconds` of each entry lists
+    the time of every adaptation step so far. Out of GPU memory, it starts again on smaller crops.
     """
     while True:
         try:
-            return _adapt_once(model, lr_image, kernel, scale, subsampling, step_counts, schedule, device, preset, tile,
-                               max_adapt_pixels, seed, grid, noise_level, output_shape)
+            return _adapt_once(model, lr_image, kernel, scale, subsampling, options, device, output_shape)
         except torch.OutOfMemoryError:  # inference retries on its own (`upscale`): this is an adaptation step
             h, w = lr_image.shape[:2]
-            area = max_adapt_pixels if max_adapt_pixels is not None and h * w > max_adapt_pixels else h * w
+            limit = options.max_adapt_pixels
+            area = limit if limit is not None and h * w > limit else h * w
             side = int(area**0.5)
             smaller = side // 2
             _free()
@@ -219,39 +246,34 @@ def adapt(
                 raise MZSRError(f"out of GPU memory adapting even on {side}x{side} crops; use --device cpu") from None
             warnings.warn(f"out of GPU memory adapting on {side}x{side} crops; starting the image again with "
                           f"{smaller}x{smaller} crops", MZSRWarning, stacklevel=2)
-            max_adapt_pixels = smaller * smaller
+            options = replace(options, max_adapt_pixels=smaller * smaller)
 
 
-def _adapt_once(model, lr_image, kernel, scale, subsampling, step_counts, schedule, device, preset, tile, max_adapt_pixels,
-                seed, grid, noise_level, output_shape) -> list[AdaptationOutput]:
-    if preset not in PRESETS:
-        raise ValueError(f"unknown preset {preset!r}; use one of {', '.join(PRESETS)}")
-    if noise_level < 0:
-        raise ValueError(f"noise_level must be >= 0, got {noise_level}")
-    if any(int(n) > 0 for n in step_counts):  # zero steps need no schedule (e.g. a pre-trained model as it is)
+def _adapt_once(model, lr_image, kernel, scale, subsampling, options: AdaptOptions, device,
+                output_shape) -> list[AdaptationOutput]:
+    schedule = options.schedule
+    if any(n > 0 for n in options.steps):  # zero steps need no schedule (e.g. a pre-trained model as it is)
         schedule = resolve_schedule(schedule, subsampling, scale)
-    options = PRESETS[preset]
+    preset = PRESETS[options.preset]
     device = pick_device(device) if not isinstance(device, torch.device) else device
     net = copy.deepcopy(model).to(device).train()
     father = to_tensor(lr_image, device)
     k = None if kernel is None else torch.as_tensor(kernel, dtype=torch.float32, device=device)
     with torch.no_grad():
-        son = make_son(father, k, scale, subsampling, grid, noise_level, torch.Generator().manual_seed(seed))
+        son = make_son(father, k, scale, subsampling, options.grid, options.noise_level,
+                       torch.Generator().manual_seed(options.seed))
         son_up = imresize_torch(son, float(scale), output_shape=father.shape[-2:])
-    wanted = sorted(set(int(n) for n in step_counts))
-    if wanted and wanted[0] < 0:
-        raise ValueError("step counts must be >= 0")
-    rng = np.random.default_rng(seed)
+    rng = np.random.default_rng(options.seed)
     outputs: list[AdaptationOutput] = []
     optimizer = torch.optim.SGD(net.parameters(), lr=0.0)  # each step sets its own lr
     step_seconds: list[float] = []
-    for target in wanted:
+    for target in options.steps:
         while len(step_seconds) < target:
             synchronize(device)
             start = time.perf_counter()
             for group in optimizer.param_groups:
                 group["lr"] = learning_rate(schedule, len(step_seconds))
-            x, y = _training_pair(son_up, father, max_adapt_pixels, rng)
+            x, y = _training_pair(son_up, father, options.max_adapt_pixels, rng)
             optimizer.zero_grad(set_to_none=True)
             F.l1_loss(net(x), y).backward()
             optimizer.step()
@@ -259,12 +281,12 @@ def _adapt_once(model, lr_image, kernel, scale, subsampling, step_counts, schedu
             step_seconds.append(time.perf_counter() - start)
         start = time.perf_counter()
         net.eval()
-        if options["self_ensemble"]:
-            sr = self_ensemble(net, father, scale, kernel, subsampling, tile, output_shape)
+        if preset["self_ensemble"]:
+            sr = self_ensemble(net, father, scale, kernel, subsampling, options.tile, output_shape)
         else:
-            sr = upscale(net, father, scale, tile, output_shape)
-        if options["back_projection"]:
-            sr = back_project(sr, father, k, scale, subsampling, options["back_projection"], grid)
+            sr = upscale(net, father, scale, options.tile, output_shape)
+        if preset["back_projection"]:
+            sr = back_project(sr, father, k, scale, subsampling, preset["back_projection"], options.grid)
         net.train()
         sr_img = to_uint8_image(sr)
         synchronize(device)

@@ -352,7 +352,7 @@ def cmd_estimate_kernel(args) -> int:
 
 
 def cmd_upscale(args) -> int:
-    from .adapt import PRESETS, adapt, resolve_schedule, weights_subsampling
+    from .adapt import PRESETS, AdaptOptions, adapt, resolve_schedule, weights_subsampling
     from .device import pick_device
     from .images import list_images, read_image, write_png
     from .resize import imresize
@@ -405,8 +405,9 @@ def cmd_upscale(args) -> int:
             schedule = args.schedule
             if args.steps > 0:  # the weights decide the schedule: their subsampling, else the kernel's
                 schedule = resolve_schedule(args.schedule, weights_subsampling(weights_meta, subsampling), args.scale)
-            (result,) = adapt(model, lr, kernel, args.scale, subsampling, (args.steps,), schedule, device, args.preset,
-                              grid=args.grid, noise_level=args.noise_level)
+            options = AdaptOptions(steps=(args.steps,), schedule=schedule, preset=args.preset, grid=args.grid,
+                                   noise_level=args.noise_level)
+            (result,) = adapt(model, lr, kernel, args.scale, subsampling, options, device)
         write_png(_out_path(args.out, path), result.sr)
     return 0
 

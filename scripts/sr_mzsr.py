@@ -6,37 +6,25 @@ import _util
 _util.start(snakemake)  # stderr to the job's log, mzsr importable, one-line errors and warnings
 
 import sys
+from dataclasses import replace
 
-from mzsr.adapt import ADAPT_DEFAULTS, adapt, resolve_schedule, weights_subsampling
+from mzsr.adapt import AdaptOptions, adapt, resolve_schedule, weights_subsampling
 from mzsr.checkpoints import load_model
 from mzsr.images import read_image, read_image_uint8, write_png
 from mzsr.metrics import modcrop
 
 device = _util.torch_setup(snakemake)
 scale = int(snakemake.params.scale)
-cfg = {**ADAPT_DEFAULTS, **snakemake.params.adapt}  # (the workflow passes the whole section)
+options = AdaptOptions.from_config(snakemake.params.adapt)  # (the workflow passes the whole section)
 kernel, subsampling = _util.job_kernel(snakemake)  # resolved once: for adaptation and the re-degradation check
 model, weights_meta = load_model(snakemake.input.weights, expected_scale=scale, device=device)
 gt = modcrop(read_image_uint8(snakemake.input.gt), scale)
-steps = sorted(cfg["steps"])
-schedule = cfg["schedule"]
-if max(steps) > 0:  # each degradation adapts with its model's schedule (the weights' subsampling)
-    schedule = resolve_schedule(schedule, weights_subsampling(weights_meta, subsampling), scale)
-    print(f"schedule {schedule}, grid {cfg['grid']}, preset {cfg['preset']}", file=sys.stderr)
-outputs = adapt(
-    model,
-    read_image(snakemake.input.lr_image),
-    kernel,
-    scale,
-    subsampling,
-    step_counts=steps,
-    schedule=schedule,
-    device=device,
-    preset=cfg["preset"],
-    grid=cfg["grid"],
-    noise_level=float(cfg["noise_level"]),
-    output_shape=gt.shape[:2],  # the mod-cropped ground truth's size, as the release's test.py
-)
+if max(options.steps) > 0:  # each degradation adapts with its model's schedule (the weights' subsampling)
+    schedule = resolve_schedule(options.schedule, weights_subsampling(weights_meta, subsampling), scale)
+    options = replace(options, schedule=schedule)
+    print(f"schedule {schedule}, grid {options.grid}, preset {options.preset}", file=sys.stderr)
+# at the mod-cropped ground truth's size, as the release's test.py
+outputs = adapt(model, read_image(snakemake.input.lr_image), kernel, scale, subsampling, options, device, gt.shape[:2])
 paths = [snakemake.output.sr] if isinstance(snakemake.output.sr, str) else list(snakemake.output.sr)
 for out, path in zip(outputs, paths, strict=True):
     write_png(path, out.sr)

@@ -5,6 +5,7 @@ import torch.nn.functional as F
 
 from mzsr import MZSRError
 from mzsr.adapt import (
+    AdaptOptions,
     adapt,
     back_project,
     geometric_ensemble,
@@ -59,7 +60,7 @@ def test_zero_steps_is_plain_inference_and_model_untouched():
     before = {k: v.clone() for k, v in model.state_dict().items()}
     lr = smooth_image(20, 24)
     k = named_degradation("g2.0").kernel
-    outs = adapt(model, lr, k, 2, "direct", (0, 1, 3), device="cpu")
+    outs = adapt(model, lr, k, 2, "direct", AdaptOptions(steps=(0, 1, 3)), device="cpu")
     assert [o.steps for o in outs] == [0, 1, 3]
     assert all(o.sr.shape == (40, 48, 3) and o.sr.dtype == np.uint8 for o in outs)
     ref = upscale(model, to_tensor(lr, "cpu"), 2)
@@ -102,7 +103,7 @@ def test_adaptation_matches_an_independent_reference_at_an_odd_size():
     rows = [0, 2, 4, 6, 8, 10, 12, 13, 15, 17, 19, 21, 23]  # round(linspace(0, 23, 13)), written out
     cols = [0, 2, 4, 6, 8, 10, 11, 13, 15, 17, 19, 21]  # round(linspace(0, 21, 12))
     assert direct_indices(25, 2).tolist() == rows and direct_indices(23, 2).tolist() == cols
-    (ours,) = adapt(model, lr, kernel, 2, "direct", (6,), "direct_x2", "cpu")
+    (ours,) = adapt(model, lr, kernel, 2, "direct", AdaptOptions(steps=(6,), schedule="direct_x2"), "cpu")
     ref = _reference_adaptation(model, lr, kernel, 6, RELEASE_LRS["direct_x2"], rows, cols)
     diff = np.abs(ours.sr.astype(int) - ref.astype(int))
     assert diff.max() <= 1 and (diff > 0).mean() < 0.01  # float32 summation order only
@@ -132,12 +133,12 @@ def test_noise_level_perturbs_the_son_reproducibly():
     model = MZSRNet()
     lr = smooth_image(20, 20, seed=2)
     k = named_degradation("g2.0").kernel
-    clean = adapt(model, lr, k, 2, "direct", (3,), device="cpu")[0].sr
-    noisy = adapt(model, lr, k, 2, "direct", (3,), device="cpu", noise_level=0.05, seed=1)[0].sr
-    again = adapt(model, lr, k, 2, "direct", (3,), device="cpu", noise_level=0.05, seed=1)[0].sr
+    clean = adapt(model, lr, k, 2, "direct", AdaptOptions(steps=(3,)), device="cpu")[0].sr
+    noisy = adapt(model, lr, k, 2, "direct", AdaptOptions(steps=(3,), noise_level=0.05, seed=1), device="cpu")[0].sr
+    again = adapt(model, lr, k, 2, "direct", AdaptOptions(steps=(3,), noise_level=0.05, seed=1), device="cpu")[0].sr
     np.testing.assert_array_equal(noisy, again)
     assert not np.array_equal(noisy, clean)
-    np.testing.assert_array_equal(clean, adapt(model, lr, k, 2, "direct", (3,), device="cpu", noise_level=0.0, seed=1)[0].sr)
+    np.testing.assert_array_equal(clean, adapt(model, lr, k, 2, "direct", AdaptOptions(steps=(3,), noise_level=0.0, seed=1), device="cpu")[0].sr)
 
 
 def test_self_ensemble_of_identity_network_is_bicubic():
@@ -254,8 +255,8 @@ def test_crop_based_adaptation_on_a_large_image_stays_bounded():
     model = MZSRNet()
     lr = smooth_image(96, 128, seed=7)
     k = named_degradation("g2.0").kernel
-    crops = adapt(model, lr, k, 2, "direct", (0, 3), device="cpu", max_adapt_pixels=32 * 32, tile=64)
-    full = adapt(model, lr, k, 2, "direct", (0, 3), device="cpu", max_adapt_pixels=None, tile=None)
+    crops = adapt(model, lr, k, 2, "direct", AdaptOptions(steps=(0, 3), max_adapt_pixels=32 * 32, tile=64), device="cpu")
+    full = adapt(model, lr, k, 2, "direct", AdaptOptions(steps=(0, 3), max_adapt_pixels=None, tile=None), device="cpu")
     np.testing.assert_array_equal(crops[0].sr, full[0].sr)
     assert len(crops[1].step_seconds) == 3 and crops[1].sr.shape == (192, 256, 3)
     assert not np.array_equal(crops[1].sr, crops[0].sr)
@@ -268,20 +269,20 @@ def test_best_preset_differs_and_is_sane():
     deg = named_degradation("g2.0")
     lr = degrade(hr, deg.kernel, 2, "direct")
     hr_u8 = np.round(hr * 255).astype(np.uint8)
-    paper = adapt(model, lr, deg.kernel, 2, "direct", (0,), device="cpu")[0]
-    best = adapt(model, lr, deg.kernel, 2, "direct", (0,), device="cpu", preset="best")[0]
+    paper = adapt(model, lr, deg.kernel, 2, "direct", AdaptOptions(steps=(0,)), device="cpu")[0]
+    best = adapt(model, lr, deg.kernel, 2, "direct", AdaptOptions(steps=(0,), preset="best"), device="cpu")[0]
     assert not np.array_equal(paper.sr, best.sr)
     # Back-projection with the true kernel must make the output more consistent with the LR input.
     assert psnr(best.sr, hr_u8, 2) > psnr(paper.sr, hr_u8, 2) - 0.5
     with pytest.raises(ValueError, match="preset"):
-        adapt(model, lr, deg.kernel, 2, "direct", (0,), device="cpu", preset="fast")
+        AdaptOptions(steps=(0,), preset="fast")
 
 
 def test_zero_steps_need_no_schedule():
     """A pre-trained model as it is (the pipeline's sr_pretrained) adapts nothing, so no schedule is
     looked up, even for a scale without a released one."""
     lr = smooth_image(10, 10)
-    (out,) = adapt(MZSRNet(), lr, None, 3, "bicubic", (0,), "auto", "cpu")
+    (out,) = adapt(MZSRNet(), lr, None, 3, "bicubic", AdaptOptions(steps=(0,)), "cpu")
     assert out.sr.shape == (30, 30, 3) and out.steps == 0
     with pytest.raises(MZSRError, match="no released adaptation schedule"):
-        adapt(MZSRNet(), lr, None, 3, "bicubic", (0, 1), "auto", "cpu")
+        adapt(MZSRNet(), lr, None, 3, "bicubic", AdaptOptions(steps=(0, 1)), "cpu")

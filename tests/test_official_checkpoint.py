@@ -2,7 +2,7 @@
 import numpy as np
 import pytest
 
-from mzsr.adapt import adapt
+from mzsr.adapt import AdaptOptions, adapt
 from mzsr.checkpoints import import_tf_checkpoint
 from mzsr.cli import main
 from mzsr.degrade import to_uint8
@@ -10,9 +10,9 @@ from mzsr.images import read_image_uint8
 from mzsr.metrics import modcrop, psnr, ssim
 from mzsr.model import MZSRNet
 from mzsr.resize import imresize
-from conftest import SET14, TF_CHECKPOINT, needs_shared_data
+from conftest import SET14, TF_CHECKPOINT
 
-pytestmark = needs_shared_data
+pytestmark = pytest.mark.shared_data
 
 
 @pytest.fixture(scope="module")
@@ -41,7 +41,7 @@ def test_imported_model_beats_bicubic_by_2db(imported, set14):
     gains = []
     for hr in set14.values():
         lr = to_uint8(imresize(hr / 255.0, 0.5)) / 255.0
-        (out,) = adapt(imported, lr, None, 2, "bicubic", (0,), device="cpu")
+        (out,) = adapt(imported, lr, None, 2, "bicubic", AdaptOptions(steps=(0,)), device="cpu")
         gains.append(psnr(out.sr, hr, 2) - psnr(to_uint8(imresize(lr, 2)), hr, 2))
     # Holds only when the HWIO -> OIHW conversion and the residual layout are right (measured: +2.8 dB).
     assert np.mean(gains) > 2.0

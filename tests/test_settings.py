@@ -15,7 +15,7 @@ import pytest
 import yaml
 
 from mzsr import settings
-from mzsr.adapt import ADAPT_DEFAULTS, adapt, make_son
+from mzsr.adapt import ADAPT_DEFAULTS, AdaptOptions, make_son
 from mzsr.cli import _kernelgan_settings, build_parser
 from mzsr.data import FLAT_THRESHOLD, write_task_shard
 from mzsr.estimate import (
@@ -108,9 +108,9 @@ def test_keyword_defaults_of_the_functions_that_take_a_setting_are_the_schemas()
         "significant_kernel(n)": (_keyword_defaults(significant_kernel, "n")["n"], d("estimate.n_filtering")),
         "check_estimable(crop)": (_keyword_defaults(check_estimable, "crop")["crop"], d("estimate.crop")),
         "estimate_kernel(seed)": (_keyword_defaults(estimate_kernel, "seed")["seed"], d("estimate.seed")),
-        "adapt(step_counts)": (list(_keyword_defaults(adapt, "step_counts")["step_counts"]), d("adapt.steps")),
-        **{f"adapt({k})": (v, d(f"adapt.{k}")) for k, v in
-           _keyword_defaults(adapt, "schedule", "preset", "grid", "noise_level").items()},
+        "AdaptOptions(steps)": (list(AdaptOptions().steps), d("adapt.steps")),
+        **{f"AdaptOptions({k})": (getattr(AdaptOptions(), k), d(f"adapt.{k}"))
+           for k in ("schedule", "preset", "grid", "noise_level")},
         **{f"make_son({k})": (v, d(f"adapt.{k}")) for k, v in _keyword_defaults(make_son, "grid", "noise_level").items()},
         "FLAT_THRESHOLD (patches.pretrain)": (FLAT_THRESHOLD, d("patches.pretrain.flat_threshold")),
         "FLAT_THRESHOLD (patches.meta)": (FLAT_THRESHOLD, d("patches.meta.flat_threshold")),
