@@ -13,10 +13,31 @@ SHARED_DATA = REPO.parent / "shared" / "data"
 TF_CHECKPOINT = SHARED_DATA / "checkpoints" / "mzsr-official-pretrained" / "Pretrained"
 SET14 = SHARED_DATA / "test" / "Set14"
 
-needs_shared_data = pytest.mark.skipif(
-    not (SHARED_DATA / "test" / "Set14").is_dir(),
-    reason=f"needs the project's shared data folder at {SHARED_DATA} (absent on this machine)",
-)
+
+
+# ------------------------------------------------------------------------------------ which tests run
+# `python -m pytest` runs the quick suite (pyproject's addopts: not slow, not slurm); `--full` runs
+# every test, as .ci/run and the README's test command do. Tests marked shared_data skip, with the
+# reason, where the development data folder is absent.
+
+
+def pytest_addoption(parser):
+    parser.addoption("--full", action="store_true",
+                     help="run every test: the slow and the SLURM ones too (CI, the README's test command)")
+
+
+def pytest_configure(config):
+    if config.getoption("full"):
+        config.option.markexpr = ""
+
+
+def pytest_collection_modifyitems(config, items):
+    if (SHARED_DATA / "test" / "Set14").is_dir():
+        return
+    skip = pytest.mark.skip(reason=f"needs the project's shared data folder at {SHARED_DATA} (absent on this machine)")
+    for item in items:
+        if "shared_data" in item.keywords:
+            item.add_marker(skip)
 
 
 @pytest.fixture(autouse=True)

@@ -21,13 +21,9 @@ from mzsr.checkpoints import (
 )
 from mzsr.model import PARAMETER_COUNT, MZSRNet
 from mzsr.tf_bundle import crc32c, list_tf_bundle, masked_crc32c, read_tf_bundle
+from conftest import TF_CHECKPOINT
 
-SHARED_DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data"
-OFFICIAL_PREFIX = SHARED_DATA / "checkpoints" / "mzsr-official-pretrained" / "Pretrained"
-needs_official = pytest.mark.skipif(
-    not Path(str(OFFICIAL_PREFIX) + ".index").is_file(),
-    reason=f"official TF checkpoint not found at {OFFICIAL_PREFIX}.index (../shared/data absent)",
-)
+OFFICIAL_PREFIX = TF_CHECKPOINT
 
 
 def _random_state(seed: int = 0) -> dict[str, torch.Tensor]:
@@ -473,7 +469,6 @@ def test_import_rejects_wrong_shape(tmp_path):
 # --------------------------------------------------------------------------------------------------
 
 @pytest.mark.shared_data
-@needs_official
 def test_official_bundle_listing():
     listing = list_tf_bundle(OFFICIAL_PREFIX)
     for i in range(1, 9):
@@ -490,7 +485,6 @@ def test_official_bundle_listing():
 
 
 @pytest.mark.shared_data
-@needs_official
 def test_official_import():
     state = import_tf_checkpoint(OFFICIAL_PREFIX)
     assert list(state) == [f"convs.{i}.{p}" for i in range(8) for p in ("weight", "bias")]
@@ -505,7 +499,6 @@ def test_official_import():
 
 
 @pytest.mark.shared_data
-@needs_official
 def test_official_round_trips_through_safetensors(tmp_path):
     state = import_tf_checkpoint(OFFICIAL_PREFIX)
     path = tmp_path / "theta_T.safetensors"

@@ -20,7 +20,7 @@ from mzsr.kernels import (
     sample_training_kernel,
     validate_kernel,
 )
-from conftest import SHARED_DATA, needs_shared_data
+from conftest import SHARED_DATA
 
 
 def moments(k):
@@ -113,7 +113,7 @@ def test_kernel_files(tmp_path):
         resolve_degradation("g2.0", "bicubic")
 
 
-@needs_shared_data
+@pytest.mark.shared_data
 def test_kernelgan_file():
     """ZSSR's 9x9 kernel has its centre of mass at (4.48, 4.46), KernelGAN's half-pixel-shifted centre
     (4.5, 4.5), not the middle pixel: it is read with that shift undone."""

@@ -18,7 +18,7 @@ def test_readme_starts_with_the_two_set_up_commands_and_ci_runs_the_second():
         assert command.startswith("python3 -m venv .venv && .venv/bin/pip install -q torch==2.13.0 -e '.[")
     assert ".[workflow]'" in demo and ".venv/bin/snakemake --cores 2 --configfile config/demo_released.yaml" in demo
     assert (REPO / "config" / "demo_released.yaml").is_file()
-    assert ".[test]'" in test and test.endswith(".venv/bin/python -m pytest")
+    assert ".[test]'" in test and test.endswith(".venv/bin/python -m pytest --full")  # every test, as CI
     assert (REPO / ".ci" / "run").read_text().strip().splitlines()[-1] == test
 
 

@@ -15,7 +15,7 @@ from mzsr.cli import main
 from mzsr.data import write_patch_store
 from mzsr.images import list_images, read_image_uint8, write_png
 from mzsr.released import MODELS_ENV, describe_weights, release_info, released_weights
-from conftest import REPO, SHARED_DATA, needs_shared_data, smooth_image
+from conftest import REPO, SHARED_DATA, smooth_image
 
 EXTEND = REPO / "benchmarks" / "extend_release.py"
 
@@ -61,7 +61,7 @@ def _extend(*args):
 
 
 @pytest.mark.slow
-@needs_shared_data
+@pytest.mark.shared_data
 def test_two_slots_extend_one_run_and_the_better_model_is_adopted(tmp_path):
     bundle, state, models = tmp_path / "bundle", tmp_path / "state", tmp_path / "models"
     _extend("bundle", "--out", bundle, "--tiny")
