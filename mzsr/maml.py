@@ -42,7 +42,7 @@ def query_loss_weights(policy: str, inner_steps: int, iteration: int, anneal_ste
 
 # ---------------------------------------------------------------- the per-task forward
 # meta_train runs `tasks_forward`. The options channels_last and split_backward, the forward kinds of
-# `make_forward` and `vmap_meta_loss` are experimental: candidates that benchmarks/bench_training.py
+# `make_forward` and `vmap_meta_loss` are experimental: candidates that benchmarks/speed/training.py
 # times against it (all give the same meta-gradient in float64); nothing else uses them.
 
 

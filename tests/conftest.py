@@ -1,6 +1,8 @@
 """Shared fixtures: where ../shared/data is, small deterministic images, a small pipeline config."""
 from __future__ import annotations
 
+import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -52,6 +54,25 @@ def released_demo_config() -> dict:
     demo = yaml.safe_load((REPO / "config" / "demo_released.yaml").read_text())
     return {**demo, "test_sets": {"photos": "skimage:chelsea"}, "degradations": ["g2.0"], "methods": ["bicubic", "mzsr"],
             "adapt": {"steps": [0, 1, 10], "schedule": "auto"}}
+
+
+def snakemake_command(workdir: Path, *args: str, python=sys.executable, snakefile=REPO / "Snakefile") -> list[str]:
+    """`python -m snakemake ARGS` on this repository's Snakefile (`snakefile=None`: the one Snakemake
+    finds in its working directory), working in `workdir`."""
+    cmd = [str(python), "-m", "snakemake", *args, "--directory", str(workdir)]
+    return cmd if snakefile is None else [*cmd, "-s", str(snakefile)]
+
+
+def run_snakemake(workdir: Path, *args: str, cwd=None, check: bool = False, timeout: float = 600, python=sys.executable,
+                  snakefile=REPO / "Snakefile", **popen) -> subprocess.CompletedProcess:
+    """The one way tests run Snakemake: `snakemake_command` as a subprocess (in `cwd`, default
+    `workdir`), its output captured; with `check`, a non-zero exit fails the test with the output's tail.
+    `popen` (env, start_new_session, ...) goes to subprocess.run."""
+    cmd = snakemake_command(workdir, *args, python=python, snakefile=snakefile)
+    proc = subprocess.run(cmd, cwd=cwd or workdir, capture_output=True, text=True, timeout=timeout, **popen)
+    if check:
+        assert proc.returncode == 0, (proc.stdout + proc.stderr)[-6000:]
+    return proc
 
 
 def smooth_image(h: int, w: int, seed: int = 0) -> np.ndarray:

@@ -17,7 +17,6 @@ import re
 import runpy
 import shutil
 import struct
-import subprocess
 import sys
 import warnings
 import zlib
@@ -41,7 +40,8 @@ from mzsr.images import read_image_uint8, write_png
 from mzsr.kernels import gaussian_kernel, named_degradation
 from mzsr.metrics import modcrop
 from mzsr.model import MZSRNet
-from conftest import smooth_image
+from conftest import run_snakemake, smooth_image
+from script_runner import Named
 
 REPO = Path(__file__).resolve().parents[1]
 MICRO = REPO / "tests" / "micro.yaml"
@@ -386,14 +386,6 @@ def test_constant_colour_image_adapts_and_scores_infinite_psnr(files, tmp_path, 
 # runs it; a real Snakemake run then shows, for one case of each kind, what the user sees.
 
 
-class _Named(list):
-    """Snakemake's input/output/log objects: items by position and by name."""
-
-    def __init__(self, **named):
-        super().__init__(named.values())
-        self.__dict__.update(named)
-
-
 def run_lr_image(monkeypatch, workdir: Path, image: str, degradation: str) -> Path:
     """scripts/lr_image.py on `image` (relative to workdir) as Snakemake's script directive runs it."""
     stem = Path(image).stem
@@ -401,7 +393,7 @@ def run_lr_image(monkeypatch, workdir: Path, image: str, degradation: str) -> Pa
     log = workdir / "logs" / f"{Path(degradation).stem}-{stem}.log"
     log.parent.mkdir(parents=True, exist_ok=True)
     stub = SimpleNamespace(
-        input=_Named(gt=str(workdir / image), kernel=[]), output=_Named(out=str(out)), log=_Named(log=str(log)),
+        input=Named(gt=str(workdir / image), kernel=[]), output=Named(out=str(out)), log=Named(log=str(log)),
         params=SimpleNamespace(degradation=degradation, scale=2), wildcards=SimpleNamespace(image=stem), threads=1, config={},
     )
     monkeypatch.chdir(workdir)
@@ -453,11 +445,6 @@ def deg_name(spec: str) -> str:
     return Path(spec).stem if spec.endswith((".mat", ".npy")) else spec
 
 
-def snakemake(workdir: Path, *args: str) -> subprocess.CompletedProcess:
-    cmd = [sys.executable, "-m", "snakemake", *args, "-s", str(REPO / "Snakefile"), "--directory", str(workdir)]
-    return subprocess.run(cmd, cwd=workdir, capture_output=True, text=True, timeout=600)
-
-
 # Run by Snakemake: (test image, degradation, file the error names, problem); a bad image, a bad
 # kernel, a kernel the image does not fit, and two conversions (problem None).
 SNAKEMAKE_CASES = [
@@ -480,7 +467,7 @@ def pipeline(files):
     config["degradations"] = ["g2.0", "kernels/nan.npy", "kernels/big.npy"]
     (workdir / "cfg.yaml").write_text(yaml.safe_dump(config))
     targets = [f"resources/test_inputs/bad/{deg_name(deg)}/{Path(image).stem}.png" for image, deg, _, _ in SNAKEMAKE_CASES]
-    proc = snakemake(workdir, *targets, "--cores", "2", "--keep-going", "--configfile", "cfg.yaml")
+    proc = run_snakemake(workdir, *targets, "--cores", "2", "--keep-going", "--configfile", "cfg.yaml")
     return workdir, proc, targets
 
 
@@ -522,7 +509,7 @@ def test_bad_config_fails_the_dry_run(tmp_path, name, change, problem):
     config = yaml.safe_load(MICRO.read_text())
     change(config)
     (tmp_path / "cfg.yaml").write_text(yaml.safe_dump(config))
-    proc = snakemake(tmp_path, "-n", "--configfile", "cfg.yaml")
+    proc = run_snakemake(tmp_path, "-n", "--configfile", "cfg.yaml")
     lines = (proc.stdout + proc.stderr).splitlines()
     assert proc.returncode != 0
     pattern = problem.format(cfg=re.escape(str(tmp_path / "cfg.yaml")))

@@ -4,7 +4,6 @@ from __future__ import annotations
 import json
 import os
 import pickle
-import struct
 from pathlib import Path
 
 import numpy as np
@@ -20,8 +19,9 @@ from mzsr.checkpoints import (
     save_weights,
 )
 from mzsr.model import PARAMETER_COUNT, MZSRNet
-from mzsr.tf_bundle import crc32c, list_tf_bundle, masked_crc32c, read_tf_bundle
+from mzsr.tf_bundle import crc32c, list_tf_bundle, read_tf_bundle
 from conftest import TF_CHECKPOINT
+from tf_bundle_writer import pb_bytes, pb_varint, synthetic_mzsr_tensors, write_bundle
 
 OFFICIAL_PREFIX = TF_CHECKPOINT
 
@@ -217,100 +217,8 @@ def test_load_model(tmp_path):
 
 
 # --------------------------------------------------------------------------------------------------
-# Hand-built TF bundle (SSTable + protobuf), written by the test itself
+# Hand-built TF bundle (SSTable + protobuf), written by the test itself (tf_bundle_writer.py)
 # --------------------------------------------------------------------------------------------------
-
-def _varint(n: int) -> bytes:
-    out = bytearray()
-    while True:
-        b = n & 0x7F
-        n >>= 7
-        if n:
-            out.append(b | 0x80)
-        else:
-            out.append(b)
-            return bytes(out)
-
-
-def _pb_varint(field: int, value: int) -> bytes:
-    return _varint(field << 3) + _varint(value)
-
-
-def _pb_bytes(field: int, payload: bytes) -> bytes:
-    return _varint(field << 3 | 2) + _varint(len(payload)) + payload
-
-
-def _pb_fixed32(field: int, value: int) -> bytes:
-    return _varint(field << 3 | 5) + struct.pack("<I", value)
-
-
-def _bundle_entry(dtype: int, shape, offset: int, raw: bytes, slices: bool = False) -> bytes:
-    shape_msg = b"".join(_pb_bytes(2, _pb_varint(1, d)) for d in shape)
-    msg = _pb_varint(1, dtype) + _pb_bytes(2, shape_msg) + _pb_varint(4, offset) + _pb_varint(5, len(raw))
-    msg += _pb_fixed32(6, masked_crc32c(raw))
-    if slices:
-        msg += _pb_bytes(7, b"")
-    return msg
-
-
-def _block(entries: list[tuple[bytes, bytes]], restart_interval: int = 16) -> bytes:
-    """LevelDB block: prefix-compressed entries, restart offsets, restart count."""
-    out = bytearray()
-    restarts = []
-    prev = b""
-    for i, (key, value) in enumerate(entries):
-        if i % restart_interval == 0:
-            restarts.append(len(out))
-            shared = 0
-        else:
-            shared = 0
-            while shared < min(len(prev), len(key)) and prev[shared] == key[shared]:
-                shared += 1
-        out += _varint(shared) + _varint(len(key) - shared) + _varint(len(value)) + key[shared:] + value
-        prev = key
-    for r in restarts or [0]:
-        out += struct.pack("<I", r)
-    out += struct.pack("<I", len(restarts or [0]))
-    return bytes(out)
-
-
-def _write_sstable(path: Path, entries: list[tuple[bytes, bytes]], per_block: int = 6,
-                   compression: int = 0, magic: int = 0xDB4775248B80FB57) -> None:
-    """Data blocks of `per_block` entries each, an empty metaindex block, an index block, a footer."""
-    out = bytearray()
-
-    def put(block: bytes) -> bytes:
-        handle = _varint(len(out)) + _varint(len(block))
-        trailer_type = bytes([compression])
-        out.extend(block + trailer_type + struct.pack("<I", masked_crc32c(block + trailer_type)))
-        return handle
-
-    index_entries = []
-    for start in range(0, len(entries), per_block):
-        chunk = entries[start:start + per_block]
-        index_entries.append((chunk[-1][0], put(_block(chunk, restart_interval=3))))
-    meta_handle = put(_block([]))
-    index_handle = put(_block(index_entries))
-    footer = (meta_handle + index_handle).ljust(40, b"\x00") + struct.pack("<Q", magic)
-    out += footer
-    path.write_bytes(bytes(out))
-
-
-def _write_bundle(prefix: Path, tensors: dict[str, np.ndarray], extra: dict[str, bytes] | None = None,
-                  **sstable_kwargs) -> None:
-    """A TF-style tensor bundle: header under key b"", entries sorted by name, data concatenated."""
-    dtypes = {np.dtype("float32"): 1, np.dtype("float64"): 2, np.dtype("int32"): 3, np.dtype("int64"): 9}
-    data = bytearray()
-    entries = {b"": _pb_varint(1, 1) + _pb_varint(2, 0) + _pb_bytes(3, _pb_varint(1, 1))}
-    for name, arr in tensors.items():
-        raw = np.ascontiguousarray(arr).astype(arr.dtype.newbyteorder("<")).tobytes()
-        entries[name.encode()] = _bundle_entry(dtypes[arr.dtype], arr.shape, len(data), raw)
-        data += raw
-    for name, value in (extra or {}).items():
-        entries[name.encode()] = value
-    _write_sstable(Path(str(prefix) + ".index"), sorted(entries.items()), **sstable_kwargs)
-    Path(str(prefix) + ".data-00000-of-00001").write_bytes(bytes(data))
-
 
 def test_crc32c_known_vectors():
     assert crc32c(b"123456789") == 0xE3069283
@@ -336,7 +244,7 @@ def _tiny_tensors() -> dict[str, np.ndarray]:
 def test_tiny_bundle_parsed_exactly(tmp_path):
     tensors = _tiny_tensors()
     prefix = tmp_path / "model.ckpt"
-    _write_bundle(prefix, tensors)
+    write_bundle(prefix, tensors)
     index = Path(str(prefix) + ".index").read_bytes()
     # Keys really are prefix-compressed: 4 keys start with "MODEL/conv1/", but with 6 entries per block
     # and a restart every 3, "MODEL/conv1/kernel/Adam_1" is stored as the 2-byte delta "_1".
@@ -360,9 +268,9 @@ def test_tiny_bundle_parsed_exactly(tmp_path):
 
 def test_tiny_bundle_single_block_and_unsupported_dtype(tmp_path):
     tensors = _tiny_tensors()
-    string_entry = _pb_varint(1, 7) + _pb_bytes(2, b"") + _pb_varint(4, 0) + _pb_varint(5, 0)
+    string_entry = pb_varint(1, 7) + pb_bytes(2, b"") + pb_varint(4, 0) + pb_varint(5, 0)
     prefix = tmp_path / "one"
-    _write_bundle(prefix, tensors, extra={"a_string": string_entry}, per_block=100)
+    write_bundle(prefix, tensors, extra={"a_string": string_entry}, per_block=100)
     got = read_tf_bundle(prefix)  # unsupported dtype skipped silently when not asked for
     assert "a_string" not in got and len(got) == len(tensors)
     assert list_tf_bundle(prefix)["a_string"] == ("string", ())
@@ -378,12 +286,12 @@ def test_bundle_errors_name_the_file(tmp_path):
         read_tf_bundle(tmp_path / "missing")
 
     bad_magic = tmp_path / "magic"
-    _write_bundle(bad_magic, tensors, magic=0x1234)
+    write_bundle(bad_magic, tensors, magic=0x1234)
     with pytest.raises(MZSRError, match=r"magic\.index.*bad table magic"):
         read_tf_bundle(bad_magic)
 
     compressed = tmp_path / "snappy"
-    _write_bundle(compressed, tensors, compression=1)
+    write_bundle(compressed, tensors, compression=1)
     with pytest.raises(MZSRError, match=r"snappy\.index.*compressed"):
         read_tf_bundle(compressed)
 
@@ -393,7 +301,7 @@ def test_bundle_errors_name_the_file(tmp_path):
         read_tf_bundle(short)
 
     flipped = tmp_path / "flipped"
-    _write_bundle(flipped, tensors)
+    write_bundle(flipped, tensors)
     index_path = Path(str(flipped) + ".index")
     raw = bytearray(index_path.read_bytes())
     raw[10] ^= 0xFF  # inside the first data block
@@ -402,7 +310,7 @@ def test_bundle_errors_name_the_file(tmp_path):
         read_tf_bundle(flipped)
 
     nodata = tmp_path / "nodata"
-    _write_bundle(nodata, tensors)
+    write_bundle(nodata, tensors)
     data_path = Path(str(nodata) + ".data-00000-of-00001")
     data = data_path.read_bytes()
     data_path.write_bytes(data[:-8])
@@ -416,28 +324,10 @@ def test_bundle_errors_name_the_file(tmp_path):
         read_tf_bundle(nodata)
 
 
-def _synthetic_mzsr_tensors(seed: int = 0) -> dict[str, np.ndarray]:
-    rng = np.random.default_rng(seed)
-    out = {}
-    for i, (key, shape) in enumerate(expected_shapes().items()):
-        layer = int(key.split(".")[1]) + 1
-        if key.endswith("weight"):
-            o, c, kh, kw = shape
-            name = f"MODEL/conv{layer}/kernel"
-            out[name] = rng.standard_normal((kh, kw, c, o)).astype(np.float32)
-        else:
-            name = f"MODEL/conv{layer}/bias"
-            out[name] = rng.standard_normal(shape).astype(np.float32)
-        out[name + "/Adam"] = np.zeros_like(out[name])
-        out[name + "/Adam_1"] = np.ones_like(out[name])
-    out["global_step"] = np.array(1000, dtype=np.int64)
-    return out
-
-
 def test_import_synthetic_tf_checkpoint(tmp_path):
-    tensors = _synthetic_mzsr_tensors()
+    tensors = synthetic_mzsr_tensors()
     prefix = tmp_path / "Pretrained"
-    _write_bundle(prefix, tensors, per_block=5)
+    write_bundle(prefix, tensors, per_block=5)
     state = import_tf_checkpoint(prefix)
     assert list(state) == list(expected_shapes())
     assert sum(v.numel() for v in state.values()) == PARAMETER_COUNT
@@ -452,14 +342,14 @@ def test_import_synthetic_tf_checkpoint(tmp_path):
 
 
 def test_import_rejects_wrong_shape(tmp_path):
-    tensors = _synthetic_mzsr_tensors(1)
+    tensors = synthetic_mzsr_tensors(1)
     tensors["MODEL/conv3/kernel"] = tensors["MODEL/conv3/kernel"][:, :, :32, :].copy()
     prefix = tmp_path / "Bad"
-    _write_bundle(prefix, tensors)
+    write_bundle(prefix, tensors)
     with pytest.raises(MZSRError, match=r"Bad\.index.*convs\.2\.weight.*\[64, 64, 3, 3\].*\[64, 32, 3, 3\]"):
         import_tf_checkpoint(prefix)
     del tensors["MODEL/conv8/bias"]
-    _write_bundle(prefix, tensors)
+    write_bundle(prefix, tensors)
     with pytest.raises(MZSRError, match=r"MODEL/conv8/bias"):
         import_tf_checkpoint(prefix)
 

@@ -11,12 +11,9 @@ from __future__ import annotations
 import contextlib
 import os
 import re
-import runpy
 import subprocess
-import sys
 import tempfile
 from pathlib import Path
-from types import SimpleNamespace
 
 import numpy as np
 import pytest
@@ -28,6 +25,7 @@ from mzsr.cli import main
 from mzsr.images import read_image_uint8, write_png
 from mzsr.model import MZSRNet
 from conftest import smooth_image
+from script_runner import run_script
 
 REPO = Path(__file__).resolve().parents[1]
 NO_SPACE = "No space left on device"
@@ -95,10 +93,10 @@ def inputs(tmp_path_factory):
     write_png(root / "lr" / "b.png", smooth_image(28, 32, seed=2))
     torch.manual_seed(0)
     save_weights(root / "w.safetensors", MZSRNet().state_dict(), {"scale": 2, "degradation": "direct", "step": 0})
-    from test_checkpoints import _synthetic_mzsr_tensors, _write_bundle
+    from tf_bundle_writer import synthetic_mzsr_tensors, write_bundle
 
     (root / "tf").mkdir()
-    _write_bundle(root / "tf" / "Pretrained", _synthetic_mzsr_tensors())
+    write_bundle(root / "tf" / "Pretrained", synthetic_mzsr_tensors())
     for p in [root, *root.rglob("*")]:
         os.chmod(p, 0o755 if p.is_dir() else 0o644)
     yield root
@@ -238,40 +236,6 @@ def test_disk_full_midway_keeps_the_finished_images_whole(inputs, capsys):
 
 
 # ------------------------------------------------------------------------------------ 2. file-system faults, pipeline scripts
-
-
-class _Named(list):
-    """Snakemake's input/output/log objects: items by position, by attribute and by name."""
-
-    def __init__(self, **named):
-        super().__init__(named.values())
-        self.__dict__.update(named)
-        self._names = list(named)
-
-    def keys(self):
-        return list(self._names)
-
-    def __getitem__(self, key):
-        return self.__dict__[key] if isinstance(key, str) else super().__getitem__(key)
-
-
-def run_script(monkeypatch, name: str, input: dict, output: dict, params: dict, wildcards: dict | None = None,
-               config: dict | None = None, log: Path | None = None):
-    log = log or Path(tempfile.mkdtemp()) / "job.log"
-    stub = SimpleNamespace(input=_Named(**input), output=_Named(**output), log=_Named(log=str(log)),
-                           params=SimpleNamespace(**params), wildcards=SimpleNamespace(**(wildcards or {})), threads=1,
-                           config=config or {"device": "cpu", "data": {"train": {"source": "x"}}})
-    monkeypatch.syspath_prepend(str(REPO / "scripts"))
-    monkeypatch.setattr(sys, "excepthook", sys.excepthook)
-    monkeypatch.setattr(sys, "stderr", sys.stderr)
-    import warnings
-
-    monkeypatch.setattr(warnings, "showwarning", warnings.showwarning)
-    try:
-        runpy.run_path(str(REPO / "scripts" / f"{name}.py"), init_globals={"snakemake": stub})
-    finally:
-        if sys.stderr is not sys.__stderr__ and getattr(sys.stderr, "name", None) == str(log):
-            sys.stderr.close()
 
 
 @pytest.fixture(scope="module")

@@ -30,7 +30,7 @@ from mzsr.data import write_patch_store, write_task_shard
 from mzsr.images import read_image_uint8, write_png
 from mzsr.metrics import modcrop, psnr
 from mzsr.model import MZSRNet
-from conftest import smooth_image
+from conftest import run_snakemake, smooth_image
 from training_helpers import make_training_data
 
 REPO = Path(__file__).resolve().parents[1]
@@ -236,10 +236,8 @@ def test_pipeline_killed_during_a_job_reruns_it(tmp_path):
     csv, sr = Path("results/metrics/jobs/tiny/g2.0/bicubic/b.csv"), Path("results/sr/tiny/g2.0/bicubic/b.png")
 
     def snakemake(*args, env=None):
-        cmd = [sys.executable, "-m", "snakemake", str(csv), *args, "-s", str(REPO / "Snakefile"), "--directory", str(workdir),
-               "--cores", "1", "--configfile", "cfg.yaml"]
-        return subprocess.run(cmd, cwd=workdir, capture_output=True, text=True, timeout=300, start_new_session=True,
-                              env={**os.environ, **(env or {})})
+        return run_snakemake(workdir, str(csv), *args, "--cores", "1", "--configfile", "cfg.yaml", timeout=300,
+                             start_new_session=True, env={**os.environ, **(env or {})})
 
     killed = snakemake(env={"PYTHONPATH": str(tmp_path / "hook"), "MZSR_KILL_ON_RENAME": str(csv)})
     assert killed.returncode == -9, (killed.stdout + killed.stderr)[-3000:]

@@ -211,7 +211,7 @@ def test_first_order_warm_up_switches_to_second_order(meta_setup):
 # ------------------------------------------------------------------ the meta-step object
 
 needs_cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device (CUDA graph capture); "
-                                "run on a GPU machine, or see benchmarks/bench_training.py --device cuda")
+                                "run on a GPU machine, or see benchmarks/speed/training.py --device cuda")
 
 
 def _small_meta_batches(n, tasks=2, seed=5, dtype=torch.float32, device="cpu"):

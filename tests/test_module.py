@@ -7,15 +7,13 @@ package of this checkout whatever the working directory is.
 from __future__ import annotations
 
 import shutil
-import subprocess
-import sys
 from pathlib import Path
 
 import pandas as pd
 import pytest
 import yaml
 
-from conftest import released_demo_config
+from conftest import released_demo_config, run_snakemake
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -34,24 +32,17 @@ use rule * from mzsr
 """
 
 
-def run(workdir: Path, *args: str) -> str:
-    cmd = [sys.executable, "-m", "snakemake", "--cores", "2", *args]
-    proc = subprocess.run(cmd, cwd=workdir, capture_output=True, text=True, timeout=900)
-    assert proc.returncode == 0, (proc.stdout + proc.stderr)[-6000:]
-    return proc.stdout + proc.stderr
-
-
 @pytest.mark.slow
 def test_the_workflow_runs_as_a_module_to_the_same_table(tmp_path):
     user = tmp_path / "analysis"  # a user's folder, far from this repository
     (user / "config").mkdir(parents=True)
     (user / "config" / "config.yaml").write_text(yaml.safe_dump(released_demo_config()))
     (user / "Snakefile").write_text(MODULE_SNAKEFILE.format(snakefile=REPO / "Snakefile"))
-    run(user)
+    run_snakemake(user, "--cores", "2", snakefile=None, check=True, timeout=900)
     direct = tmp_path / "direct"
     direct.mkdir()
     shutil.copy(user / "config" / "config.yaml", direct / "demo.yaml")
-    run(direct, "-s", str(REPO / "Snakefile"), "--configfile", "demo.yaml")
+    run_snakemake(direct, "--cores", "2", "--configfile", "demo.yaml", check=True, timeout=900)
 
     tables = [pd.read_csv(d / "results" / "metrics" / "paper_table.csv") for d in (user, direct)]
     pd.testing.assert_frame_equal(*tables)

@@ -17,8 +17,6 @@ from mzsr.images import list_images, read_image_uint8, write_png
 from mzsr.released import MODELS_ENV, describe_weights, release_info, released_weights
 from conftest import REPO, SHARED_DATA, smooth_image
 
-EXTEND = REPO / "benchmarks" / "extend_release.py"
-
 
 def test_the_released_direct_x2_model_is_found_and_says_where_it_comes_from():
     path = released_weights("direct", 2)
@@ -54,8 +52,9 @@ def test_upscale_without_weights_takes_the_released_model(tmp_path, capsys):
 
 
 def _extend(*args):
-    proc = subprocess.run([sys.executable, str(EXTEND), *map(str, args)], capture_output=True, text=True,
-                          env={"TQDM_DISABLE": "1", "PATH": "/usr/bin:/bin", "OMP_NUM_THREADS": "2"}, timeout=600)
+    proc = subprocess.run([sys.executable, "-m", "benchmarks.tools.extend_release", *map(str, args)], cwd=REPO,
+                          capture_output=True, text=True, timeout=600,
+                          env={"TQDM_DISABLE": "1", "PATH": "/usr/bin:/bin", "OMP_NUM_THREADS": "2"})
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     return proc.stdout
 

@@ -34,7 +34,6 @@ import re
 import shutil
 import signal
 import subprocess
-import sys
 import tempfile
 import time
 from collections import Counter
@@ -46,13 +45,10 @@ import torch
 import yaml
 from PIL import Image
 
+from benchmarks.tools import count_submissions
 from mzsr import facts
 import slurm_cluster
-
-_spec = importlib.util.spec_from_file_location("count_submissions",
-                                               Path(__file__).resolve().parents[1] / "benchmarks" / "count_submissions.py")
-count_submissions = importlib.util.module_from_spec(_spec)
-_spec.loader.exec_module(count_submissions)
+from conftest import snakemake_command
 
 REPO = Path(__file__).resolve().parents[1]
 PROFILE = REPO / "slurm" / "config.yaml"
@@ -87,7 +83,7 @@ def profile_env(**site) -> dict[str, str]:
 
 def snakemake_cmd(workdir: Path, *args: str) -> list[str]:
     """`snakemake --profile slurm ...` as run from the repository root (cwd=REPO), working in workdir."""
-    return [sys.executable, "-m", "snakemake", *args, "--profile", "slurm", "--directory", str(workdir)]
+    return snakemake_command(workdir, *args, "--profile", "slurm", snakefile=None)
 
 
 def job_blocks(output: str) -> list[tuple[str, dict[str, str], dict[str, str]]]:

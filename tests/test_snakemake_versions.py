@@ -22,7 +22,7 @@ import pandas as pd
 import pytest
 import yaml
 
-from conftest import released_demo_config
+from conftest import released_demo_config, run_snakemake
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -53,9 +53,8 @@ def old_python(tmp_path_factory) -> Path:
 
 
 def run(python: Path, workdir: Path, *args: str, env=None) -> str:
-    cmd = [str(python), "-m", "snakemake", "-s", str(REPO / "Snakefile"), "--directory", str(workdir), *args]
-    proc = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=900, env=env)
-    assert proc.returncode == 0, (proc.stdout + proc.stderr)[-6000:]
+    """Snakemake from the repository root (where the profile is) with the older release."""
+    proc = run_snakemake(workdir, *args, python=python, cwd=REPO, check=True, timeout=900, env=env)
     return proc.stdout + proc.stderr
 
 

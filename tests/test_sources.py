@@ -9,7 +9,7 @@ import skimage.data
 from mzsr import MZSRError
 from mzsr.download import DIV2K_URLS
 from mzsr.sources import resolve_source, skimage_names, skimage_photos
-from test_filesystem import run_script
+from script_runner import run_script
 
 
 def test_div2k_archives_resolve_to_their_url_and_image_count():

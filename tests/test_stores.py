@@ -163,7 +163,7 @@ def test_meta_training_script_names_a_bit_flipped_shard_and_leaves_it_for_the_re
     that Snakemake's rerun (the same command) makes it again before meta-training."""
     from mzsr.checkpoints import save_weights
     from mzsr.model import MZSRNet
-    from test_filesystem import run_script
+    from script_runner import run_script
 
     _, meta_store, shards = data
     save_weights(tmp_path / "theta_T.safetensors", MZSRNet().state_dict(), {"scale": 2, "degradation": "bicubic"})

@@ -1,7 +1,7 @@
 """How the per-image jobs travel to a cluster: group jobs, counted from `snakemake -n --profile slurm`.
 
 No cluster is needed: a dry run with the SLURM profile forms the same group jobs that a run submits
-(tests/test_slurm.py submits them to a real SLURM). benchmarks/count_submissions.py counts them for
+(tests/test_slurm.py submits them to a real SLURM). benchmarks/tools/count_submissions.py counts them for
 the paper's configuration; here it runs at small size, and a rerun after one image changed is
 planned to submit only that image's jobs.
 """
@@ -11,7 +11,6 @@ import importlib.util
 import math
 import re
 import subprocess
-import sys
 from collections import defaultdict
 from pathlib import Path
 
@@ -19,6 +18,9 @@ import numpy as np
 import pytest
 import yaml
 from PIL import Image
+
+from benchmarks.tools import count_submissions
+from conftest import run_snakemake
 
 REPO = Path(__file__).resolve().parents[1]
 MICRO = REPO / "tests" / "micro.yaml"
@@ -29,16 +31,6 @@ CPU_GROUPS, GPU_GROUPS = ("inputs", "crop"), ("sr_pretrained", "sr_mzsr", "sr_zs
 
 pytestmark = pytest.mark.skipif(importlib.util.find_spec("snakemake_executor_plugin_slurm") is None,
                                 reason="needs snakemake-executor-plugin-slurm (pip install -e '.[test]')")
-
-
-def _load_count_submissions():
-    spec = importlib.util.spec_from_file_location("count_submissions", REPO / "benchmarks" / "count_submissions.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
-count_submissions = _load_count_submissions()
 
 
 def group_listing(dry_run: str) -> dict[str, list[tuple[str, dict[str, str]]]]:
@@ -81,15 +73,10 @@ def write_image(path: Path, seed: int, size: int = 48) -> None:
 
 
 def snakemake(workdir: Path, *args: str, profile: bool = True, check: bool = True) -> subprocess.CompletedProcess:
-    cmd = [sys.executable, "-m", "snakemake", *args, "--directory", str(workdir),
-           "--configfile", str(workdir / "micro.yaml")]
-    if profile:
-        cmd += ["--profile", "slurm"]
-    proc = subprocess.run(cmd, cwd=REPO, env=count_submissions.snakemake_env(), capture_output=True, text=True,
-                          timeout=300)
-    if check:
-        assert proc.returncode == 0, (proc.stdout + proc.stderr)[-4000:]
-    return proc
+    """Snakemake from the repository root (where the profile is) on workdir's micro.yaml."""
+    profile_args = ("--profile", "slurm") if profile else ()
+    return run_snakemake(workdir, *args, "--configfile", str(workdir / "micro.yaml"), *profile_args, cwd=REPO,
+                         check=check, timeout=300, env=count_submissions.snakemake_env())
 
 
 @pytest.fixture(scope="module")

@@ -9,7 +9,6 @@ import math
 import re
 import shutil
 import subprocess
-import sys
 from collections import Counter
 from pathlib import Path
 
@@ -19,17 +18,14 @@ import pytest
 import yaml
 from PIL import Image
 
+from conftest import run_snakemake
+
 REPO = Path(__file__).resolve().parents[1]
 SNAKEFILE = REPO / "Snakefile"
 MICRO = REPO / "tests" / "micro.yaml"
 CSV_COLUMNS = ["test_set", "degradation", "method", "steps", "image", "psnr", "ssim", "seconds", "redegradation_psnr"]
 STAGES = {"train_images", "patches", "task_shard", "pretrain", "meta_train", "lr_image", "sr_bicubic",
           "sr_pretrained", "sr_mzsr", "sr_zssr", "aggregate", "plot_steps", "crop", "all"}
-
-
-def snakemake(workdir: Path, *args: str, timeout: int = 600) -> subprocess.CompletedProcess:
-    cmd = [sys.executable, "-m", "snakemake", "-s", str(SNAKEFILE), "--directory", str(workdir), *args]
-    return subprocess.run(cmd, cwd=workdir, capture_output=True, text=True, timeout=timeout)
 
 
 def check(proc: subprocess.CompletedProcess) -> str:
@@ -40,7 +36,7 @@ def check(proc: subprocess.CompletedProcess) -> str:
 
 def planned_jobs(workdir: Path, *args: str) -> list[tuple[str, dict[str, str]]]:
     """(rule, wildcards) of every job a dry run plans, parsed from Snakemake's job listing."""
-    out = check(snakemake(workdir, "-n", *args))
+    out = check(run_snakemake(workdir, "-n", *args))
     jobs: list[tuple[str, dict[str, str]]] = []
     for line in out.splitlines():
         if m := re.match(r"^(?:local)?(?:rule|checkpoint) (\w+):$", line):
@@ -78,7 +74,7 @@ def test_paper_config_dry_run(tmp_path):
     """The default config: DIV2K download, the paper's settings; a missing test-set folder is skipped."""
     for i in range(2):
         write_test_image(tmp_path / "resources" / "benchmarks" / "Set5" / f"img{i}.png", seed=i)
-    proc = snakemake(tmp_path, "-n")
+    proc = run_snakemake(tmp_path, "-n")
     out = check(proc)
     assert "test set BSD100: folder resources/benchmarks/BSD100 not found, skipped" in out
     jobs = planned_jobs(tmp_path)
@@ -111,7 +107,7 @@ def test_config_schema_rejects_unknown_keys(tmp_path):
     config = yaml.safe_load(MICRO.read_text())
     config["meta"]["iteratons"] = 5
     (tmp_path / "cfg.yaml").write_text(yaml.safe_dump(config))
-    proc = snakemake(tmp_path, "-n", "--configfile", "cfg.yaml")
+    proc = run_snakemake(tmp_path, "-n", "--configfile", "cfg.yaml")
     assert proc.returncode != 0
     assert "iteratons" in proc.stdout + proc.stderr
 
@@ -126,7 +122,7 @@ def micro_run(tmp_path_factory):
     for i, name in enumerate(("a", "b")):
         write_test_image(workdir / "test_images" / "tiny" / f"{name}.png", seed=10 + i)
     shutil.copy(MICRO, workdir / "micro.yaml")
-    check(snakemake(workdir, "--cores", "2", "--configfile", "micro.yaml"))
+    check(run_snakemake(workdir, "--cores", "2", "--configfile", "micro.yaml"))
     return workdir
 
 
@@ -179,7 +175,7 @@ def test_too_small_a_task_count_fails_at_planning(tmp_path):
     config = yaml.safe_load(MICRO.read_text())
     config["tasks"]["count"] = 3
     (tmp_path / "cfg.yaml").write_text(yaml.safe_dump(config))
-    proc = snakemake(tmp_path, "-n", "--configfile", "cfg.yaml")
+    proc = run_snakemake(tmp_path, "-n", "--configfile", "cfg.yaml")
     assert proc.returncode != 0
     assert ("tasks.count 3 is smaller than the 4 tasks that meta.iterations 2 x meta.meta_batch 2 use; "
             "raise it or leave it null") in proc.stdout + proc.stderr
@@ -202,7 +198,7 @@ def read_report(path: Path) -> tuple[str, dict[str, dict]]:
 def check_report(workdir: Path, configfile: str) -> tuple[str, dict[str, dict]]:
     """The report renders without a reStructuredText message, names no absolute path and shows the
     two results tables in the page (HTML, not a CSV download), beside the plot and the crops."""
-    check(snakemake(workdir, "--configfile", configfile, "--report", "report.html"))
+    check(run_snakemake(workdir, "--configfile", configfile, "--report", "report.html"))
     front, results = read_report(workdir / "report.html")
     for text in [front] + [entry["caption"] for entry in results.values()]:
         assert "System Message" not in text and "system-message" not in text, text
@@ -295,7 +291,7 @@ def test_pipeline_from_the_released_models_trains_nothing_and_names_them(tmp_pat
     rules = {rule for rule, _ in planned_jobs(tmp_path, "--configfile", cfg)}
     assert rules == {"lr_image", "sr_bicubic", "sr_mzsr", "estimate_kernel", "sr_mzsr_kgan", "sr_zssr_kgan", "aggregate",
                      "plot_steps", "crop", "all"}
-    check(snakemake(tmp_path, "--cores", "2", "--configfile", cfg))
+    check(run_snakemake(tmp_path, "--cores", "2", "--configfile", cfg))
     hr = modcrop(np.asarray(Image.open(tmp_path / "test_images" / "tiny" / "a.png").convert("RGB")), 2) / 255.0
     lr = np.asarray(Image.open(tmp_path / "resources" / "test_inputs" / "tiny" / "rk" / "a.png"))
     np.testing.assert_array_equal(lr, to_uint8(degrade(hr, random_kernel(random_kernel_rng(0, "a"), 2), 2, "direct")))
@@ -351,7 +347,7 @@ def test_estimate_defaults_are_the_kernelgan_release():
 
 def test_a_model_not_released_stops_planning_with_one_line(tmp_path):
     write_test_image(tmp_path / "test_images" / "tiny" / "a.png", seed=3)
-    proc = snakemake(tmp_path, "-n", "--configfile", _released_config(tmp_path, ["g2.0", "gb1.3"]))
+    proc = run_snakemake(tmp_path, "-n", "--configfile", _released_config(tmp_path, ["g2.0", "gb1.3"]))
     assert proc.returncode != 0
     assert (f"meta.weights_folder {REPO / 'models'}: no bicubic_x2.safetensors for degradation(s) gb1.3 (it holds: "
             "direct_x2); drop them from degradations, or set meta.weights_folder: null to train it") in proc.stdout + proc.stderr
@@ -365,7 +361,7 @@ def test_table2_config_plans_the_papers_table_from_the_released_models(tmp_path)
     rules = Counter(rule for rule, _ in jobs)
     assert set(rules) == {"lr_image", "sr_bicubic", "sr_zssr", "sr_mzsr", "aggregate", "plot_steps", "crop", "all"}
     assert rules["sr_mzsr"] == 2 * 3
-    proc = snakemake(tmp_path, "-n", "--configfile", table2)  # gb1.3 waits for the released Bicubic model
+    proc = run_snakemake(tmp_path, "-n", "--configfile", table2)  # gb1.3 waits for the released Bicubic model
     assert proc.returncode != 0 and "no bicubic_x2.safetensors for degradation(s) gb1.3" in proc.stdout + proc.stderr
 
 
@@ -392,7 +388,7 @@ def test_every_rule_takes_its_compute_settings_and_the_command_line_wins(tmp_pat
     config = yaml.safe_load((REPO / "config" / "demo_released.yaml").read_text())
     config["compute"] = {"default": {"threads": 2}, "sr_zssr": {"runtime": 7}}
     (tmp_path / "c.yaml").write_text(yaml.safe_dump(config))
-    out = check(snakemake(tmp_path, "-n", "--cores", "4", "--configfile", "c.yaml", "--set-threads", "sr_mzsr=3",
+    out = check(run_snakemake(tmp_path, "-n", "--cores", "4", "--configfile", "c.yaml", "--set-threads", "sr_mzsr=3",
                           "--set-resources", "sr_mzsr:mem_mb=1234"))
     jobs = job_resources(out)
     assert {k: jobs["sr_bicubic"][k] for k in ("threads", "mem_mb", "runtime", "image_jobs")} == \

@@ -43,7 +43,7 @@ CPU, wall time that far exceeds CPU time / threads, or a high load, means other 
 On CUDA one eager iteration of the grouped 2nd-order step (standard and split backward) is also
 profiled: GPU kernel time against wall time, and the kernels that take it.
 
-    python benchmarks/bench_training.py [--device auto|cpu|cuda] [--warmup N] [--iters N] [--quick]
+    python -m benchmarks.speed.training [--device auto|cpu|cuda] [--warmup N] [--iters N] [--quick]
         [--only REGEX] [--no-profile] [--json OUT]
 """
 from __future__ import annotations
@@ -52,7 +52,6 @@ import argparse
 import contextlib
 import ctypes
 import gc
-import json
 import os
 import platform
 import re
@@ -64,6 +63,7 @@ import torch
 import torch.nn.functional as F
 from torch.func import functional_call
 
+from benchmarks.harness import write_result
 from mzsr.device import pick_device
 from mzsr.maml import make_forward, meta_loss, vmap_meta_loss
 from mzsr.meta import META_DEFAULTS
@@ -293,7 +293,7 @@ def candidates(cuda: bool) -> list[Candidate]:
 
 
 CUDA_ONLY_NOTE = ("CUDA-only rows skipped on this CPU: CUDA graph capture (graph ...), bf16 autocast, TF32 off; "
-                  "run `python benchmarks/bench_training.py --device cuda` on a GPU")
+                  "run `python -m benchmarks.speed.training --device cuda` on a GPU")
 
 
 def float64_gradient(state: dict, batch, s: dict, device: torch.device, first_order: bool):
@@ -515,10 +515,8 @@ def main() -> None:
            "memory_kind": mem_kind, "tolerance": TOLERANCE, "check": check, "rows": rows}
 
     def dump(**more) -> None:  # after every row, so that a run cut short still leaves its numbers
-        if args.json:
-            out.update(more)
-            with open(args.json, "w") as f:
-                json.dump(out, f, indent=1)
+        out.update(more)
+        write_result(args.json, out)
 
     for name, make, flops, floor in plain:
         t_row = time.perf_counter()

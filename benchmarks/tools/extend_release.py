@@ -5,12 +5,12 @@ models/training/<model>/ holds its state (weights + Adam state, last.pt), its lo
 row per slot (slots.csv). A slot of GPU time continues it for as many iterations as fit:
 
     # here (CPU): the data the GPU machine needs, within the 64 MiB that travels with the tree
-    python benchmarks/extend_release.py bundle --out .gpu_bundle
+    python -m benchmarks.tools.extend_release bundle --out .gpu_bundle
     # there (GPU): resume, train until the time budget, save, evaluate on Set14
-    python benchmarks/extend_release.py train --bundle .gpu_bundle --model direct_x2 --minutes 6 --out $OUT
+    python -m benchmarks.tools.extend_release train --bundle .gpu_bundle --model direct_x2 --minutes 6 --out $OUT
     # here, with the files that came back: state, log and slot row into models/training/, and the
     # model into models/ when it beats the released one on Set14 (mean MZSR(10) of its degradations)
-    python benchmarks/extend_release.py adopt FILES_AT --model direct_x2
+    python -m benchmarks.tools.extend_release adopt FILES_AT --model direct_x2
 
 The recipe is the paper configuration's (config/config.yaml: meta, tasks and meta patches), trained
 from the authors' theta_T on T91 + BSD200 (the DIV2K stand-in that ../shared/data holds). The bundle
@@ -33,19 +33,16 @@ import numpy as np
 import torch
 import yaml
 
-REPO = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO / "benchmarks"))
+from benchmarks.evaluation.set14_fidelity import mean_table, score_rows
+from benchmarks.harness import REPO, SHARED, set14
+from mzsr import MZSRError
+from mzsr.checkpoints import import_tf_checkpoint, save_weights
+from mzsr.data import write_patch_store, write_task_shard
+from mzsr.images import list_images, read_image_uint8, write_png
+from mzsr.meta import META_DEFAULTS, meta_train
+from mzsr.released import config_digest, release_info
+from mzsr.training import bind_settings
 
-from mzsr import MZSRError  # noqa: E402
-from mzsr.checkpoints import import_tf_checkpoint, save_weights  # noqa: E402
-from mzsr.data import write_patch_store, write_task_shard  # noqa: E402
-from mzsr.images import list_images, read_image_uint8, write_png  # noqa: E402
-from mzsr.meta import META_DEFAULTS, meta_train  # noqa: E402
-from mzsr.released import config_digest, release_info  # noqa: E402
-from mzsr.training import bind_settings  # noqa: E402
-from set14_fidelity import mean_table, score_rows  # noqa: E402
-
-SHARED = REPO.parent / "shared" / "data"
 MODELS = {"direct_x2": ("direct", ["g0.2", "g2.0", "ani"]), "bicubic_x2": ("bicubic", ["gb1.3"])}
 DATA = "T91 + BSD200 (DIV2K stand-in), 64 px meta patches, stride 120, flat ones dropped, 8 flips/rotations"
 STEPS = (0, 1, 10)
@@ -181,7 +178,7 @@ def set14_means(state: dict, meta: dict, bundle_dir: Path, degradations, device:
     model = MZSRNet()
     model.load_state_dict(state["model"])
     model.eval()
-    images = sorted((bundle_dir / "Set14").glob("*.png"))
+    images = set14(bundle_dir / "Set14")
     device = device if device != "auto" else ("cuda" if torch.cuda.is_available() else "cpu")
     table = mean_table(score_rows(model, meta, images, degradations, STEPS, "auto", device))
     return {name: {str(k): [round(v[0], 3), round(v[1], 4)] for k, v in by.items()} for name, by in table.items()}

@@ -5,7 +5,7 @@ does) and counts the patches with log(gradient energy + 1e-10) < threshold (mzsr
 Defaults: T91 + BSD200 of the shared data folder; the release's settings (64 px and 96 px, stride 120)
 and config/config.yaml's earlier ones (stride = patch size).
 
-    python benchmarks/patch_selection.py [--images DIR ...] [--setting 64:120 --setting 96:120 ...]
+    python -m benchmarks.evaluation.patch_selection [--images DIR ...] [--setting 64:120 --setting 96:120 ...]
 """
 from __future__ import annotations
 
@@ -14,15 +14,14 @@ from pathlib import Path
 
 import numpy as np
 
+from benchmarks.harness import TRAIN_FOLDERS
 from mzsr.data import FLAT_THRESHOLD, grid_patches, is_flat
 from mzsr.images import list_images, read_image_uint8
-
-SHARED = Path(__file__).resolve().parents[2] / "shared" / "data" / "train"
 
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--images", type=Path, nargs="+", default=[SHARED / "T91", SHARED / "BSD200"])
+    ap.add_argument("--images", type=Path, nargs="+", default=list(TRAIN_FOLDERS))
     ap.add_argument("--setting", action="append", help="PATCH:STRIDE (repeatable)")
     ap.add_argument("--threshold", type=float, default=FLAT_THRESHOLD)
     args = ap.parse_args()

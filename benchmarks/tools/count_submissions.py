@@ -9,17 +9,16 @@ in Snakemake itself). DIV2K's validation set is an archive in config/config.yaml
 more CPU job whose images Snakemake lists only after it ran; here it is a folder of the same size,
 and the download job is added to the count.
 
-    python benchmarks/count_submissions.py                 # Set5 + BSD100 + Urban100
-    python benchmarks/count_submissions.py --div2k         # ... and DIV2K valid
-    python benchmarks/count_submissions.py --images-per-gpu-job 40   # sized for another site
-    python benchmarks/count_submissions.py --sizes Set5=2 BSD100=3 --degradations g2.0   # small, for tests
+    python -m benchmarks.tools.count_submissions                 # Set5 + BSD100 + Urban100
+    python -m benchmarks.tools.count_submissions --div2k         # ... and DIV2K valid
+    python -m benchmarks.tools.count_submissions --images-per-gpu-job 40   # sized for another site
+    python -m benchmarks.tools.count_submissions --sizes Set5=2 BSD100=3 --degradations g2.0   # small, for tests
 
 Prints a table and, with --json, writes the counts.
 """
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import re
 import subprocess
@@ -29,7 +28,9 @@ import zlib
 from collections import Counter
 from pathlib import Path
 
-REPO = Path(__file__).resolve().parents[1]
+from benchmarks.harness import write_result
+
+REPO = Path(__file__).resolve().parents[2]
 BENCHMARK_SIZES = {"Set5": 5, "BSD100": 100, "Urban100": 100}
 DIV2K_VALID = 100
 NOT_SUBMITTED = {"all"}  # the default target: no output, no script, run by Snakemake itself
@@ -145,8 +146,7 @@ def main(argv=None) -> int:
         r = result[label]
         print(f"{label:>9}: {r['submissions']:5d} SLURM jobs ({r['planned_jobs']} jobs planned)   "
               + ", ".join(f"{k} {v}" for k, v in r["by_kind"].items()))
-    if args.json:
-        args.json.write_text(json.dumps(result, indent=2) + "\n")
+    write_result(args.json, result)
     return 0
 
 

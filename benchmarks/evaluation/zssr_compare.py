@@ -6,7 +6,7 @@ policy may stop before the cap) and wall seconds. Each trained ZSSR net is also 
 other back-projection choice (0 or 2 rounds), to separate the training from the post-processing. The table is rewritten after every image, so an
 interrupted run keeps what it finished.
 
-    python benchmarks/zssr_compare.py [--iterations 3000] [--images face comic foreman] [--threads 1]
+    python -m benchmarks.evaluation.zssr_compare [--iterations 3000] [--images face comic foreman] [--threads 1]
 """
 from __future__ import annotations
 
@@ -19,26 +19,24 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from benchmarks.harness import REPO, paper_lr, set14
 from mzsr.adapt import AdaptOptions, adapt, to_tensor, to_uint8_image
 from mzsr.checkpoints import load_model
-from mzsr.degrade import degrade, to_uint8
-from mzsr.images import read_image_uint8
+from mzsr.degrade import to_uint8
 from mzsr.kernels import named_degradation
-from mzsr.metrics import modcrop, psnr
+from mzsr.metrics import psnr
 from mzsr.resize import imresize
 from mzsr.zssr import final_output, resolve_config, train_zssr
 
-REPO = Path(__file__).resolve().parents[1]
-SET14 = REPO.parent / "shared" / "data" / "test" / "Set14"
-WEIGHTS = REPO / "benchmarks" / "results" / "meta_direct_x2_h100_700it.safetensors"
+WEIGHTS = REPO / "models" / "direct_x2.safetensors"
 METHODS = ("Bicubic", "MZSR(10)", "ZSSR simple", "ZSSR simple, back-projection 2", "ZSSR original",
            "ZSSR original, back-projection 0")
 
 
 def run_image(name: str, model, kernel, iterations: int, seed: int):
     """Rows (method, PSNR, iterations, seconds) for one Set14 image."""
-    hr = modcrop(read_image_uint8(SET14 / f"{name}.png"), 2)
-    lr = to_uint8(degrade(hr / 255.0, kernel, 2, "direct")) / 255.0
+    ((_, hr),) = set14(stems=[name])
+    lr = paper_lr(hr, kernel, "direct")
     rows = [("Bicubic", psnr(to_uint8(imresize(lr, 2)), hr, 2), 0, 0.0)]
     out = adapt(model, lr, kernel, 2, "direct", AdaptOptions(steps=(10,), schedule="direct_x2"), "cpu")[0]
     rows.append(("MZSR(10)", psnr(out.sr, hr, 2), out.steps, out.seconds))
@@ -85,7 +83,7 @@ def main() -> None:
     model, _ = load_model(WEIGHTS, expected_scale=2, device="cpu")
     header = [
         f"# ZSSR simple vs original vs MZSR(10), Set14 g2.0 (x2, direct), CPU, {args.threads} thread(s), torch {torch.__version__}",
-        f"# command: python benchmarks/zssr_compare.py {' '.join(sys.argv[1:])}",
+        f"# command: python -m benchmarks.evaluation.zssr_compare {' '.join(sys.argv[1:])}",
         f"# ZSSR iteration cap {args.iterations}, seed {args.seed}; MZSR weights {WEIGHTS.name}",
     ]
     results: dict = {}

@@ -4,48 +4,42 @@ Measures what the fidelity work changes (per-model schedules, exact-scale geomet
 subsampling grid, self-ensemble and back-projection valid under direct subsampling). Prints a
 mean table and, with --per-image, one row per image; --json keeps every number.
 
-    python benchmarks/set14_fidelity.py --weights benchmarks/results/meta_direct_x2_h100_700it.safetensors \
+    python -m benchmarks.evaluation.set14_fidelity --weights models/direct_x2.safetensors \
         [--degradations g2.0 ani gb1.3] [--schedule auto] [--grid release] [--preset paper] [--images comic flowers zebra]
 """
 from __future__ import annotations
 
 import argparse
-import inspect
-import json
 import time
 from pathlib import Path
 
 import numpy as np
 import torch
 
+from benchmarks.harness import SET14, paper_lr, score, set14, write_result
 from mzsr.adapt import AdaptOptions, adapt
 from mzsr.checkpoints import load_model
-from mzsr.degrade import degrade, to_uint8
-from mzsr.images import read_image_uint8
 from mzsr.kernels import named_degradation
-from mzsr.metrics import modcrop, psnr, ssim
-
-SHARED = Path(__file__).resolve().parents[2] / "shared" / "data"
 
 
-def score_rows(model, meta: dict, paths, degradations, steps, schedule: str = "auto", device="cpu", preset: str = "paper",
+def score_rows(model, meta: dict, images, degradations, steps, schedule: str = "auto", device="cpu", preset: str = "paper",
                grid: str = "release") -> list[dict]:
-    """One row (degradation, image, steps, lr_size, psnr, ssim) per image, degradation and step count."""
-    options = {"grid": grid} if "grid" in inspect.signature(adapt).parameters else {}  # also measures older code
+    """One row (degradation, image, steps, lr_size, psnr, ssim) per image (stem, HR of `harness.set14`),
+    degradation and step count."""
     rows = []
     for name in degradations:
         deg = named_degradation(name)
-        for path in paths:
-            hr = modcrop(read_image_uint8(path), 2)
-            lr = to_uint8(degrade(hr / 255.0, deg.kernel, 2, deg.subsampling)) / 255.0
+        for stem, hr in images:
+            lr = paper_lr(hr, deg.kernel, deg.subsampling)
             sched = schedule
             if sched == "weights":
                 from mzsr.adapt import resolve_schedule, weights_subsampling
 
                 sched = resolve_schedule("auto", weights_subsampling(meta, deg.subsampling), 2)
-            for out in adapt(model, lr, deg.kernel, 2, deg.subsampling, AdaptOptions(steps=steps, schedule=sched, preset=preset, **options), device):
-                rows.append({"degradation": name, "image": path.stem, "steps": out.steps, "lr_size": list(lr.shape[:2]),
-                             "psnr": psnr(out.sr, hr, 2), "ssim": ssim(out.sr, hr, 2)})
+            for out in adapt(model, lr, deg.kernel, 2, deg.subsampling, AdaptOptions(steps=steps, schedule=sched, preset=preset, grid=grid), device):
+                p, s = score(out.sr, hr)
+                rows.append({"degradation": name, "image": stem, "steps": out.steps, "lr_size": list(lr.shape[:2]),
+                             "psnr": p, "ssim": s})
     return rows
 
 
@@ -62,7 +56,7 @@ def mean_table(rows: list[dict]) -> dict[str, dict[int, tuple[float, float]]]:
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--weights", type=Path, required=True)
-    ap.add_argument("--set14", type=Path, default=SHARED / "test" / "Set14")
+    ap.add_argument("--set14", type=Path, default=SET14)
     ap.add_argument("--images", nargs="*", help="image stems to use (default: all 14)")
     ap.add_argument("--degradations", nargs="+", default=["g2.0", "ani", "gb1.3"])
     ap.add_argument("--steps", nargs="+", type=int, default=[0, 1, 10])
@@ -77,12 +71,10 @@ def main() -> None:
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
     model, meta = load_model(args.weights, expected_scale=2, device="cpu")
-    paths = sorted(args.set14.glob("*.png"))
-    if args.images:
-        paths = [p for p in paths if p.stem in args.images]
+    images = set14(args.set14, args.images or None)
     t0 = time.perf_counter()
-    rows = score_rows(model, meta, paths, args.degradations, args.steps, args.schedule, "cpu", args.preset, args.grid)
-    print(f"Set14 ({len(paths)} images), x2, Y, weights {args.weights}, schedule {args.schedule}, grid {args.grid},"
+    rows = score_rows(model, meta, images, args.degradations, args.steps, args.schedule, "cpu", args.preset, args.grid)
+    print(f"Set14 ({len(images)} images), x2, Y, weights {args.weights}, schedule {args.schedule}, grid {args.grid},"
           f" preset {args.preset}; {time.perf_counter() - t0:.0f} s")
     print("| degradation | " + " | ".join(f"MZSR({n})" for n in args.steps) + " |")
     print("|---|" + "---|" * len(args.steps))
@@ -93,7 +85,7 @@ def main() -> None:
             print(f"{r['degradation']:6s} {r['image']:10s} LR {r['lr_size'][0]}x{r['lr_size'][1]} steps {r['steps']:2d}"
                   f" PSNR {r['psnr']:.3f} SSIM {r['ssim']:.4f}")
     if args.json:
-        args.json.write_text(json.dumps({"args": {k: str(v) for k, v in vars(args).items()}, "rows": rows}, indent=1))
+        write_result(args.json, {"rows": rows})
 
 
 if __name__ == "__main__":

@@ -4,7 +4,7 @@ Prints Y-PSNR/SSIM (paper protocol) for plain bicubic degradation (no adaptation
 kernel degradation after 0, 1 and 10 adaptation steps. Optional --weights evaluates another model
 (e.g. the project's meta weights) the same way.
 
-    python benchmarks/set14_official.py [--degradation g2.0] [--weights W.safetensors]
+    python -m benchmarks.evaluation.set14_official [--degradation g2.0] [--weights W.safetensors]
 """
 from __future__ import annotations
 
@@ -14,16 +14,13 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from benchmarks.harness import SET14, TF_CHECKPOINT, paper_lr, score, set14
 from mzsr.adapt import AdaptOptions, adapt
 from mzsr.checkpoints import import_tf_checkpoint, load_model
-from mzsr.degrade import degrade, to_uint8
-from mzsr.images import read_image_uint8
+from mzsr.degrade import to_uint8
 from mzsr.kernels import named_degradation
-from mzsr.metrics import modcrop, psnr, ssim
 from mzsr.model import MZSRNet
 from mzsr.resize import imresize
-
-SHARED = Path(__file__).resolve().parents[2] / "shared" / "data"
 
 
 def evaluate(model, images, deg_name: str, steps, schedule: str, device: str) -> dict:
@@ -31,18 +28,17 @@ def evaluate(model, images, deg_name: str, steps, schedule: str, device: str) ->
     deg = named_degradation(deg_name)
     scores: dict = {"bicubic": []}
     for hr in images:
-        lr = to_uint8(degrade(hr / 255.0, deg.kernel, 2, deg.subsampling)) / 255.0
-        bic = to_uint8(imresize(lr, 2))
-        scores["bicubic"].append((psnr(bic, hr, 2), ssim(bic, hr, 2)))
+        lr = paper_lr(hr, deg.kernel, deg.subsampling)
+        scores["bicubic"].append(score(to_uint8(imresize(lr, 2)), hr))
         for out in adapt(model, lr, deg.kernel, 2, deg.subsampling, AdaptOptions(steps=steps, schedule=schedule), device):
-            scores.setdefault(out.steps, []).append((psnr(out.sr, hr, 2), ssim(out.sr, hr, 2)))
+            scores.setdefault(out.steps, []).append(score(out.sr, hr))
     return {k: tuple(np.mean(v, axis=0)) for k, v in scores.items()}
 
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--set14", type=Path, default=SHARED / "test" / "Set14")
-    ap.add_argument("--checkpoint", type=Path, default=SHARED / "checkpoints" / "mzsr-official-pretrained" / "Pretrained")
+    ap.add_argument("--set14", type=Path, default=SET14)
+    ap.add_argument("--checkpoint", type=Path, default=TF_CHECKPOINT)
     ap.add_argument("--weights", type=Path, help="evaluate these weights instead of the imported checkpoint")
     ap.add_argument("--degradation", default="g2.0")
     ap.add_argument("--schedule", default="direct_x2")
@@ -54,7 +50,7 @@ def main() -> None:
     else:
         model = MZSRNet()
         model.load_state_dict(import_tf_checkpoint(args.checkpoint))
-    images = [modcrop(read_image_uint8(p), 2) for p in sorted(args.set14.glob("*.png"))]
+    images = [hr for _, hr in set14(args.set14)]
     print(f"Set14 ({len(images)} images), x2, Y channel, paper protocol; model: {args.weights or args.checkpoint}")
     print("| degradation | method | PSNR | SSIM |\n|---|---|---|---|")
     for name, steps in (("bicubic", (0,)), (args.degradation, (0, 1, 10))):

@@ -7,7 +7,7 @@
 3. Optionally Set14 Y-PSNR/SSIM under g2.0 for each method, with the imported pre-trained model and
    with meta weights (--weights), and the effect of the "best" preset.
 
-    python benchmarks/bench_adapt.py [--zssr-iterations 3000] [--weights META.safetensors] [--set14]
+    python -m benchmarks.speed.adapt [--zssr-iterations 3000] [--weights META.safetensors] [--set14]
 """
 from __future__ import annotations
 
@@ -20,16 +20,14 @@ import torch
 import torch.nn.functional as F
 from skimage import data
 
+from benchmarks.harness import SHARED, paper_lr, score, set14
 from mzsr.adapt import AdaptOptions, adapt
 from mzsr.checkpoints import import_tf_checkpoint, load_model
 from mzsr.degrade import degrade, to_uint8
-from mzsr.images import read_image_uint8
 from mzsr.kernels import named_degradation
-from mzsr.metrics import modcrop, psnr, ssim
 from mzsr.model import MZSRNet
 from mzsr.zssr import zssr
 
-SHARED = Path(__file__).resolve().parents[2] / "shared" / "data"
 CONV_FLOPS_PER_PIXEL = 2 * 9 * (3 * 64 + 6 * 64 * 64 + 64 * 3)  # one forward pass of the 8 layers
 
 
@@ -101,24 +99,24 @@ def main() -> None:
               f"-> {100 * floor / timing['MZSR(10)']:.0f}% of the floor")
 
     if args.set14:
-        images = [modcrop(read_image_uint8(p), 2) for p in sorted((SHARED / "test" / "Set14").glob("*.png"))]
+        images = [hr for _, hr in set14()]
         print("\nSet14 x2, g2.0 (Y-PSNR/SSIM, paper protocol)\n| model | method | preset | PSNR | SSIM |\n|---|---|---|---|---|")
         for name, m in models.items():
             for preset in ("paper", "best"):
                 scores: dict[int, list] = {}
                 for hr_img in images:
-                    lr_img = to_uint8(degrade(hr_img / 255.0, deg.kernel, 2, deg.subsampling)) / 255.0
+                    lr_img = paper_lr(hr_img, deg.kernel, deg.subsampling)
                     for out in adapt(m, lr_img, deg.kernel, 2, deg.subsampling, AdaptOptions(steps=(0, 1, 10), preset=preset), device="cpu"):
-                        scores.setdefault(out.steps, []).append((psnr(out.sr, hr_img, 2), ssim(out.sr, hr_img, 2)))
+                        scores.setdefault(out.steps, []).append(score(out.sr, hr_img))
                 for steps, v in scores.items():
                     p, s = np.mean(v, axis=0)
                     print(f"| {name} | MZSR({steps}) | {preset} | {p:.2f} | {s:.4f} |", flush=True)
         if args.set14_zssr_iterations:
             v = []
             for hr_img in images:
-                lr_img = to_uint8(degrade(hr_img / 255.0, deg.kernel, 2, deg.subsampling)) / 255.0
+                lr_img = paper_lr(hr_img, deg.kernel, deg.subsampling)
                 out = zssr(lr_img, deg.kernel, 2, deg.subsampling, {"iterations": args.set14_zssr_iterations}, device="cpu")
-                v.append((psnr(out.sr, hr_img, 2), ssim(out.sr, hr_img, 2)))
+                v.append(score(out.sr, hr_img))
             p, s = np.mean(v, axis=0)
             print(f"| - | ZSSR (cap {args.set14_zssr_iterations}) | paper | {p:.2f} | {s:.4f} |")
 

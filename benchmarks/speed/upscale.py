@@ -1,6 +1,6 @@
 """Wall time of `mzsr upscale` on a 256x256 LR image: --steps 10 against --steps 0, same process.
 
-    python benchmarks/bench_upscale.py [--repeats 3]
+    python -m benchmarks.speed.upscale [--repeats 3]
 """
 from __future__ import annotations
 

@@ -14,14 +14,11 @@ From the authors' theta_T, on fixed meta-batches at the paper's sizes (5 tasks x
 Prints, after 1, 2 and 3 iterations, the relative difference of the weight updates theta_k - theta_0
 (norm of the difference over the norm of the release's update) and of the meta-losses.
 
-    python benchmarks/release_step.py [--iterations 3] [--json benchmarks/results/release_step_cpu.json]
+    python -m benchmarks.evaluation.release_step [--iterations 3] [--json benchmarks/results/release_step_cpu.json]
 """
 from __future__ import annotations
 
 import argparse
-import datetime
-import json
-import platform
 import sys
 import time
 from pathlib import Path
@@ -30,6 +27,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from benchmarks.harness import SHARED, write_result
 from mzsr.checkpoints import import_tf_checkpoint
 from mzsr.data import grid_patches
 from mzsr.images import list_images, read_image_uint8
@@ -39,8 +37,6 @@ from mzsr.meta import META_DEFAULTS, synthesise
 from mzsr.meta_step import make_meta_step
 from mzsr.model import MZSRNet
 from mzsr.optim import make_optimizer
-
-SHARED = Path(__file__).resolve().parents[2] / "shared" / "data"
 
 
 def meta_batches(n: int, tasks: int, per_task: int, patch: int, seed: int = 0):
@@ -165,10 +161,7 @@ def main() -> None:
             rows.append(row)
             print(f"| {k + 1} | {name} | {row['loss']:.8f} | {row['loss_rel_diff']:.2e} | {row['update_rel_diff']:.2e} |")
     if args.json:
-        args.json.write_text(json.dumps({
-            "command": " ".join(["python", *sys.argv]), "date": datetime.date.today().isoformat(),
-            "machine": f"{platform.processor() or platform.machine()}, {args.threads} threads, torch {torch.__version__}",
-            "seconds": round(seconds, 1), "rows": rows}, indent=1) + "\n")
+        write_result(args.json, {"seconds": round(seconds, 1), "rows": rows})
 
 
 if __name__ == "__main__":

@@ -8,7 +8,7 @@ kernel with the least expected squared error to a random rk kernel; it sees no t
 Resumable: every finished (image, part) is kept in the JSON file (--json), so a rerun continues
 where the last one stopped and `--zssr-iterations` can be raised later for ZSSR alone.
 
-    python benchmarks/blind_set14.py --threads 1 [--images face comic] [--zssr-iterations 300] \
+    python -m benchmarks.evaluation.blind_set14 --threads 1 [--images face comic] [--zssr-iterations 300] \
         [--json benchmarks/results/blind_set14_cpu.json] [--phases estimate mzsr zssr]
 
 Two processes may share the work (e.g. ZSSR beside MZSR) on copies of the JSON file; merge them
@@ -25,18 +25,15 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from benchmarks.harness import REPO, SET14, paper_lr, set14
 from mzsr.adapt import AdaptOptions, adapt, resolve_schedule, weights_subsampling
 from mzsr.checkpoints import load_model
-from mzsr.degrade import degrade, to_uint8
+from mzsr.degrade import to_uint8
 from mzsr.estimate import estimate_kernel, kernel_error
-from mzsr.images import read_image_uint8
 from mzsr.kernels import random_kernel, random_kernel_rng, resolve_degradation
-from mzsr.metrics import modcrop, psnr, ssim
+from mzsr.metrics import psnr, ssim
 from mzsr.resize import imresize
 from mzsr.zssr import zssr
-
-ROOT = Path(__file__).resolve().parents[1]
-SHARED = ROOT.parent / "shared" / "data"
 
 
 def mean_rk_kernel(draws: int = 4000) -> np.ndarray:
@@ -47,15 +44,15 @@ def mean_rk_kernel(draws: int = 4000) -> np.ndarray:
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--weights", type=Path, default=ROOT / "models" / "direct_x2.safetensors")
-    ap.add_argument("--set14", type=Path, default=SHARED / "test" / "Set14")
+    ap.add_argument("--weights", type=Path, default=REPO / "models" / "direct_x2.safetensors")
+    ap.add_argument("--set14", type=Path, default=SET14)
     ap.add_argument("--images", nargs="*", help="image stems (default: all 14)")
     ap.add_argument("--degradation", default="rk", help="rk or rk<seed>")
     ap.add_argument("--iterations", type=int, default=3000, help="KernelGAN iterations (the release's 3000)")
     ap.add_argument("--zssr-iterations", type=int, default=300, help="ZSSR iteration cap (0: skip ZSSR)")
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--device", default="cpu")
-    ap.add_argument("--json", type=Path, default=ROOT / "benchmarks" / "results" / "blind_set14_cpu.json")
+    ap.add_argument("--json", type=Path, default=REPO / "benchmarks" / "results" / "blind_set14_cpu.json")
     ap.add_argument("--phases", nargs="*", default=["estimate", "mzsr", "zssr"],
                     help="parts to run, in order (none: only print the table of the JSON file)")
     ap.add_argument("--merge", nargs="*", type=Path, default=[], help="JSON files of other runs to merge in")
@@ -78,17 +75,14 @@ def main() -> None:
     model, meta = load_model(args.weights, expected_scale=2, device=device)
     schedule = resolve_schedule("auto", weights_subsampling(meta, "direct"), 2)
     guess = mean_rk_kernel()
-    paths = sorted(args.set14.glob("*.png"))
-    if args.images:
-        paths = [p for p in paths if p.stem in args.images]
+    images = set14(args.set14, args.images or None)
     for phase in args.phases:
-        for path in paths:
-            rec = state["images"].setdefault(path.stem, {})
-            hr = modcrop(read_image_uint8(path), 2)
-            truth = resolve_degradation(args.degradation, image=path.stem, scale=2).kernel
-            lr = to_uint8(degrade(hr / 255.0, truth, 2, "direct")) / 255.0
+        for stem, hr in images:
+            rec = state["images"].setdefault(stem, {})
+            truth = resolve_degradation(args.degradation, image=stem, scale=2).kernel
+            lr = paper_lr(hr, truth, "direct")
             if phase == "estimate" and "estimate" not in rec:
-                est = estimate_kernel(lr, 2, {"iterations": args.iterations}, device, seed=0, source=path.name)
+                est = estimate_kernel(lr, 2, {"iterations": args.iterations}, device, seed=0, source=f"{stem}.png")
                 rec["estimate"] = {"kernel": est.kernel.tolist(), "seconds": est.seconds,
                                    "error": kernel_error(est.kernel, truth), "guess_error": kernel_error(guess, truth)}
                 sr = to_uint8(imresize(lr, 2.0, output_shape=hr.shape[:2]))
@@ -111,11 +105,11 @@ def main() -> None:
             else:
                 continue
             save()
-            print(f"{phase:8s} {path.stem:10s} " + " ".join(
+            print(f"{phase:8s} {stem:10s} " + " ".join(
                 f"{k}={v['psnr']:.2f}" for k, v in rec.items() if isinstance(v, dict) and "psnr" in v), flush=True)
     if args.merge:
         save()
-    print(table(state, [p.stem for p in paths], args.zssr_iterations))
+    print(table(state, [stem for stem, _ in images], args.zssr_iterations))
 
 
 def table(state: dict, stems: list[str], zssr_iterations: int) -> str:

@@ -4,7 +4,7 @@ Runs the command in a child process and reports its peak resident memory minus t
 same child after imports (so the figure is what adaptation and inference add), with the output
 size and wall time. Target: under 4 GB extra.
 
-    python benchmarks/bench_large_image.py [--steps 1] [--photo ../shared/data/photos/Wood.jpg]
+    python -m benchmarks.speed.large_image [--steps 1] [--photo ../shared/data/photos/Wood.jpg]
 """
 from __future__ import annotations
 
@@ -14,7 +14,7 @@ import sys
 import tempfile
 from pathlib import Path
 
-SHARED = Path(__file__).resolve().parents[2] / "shared" / "data"
+from benchmarks.harness import SHARED
 
 CHILD = """
 import resource, sys, time

@@ -4,12 +4,11 @@ Starting from the authors' pre-trained model (imported from TensorFlow), meta-tr
 tasks (direct subsampling, x2), then compare on Set14 under g2.0: the imported pre-trained model
 and the meta weights, each after 0, 1 and 10 adaptation steps. Resumable: rerun to continue.
 
-    python benchmarks/meta_evidence.py --work benchmarks/out/meta --iterations 2000 [--patch-size 48]
+    python -m benchmarks.evaluation.meta_evidence --work benchmarks/out/meta --iterations 2000 [--patch-size 48]
 """
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import time
 from concurrent.futures import ProcessPoolExecutor
@@ -17,14 +16,12 @@ from pathlib import Path
 
 import torch
 
+from benchmarks.evaluation.set14_official import evaluate
+from benchmarks.harness import SHARED, set14, write_result
 from mzsr.checkpoints import import_tf_checkpoint, load_model, save_weights
 from mzsr.data import write_patch_store, write_task_shard
-from mzsr.images import list_images, read_image_uint8
+from mzsr.images import list_images
 from mzsr.meta import meta_train
-from mzsr.metrics import modcrop
-from set14_official import evaluate
-
-SHARED = Path(__file__).resolve().parents[2] / "shared" / "data"
 
 
 def _shard(args):
@@ -94,12 +91,12 @@ def main() -> None:
         meta_train(pretrained, shards, store, meta_weights, cfg, args.work / "train", args.work / "meta_log.csv", device=args.device)
     t_train = time.perf_counter() - t0
 
-    set14 = [modcrop(read_image_uint8(p), 2) for p in sorted((args.data / "test" / "Set14").glob("*.png"))]
+    set14_images = [hr for _, hr in set14(args.data / "test" / "Set14")]
     eval_device = args.eval_device or ("cuda" if torch.cuda.is_available() else "cpu")
     results = {}
     for name, path in (("pretrained", pretrained), ("meta", meta_weights)):
         model, _ = load_model(path, expected_scale=2)
-        results[name] = evaluate(model, set14, "g2.0", (0, 1, 10), "direct_x2", eval_device)
+        results[name] = evaluate(model, set14_images, "g2.0", (0, 1, 10), "direct_x2", eval_device)
     print(f"\nSet14 x2, g2.0, Y-PSNR/SSIM; meta-training {args.iterations} iterations of {args.meta_batch} tasks, "
           f"{args.patch_size}px patches, {'first' if args.first_order else 'second'} order, {t_train:.0f} s on {args.device}")
     print("| weights | bicubic | 0 steps | 1 step | 10 steps |\n|---|---|---|---|---|")
@@ -110,7 +107,7 @@ def main() -> None:
         out = {"config": cfg, "patch_size": args.patch_size, "tasks": total, "data_seconds": t_data,
                "train_seconds": t_train, "device": torch.cuda.get_device_name() if torch.cuda.is_available() else "cpu",
                "results": {n: {str(k): v for k, v in r.items()} for n, r in results.items()}}
-        args.json.write_text(json.dumps(out, indent=2))
+        write_result(args.json, out)
 
 
 if __name__ == "__main__":

@@ -13,7 +13,7 @@ small = 2 tasks x (2 + 2) of 16 px, 2 inner steps. The stores are cut from --ima
 meta generator does (stride 120, flat patches dropped, 8 flips/rotations stored) into --work, and
 reused when there.
 
-    python benchmarks/bench_tasks.py [--device auto|cpu|cuda] [--threads N] [--iters N] [--sizes paper,small]
+    python -m benchmarks.speed.tasks [--device auto|cpu|cuda] [--threads N] [--iters N] [--sizes paper,small]
 """
 from __future__ import annotations
 
@@ -25,6 +25,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from benchmarks.harness import TRAIN_FOLDERS
 from mzsr.data import TaskPool, write_patch_store, write_task_shard
 from mzsr.images import list_images
 from mzsr.maml import meta_loss
@@ -32,7 +33,6 @@ from mzsr.meta import synthesise, tasks_for_iteration
 from mzsr.model import MZSRNet
 from mzsr.optim import make_optimizer
 
-SHARED = Path(__file__).resolve().parents[2] / "shared" / "data" / "train"
 SIZES = {"paper": {"tasks": 5, "shots": 8, "patch": 64, "inner_steps": 5},
          "small": {"tasks": 2, "shots": 2, "patch": 16, "inner_steps": 2}}
 
@@ -95,7 +95,7 @@ def bench(size: dict, images, work: Path, device: torch.device, warmup: int, ite
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--device", choices=["auto", "cpu", "cuda"], default="auto")
-    ap.add_argument("--images", type=Path, nargs="+", default=[SHARED / "T91", SHARED / "BSD200"])
+    ap.add_argument("--images", type=Path, nargs="+", default=list(TRAIN_FOLDERS))
     ap.add_argument("--work", type=Path, default=Path("/tmp/mzsr_bench_tasks"))
     ap.add_argument("--sizes", default="paper,small")
     ap.add_argument("--subsampling", "--method", dest="subsampling", choices=["direct", "bicubic"], default="direct")
