@@ -59,8 +59,13 @@ def machine() -> dict:
                 break
     except OSError:
         pass
-    info = {"cpu": cpu, "cpu_count": os.cpu_count(), "torch_threads": torch.get_num_threads(),
-            "torch": torch.__version__, "python": platform.python_version()}
+    info = {
+        "cpu": cpu,
+        "cpu_count": os.cpu_count(),
+        "torch_threads": torch.get_num_threads(),
+        "torch": torch.__version__,
+        "python": platform.python_version(),
+    }
     if torch.cuda.is_available():
         info["gpu"] = torch.cuda.get_device_name(0)
     return info
@@ -70,8 +75,12 @@ def write_result(path: Path | None, results) -> None:
     """The one result format: the command that made it, the machine, the date (UTC) and the results."""
     if path is None:
         return
-    record = {"command": " ".join(["python", "-m", _module(), *sys.argv[1:]]), "machine": machine(),
-              "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"), "results": results}
+    record = {
+        "command": " ".join(["python", "-m", _module(), *sys.argv[1:]]),
+        "machine": machine(),
+        "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+        "results": results,
+    }
     atomic_write_text(path, json.dumps(record, indent=1, default=str) + "\n")
 
 

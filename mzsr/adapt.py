@@ -7,6 +7,7 @@ f(bicubic_up(LR)) at the HR size. Every upscale to a target size keeps the scale
 result to the size (the release's and ZSSR's imresize with both). The model is re-initialised
 from the given weights per image.
 """
+
 from __future__ import annotations
 
 import copy
@@ -106,6 +107,7 @@ def _free() -> None:
     if torch.cuda.is_available():
         torch.cuda.empty_cache()
 
+
 # Paper: plain output, as in the published tables. Best: self-ensemble over the flips/rotations that
 # are valid for the kernel, and back-projection.
 PRESETS = {
@@ -117,7 +119,9 @@ ADAPT_DEFAULTS = settings.defaults("adapt")
 
 
 @torch.no_grad()
-def upscale(model: torch.nn.Module, lr_image: torch.Tensor, scale: int, tile: int | None = DEFAULT_TILE, output_shape=None) -> torch.Tensor:
+def upscale(
+    model: torch.nn.Module, lr_image: torch.Tensor, scale: int, tile: int | None = DEFAULT_TILE, output_shape=None
+) -> torch.Tensor:
     """f(bicubic_up(LR)) at the HR size: `output_shape`, else (ceil(H * scale), ceil(W * scale)).
 
     Large images are processed in tiles of `tile` x `tile` HR pixels with a margin of the network's
@@ -135,10 +139,16 @@ def upscale(model: torch.nn.Module, lr_image: torch.Tensor, scale: int, tile: in
             smaller = current // 2
             _free()
             if smaller < MIN_TILE:
-                raise MZSRError(f"out of GPU memory in inference even with {current}x{current} tiles; use a smaller image "
-                                "or --device cpu") from None
-            warnings.warn(f"out of GPU memory in inference with {current}x{current} tiles; retrying with "
-                          f"{smaller}x{smaller} tiles (same result)", MZSRWarning, stacklevel=2)
+                raise MZSRError(
+                    f"out of GPU memory in inference even with {current}x{current} tiles; use a smaller image "
+                    "or --device cpu"
+                ) from None
+            warnings.warn(
+                f"out of GPU memory in inference with {current}x{current} tiles; retrying with "
+                f"{smaller}x{smaller} tiles (same result)",
+                MZSRWarning,
+                stacklevel=2,
+            )
             tile = smaller
 
 
@@ -168,9 +178,15 @@ def _training_pair(son_up: torch.Tensor, father: torch.Tensor, max_pixels: int |
     return son_up[..., y : y + ch, x : x + cw], father[..., y : y + ch, x : x + cw]
 
 
-def make_son(father: torch.Tensor, kernel: torch.Tensor | None, scale: int, subsampling: str,
-             grid: str = ADAPT_DEFAULTS["grid"], noise_level: float = float(ADAPT_DEFAULTS["noise_level"]),
-             generator: torch.Generator | None = None) -> torch.Tensor:
+def make_son(
+    father: torch.Tensor,
+    kernel: torch.Tensor | None,
+    scale: int,
+    subsampling: str,
+    grid: str = ADAPT_DEFAULTS["grid"],
+    noise_level: float = float(ADAPT_DEFAULTS["noise_level"]),
+    generator: torch.Generator | None = None,
+) -> torch.Tensor:
     """The release's son: father degraded once more, plus N(0, noise_level^2) noise, clipped to [0, 1]."""
     son = degrade_torch(father, kernel, scale, subsampling, grid)
     if noise_level > 0:
@@ -211,8 +227,14 @@ class AdaptOptions:
     def from_config(cls, section: dict, **more) -> AdaptOptions:
         """From a config's adapt section (what it leaves out takes the schema's defaults)."""
         cfg = {**ADAPT_DEFAULTS, **section}
-        return cls(steps=tuple(cfg["steps"]), schedule=cfg["schedule"], preset=cfg["preset"], grid=cfg["grid"],
-                   noise_level=float(cfg["noise_level"]), **more)
+        return cls(
+            steps=tuple(cfg["steps"]),
+            schedule=cfg["schedule"],
+            preset=cfg["preset"],
+            grid=cfg["grid"],
+            noise_level=float(cfg["noise_level"]),
+            **more,
+        )
 
 
 def adapt(
@@ -244,13 +266,18 @@ def adapt(
             _free()
             if smaller < MIN_CROP:
                 raise MZSRError(f"out of GPU memory adapting even on {side}x{side} crops; use --device cpu") from None
-            warnings.warn(f"out of GPU memory adapting on {side}x{side} crops; starting the image again with "
-                          f"{smaller}x{smaller} crops", MZSRWarning, stacklevel=2)
+            warnings.warn(
+                f"out of GPU memory adapting on {side}x{side} crops; starting the image again with "
+                f"{smaller}x{smaller} crops",
+                MZSRWarning,
+                stacklevel=2,
+            )
             options = replace(options, max_adapt_pixels=smaller * smaller)
 
 
-def _adapt_once(model, lr_image, kernel, scale, subsampling, options: AdaptOptions, device,
-                output_shape) -> list[AdaptationOutput]:
+def _adapt_once(
+    model, lr_image, kernel, scale, subsampling, options: AdaptOptions, device, output_shape
+) -> list[AdaptationOutput]:
     schedule = options.schedule
     if any(n > 0 for n in options.steps):  # zero steps need no schedule (e.g. a pre-trained model as it is)
         schedule = resolve_schedule(schedule, subsampling, scale)
@@ -260,8 +287,15 @@ def _adapt_once(model, lr_image, kernel, scale, subsampling, options: AdaptOptio
     father = to_tensor(lr_image, device)
     k = None if kernel is None else torch.as_tensor(kernel, dtype=torch.float32, device=device)
     with torch.no_grad():
-        son = make_son(father, k, scale, subsampling, options.grid, options.noise_level,
-                       torch.Generator().manual_seed(options.seed))
+        son = make_son(
+            father,
+            k,
+            scale,
+            subsampling,
+            options.grid,
+            options.noise_level,
+            torch.Generator().manual_seed(options.seed),
+        )
         son_up = imresize_torch(son, float(scale), output_shape=father.shape[-2:])
     rng = np.random.default_rng(options.seed)
     outputs: list[AdaptationOutput] = []
@@ -324,7 +358,9 @@ def _geometric(x: torch.Tensor, k: int) -> torch.Tensor:
     return apply_transform(x, TRANSFORMS[k])
 
 
-def valid_transforms(kernel: np.ndarray | None, subsampling: str, scale: int) -> list[tuple[tuple[bool, bool, bool], tuple[int, int]]]:
+def valid_transforms(
+    kernel: np.ndarray | None, subsampling: str, scale: int
+) -> list[tuple[tuple[bool, bool, bool], tuple[int, int]]]:
     """The flips/rotations under which the degradation keeps its form, each with its sampling phase.
 
     Transforming an LR image made with kernel k transforms k with it, so only transforms that leave k
@@ -340,7 +376,9 @@ def valid_transforms(kernel: np.ndarray | None, subsampling: str, scale: int) ->
             k = np.asarray(kernel, dtype=np.float64)
             odd = k.shape[0] % 2 == 1 and k.shape[1] % 2 == 1
             moved = apply_transform(k, transform)
-            if transform != TRANSFORMS[0] and (not odd or moved.shape != k.shape or not np.allclose(moved, k, rtol=0, atol=1e-6 * k.max())):
+            if transform != TRANSFORMS[0] and (
+                not odd or moved.shape != k.shape or not np.allclose(moved, k, rtol=0, atol=1e-6 * k.max())
+            ):
                 continue
         phase = scale - 1 if (kernel is not None and subsampling == "direct") else 0
         out.append((transform, (phase * transform[1], phase * transform[2])))
@@ -358,10 +396,14 @@ def _shift_back(x: torch.Tensor, phase: tuple[int, int]) -> torch.Tensor:
 
 
 @torch.no_grad()
-def geometric_ensemble(sr_fn, lr_image: torch.Tensor, scale: int, kernel: np.ndarray | None, subsampling: str, output_shape=None) -> torch.Tensor:
+def geometric_ensemble(
+    sr_fn, lr_image: torch.Tensor, scale: int, kernel: np.ndarray | None, subsampling: str, output_shape=None
+) -> torch.Tensor:
     """Median over the valid flips/rotations (`valid_transforms`) of sr_fn(T(LR)), each shifted back
     by its sampling phase and transformed back; `sr_fn(lr_image, output_shape)` maps LR to HR."""
-    hr_shape = tuple(output_shape) if output_shape is not None else tuple(-(-n * scale // 1) for n in lr_image.shape[-2:])
+    hr_shape = (
+        tuple(output_shape) if output_shape is not None else tuple(-(-n * scale // 1) for n in lr_image.shape[-2:])
+    )
     outs = []
     for transform, phase in valid_transforms(kernel, subsampling, scale):
         shape = hr_shape[::-1] if transform[0] else hr_shape
@@ -371,12 +413,21 @@ def geometric_ensemble(sr_fn, lr_image: torch.Tensor, scale: int, kernel: np.nda
 
 
 @torch.no_grad()
-def self_ensemble(model: torch.nn.Module, lr_image: torch.Tensor, scale: int, kernel: np.ndarray | None = None, subsampling: str = "direct",
-                  tile: int | None = DEFAULT_TILE, output_shape=None) -> torch.Tensor:
+def self_ensemble(
+    model: torch.nn.Module,
+    lr_image: torch.Tensor,
+    scale: int,
+    kernel: np.ndarray | None = None,
+    subsampling: str = "direct",
+    tile: int | None = DEFAULT_TILE,
+    output_shape=None,
+) -> torch.Tensor:
     """ZSSR's final test (median over flips/rotations), restricted to the transforms valid for the kernel."""
     if isinstance(kernel, torch.Tensor):
         kernel = kernel.detach().cpu().numpy()
-    return geometric_ensemble(lambda x, shape: upscale(model, x, scale, tile, shape), lr_image, scale, kernel, subsampling, output_shape)
+    return geometric_ensemble(
+        lambda x, shape: upscale(model, x, scale, tile, shape), lr_image, scale, kernel, subsampling, output_shape
+    )
 
 
 # ------------------------------------------------------------------------------------ back-projection
@@ -401,8 +452,15 @@ def _direct_adjoint(error: torch.Tensor, kernel: torch.Tensor, scale: int, hr_sh
 
 
 @torch.no_grad()
-def back_project(sr: torch.Tensor, lr_image: torch.Tensor, kernel: torch.Tensor | None, scale: int, subsampling: str,
-                 iterations: int = 10, grid: str = "release") -> torch.Tensor:
+def back_project(
+    sr: torch.Tensor,
+    lr_image: torch.Tensor,
+    kernel: torch.Tensor | None,
+    scale: int,
+    subsampling: str,
+    iterations: int = 10,
+    grid: str = "release",
+) -> torch.Tensor:
     """Iterative back-projection: push D(SR) towards the LR image, clipping to [0, 1] each round.
 
     Bicubic subsampling (and plain bicubic): the release's and ZSSR's rule, the error bicubic-upscaled.

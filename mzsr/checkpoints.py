@@ -6,6 +6,7 @@ Why safetensors: loading it never runs code, so a downloaded or shared file cann
 The TF-1 tensor-bundle format itself is read by `mzsr.tf_bundle` (by hand, no TensorFlow);
 `import_tf_checkpoint` here maps its tensors onto MZSRNet's state_dict and validates them.
 """
+
 from __future__ import annotations
 
 import json
@@ -35,6 +36,7 @@ _PICKLE_SUFFIXES = {".pt", ".pth"}
 # --------------------------------------------------------------------------------------------------
 # Expected layout
 # --------------------------------------------------------------------------------------------------
+
 
 @lru_cache(maxsize=1)
 def _expected_shapes() -> tuple[tuple[str, tuple[int, ...]], ...]:
@@ -70,9 +72,7 @@ def _validate_state_dict(state: dict[str, Any], path: Path | str) -> dict[str, t
         if not isinstance(value, torch.Tensor):
             raise MZSRError(f"{path}: {key!r} is a {type(value).__name__}, expected a tensor")
         if tuple(value.shape) != shape:
-            raise MZSRError(
-                f"{path}: shape mismatch at {key!r}: expected {list(shape)}, got {list(value.shape)}"
-            )
+            raise MZSRError(f"{path}: shape mismatch at {key!r}: expected {list(shape)}, got {list(value.shape)}")
         if not value.is_floating_point():
             raise MZSRError(f"{path}: {key!r} has dtype {value.dtype}, expected a floating-point tensor")
         value = value.detach().to(device="cpu", dtype=torch.float32)
@@ -95,7 +95,9 @@ def check_weights_suffix(path: str | Path) -> str:
     before any work, so that the file written is the file asked for."""
     suffix = Path(path).suffix.lower()
     if suffix not in WEIGHTS_SUFFIXES:
-        raise MZSRError(f"{path}: unsupported weights file suffix {suffix or '(none)'!r}; use .safetensors (or .pt/.pth)")
+        raise MZSRError(
+            f"{path}: unsupported weights file suffix {suffix or '(none)'!r}; use .safetensors (or .pt/.pth)"
+        )
     return "torch" if suffix in _PICKLE_SUFFIXES else "safetensors"
 
 
@@ -161,7 +163,9 @@ def _load_torch_pickle(path: Path) -> tuple[dict[str, torch.Tensor], dict[str, A
         # torch's message is many lines around the one that says what was refused (e.g. "Trying to
         # load unsupported GLOBAL posix.system ..."), and suggests weights_only=False: keep that line.
         boilerplate = ("Weights only load failed", "Please file an issue", "Check the documentation")
-        lines = [line.strip() for line in str(exc).splitlines() if line.strip() and not line.strip().startswith(boilerplate)]
+        lines = [
+            line.strip() for line in str(exc).splitlines() if line.strip() and not line.strip().startswith(boilerplate)
+        ]
         raise MZSRError(
             f"{path}: refused to load: not a plain tensor checkpoint "
             f"(unsafe or corrupt pickle; only tensors are ever unpickled): {lines[0] if lines else type(exc).__name__}"
@@ -178,7 +182,7 @@ def _load_torch_pickle(path: Path) -> tuple[dict[str, torch.Tensor], dict[str, A
 
 
 def _sniff(path: Path) -> str:
-    """"safetensors" for an 8-byte little-endian header length that fits the file followed by a JSON
+    """ "safetensors" for an 8-byte little-endian header length that fits the file followed by a JSON
     header, "torch" for a torch.save zip (PK..) or a raw pickle (protocol byte 0x80), else
     "safetensors" (whose reader then names the problem)."""
     try:
@@ -196,9 +200,7 @@ def _sniff(path: Path) -> str:
     return "safetensors"
 
 
-def load_weights(
-    path: str | Path, expected_scale: int | None = None
-) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
+def load_weights(path: str | Path, expected_scale: int | None = None) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
     """Load and validate MZSRNet weights; return (state_dict as float32 CPU tensors, metadata).
 
     The format is recognised by content, not by name: a zip (torch.save) or a pickle goes through
@@ -241,6 +243,7 @@ def load_model(
 # --------------------------------------------------------------------------------------------------
 # The authors' TF-1 checkpoint -> MZSRNet state_dict (the bundle itself: mzsr.tf_bundle)
 # --------------------------------------------------------------------------------------------------
+
 
 def import_tf_checkpoint(prefix: str | Path) -> dict[str, torch.Tensor]:
     """Convert the authors' TF-1 MZSR checkpoint into an MZSRNet state_dict.

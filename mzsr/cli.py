@@ -1,4 +1,5 @@
 """The `mzsr` command: degrade, import-tf, estimate-kernel, upscale, evaluate. Thin over the package modules."""
+
 from __future__ import annotations
 
 import argparse
@@ -25,12 +26,14 @@ def _add_common(p: argparse.ArgumentParser) -> None:
 
 ESTIMATE = "estimate"  # --degradation estimate: each image's kernel estimated with KernelGAN first
 KERNELGAN_SCALES = (2, 4)
-KERNELGAN_ABOUT = (f"KernelGAN (Bell-Kligler et al. 2019, after the authors' release; {KERNELGAN_ITERATIONS:,} iterations"
-                   " by default; about 100 s per image on one CPU core at 3,000, faster on a GPU)")
+KERNELGAN_ABOUT = (
+    f"KernelGAN (Bell-Kligler et al. 2019, after the authors' release; {KERNELGAN_ITERATIONS:,} iterations"
+    " by default; about 100 s per image on one CPU core at 3,000, faster on a GPU)"
+)
 FORMATS = {
     "mzsr": "key 'kernel', MZSR's convention (centre of mass on the middle pixel), read as it is",
     "kernelgan": "key 'Kernel', exactly what KernelGAN's release writes (its kernel_shift: centre of mass half "
-                 "a pixel per axis further down/right); --degradation per-image and kernel files undo the shift",
+    "a pixel per axis further down/right); --degradation per-image and kernel files undo the shift",
 }
 
 
@@ -44,24 +47,39 @@ def _kernel_args(p: argparse.ArgumentParser, required: bool, estimate: bool = Fa
         "kernel of its own for every image, drawn from the seed and the image's stem; degrade writes it to "
         "<out>/kernels/<stem>_kernel_x<scale>.mat), a kernel file (.mat with key 'kernel'/'Kernel', or .npy), "
         "or 'per-image': each image's <stem>_kernel_x<scale>.mat (KernelGAN) or the folder's kernel.mat"
-        + (f"; or 'estimate': each image's kernel estimated first with {KERNELGAN_ABOUT}, written to "
-           "<out>/kernels/<stem>_kernel_x<scale>.mat (key 'kernel') and .png; direct subsampling unless --subsampling"
-           if estimate else ""),
+        + (
+            f"; or 'estimate': each image's kernel estimated first with {KERNELGAN_ABOUT}, written to "
+            "<out>/kernels/<stem>_kernel_x<scale>.mat (key 'kernel') and .png; direct subsampling unless --subsampling"
+            if estimate
+            else ""
+        ),
     )
-    p.add_argument("--subsampling", "--subsample", dest="subsampling", choices=("direct", "bicubic"),
-                   help="subsampling for a kernel file" + (" or an estimated kernel" if estimate else "") + " (default direct)")
+    p.add_argument(
+        "--subsampling",
+        "--subsample",
+        dest="subsampling",
+        choices=("direct", "bicubic"),
+        help="subsampling for a kernel file" + (" or an estimated kernel" if estimate else "") + " (default direct)",
+    )
 
 
 def _estimate_args(p: argparse.ArgumentParser, upscale: bool) -> None:
     """KernelGAN's options, for estimate-kernel and upscale --degradation estimate (defaults: None, filled by
     `_kernelgan_settings`, so that upscale can tell them given without --degradation estimate)."""
     only = "with --degradation estimate: " if upscale else ""
-    p.add_argument("--iterations", type=int,
-                   help=f"{only}KernelGAN's iterations (default {KERNELGAN_ITERATIONS}, as the release)")
-    p.add_argument("--seed", type=int, help=f"{only}seed of KernelGAN's initialisation and crops (default {KERNELGAN_SEED})")
-    p.add_argument("--real", action="store_true", default=None,
-                   help=f"{only}KernelGAN's real-image setting: use the whole image (default: shave 10 pixels off"
-                        " each edge first, as the release does for synthetic LR images)")
+    p.add_argument(
+        "--iterations", type=int, help=f"{only}KernelGAN's iterations (default {KERNELGAN_ITERATIONS}, as the release)"
+    )
+    p.add_argument(
+        "--seed", type=int, help=f"{only}seed of KernelGAN's initialisation and crops (default {KERNELGAN_SEED})"
+    )
+    p.add_argument(
+        "--real",
+        action="store_true",
+        default=None,
+        help=f"{only}KernelGAN's real-image setting: use the whole image (default: shave 10 pixels off"
+        " each edge first, as the release does for synthetic LR images)",
+    )
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -80,55 +98,99 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("import-tf", help="convert the authors' TensorFlow-1 checkpoint to a weights file")
     p.add_argument("checkpoint", help="checkpoint prefix, e.g. .../Pretrained (without .index)")
     p.add_argument("out", type=Path, help="output weights file: .safetensors, or .pt/.pth (a plain-tensor torch file)")
-    p.add_argument("--subsampling", "--degradation", dest="subsampling", default="bicubic", choices=("bicubic", "direct"),
-                   help="subsampling the model was trained for (default bicubic: the authors' theta_T; --degradation is"
-                   " the old name)")
+    p.add_argument(
+        "--subsampling",
+        "--degradation",
+        dest="subsampling",
+        default="bicubic",
+        choices=("bicubic", "direct"),
+        help="subsampling the model was trained for (default bicubic: the authors' theta_T; --degradation is"
+        " the old name)",
+    )
     _add_common(p)
     p.set_defaults(func=cmd_import_tf)
 
     p = sub.add_parser(
-        "estimate-kernel", help="estimate each LR image's blur kernel with KernelGAN",
+        "estimate-kernel",
+        help="estimate each LR image's blur kernel with KernelGAN",
         description=f"Estimate each LR image's blur kernel with {KERNELGAN_ABOUT}. Writes "
-                    "<out>/<stem>_kernel_x<scale>.mat and a picture of it, <out>/<stem>_kernel_x<scale>.png. "
-                    "Formats: " + "; ".join(f"{k}: {v}" for k, v in FORMATS.items()) + ". With --out LR_DIR/kernels, "
-                    "'mzsr upscale LR_DIR --degradation per-image' finds the files.")
+        "<out>/<stem>_kernel_x<scale>.mat and a picture of it, <out>/<stem>_kernel_x<scale>.png. "
+        "Formats: " + "; ".join(f"{k}: {v}" for k, v in FORMATS.items()) + ". With --out LR_DIR/kernels, "
+        "'mzsr upscale LR_DIR --degradation per-image' finds the files.",
+    )
     p.add_argument("inputs", nargs="+", help="LR image files or folders")
     p.add_argument("--out", required=True, type=Path, help="output folder for the kernel files and pictures")
-    p.add_argument("--format", choices=tuple(FORMATS), default="mzsr",
-                   help="mzsr (default): key 'kernel', MZSR's convention; kernelgan: key 'Kernel', what KernelGAN's "
-                        "release writes (half-pixel shifted); --degradation per-image reads both right")
+    p.add_argument(
+        "--format",
+        choices=tuple(FORMATS),
+        default="mzsr",
+        help="mzsr (default): key 'kernel', MZSR's convention; kernelgan: key 'Kernel', what KernelGAN's "
+        "release writes (half-pixel shifted); --degradation per-image reads both right",
+    )
     _estimate_args(p, upscale=False)
     p.add_argument("--device", default=DEVICE, help=f"cpu, cuda, cuda:1 ... (default {DEVICE}: cuda when present)")
-    p.add_argument("--scale", type=int, default=SCALE, help="scale factor of the kernel: 2 or 4 (the analytic x4 kernel "
-                                                             f"of the x2 estimate, as the release); default {SCALE}")
+    p.add_argument(
+        "--scale",
+        type=int,
+        default=SCALE,
+        help="scale factor of the kernel: 2 or 4 (the analytic x4 kernel "
+        f"of the x2 estimate, as the release); default {SCALE}",
+    )
     p.set_defaults(func=cmd_estimate_kernel)
 
     p = sub.add_parser("upscale", help="super-resolve LR images (bicubic, or MZSR with n adaptation steps)")
     p.add_argument("inputs", nargs="+", help="LR image files or folders")
     p.add_argument("--out", required=True, type=Path, help="output folder for SR PNGs (same file stems)")
-    p.add_argument("--method", choices=("bicubic", "mzsr", "zssr"), default="mzsr",
-                   help="mzsr: adapt the given weights; zssr: train from scratch on each image; bicubic")
-    p.add_argument("--weights", type=Path,
-                   help="weights file (.safetensors) for --method mzsr; default: the released model for the kernel's"
-                   " subsampling and the scale (models/direct_x2.safetensors, ...)")
+    p.add_argument(
+        "--method",
+        choices=("bicubic", "mzsr", "zssr"),
+        default="mzsr",
+        help="mzsr: adapt the given weights; zssr: train from scratch on each image; bicubic",
+    )
+    p.add_argument(
+        "--weights",
+        type=Path,
+        help="weights file (.safetensors) for --method mzsr; default: the released model for the kernel's"
+        " subsampling and the scale (models/direct_x2.safetensors, ...)",
+    )
     _kernel_args(p, required=False, estimate=True)
     _estimate_args(p, upscale=True)
     p.add_argument("--steps", type=int, default=10, help="adaptation steps (0 = none; default 10)")
-    p.add_argument("--schedule", default=ADAPT_DEFAULTS["schedule"], choices=("auto", *LR_SCHEDULES),
-                   help=f"adaptation lr schedule (default {ADAPT_DEFAULTS['schedule']}); auto: the released one for the"
-                   " weights' subsampling and scale (direct_x2, bicubic_x2, direct_x4)")
-    p.add_argument("--grid", choices=GRIDS, default=ADAPT_DEFAULTS["grid"],
-                   help="rows/columns that direct subsampling of the son keeps when the scale does not divide"
-                   " the size: release (round(linspace(0, n - s, ceil(n / s)))) or regular (0, s, 2s, ...); default"
-                   f" {ADAPT_DEFAULTS['grid']}")
-    p.add_argument("--noise-level", type=float, default=float(ADAPT_DEFAULTS["noise_level"]),
-                   help="std of Gaussian noise added to the son (the release's noise_level, for real photos; default"
-                   f" {ADAPT_DEFAULTS['noise_level']:g})")
-    p.add_argument("--preset", choices=("paper", "best"), default=ADAPT_DEFAULTS["preset"],
-                   help="paper: as published; best: add a self-ensemble over the flips/rotations the kernel allows,"
-                   f" and back-projection (default {ADAPT_DEFAULTS['preset']})")
-    p.add_argument("--zssr-iterations", type=int, default=ZSSR_ITERATIONS,
-                   help=f"iteration cap for --method zssr (default {ZSSR_ITERATIONS})")
+    p.add_argument(
+        "--schedule",
+        default=ADAPT_DEFAULTS["schedule"],
+        choices=("auto", *LR_SCHEDULES),
+        help=f"adaptation lr schedule (default {ADAPT_DEFAULTS['schedule']}); auto: the released one for the"
+        " weights' subsampling and scale (direct_x2, bicubic_x2, direct_x4)",
+    )
+    p.add_argument(
+        "--grid",
+        choices=GRIDS,
+        default=ADAPT_DEFAULTS["grid"],
+        help="rows/columns that direct subsampling of the son keeps when the scale does not divide"
+        " the size: release (round(linspace(0, n - s, ceil(n / s)))) or regular (0, s, 2s, ...); default"
+        f" {ADAPT_DEFAULTS['grid']}",
+    )
+    p.add_argument(
+        "--noise-level",
+        type=float,
+        default=float(ADAPT_DEFAULTS["noise_level"]),
+        help="std of Gaussian noise added to the son (the release's noise_level, for real photos; default"
+        f" {ADAPT_DEFAULTS['noise_level']:g})",
+    )
+    p.add_argument(
+        "--preset",
+        choices=("paper", "best"),
+        default=ADAPT_DEFAULTS["preset"],
+        help="paper: as published; best: add a self-ensemble over the flips/rotations the kernel allows,"
+        f" and back-projection (default {ADAPT_DEFAULTS['preset']})",
+    )
+    p.add_argument(
+        "--zssr-iterations",
+        type=int,
+        default=ZSSR_ITERATIONS,
+        help=f"iteration cap for --method zssr (default {ZSSR_ITERATIONS})",
+    )
     p.add_argument("--device", default=DEVICE, help=f"cpu, cuda, cuda:1 ... (default {DEVICE}: cuda when present)")
     _add_common(p)
     p.set_defaults(func=cmd_upscale)
@@ -170,7 +232,9 @@ def _checked_outputs(args, images: list[Path], outputs=None) -> list[Path]:
         if outs[0] in by_output:
             if by_output[outs[0]].resolve() == path.resolve():
                 continue
-            raise MZSRError(f"{by_output[outs[0]]} and {path} would both be written to {outs[0]}; rename one, or run them apart")
+            raise MZSRError(
+                f"{by_output[outs[0]]} and {path} would both be written to {outs[0]}; rename one, or run them apart"
+            )
         for out in outs:
             other = inputs.get(out.resolve()) if out.exists() else None
             if other is not None and other.resolve() == path.resolve():
@@ -190,7 +254,9 @@ def cmd_degrade(args) -> int:
     from .metrics import modcrop
 
     if args.degradation == ESTIMATE:
-        raise MZSRError("--degradation estimate is for LR images (upscale, estimate-kernel); degrade needs a known kernel")
+        raise MZSRError(
+            "--degradation estimate is for LR images (upscale, estimate-kernel); degrade needs a known kernel"
+        )
     jobs = _checked_inputs(args, _checked_outputs(args, list_images(args.inputs)), hr=True)
     for path, kernel, subsampling in tqdm(jobs, desc="degrade", unit="img", disable=None):
         hr = modcrop(read_image_uint8(path), args.scale)
@@ -231,7 +297,9 @@ def _degradation_for(args, image: Path):
     if args.degradation == "per-image":
         path = kernel_file_for_image(image, args.scale)
         if path is None:
-            raise MZSRError(f"{image}: no kernel file for this image ({image.stem}_kernel_x{args.scale}.mat or kernel.mat)")
+            raise MZSRError(
+                f"{image}: no kernel file for this image ({image.stem}_kernel_x{args.scale}.mat or kernel.mat)"
+            )
         return load_kernel_file(path), args.subsampling or "direct", str(path)
     deg = resolve_degradation(args.degradation, args.subsampling, image=image.stem, scale=args.scale)
     return deg.kernel, deg.subsampling, args.degradation
@@ -243,7 +311,9 @@ def _released_for(args, images: list[Path]) -> Path:
 
     kinds = {_degradation_for(args, image)[1] for image in images} if args.degradation is not None else {"bicubic"}
     if len(kinds) > 1:
-        raise MZSRError("the inputs' kernels use both direct and bicubic subsampling: give --weights, or run them apart")
+        raise MZSRError(
+            "the inputs' kernels use both direct and bicubic subsampling: give --weights, or run them apart"
+        )
     path = released_weights(kinds.pop(), args.scale)
     print(f"mzsr: weights {path}", file=sys.stderr)
     return path
@@ -327,7 +397,9 @@ def _estimate_one(path: Path, lr: np.ndarray, args, cfg: dict, seed: int, device
     mat_path, png_path = _kernel_paths(out_dir, path, args.scale)
     _write_kernel(mat_path, png_path, est, fmt)
     h, w = (est.kernelgan if fmt == "kernelgan" else est.kernel).shape
-    tqdm.write(f"{path}: kernel {w}x{h} (x{est.scale}, {est.iterations} iterations) in {est.seconds:.1f} s -> {mat_path}")
+    tqdm.write(
+        f"{path}: kernel {w}x{h} (x{est.scale}, {est.iterations} iterations) in {est.seconds:.1f} s -> {mat_path}"
+    )
     return est
 
 
@@ -405,8 +477,9 @@ def cmd_upscale(args) -> int:
             schedule = args.schedule
             if args.steps > 0:  # the weights decide the schedule: their subsampling, else the kernel's
                 schedule = resolve_schedule(args.schedule, weights_subsampling(weights_meta, subsampling), args.scale)
-            options = AdaptOptions(steps=(args.steps,), schedule=schedule, preset=args.preset, grid=args.grid,
-                                   noise_level=args.noise_level)
+            options = AdaptOptions(
+                steps=(args.steps,), schedule=schedule, preset=args.preset, grid=args.grid, noise_level=args.noise_level
+            )
             (result,) = adapt(model, lr, kernel, args.scale, subsampling, options, device)
         write_png(_out_path(args.out, path), result.sr)
     return 0
@@ -431,11 +504,17 @@ def cmd_evaluate(args) -> int:
             raise MZSRError(f"{sr_path}: no ground-truth image with stem {sr_path.stem!r} in {args.gt_dir}")
         sr, gt = read_image_uint8(sr_path), modcrop(read_image_uint8(gt_path), args.scale)
         if sr.shape != gt.shape:
-            raise MZSRError(f"{sr_path}: size {sr.shape[1]}x{sr.shape[0]} differs from mod-cropped ground truth {gt.shape[1]}x{gt.shape[0]}")
+            raise MZSRError(
+                f"{sr_path}: size {sr.shape[1]}x{sr.shape[0]} differs from mod-cropped ground truth {gt.shape[1]}x{gt.shape[0]}"
+            )
         rows.append({"image": sr_path.stem, "psnr": psnr(sr, gt, args.scale), "ssim": ssim(sr, gt, args.scale)})
     if not rows:
         raise MZSRError(f"{args.sr_dir}: no images to evaluate")
-    mean = {"image": "mean", "psnr": float(np.mean([r["psnr"] for r in rows])), "ssim": float(np.mean([r["ssim"] for r in rows]))}
+    mean = {
+        "image": "mean",
+        "psnr": float(np.mean([r["psnr"] for r in rows])),
+        "ssim": float(np.mean([r["ssim"] for r in rows])),
+    }
     for r in rows + [mean]:
         print(f"{r['image']:>20s}  PSNR {r['psnr']:7.3f} dB  SSIM {r['ssim']:.4f}")
     if args.csv:

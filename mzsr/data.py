@@ -11,6 +11,7 @@ Task shard: the specifications of T tasks, nothing synthesised: `kernel_params` 
 patch store, D_tr first. The LR inputs are made from them on the training device at batch time
 (mzsr.meta.make_batch): about 76 B a task, 38 MB for the release's 100K x 5 = 500K tasks.
 """
+
 from __future__ import annotations
 
 import hashlib
@@ -118,14 +119,24 @@ def write_patch_store(
     if not paths:
         raise MZSRError(f"{out_path}: no training images given")
     if lr_scale is not None and (lr_scale < 1 or patch_size % lr_scale or stride % lr_scale):
-        raise MZSRError(f"{out_path}: LR patches at x{lr_scale} need a patch size and stride divisible by the scale"
-                        f" (got {patch_size} and {stride})")
+        raise MZSRError(
+            f"{out_path}: LR patches at x{lr_scale} need a patch size and stride divisible by the scale"
+            f" (got {patch_size} and {stride})"
+        )
     modes = np.arange(8 if store_augmented else 1, dtype=np.uint8)
     digest, lr_digest = hashlib.sha256(), hashlib.sha256()
     with atomic_path(out_path) as tmp, h5py.File(tmp, "w") as f:
+
         def dataset(name, size):
-            return f.create_dataset(name, shape=(0, size, size, 3), maxshape=(None, size, size, 3), dtype=np.uint8,
-                                    chunks=(1, size, size, 3), compression="gzip", compression_opts=1)
+            return f.create_dataset(
+                name,
+                shape=(0, size, size, 3),
+                maxshape=(None, size, size, 3),
+                dtype=np.uint8,
+                chunks=(1, size, size, 3),
+                compression="gzip",
+                compression_opts=1,
+            )
 
         ds = dataset("patches", patch_size)
         lr_ds = dataset("lr_patches", patch_size // lr_scale) if lr_scale else None
@@ -161,8 +172,11 @@ def write_patch_store(
                 h.update(np.ascontiguousarray(data).tobytes())
             sources.append(np.full(len(keep) * len(modes), i, np.int32))
         if ds.shape[0] == 0:
-            why = f"all {n_grid} patches are flat (threshold {flat_threshold})" if n_grid else \
-                f"no image is at least {patch_size}x{patch_size}"
+            why = (
+                f"all {n_grid} patches are flat (threshold {flat_threshold})"
+                if n_grid
+                else f"no image is at least {patch_size}x{patch_size}"
+            )
             raise MZSRError(f"{out_path}: {why}; nothing to train on")
         count = ds.shape[0]
         source, mode = np.concatenate(sources), np.tile(modes, count // len(modes))
@@ -170,9 +184,16 @@ def write_patch_store(
         f.create_dataset("mode", data=mode)
         for arr in (source, mode):
             digest.update(np.ascontiguousarray(arr).tobytes())
-        settings = dict(patch_size=patch_size, stride=stride, max_per_image=max_per_image or 0, seed=seed,
-                        reject_flat=bool(reject_flat), flat_threshold=float(flat_threshold),
-                        store_augmented=bool(store_augmented), images=[str(p) for p in paths])
+        settings = dict(
+            patch_size=patch_size,
+            stride=stride,
+            max_per_image=max_per_image or 0,
+            seed=seed,
+            reject_flat=bool(reject_flat),
+            flat_threshold=float(flat_threshold),
+            store_augmented=bool(store_augmented),
+            images=[str(p) for p in paths],
+        )
         if lr_scale:
             settings["lr_scale"] = lr_scale
         f.attrs.update(
@@ -213,7 +234,7 @@ def _finish(digest, f: h5py.File, names, separate: dict | None = None) -> str:
 def _hash(ds, digest=None):
     digest = digest or hashlib.sha256()
     for start in range(0, ds.shape[0], _SLAB):
-        digest.update(np.ascontiguousarray(ds[start:start + _SLAB]).tobytes())
+        digest.update(np.ascontiguousarray(ds[start : start + _SLAB]).tobytes())
     return digest
 
 
@@ -235,7 +256,9 @@ def open_store(path: str | Path) -> h5py.File:
 
 
 def _legacy(path, kind: str) -> None:
-    warnings.warn(f"{path}: {kind} has no content digest (written by an older mzsr); not verified", MZSRWarning, stacklevel=3)
+    warnings.warn(
+        f"{path}: {kind} has no content digest (written by an older mzsr); not verified", MZSRWarning, stacklevel=3
+    )
 
 
 def verify_patch_store(path: str | Path, full: bool | None = None) -> str | None:
@@ -284,7 +307,9 @@ def write_task_shard(
     """
     n = n_support + n_query
     if tasks < 0 or n_support < 1 or n_query < 1:
-        raise MZSRError(f"{out_path}: a shard needs tasks >= 0 and n_support, n_query >= 1 (got {tasks}, {n_support}, {n_query})")
+        raise MZSRError(
+            f"{out_path}: a shard needs tasks >= 0 and n_support, n_query >= 1 (got {tasks}, {n_support}, {n_query})"
+        )
     with open_store(patch_store) as f:
         count, patch_size = f["patches"].shape[:2]
         store_digest = f.attrs.get("digest")
@@ -302,10 +327,19 @@ def write_task_shard(
         digest = hashlib.sha256()
         for arr in (params, rows):
             digest.update(np.ascontiguousarray(arr).tobytes())
-        g.attrs.update(scale=scale, seed=seed, shard_index=shard_index, n_support=n_support, n_query=n_query,
-                       patch_size=patch_size, store_patches=count, patch_store=str(patch_store),
-                       format=SHARD_FORMAT, digest=_finish(digest, g, ("kernel_params", "patches")),
-                       settings=json.dumps(settings, sort_keys=True))
+        g.attrs.update(
+            scale=scale,
+            seed=seed,
+            shard_index=shard_index,
+            n_support=n_support,
+            n_query=n_query,
+            patch_size=patch_size,
+            store_patches=count,
+            patch_store=str(patch_store),
+            format=SHARD_FORMAT,
+            digest=_finish(digest, g, ("kernel_params", "patches")),
+            settings=json.dumps(settings, sort_keys=True),
+        )
         if store_digest is not None:
             g.attrs["store_digest"] = store_digest
 
@@ -322,7 +356,13 @@ def _read_shard(path: Path, store_digest: str | None):
         with g:
             params, rows = g["kernel_params"][()], g["patches"][()]
             a = g.attrs
-            meta = (int(a["scale"]), int(a["n_support"]), int(a["n_query"]), int(a["patch_size"]), int(a["store_patches"]))
+            meta = (
+                int(a["scale"]),
+                int(a["n_support"]),
+                int(a["n_query"]),
+                int(a["patch_size"]),
+                int(a["store_patches"]),
+            )
             recorded, made_from = a.get("digest"), a.get("store_digest")
             actual = content_digest(g, ("kernel_params", "patches")) if recorded is not None else None
     except (OSError, KeyError, ValueError, TypeError) as e:
@@ -358,8 +398,9 @@ class TaskPool:
         stale = [(p, why) for p, why in bad if why.startswith("stale")]
         if stale and len(stale) == len(bad):  # another store was given, or it was rebuilt: nothing is broken
             (first, why), more = stale[0], f" (and {len(stale) - 1} more shards)" if len(stale) > 1 else ""
-            raise MZSRError(f"{first}: {why}{more}, not from {patch_store}; rerun the task shards"
-                            " (snakemake --forcerun task_shard)")
+            raise MZSRError(
+                f"{first}: {why}{more}, not from {patch_store}; rerun the task shards (snakemake --forcerun task_shard)"
+            )
         if bad:  # every corrupt shard is set aside at once, so that one rerun rebuilds them all
             corrupt = [(p, why) for p, why in bad if not why.startswith("stale")]
             moved = [set_aside(p, "corrupt") for p, _ in corrupt]
@@ -373,8 +414,10 @@ class TaskPool:
         self.store_path = Path(patch_store)
         self.patches = self._file["patches"]
         if self.patches.shape[:2] != (store_patches, self.patch_size):
-            raise MZSRError(f"{patch_store}: {self.patches.shape[0]} patches of {self.patches.shape[1]}px, but the task shards "
-                            f"were drawn from a store of {store_patches} of {self.patch_size}px; rerun the task shards")
+            raise MZSRError(
+                f"{patch_store}: {self.patches.shape[0]} patches of {self.patches.shape[1]}px, but the task shards "
+                f"were drawn from a store of {store_patches} of {self.patch_size}px; rerun the task shards"
+            )
 
     def __len__(self) -> int:
         return len(self.rows)
@@ -388,15 +431,23 @@ class TaskPool:
         try:
             return np.stack([self.patches[r] for r in np.asarray(rows).tolist()])
         except OSError as e:
-            raise MZSRError(f"{self.store_path}: cannot read patch rows ({' '.join(str(e).split())[:160]}); the store is"
-                            " corrupt: delete it and rerun the step that makes it") from None
+            raise MZSRError(
+                f"{self.store_path}: cannot read patch rows ({' '.join(str(e).split())[:160]}); the store is"
+                " corrupt: delete it and rerun the step that makes it"
+            ) from None
 
     def batch(self, task_ids, device):
         """HR patches (T, S+Q, 3, P, P) in [0, 1] (D_tr first) and kernels (T, k, k) of the tasks, on `device`."""
         ids = np.asarray(task_ids, dtype=np.int64)
         rows = self.rows[ids]
         hr = torch.from_numpy(self.read(rows.ravel())).to(device, non_blocking=True)
-        hr = hr.permute(0, 3, 1, 2).contiguous().float().div_(255.0).reshape(*rows.shape, 3, self.patch_size, self.patch_size)
+        hr = (
+            hr.permute(0, 3, 1, 2)
+            .contiguous()
+            .float()
+            .div_(255.0)
+            .reshape(*rows.shape, 3, self.patch_size, self.patch_size)
+        )
         kernels = gaussian_kernels_torch(torch.from_numpy(self.kernel_params[ids]).to(device)).float()
         return hr, kernels
 
@@ -417,8 +468,10 @@ class PatchDataset(torch.utils.data.Dataset):
             self.patch_size = f["patches"].shape[1]
             self.lr_scale = int(f.attrs.get("lr_scale", 0)) if "lr_patches" in f else 0
         if with_lr and not self.lr_scale:
-            raise MZSRError(f"{self.path}: a patch store without LR patches (made by an older mzsr, or for meta-training);"
-                            " pre-training needs one made with lr_scale: delete it and rerun the step that makes it")
+            raise MZSRError(
+                f"{self.path}: a patch store without LR patches (made by an older mzsr, or for meta-training);"
+                " pre-training needs one made with lr_scale: delete it and rerun the step that makes it"
+            )
         self._file = None
 
     def __len__(self) -> int:
@@ -430,11 +483,15 @@ class PatchDataset(torch.utils.data.Dataset):
             self._file = h5py.File(self.path, "r")
         names = ("patches", "lr_patches") if self.with_lr else ("patches",)
         try:
-            out = tuple(torch.from_numpy(np.ascontiguousarray(dihedral(self._file[n][index], aug))).permute(2, 0, 1)
-                        for n in names)
+            out = tuple(
+                torch.from_numpy(np.ascontiguousarray(dihedral(self._file[n][index], aug))).permute(2, 0, 1)
+                for n in names
+            )
         except OSError as e:
-            raise MZSRError(f"{self.path}: cannot read patch {index} ({' '.join(str(e).split())[:160]}); the store is"
-                            " corrupt: delete it and rerun the step that makes it") from None
+            raise MZSRError(
+                f"{self.path}: cannot read patch {index} ({' '.join(str(e).split())[:160]}); the store is"
+                " corrupt: delete it and rerun the step that makes it"
+            ) from None
         return out if self.with_lr else out[0]
 
 
@@ -471,6 +528,9 @@ class StepBatchSampler(torch.utils.data.Sampler):
     def __iter__(self):
         for step in range(self.start, self.steps):
             idx = self.indices(step)
-            aug = (np.random.default_rng([self.seed, step]).integers(0, 8, self.batch_size) if self.augment
-                   else np.zeros(self.batch_size, np.int64))
+            aug = (
+                np.random.default_rng([self.seed, step]).integers(0, 8, self.batch_size)
+                if self.augment
+                else np.zeros(self.batch_size, np.int64)
+            )
             yield list(zip(idx.tolist(), aug.tolist()))

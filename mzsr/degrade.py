@@ -6,6 +6,7 @@
 - bicubic ("g^b"): correlate with k, then MATLAB-bicubic downscale by 1/s;
 - plain bicubic: MATLAB-bicubic downscale by 1/s, no extra blur (the pre-training degradation).
 """
+
 from __future__ import annotations
 
 from pathlib import Path
@@ -51,7 +52,9 @@ def blur(img: np.ndarray, kernel: np.ndarray) -> np.ndarray:
     )
 
 
-def degrade(hr: np.ndarray, kernel: np.ndarray | None, scale: int, subsampling: str = "direct", grid: str = "release") -> np.ndarray:
+def degrade(
+    hr: np.ndarray, kernel: np.ndarray | None, scale: int, subsampling: str = "direct", grid: str = "release"
+) -> np.ndarray:
     """LR image from an HxWxC float HR image; kernel None means plain bicubic downscaling."""
     if kernel is None:
         return imresize(hr, 1.0 / scale)
@@ -98,7 +101,9 @@ def subsample_direct_torch(x: torch.Tensor, scale: int, grid: str = "release") -
     return x.index_select(-2, rows).index_select(-1, cols)
 
 
-def degrade_torch(x: torch.Tensor, kernel: torch.Tensor | None, scale: int, subsampling: str = "direct", grid: str = "release") -> torch.Tensor:
+def degrade_torch(
+    x: torch.Tensor, kernel: torch.Tensor | None, scale: int, subsampling: str = "direct", grid: str = "release"
+) -> torch.Tensor:
     """Batched twin of `degrade` for (N, C, H, W) tensors; kernel (kh, kw), (N, kh, kw) or None."""
     if kernel is None:
         return imresize_torch(x, 1.0 / scale)
@@ -114,7 +119,9 @@ def to_uint8(img: np.ndarray) -> np.ndarray:
     return np.round(np.clip(np.asarray(img, dtype=np.float64), 0.0, 1.0) * 255.0).astype(np.uint8)
 
 
-def write_lr_png(hr: np.ndarray, kernel: np.ndarray | None, scale: int, subsampling: str, path: str | Path) -> np.ndarray:
+def write_lr_png(
+    hr: np.ndarray, kernel: np.ndarray | None, scale: int, subsampling: str, path: str | Path
+) -> np.ndarray:
     """Degrade a float HR image and save the LR PNG exactly as the authors did; returns the uint8 LR."""
     from .images import write_png
 

@@ -33,7 +33,9 @@ def _checked(requested) -> torch.device:
         if count == 0:
             raise MZSRError(f"device {requested!r}: CUDA is not available on this machine (use cpu or auto)")
         if device.index is not None and device.index >= count:
-            raise MZSRError(f"device {requested!r}: this machine has {count} CUDA device(s), cuda:0 to cuda:{count - 1}")
+            raise MZSRError(
+                f"device {requested!r}: this machine has {count} CUDA device(s), cuda:0 to cuda:{count - 1}"
+            )
     elif device.type == "mps" and not (hasattr(torch.backends, "mps") and torch.backends.mps.is_available()):
         raise MZSRError(f"device {requested!r}: MPS is not available on this machine (use cpu or auto)")
     elif device.type not in ("cpu", "cuda", "mps"):

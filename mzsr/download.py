@@ -205,15 +205,18 @@ def _download_once(
             raise MZSRError(f"download of {url}: {_HTML_MSG} (the body starts with {first[:15]!r}); check the URL")
 
         received = offset
-        with open(part, mode) as fh, tqdm(
-            total=total,
-            initial=offset,
-            unit="B",
-            unit_scale=True,
-            unit_divisor=1024,
-            desc=dest.name,
-            disable=not progress,
-        ) as bar:
+        with (
+            open(part, mode) as fh,
+            tqdm(
+                total=total,
+                initial=offset,
+                unit="B",
+                unit_scale=True,
+                unit_divisor=1024,
+                desc=dest.name,
+                disable=not progress,
+            ) as bar,
+        ):
             chunk = first
             while chunk:
                 fh.write(chunk)
@@ -294,7 +297,9 @@ def extract_zip(
                 _check_member(archive, info)
             bad = zf.testzip()
             if bad is not None:
-                raise MZSRError(f"{archive}: corrupt entry {bad!r} (CRC mismatch); delete the archive and download it again")
+                raise MZSRError(
+                    f"{archive}: corrupt entry {bad!r} (CRC mismatch); delete the archive and download it again"
+                )
             _remove_legacy_temp(target)
             with atomic_folder(target) as tmp:
                 try:

@@ -20,6 +20,7 @@ kernel convention (centre of mass on the correlation origin, no shift) beside th
 output with the sum of the three channels' bicubic downscales (its kernel is expanded to 3x3 channels,
 sefibk/KernelGAN#47); kept, since it decides when the warm-up ends.
 """
+
 from __future__ import annotations
 
 import time
@@ -46,8 +47,9 @@ G_KERNEL_SIZE = sum(k - 1 for k in KERNELGAN_DEFAULTS["g_structure"]) + 1  # the
 class Generator(nn.Module):
     """The deep linear downscaler; `kernel()` is the one correlation kernel it equals."""
 
-    def __init__(self, channels: int = KERNELGAN_DEFAULTS["g_channels"],
-                 structure=tuple(KERNELGAN_DEFAULTS["g_structure"])):
+    def __init__(
+        self, channels: int = KERNELGAN_DEFAULTS["g_channels"], structure=tuple(KERNELGAN_DEFAULTS["g_structure"])
+    ):
         super().__init__()
         sizes = list(structure)
         ins = [1] + [channels] * (len(sizes) - 1)
@@ -92,8 +94,12 @@ class Discriminator(nn.Module):
     """The release's fully convolutional patch discriminator: a 7x7 spectral-norm convolution, five
     1x1 (spectral norm, batch norm, ReLU) blocks, a 1x1 convolution and a sigmoid."""
 
-    def __init__(self, channels: int = KERNELGAN_DEFAULTS["d_channels"], layers: int = KERNELGAN_DEFAULTS["d_layers"],
-                 kernel: int = KERNELGAN_DEFAULTS["d_kernel"]):
+    def __init__(
+        self,
+        channels: int = KERNELGAN_DEFAULTS["d_channels"],
+        layers: int = KERNELGAN_DEFAULTS["d_layers"],
+        kernel: int = KERNELGAN_DEFAULTS["d_kernel"],
+    ):
         super().__init__()
         sn = nn.utils.spectral_norm
         blocks = [sn(nn.Conv2d(3, channels, kernel))]
@@ -161,7 +167,9 @@ class Constraints:
         total = k.sum()
         com = torch.stack([k.sum(1) @ self.indices, k.sum(0) @ self.indices]) / total
         w = self.weights
-        loss = bicubic * w["bicubic"] + (1.0 - total).abs() * w["sum2one"] + (k * self.mask).abs().mean() * w["boundaries"]
+        loss = (
+            bicubic * w["bicubic"] + (1.0 - total).abs() * w["sum2one"] + (k * self.mask).abs().mean() * w["boundaries"]
+        )
         if w["centralized"]:
             loss = loss + ((com - self.center) ** 2).mean() * w["centralized"]
         if w["sparse"]:
@@ -268,8 +276,10 @@ def check_estimable(shape, real_image: bool, source: str = "image", crop: int = 
     need = crop + (0 if real_image else 20)
     if min(shape[:2]) < need:
         hint = "" if real_image else f" ({crop} with the real-image setting: --real, estimate.real_image)"
-        raise MZSRError(f"{source}: image is {shape[1]}x{shape[0]} pixels; KernelGAN needs at least {need} pixels on"
-                        f" each side{hint}")
+        raise MZSRError(
+            f"{source}: image is {shape[1]}x{shape[0]} pixels; KernelGAN needs at least {need} pixels on"
+            f" each side{hint}"
+        )
 
 
 def _prepare(lr_image: np.ndarray, real_image: bool, sf: int = 2) -> np.ndarray:
@@ -282,9 +292,15 @@ def _prepare(lr_image: np.ndarray, real_image: bool, sf: int = 2) -> np.ndarray:
     return np.ascontiguousarray(img[:h, :w])
 
 
-def estimate_kernel(lr_image: np.ndarray, scale: int = 2, cfg: dict | None = None, device: str | torch.device = "cpu",
-                    seed: int = settings.default("estimate.seed"), progress: bool = False,
-                    source: str = "image") -> KernelEstimate:
+def estimate_kernel(
+    lr_image: np.ndarray,
+    scale: int = 2,
+    cfg: dict | None = None,
+    device: str | torch.device = "cpu",
+    seed: int = settings.default("estimate.seed"),
+    progress: bool = False,
+    source: str = "image",
+) -> KernelEstimate:
     """KernelGAN on one LR image (HxWx3 float in [0, 1]): its x2 kernel, or for x4 the analytic x4
     kernel of it, as the release does. Seeded: the same image, settings and seed give the same kernel
     on one device and torch version."""

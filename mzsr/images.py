@@ -3,6 +3,7 @@
 All image file I/O of the project lives here so that odd inputs (grayscale, palette, 16-bit,
 RGBA, CMYK, EXIF-rotated) are converted in one place and broken files get one clear error.
 """
+
 from __future__ import annotations
 
 import warnings

@@ -8,6 +8,7 @@ of the download's resumable `.part` file).
 File-system faults (no space left, a read-only or missing parent, a path that is a file or a folder,
 permission denied) become one MZSRError naming the path and the problem, and leave nothing behind.
 """
+
 from __future__ import annotations
 
 import errno
@@ -160,7 +161,9 @@ def _prepare_parent(path: Path) -> None:
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
     except (FileExistsError, NotADirectoryError):
-        raise MZSRError(f"{path}: cannot create its folder: {_existing_ancestor(path.parent)} is a file, not a folder") from None
+        raise MZSRError(
+            f"{path}: cannot create its folder: {_existing_ancestor(path.parent)} is a file, not a folder"
+        ) from None
     remove_stale_temps(path)
 
 

@@ -3,6 +3,7 @@
 Gaussian kernels have covariance S = R(theta) diag(l1, l2) R(theta)^T where l1, l2 are VARIANCES
 (eigenvalues), sampled on a square grid centred on the middle pixel and normalised to sum 1.
 """
+
 from __future__ import annotations
 
 import warnings
@@ -75,10 +76,27 @@ class Degradation:
 
 def _named() -> dict[str, Degradation]:
     return {
-        "g0.2": Degradation("g0.2", gaussian_kernel(0.2, 0.2, 0.0, 15), "direct", "isotropic Gaussian, variance 0.2, direct subsampling"),
-        "g2.0": Degradation("g2.0", gaussian_kernel(2.0, 2.0, 0.0, 21), "direct", "isotropic Gaussian, variance 2.0 (21x21), direct subsampling"),
-        "ani": Degradation("ani", gaussian_kernel(4.0, 1.0, -np.pi / 4, 15), "direct", "anisotropic Gaussian l1=4, l2=1, theta=-45 deg, direct subsampling"),
-        "gb1.3": Degradation("gb1.3", gaussian_kernel(1.3, 1.3, 0.0, 15), "bicubic", "isotropic Gaussian, variance 1.3, then bicubic downscaling"),
+        "g0.2": Degradation(
+            "g0.2", gaussian_kernel(0.2, 0.2, 0.0, 15), "direct", "isotropic Gaussian, variance 0.2, direct subsampling"
+        ),
+        "g2.0": Degradation(
+            "g2.0",
+            gaussian_kernel(2.0, 2.0, 0.0, 21),
+            "direct",
+            "isotropic Gaussian, variance 2.0 (21x21), direct subsampling",
+        ),
+        "ani": Degradation(
+            "ani",
+            gaussian_kernel(4.0, 1.0, -np.pi / 4, 15),
+            "direct",
+            "anisotropic Gaussian l1=4, l2=1, theta=-45 deg, direct subsampling",
+        ),
+        "gb1.3": Degradation(
+            "gb1.3",
+            gaussian_kernel(1.3, 1.3, 0.0, 15),
+            "bicubic",
+            "isotropic Gaussian, variance 1.3, then bicubic downscaling",
+        ),
         "bicubic": Degradation("bicubic", None, "bicubic", "plain MATLAB bicubic downscaling, no extra blur"),
     }
 
@@ -94,7 +112,9 @@ def named_degradation(name: str) -> Degradation:
     return table[name]
 
 
-def validate_kernel(kernel, source: str = "kernel", image_shape: tuple[int, int] | None = None, image=None) -> np.ndarray:
+def validate_kernel(
+    kernel, source: str = "kernel", image_shape: tuple[int, int] | None = None, image=None
+) -> np.ndarray:
     """Check a kernel and return it as float64 summing to 1 (with a warning when it had to be scaled).
 
     With `image_shape`, the kernel must also fit the image; `image` (its file) is then named first.
@@ -254,7 +274,9 @@ def load_kernel_file(path: str | Path) -> np.ndarray:
     return validate_kernel(k, str(path))
 
 
-def resolve_degradation(spec: str, subsampling: str | None = None, image: str | Path | None = None, scale: int = 2) -> Degradation:
+def resolve_degradation(
+    spec: str, subsampling: str | None = None, image: str | Path | None = None, scale: int = 2
+) -> Degradation:
     """A degradation from a name (g0.2, g2.0, ani, gb1.3, bicubic), a kernel file plus a subsampling, or
     `rk`/`rk<N>`: a random kernel of its own for every image (see `random_kernel_for_image`), which
     needs the `image` (its stem, the pipeline's {image}; a Path gives its stem) and the `scale`."""
@@ -266,16 +288,22 @@ def resolve_degradation(spec: str, subsampling: str | None = None, image: str | 
             raise MZSRError(f"degradation {spec!r} draws a kernel of its own for every image: it needs the image")
         stem = image.stem if isinstance(image, Path) else str(image)
         kernel = random_kernel_for_image(seed, stem, scale)
-        return Degradation(spec, kernel, "direct", f"random DIV2KRK-style kernel of image {stem!r} (seed {seed}), direct subsampling")
+        return Degradation(
+            spec, kernel, "direct", f"random DIV2KRK-style kernel of image {stem!r} (seed {seed}), direct subsampling"
+        )
     if spec in NAMED_DEGRADATIONS:
         d = named_degradation(spec)
         if subsampling is not None and subsampling != d.subsampling:
-            raise MZSRError(f"degradation {spec!r} uses {d.subsampling} subsampling; --subsampling {subsampling} contradicts it")
+            raise MZSRError(
+                f"degradation {spec!r} uses {d.subsampling} subsampling; --subsampling {subsampling} contradicts it"
+            )
         return d
     if p.suffix.lower() in KERNEL_FILE_SUFFIXES:
         return Degradation(p.stem, load_kernel_file(p), subsampling or "direct", f"kernel file {p}")
-    raise MZSRError(f"{spec!r} is neither a named degradation ({', '.join(NAMED_DEGRADATIONS)}), a random per-image "
-                    "kernel (rk, rk<seed>) nor a .mat/.npy kernel file")
+    raise MZSRError(
+        f"{spec!r} is neither a named degradation ({', '.join(NAMED_DEGRADATIONS)}), a random per-image "
+        "kernel (rk, rk<seed>) nor a .mat/.npy kernel file"
+    )
 
 
 def kernel_file_for_image(image: str | Path, scale: int) -> Path | None:
@@ -316,8 +344,9 @@ def random_kernel_params(rng: np.random.Generator, size: int = RANDOM_KERNEL_SIZ
     return float(l1), float(l2), float(theta), noise
 
 
-def noisy_gaussian_kernel(l1: float, l2: float, theta: float, noise: np.ndarray | None = None,
-                          size: int = RANDOM_KERNEL_SIZE) -> np.ndarray:
+def noisy_gaussian_kernel(
+    l1: float, l2: float, theta: float, noise: np.ndarray | None = None, size: int = RANDOM_KERNEL_SIZE
+) -> np.ndarray:
     """The Gaussian `gaussian_kernel(l1, l2, theta, size)` times (1 + noise), normalised, with its
     centre of mass re-centred on the middle pixel. `noise` None: the plain Gaussian (centred already).
 

@@ -22,8 +22,9 @@ from . import settings
 FINAL_WEIGHT_FLOOR = settings.defaults("meta")["final_weight_floor"]
 
 
-def query_loss_weights(policy: str, inner_steps: int, iteration: int, anneal_steps: int,
-                       floor: float = FINAL_WEIGHT_FLOOR) -> list[float]:
+def query_loss_weights(
+    policy: str, inner_steps: int, iteration: int, anneal_steps: int, floor: float = FINAL_WEIGHT_FLOOR
+) -> list[float]:
     """Weights w_j of the query losses after each inner step.
 
     "uniform": all 1/J (the release: its step counter never advances, so all w_j stay 0.2 for J = 5).
@@ -68,20 +69,26 @@ class _SplitConv3x3(torch.autograd.Function):
         if need_x:
             gx = F.conv_transpose2d(grad, weight.to(grad.dtype), padding=1, groups=ctx.groups).to(x.dtype)
         if need_w:
-            gw = torch.nn.grad.conv2d_weight(x.to(grad.dtype), weight.shape, grad, padding=1, groups=ctx.groups).to(weight.dtype)
+            gw = torch.nn.grad.conv2d_weight(x.to(grad.dtype), weight.shape, grad, padding=1, groups=ctx.groups).to(
+                weight.dtype
+            )
         if need_b and ctx.has_bias:
             gb = grad.sum((0, 2, 3)).to(weight.dtype)
         return gx, gw, gb, None
 
 
-def conv3x3(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None, groups: int = 1, split_backward: bool = False) -> torch.Tensor:
+def conv3x3(
+    x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None, groups: int = 1, split_backward: bool = False
+) -> torch.Tensor:
     """`F.conv2d(x, weight, bias, padding=1, groups=groups)`, or the same with the split backward."""
     if split_backward:
         return _SplitConv3x3.apply(x, weight, bias, groups)
     return F.conv2d(x, weight, bias, padding=1, groups=groups)
 
 
-def grouped_forward(params: list[torch.Tensor], x: torch.Tensor, channels_last: bool = False, split_backward: bool = False) -> torch.Tensor:
+def grouped_forward(
+    params: list[torch.Tensor], x: torch.Tensor, channels_last: bool = False, split_backward: bool = False
+) -> torch.Tensor:
     """MZSRNet forward for T tasks at once.
 
     params: per layer weight (T, O, I, 3, 3) and bias (T, O), alternating; x: (T, B, 3, H, W).
@@ -103,7 +110,9 @@ def grouped_forward(params: list[torch.Tensor], x: torch.Tensor, channels_last: 
     return out.reshape(b, t, c, h, w).permute(1, 0, 2, 3, 4)
 
 
-def looped_forward(params: list[torch.Tensor], x: torch.Tensor, channels_last: bool = False, split_backward: bool = False) -> torch.Tensor:
+def looped_forward(
+    params: list[torch.Tensor], x: torch.Tensor, channels_last: bool = False, split_backward: bool = False
+) -> torch.Tensor:
     """Same result as `grouped_forward`, one task after another (faster on CPUs)."""
     outs = []
     for t in range(x.shape[0]):
@@ -133,12 +142,18 @@ def make_forward(kind: str = "auto", channels_last: bool = False, split_backward
     if kind == "auto" and not (channels_last or split_backward):
         return tasks_forward
     if kind == "auto":
+
         def forward(params, x):
             return (grouped_forward if x.is_cuda else looped_forward)(params, x, channels_last, split_backward)
+
         return forward
     if kind not in ("grouped", "looped"):
         raise ValueError(f"unknown task forward {kind!r}; use 'auto', 'grouped' or 'looped'")
-    return partial(grouped_forward if kind == "grouped" else looped_forward, channels_last=channels_last, split_backward=split_backward)
+    return partial(
+        grouped_forward if kind == "grouped" else looped_forward,
+        channels_last=channels_last,
+        split_backward=split_backward,
+    )
 
 
 # ---------------------------------------------------------------- the inner loop and the meta-loss
@@ -149,8 +164,17 @@ def per_task_l1(pred: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
     return (pred - target).abs().flatten(1).mean(dim=1)
 
 
-def inner_loop(theta: list[torch.Tensor], support_x, support_y, query_x, query_y, steps: int, inner_lr: float, create_graph: bool,
-               forward=tasks_forward):
+def inner_loop(
+    theta: list[torch.Tensor],
+    support_x,
+    support_y,
+    query_x,
+    query_y,
+    steps: int,
+    inner_lr: float,
+    create_graph: bool,
+    forward=tasks_forward,
+):
     """Run `steps` SGD steps per task; return the (steps, T) query losses after each step."""
     tasks = support_x.shape[0]
     fast = [p.unsqueeze(0).expand(tasks, *p.shape) for p in theta]
@@ -171,7 +195,9 @@ def weighted_query_loss(losses: torch.Tensor, weights) -> torch.Tensor:
     return (w * losses.mean(dim=1)).mean()
 
 
-def meta_loss(theta, batch, steps: int, inner_lr: float, weights, first_order: bool, forward=tasks_forward) -> torch.Tensor:
+def meta_loss(
+    theta, batch, steps: int, inner_lr: float, weights, first_order: bool, forward=tasks_forward
+) -> torch.Tensor:
     """The release's meta-loss (`weighted_query_loss`) of one meta-batch of (support_x, support_y, query_x, query_y)."""
     losses = inner_loop(theta, *batch, steps, inner_lr, create_graph=not first_order, forward=forward)
     return weighted_query_loss(losses, weights)
@@ -195,6 +221,7 @@ def vmap_meta_loss(theta, batch, steps: int, inner_lr: float, weights, first_ord
     """`meta_loss` written with torch.func: one task's inner loop (functional `grad` of its support L1,
     SGD, query L1) mapped over the tasks by `vmap` (which runs batched weights as grouped convolutions);
     the outer backward differentiates through the inner `grad` calls unless `first_order`."""
+
     def one_task(sx, sy, qx, qy):
         fast, losses = list(theta), []
         for _ in range(steps):

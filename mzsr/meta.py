@@ -99,13 +99,16 @@ def check_pool_size(pool_size: int, n_val: int, cfg: dict) -> None:
     """A pool too small for one fresh task per (iteration, meta-batch slot) is an error, not a cycle."""
     needed = cfg["iterations"] * cfg["meta_batch"]
     if pool_size - n_val < needed:
-        raise MZSRError(f"the task shards hold {pool_size} tasks; with {n_val} held aside for validation that leaves "
-                        f"{pool_size - n_val}, fewer than the {needed} that {cfg['iterations']} iterations x meta-batch "
-                        f"{cfg['meta_batch']} use (raise tasks.count or leave it unset)")
+        raise MZSRError(
+            f"the task shards hold {pool_size} tasks; with {n_val} held aside for validation that leaves "
+            f"{pool_size - n_val}, fewer than the {needed} that {cfg['iterations']} iterations x meta-batch "
+            f"{cfg['meta_batch']} use (raise tasks.count or leave it unset)"
+        )
 
 
-def meta_train(init_weights, shard_paths, patch_store, out_weights, cfg: dict, work_dir, log_csv, device=None,
-               on_step=None) -> Path:
+def meta_train(
+    init_weights, shard_paths, patch_store, out_weights, cfg: dict, work_dir, log_csv, device=None, on_step=None
+) -> Path:
     """Meta-transfer learning from `init_weights` (theta_T) over the tasks of `shard_paths`, whose HR
     patches are rows of `patch_store`; resumes from work_dir/last.pt when present.
 
@@ -136,7 +139,9 @@ def meta_train(init_weights, shard_paths, patch_store, out_weights, cfg: dict, w
     bar = tqdm(total=cfg["iterations"], initial=start, desc="meta-train", unit="it", disable=None)
     for it in range(start, cfg["iterations"]):
         batch = make_batch(pool, tasks_for_iteration(train_ids, cfg["meta_batch"], it), device, cfg["subsampling"])
-        weights = query_loss_weights(cfg["loss_weights"], cfg["inner_steps"], it, cfg["anneal_steps"], cfg["final_weight_floor"])
+        weights = query_loss_weights(
+            cfg["loss_weights"], cfg["inner_steps"], it, cfg["anneal_steps"], cfg["final_weight_floor"]
+        )
         first_order = cfg["first_order"] or it < cfg["first_order_iterations"]
         loss = meta_step(batch, weights, first_order, check=lambda value: check_finite(value, it, work_dir))
         step = it + 1
@@ -154,6 +159,12 @@ def meta_train(init_weights, shard_paths, patch_store, out_weights, cfg: dict, w
             on_step(step)
     bar.close()
     pool.close()
-    meta = {"scale": cfg["scale"], "degradation": cfg["subsampling"], "step": cfg["iterations"], "source": "meta", "config": cfg}
+    meta = {
+        "scale": cfg["scale"],
+        "degradation": cfg["subsampling"],
+        "step": cfg["iterations"],
+        "source": "meta",
+        "config": cfg,
+    }
     save_weights(out_weights, {k: v.detach().cpu() for k, v in model.state_dict().items()}, meta)
     return Path(out_weights)

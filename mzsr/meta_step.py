@@ -44,7 +44,6 @@ def set_capturable(optimizer: torch.optim.Optimizer, capturable: bool) -> None:
                 state["step"] = step.to(dtype=torch.float32, device=p.device) if capturable else step.to("cpu")
 
 
-
 class _Graph:
     """One captured meta-step: the graph and its static inputs and output."""
 
@@ -72,9 +71,22 @@ class MetaStep:
     zero when there was none before it.
     """
 
-    def __init__(self, theta, optimizer, inner_steps: int, inner_lr: float, device=None, *, cuda_graph: bool = False,
-                 forward: str = "auto", channels_last: bool = False, split_backward: bool = False,
-                 autocast_dtype: torch.dtype | None = None, warmup: int = 3, keep_graphs: bool = True):
+    def __init__(
+        self,
+        theta,
+        optimizer,
+        inner_steps: int,
+        inner_lr: float,
+        device=None,
+        *,
+        cuda_graph: bool = False,
+        forward: str = "auto",
+        channels_last: bool = False,
+        split_backward: bool = False,
+        autocast_dtype: torch.dtype | None = None,
+        warmup: int = 3,
+        keep_graphs: bool = True,
+    ):
         self.theta, self.optimizer = list(theta), optimizer
         self.inner_steps, self.inner_lr = inner_steps, inner_lr
         self.device = torch.device(device) if device is not None else self.theta[0].device
@@ -93,12 +105,17 @@ class MetaStep:
 
     def loss(self, batch, weights, first_order: bool) -> torch.Tensor:
         """The meta-loss alone (forward, inner loop included), with this step's candidate options."""
-        amp = (torch.autocast(self.device.type, dtype=self.autocast_dtype, cache_enabled=False)
-               if self.autocast_dtype is not None else contextlib.nullcontext())
+        amp = (
+            torch.autocast(self.device.type, dtype=self.autocast_dtype, cache_enabled=False)
+            if self.autocast_dtype is not None
+            else contextlib.nullcontext()
+        )
         with amp:
             if self.forward_kind == "vmap":
                 return vmap_meta_loss(self.theta, batch, self.inner_steps, self.inner_lr, weights, first_order)
-            return meta_loss(self.theta, batch, self.inner_steps, self.inner_lr, weights, first_order, forward=self._forward)
+            return meta_loss(
+                self.theta, batch, self.inner_steps, self.inner_lr, weights, first_order, forward=self._forward
+            )
 
     def _eager(self, batch, weights, first_order: bool, check=None) -> torch.Tensor:
         loss = self.loss(batch, weights, first_order)
@@ -136,8 +153,11 @@ class MetaStep:
 
     def _snapshot(self):
         params = self._params()
-        state = {p: {k: v.clone() for k, v in self.optimizer.state[p].items() if torch.is_tensor(v)}
-                 for p in params if self.optimizer.state.get(p)}
+        state = {
+            p: {k: v.clone() for k, v in self.optimizer.state[p].items() if torch.is_tensor(v)}
+            for p in params
+            if self.optimizer.state.get(p)
+        }
         return [p.detach().clone() for p in params], state
 
     @torch.no_grad()
@@ -185,8 +205,11 @@ class MetaStep:
         set_capturable(self.optimizer, False)
         first_line = (str(error).strip().splitlines() or [""])[0][:200]
         self.fallback_reason = f"{type(error).__name__}: {first_line}"
-        warnings.warn(f"meta-step: CUDA graph capture failed ({self.fallback_reason}); running the meta-step eagerly",
-                      RuntimeWarning, stacklevel=3)
+        warnings.warn(
+            f"meta-step: CUDA graph capture failed ({self.fallback_reason}); running the meta-step eagerly",
+            RuntimeWarning,
+            stacklevel=3,
+        )
 
 
 def make_meta_step(theta, optimizer, cfg: dict, device=None, **options) -> MetaStep:
@@ -197,4 +220,6 @@ def make_meta_step(theta, optimizer, cfg: dict, device=None, **options) -> MetaS
     from .meta import META_DEFAULTS
 
     cfg = settings.with_defaults(cfg, META_DEFAULTS, "meta-training")
-    return MetaStep(theta, optimizer, cfg["inner_steps"], cfg["inner_lr"], device, cuda_graph=bool(cfg["cuda_graph"]), **options)
+    return MetaStep(
+        theta, optimizer, cfg["inner_steps"], cfg["inner_lr"], device, cuda_graph=bool(cfg["cuda_graph"]), **options
+    )

@@ -4,6 +4,7 @@ HR mod-cropped to the scale; RGB rounded to uint8; Y = BT.601 from uint8 RGB, ro
 pixels shaved on every border; PSNR with peak 255; SSIM with an 11x11 Gaussian window
 (sigma 1.5, K = 0.01/0.03, data range 255) on the same Y.
 """
+
 from __future__ import annotations
 
 import math
@@ -49,9 +50,7 @@ def ssim(sr: np.ndarray, hr: np.ndarray, scale: int) -> float:
     """Y-channel SSIM of the paper's protocol (Gaussian window, sigma 1.5, data range 255)."""
     ys, yh = _prepare(sr, hr, scale)
     return float(
-        structural_similarity(
-            ys, yh, gaussian_weights=True, sigma=1.5, use_sample_covariance=False, data_range=255.0
-        )
+        structural_similarity(ys, yh, gaussian_weights=True, sigma=1.5, use_sample_covariance=False, data_range=255.0)
     )
 
 

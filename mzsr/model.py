@@ -3,6 +3,7 @@
 Input and output are RGB batches (N, 3, H, W) in [0, 1] at the HR size: the LR image is
 bicubic-upscaled first (pre-upsampling) and the network predicts the residual.
 """
+
 from __future__ import annotations
 
 import math

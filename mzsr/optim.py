@@ -12,6 +12,7 @@ eps / sqrt(1 - b2^t): 31.6x larger at t = 1, 3.2x at t = 100. Meta-gradients at 
 (median |g| about 1.7e-7), so for most parameters the release's first updates are damped where
 PyTorch's are not. "adam_tf1" is the default of pre-training and meta-training; "adam" keeps PyTorch's.
 """
+
 from __future__ import annotations
 
 import torch

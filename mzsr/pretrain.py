@@ -6,6 +6,7 @@ LR patch bicubic-upscaled on the device. Patches in epochs, as stored (no flips/
 mean absolute difference); TF-1's Adam; lr 4e-4 halved every 100K steps (staircase) down to 1e-4;
 the release's initialisation when starting from scratch.
 """
+
 from __future__ import annotations
 
 import time
@@ -45,7 +46,9 @@ def network_input(lr: torch.Tensor, scale: int, hr_size) -> torch.Tensor:
     return imresize_torch(lr, float(scale), output_shape=hr_size)
 
 
-def pretrain(patch_store, out_weights, cfg: dict, work_dir, log_csv, device=None, init_weights=None, on_step=None) -> Path:
+def pretrain(
+    patch_store, out_weights, cfg: dict, work_dir, log_csv, device=None, init_weights=None, on_step=None
+) -> Path:
     """Train theta_T; resumes from work_dir/last.pt when present. Returns the weights path.
 
     `on_step(step)` is called after every finished step (progress hooks, fault-injection tests).
@@ -67,11 +70,15 @@ def pretrain(patch_store, out_weights, cfg: dict, work_dir, log_csv, device=None
     log = CsvLog(log_csv, ["step", "loss", "lr", "seconds"], resume_step=start)
     dataset = PatchDataset(patch_store, with_lr=True)
     if dataset.lr_scale != cfg["scale"]:
-        raise MZSRError(f"{patch_store}: its LR patches are x{dataset.lr_scale}, pre-training is x{cfg['scale']};"
-                        " rebuild the store at this scale")
+        raise MZSRError(
+            f"{patch_store}: its LR patches are x{dataset.lr_scale}, pre-training is x{cfg['scale']};"
+            " rebuild the store at this scale"
+        )
     if cfg["patch_size"] % cfg["scale"] or cfg["patch_size"] > dataset.patch_size:
-        raise MZSRError(f"{patch_store}: holds {dataset.patch_size}px patches; pre-training at {cfg['patch_size']}px needs"
-                        f" a size no larger and divisible by the scale {cfg['scale']}")
+        raise MZSRError(
+            f"{patch_store}: holds {dataset.patch_size}px patches; pre-training at {cfg['patch_size']}px needs"
+            f" a size no larger and divisible by the scale {cfg['scale']}"
+        )
     sampler = StepBatchSampler(len(dataset), cfg["batch_size"], cfg["seed"], start, cfg["steps"], cfg["augment"])
     loader = torch.utils.data.DataLoader(
         dataset,

@@ -5,6 +5,7 @@ subsampling and scale (`direct_x2`, `bicubic_x2`, `direct_x4`), as the authors r
 The folder is the repository's `models/`, or the one that the environment variable MZSR_MODELS
 names (for an installation that is not a checkout).
 """
+
 from __future__ import annotations
 
 import hashlib
@@ -45,11 +46,15 @@ def released_weights(subsampling: str, scale: int, folder: str | Path | None = N
     if path.is_file():
         return path
     if not folder.is_dir():
-        raise MZSRError(f"{folder}: no models folder (set {MODELS_ENV} to the folder of the released models, "
-                        "or give --weights FILE)")
+        raise MZSRError(
+            f"{folder}: no models folder (set {MODELS_ENV} to the folder of the released models, "
+            "or give --weights FILE)"
+        )
     have = ", ".join(available(folder)) or "none"
-    raise MZSRError(f"no released model {name} (for {subsampling} subsampling at x{int(scale)}) in {folder} "
-                    f"(released: {have}); give --weights FILE, e.g. a model meta-trained by the pipeline")
+    raise MZSRError(
+        f"no released model {name} (for {subsampling} subsampling at x{int(scale)}) in {folder} "
+        f"(released: {have}); give --weights FILE, e.g. a model meta-trained by the pipeline"
+    )
 
 
 def config_digest(cfg: dict) -> str:
@@ -99,6 +104,8 @@ def describe_weights(path: str | Path) -> str:
     meta = header_metadata(path)
     info = meta.get("released") or {}
     if info:
-        return (f"released {info.get('name', Path(path).stem)}, {info.get('iterations', '?')} meta-iterations"
-                f" on {info.get('device', '?')} ({info.get('data', '?')})")
+        return (
+            f"released {info.get('name', Path(path).stem)}, {info.get('iterations', '?')} meta-iterations"
+            f" on {info.get('device', '?')} ({info.get('data', '?')})"
+        )
     return f"{path}: {meta.get('source', 'unknown')} weights, step {meta.get('step', '?')}"

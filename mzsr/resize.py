@@ -6,6 +6,7 @@ boundary and output size ceil(in * scale). torch's and PIL's bicubic differ from
 bicubic resize in the project goes through this module. Both twins use the same per-axis
 (index, weight) tables, built once in float64, so they agree to float32 precision.
 """
+
 from __future__ import annotations
 
 import math
@@ -19,9 +20,7 @@ def cubic(x: np.ndarray) -> np.ndarray:
     """Keys' cubic convolution kernel with a = -0.5 (MATLAB's `cubic`)."""
     ax = np.abs(x)
     ax2, ax3 = ax**2, ax**3
-    return (1.5 * ax3 - 2.5 * ax2 + 1) * (ax <= 1) + (-0.5 * ax3 + 2.5 * ax2 - 4 * ax + 2) * (
-        (ax > 1) & (ax <= 2)
-    )
+    return (1.5 * ax3 - 2.5 * ax2 + 1) * (ax <= 1) + (-0.5 * ax3 + 2.5 * ax2 - 4 * ax + 2) * ((ax > 1) & (ax <= 2))
 
 
 @lru_cache(maxsize=256)
@@ -101,7 +100,9 @@ def imresize(img: np.ndarray, scale: float | None = None, output_shape=None, ant
     return out
 
 
-def imresize_torch(x: torch.Tensor, scale: float | None = None, output_shape=None, antialias: bool = True) -> torch.Tensor:
+def imresize_torch(
+    x: torch.Tensor, scale: float | None = None, output_shape=None, antialias: bool = True
+) -> torch.Tensor:
     """Batched twin of `imresize` for (N, C, H, W) or (C, H, W) tensors on any device; differentiable."""
     squeeze = x.dim() == 3
     if squeeze:

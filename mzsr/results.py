@@ -4,6 +4,7 @@ Pure functions on arrays and DataFrames, so that the tables can be tested withou
 pipeline; the rule scripts read and write the files. `order` is the config's order of things,
 {"test_sets": [...], "degradations": [...], "methods": [...]}: the tables list them that way.
 """
+
 from __future__ import annotations
 
 import pandas as pd
@@ -12,15 +13,22 @@ import pandas as pd
 JOB_COLUMNS = ("test_set", "degradation", "method", "steps", "image", "psnr", "ssim", "seconds", "redegradation_psnr")
 #: The columns of kernels.csv, one row per KernelGAN estimate.
 KERNEL_COLUMNS = ("test_set", "degradation", "image", "iterations", "seconds", "kernel_error")
-METHOD_LABELS = {"bicubic": "Bicubic", "pretrained": "Pre-trained", "zssr": "ZSSR", "mzsr": "MZSR",
-                 "zssr_kgan": "KernelGAN + ZSSR", "mzsr_kgan": "MZSR, KernelGAN kernel"}
+METHOD_LABELS = {
+    "bicubic": "Bicubic",
+    "pretrained": "Pre-trained",
+    "zssr": "ZSSR",
+    "mzsr": "MZSR",
+    "zssr_kgan": "KernelGAN + ZSSR",
+    "mzsr_kgan": "MZSR, KernelGAN kernel",
+}
 # The paper's column order: Bicubic, ZSSR, then the pre-trained model and MZSR(n) by steps; then the
 # blind ones, KernelGAN + ZSSR and MZSR(n) with KernelGAN's kernel.
 COLUMN_RANK = {"bicubic": 0, "zssr": 1, "pretrained": 2, "mzsr": 3, "zssr_kgan": 4, "mzsr_kgan": 5}
 
 
-def score_rows(results, gt_u8, lr_u8, kernel, scale: int, subsampling, *, test_set: str, degradation: str, method: str,
-               image: str) -> list[dict]:
+def score_rows(
+    results, gt_u8, lr_u8, kernel, scale: int, subsampling, *, test_set: str, degradation: str, method: str, image: str
+) -> list[dict]:
     """A job's rows (JOB_COLUMNS) for its SR results [(steps, sr_uint8, seconds)]: PSNR and SSIM
     against the mod-cropped ground truth, and `redegradation_psnr`, each result degraded again with
     the `kernel` and `subsampling` the job used and compared with the LR input, which shows a wrong or
@@ -78,8 +86,13 @@ def summary_table(per_image: pd.DataFrame, order: dict) -> pd.DataFrame:
     """Means over the images of each test set x degradation x method x steps, with the image count."""
     return in_config_order(
         per_image.groupby(["test_set", "degradation", "method", "steps"], sort=False)
-        .agg(psnr=("psnr", "mean"), ssim=("ssim", "mean"), seconds=("seconds", "mean"),
-             redegradation_psnr=("redegradation_psnr", "mean"), images=("image", "count"))
+        .agg(
+            psnr=("psnr", "mean"),
+            ssim=("ssim", "mean"),
+            seconds=("seconds", "mean"),
+            redegradation_psnr=("redegradation_psnr", "mean"),
+            images=("image", "count"),
+        )
         .reset_index(),
         order,
     )
@@ -119,8 +132,12 @@ def kernel_means(kernels: pd.DataFrame, order: dict) -> pd.DataFrame:
     return (
         kernels.assign(degradation=pd.Categorical(kernels["degradation"], categories=order["degradations"]))
         .groupby("degradation", observed=True)
-        .agg(kernel_error=("kernel_error", "mean"), seconds=("seconds", "mean"), iterations=("iterations", "max"),
-             images=("image", "count"))
+        .agg(
+            kernel_error=("kernel_error", "mean"),
+            seconds=("seconds", "mean"),
+            iterations=("iterations", "max"),
+            images=("image", "count"),
+        )
         .reset_index()
     )
 
@@ -131,12 +148,19 @@ def paper_markdown(table: pd.DataFrame, kernel_means: pd.DataFrame, models: dict
     text = "PSNR/SSIM (Y channel)\n\n" + _markdown_rows(list(table.columns), table.itertuples(index=False))
     if len(kernel_means):
         rows = [
-            (r.degradation, "n/a (no kernel)" if pd.isna(r.kernel_error) else f"{r.kernel_error:.5f}", f"{r.seconds:.1f}",
-             r.iterations, r.images)
+            (
+                r.degradation,
+                "n/a (no kernel)" if pd.isna(r.kernel_error) else f"{r.kernel_error:.5f}",
+                f"{r.seconds:.1f}",
+                r.iterations,
+                r.images,
+            )
             for r in kernel_means.itertuples(index=False)
         ]
-        text += ("\nKernelGAN kernels (mean over the test images; error: sum of squared differences to the true kernel)\n\n"
-                 + _markdown_rows(["degradation", "kernel error", "seconds", "iterations", "images"], rows))
+        text += (
+            "\nKernelGAN kernels (mean over the test images; error: sum of squared differences to the true kernel)\n\n"
+            + _markdown_rows(["degradation", "kernel error", "seconds", "iterations", "images"], rows)
+        )
     if models:
         text += "\nModels:\n" + "".join(f"- MZSR, {sub} subsampling: {about}\n" for sub, about in models.items())
     return text
@@ -156,12 +180,16 @@ def html_table(table: pd.DataFrame, title: str, notes: list[str] = (), float_for
 
     body = table.to_html(index=False, border=0, na_rep="", float_format=float_format.format, classes="results")
     below = "".join(f"<p>{html.escape(line)}</p>\n" for line in notes)
-    return (f'<!DOCTYPE html>\n<html lang="en">\n<head>\n<meta charset="utf-8">\n<title>{html.escape(title)}</title>\n'
-            f"<style>{_TABLE_CSS}</style>\n</head>\n<body>\n<h3>{html.escape(title)}</h3>\n{body}\n{below}</body>\n</html>\n")
+    return (
+        f'<!DOCTYPE html>\n<html lang="en">\n<head>\n<meta charset="utf-8">\n<title>{html.escape(title)}</title>\n'
+        f"<style>{_TABLE_CSS}</style>\n</head>\n<body>\n<h3>{html.escape(title)}</h3>\n{body}\n{below}</body>\n</html>\n"
+    )
 
 
-_TABLE_CSS = ("body{font-family:system-ui,sans-serif;font-size:14px;margin:12px}"
-              "table.results{border-collapse:collapse}"
-              "table.results th,table.results td{padding:4px 10px;border-bottom:1px solid #ddd;text-align:right}"
-              "table.results th{background:#f4f4f4}"
-              "table.results td:nth-child(-n+2),table.results th:nth-child(-n+2){text-align:left}")
+_TABLE_CSS = (
+    "body{font-family:system-ui,sans-serif;font-size:14px;margin:12px}"
+    "table.results{border-collapse:collapse}"
+    "table.results th,table.results td{padding:4px 10px;border-bottom:1px solid #ddd;text-align:right}"
+    "table.results th{background:#f4f4f4}"
+    "table.results td:nth-child(-n+2),table.results th:nth-child(-n+2){text-align:left}"
+)

@@ -12,6 +12,7 @@ tests/test_settings.py checks both, key by key.
     default("estimate.iterations")    # 3000
     spec("meta.loss_weights")         # the schema of one setting: type, default, description
 """
+
 from __future__ import annotations
 
 import copy

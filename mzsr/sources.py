@@ -4,6 +4,7 @@ downloaded or written.
 
 What the workflow needs for planning (the kind of a source, skimage names) is in mzsr.facts.
 """
+
 from __future__ import annotations
 
 from . import MZSRError, facts
@@ -17,7 +18,7 @@ def resolve_source(source: str, expected_count: int | None = None) -> tuple[str,
     source as it is, with `expected_count`."""
     if not source.startswith(DIV2K):
         return source, expected_count
-    key = source[len(DIV2K):]
+    key = source[len(DIV2K) :]
     if key not in DIV2K_URLS:
         raise MZSRError(f"{source}: unknown DIV2K archive; known: {', '.join(DIV2K + k for k in DIV2K_URLS)}")
     return DIV2K_URLS[key], expected_count or DIV2K_COUNTS[key]
@@ -45,6 +46,8 @@ def skimage_photos(source: str) -> dict:
         except TypeError:  # a helper that wants arguments (file_hash), not a photo
             img = None
         if getattr(img, "ndim", 0) != 3 or img.shape[2] != 3:
-            raise MZSRError(f"{SKIMAGE}{name}: not one of scikit-image's bundled RGB photos (e.g. astronaut, chelsea, coffee, rocket)")
+            raise MZSRError(
+                f"{SKIMAGE}{name}: not one of scikit-image's bundled RGB photos (e.g. astronaut, chelsea, coffee, rocket)"
+            )
         photos[name] = img
     return photos

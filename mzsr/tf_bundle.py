@@ -9,6 +9,7 @@ module decodes varints, the protobuf wire format, CRC-32C, SSTable blocks and bu
 (numpy only). Every error is an MZSRError naming the file. Mapping the tensors onto MZSRNet's
 state_dict is `mzsr.checkpoints.import_tf_checkpoint`.
 """
+
 from __future__ import annotations
 
 import struct
@@ -25,6 +26,7 @@ __all__ = ["read_tf_bundle", "list_tf_bundle", "crc32c", "masked_crc32c"]
 # --------------------------------------------------------------------------------------------------
 # Minimal protobuf wire-format + CRC32C
 # --------------------------------------------------------------------------------------------------
+
 
 def _read_varint(buf: bytes, pos: int) -> tuple[int, int]:
     """Decode a base-128 varint at `pos`; return (value, next position)."""
@@ -65,7 +67,7 @@ def _parse_proto(buf: bytes) -> list[tuple[int, int, Any]]:
             length, pos = _read_varint(buf, pos)
             if pos + length > len(buf):
                 raise ValueError("truncated length-delimited field")
-            value = bytes(buf[pos:pos + length])
+            value = bytes(buf[pos : pos + length])
             pos += length
         elif wire == 5:
             if pos + 4 > len(buf):
@@ -127,7 +129,7 @@ def _read_block(data: bytes, offset: int, size: int, path: Path) -> bytes:
             f"{path}: block at offset {offset} is compressed (type {compression}); only uncompressed tables are supported"
         )
     stored = struct.unpack_from("<I", data, end + 1)[0]
-    if stored != masked_crc32c(data[offset:end + 1]):
+    if stored != masked_crc32c(data[offset : end + 1]):
         raise MZSRError(f"{path}: checksum mismatch in block at offset {offset} (corrupt index file)")
     return contents
 
@@ -150,9 +152,9 @@ def _block_entries(block: bytes, path: Path) -> list[tuple[bytes, bytes]]:
             value_len, pos = _read_varint(block, pos)
             if shared > len(key) or pos + non_shared + value_len > limit:
                 raise ValueError("entry overruns block")
-            key = key[:shared] + block[pos:pos + non_shared]
+            key = key[:shared] + block[pos : pos + non_shared]
             pos += non_shared
-            entries.append((key, block[pos:pos + value_len]))
+            entries.append((key, block[pos : pos + value_len]))
             pos += value_len
     except ValueError as exc:
         raise MZSRError(f"{path}: corrupt block entry: {exc}") from exc
@@ -198,8 +200,17 @@ def _read_sstable(path: Path) -> list[tuple[bytes, bytes]]:
 # TF DataType enum values we can map straight onto numpy (little-endian, as bundles are written).
 _TF_DTYPES = {1: np.dtype("<f4"), 2: np.dtype("<f8"), 3: np.dtype("<i4"), 9: np.dtype("<i8")}
 _TF_DTYPE_NAMES = {
-    1: "float32", 2: "float64", 3: "int32", 4: "uint8", 5: "int16", 6: "int8", 7: "string",
-    9: "int64", 10: "bool", 14: "bfloat16", 19: "float16",
+    1: "float32",
+    2: "float64",
+    3: "int32",
+    4: "uint8",
+    5: "int16",
+    6: "int8",
+    7: "string",
+    9: "int64",
+    10: "bool",
+    14: "bfloat16",
+    19: "float16",
 }
 
 
@@ -240,7 +251,9 @@ def _bundle_index(prefix: Path) -> tuple[Path, dict[str, dict[str, Any]]]:
             if key == b"":  # BundleHeaderProto: num_shards (1), endianness (2), version (3)
                 header = {n: v for n, _w, v in _parse_proto(value)}
                 if header.get(1, 1) != 1:
-                    raise MZSRError(f"{index_path}: bundle has {header[1]} shards; only single-shard checkpoints are supported")
+                    raise MZSRError(
+                        f"{index_path}: bundle has {header[1]} shards; only single-shard checkpoints are supported"
+                    )
                 if header.get(2, 0) != 0:
                     raise MZSRError(f"{index_path}: big-endian bundle is not supported")
                 continue
@@ -254,8 +267,7 @@ def list_tf_bundle(prefix: str | Path) -> dict[str, tuple[str, tuple[int, ...]]]
     """Name -> (dtype name, shape) of every tensor in a TF-1 checkpoint, without reading the data."""
     _, entries = _bundle_index(Path(prefix))
     return {
-        name: (_TF_DTYPE_NAMES.get(e["dtype"], f"dtype#{e['dtype']}"), tuple(e["shape"]))
-        for name, e in entries.items()
+        name: (_TF_DTYPE_NAMES.get(e["dtype"], f"dtype#{e['dtype']}"), tuple(e["shape"])) for name, e in entries.items()
     }
 
 
@@ -299,10 +311,14 @@ def read_tf_bundle(prefix: str | Path, names: list[str] | None = None) -> dict[s
         if e["shard_id"] != 0:
             raise MZSRError(f"{index_path}: tensor {name!r} is in shard {e['shard_id']}; only shard 0 is supported")
         if e["size"] != nbytes:
-            raise MZSRError(f"{index_path}: tensor {name!r} records {e['size']} bytes, shape {list(shape)} needs {nbytes}")
+            raise MZSRError(
+                f"{index_path}: tensor {name!r} records {e['size']} bytes, shape {list(shape)} needs {nbytes}"
+            )
         start, end = e["offset"], e["offset"] + e["size"]
         if end > len(data):
-            raise MZSRError(f"{data_path}: tensor {name!r} at bytes {start}..{end} lies past the end of the file ({len(data)} bytes)")
+            raise MZSRError(
+                f"{data_path}: tensor {name!r} at bytes {start}..{end} lies past the end of the file ({len(data)} bytes)"
+            )
         raw = data[start:end]
         if e["crc32c"] is not None and masked_crc32c(raw) != e["crc32c"]:
             raise MZSRError(f"{data_path}: checksum mismatch for tensor {name!r} (corrupt data file)")

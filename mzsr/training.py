@@ -1,4 +1,5 @@
 """What both trainers share: resumable checkpoints, the CSV log, device set-up, NaN guard."""
+
 from __future__ import annotations
 
 import csv
@@ -112,14 +113,18 @@ def latest_checkpoint(work_dir: str | Path) -> Path | None:
     return None
 
 
-def save_training_state(work_dir: str | Path, step: int, model: torch.nn.Module, optimizer: torch.optim.Optimizer, extra: dict | None = None) -> Path:
+def save_training_state(
+    work_dir: str | Path, step: int, model: torch.nn.Module, optimizer: torch.optim.Optimizer, extra: dict | None = None
+) -> Path:
     """Weights, optimiser state, step and RNG state, written atomically to work_dir/last.pt, with a
     content digest and the digest of the run's settings (`bind_settings`), checked when resumed.
 
     Weights that are no longer finite (a finite loss can still give overflowing gradients) are not
     written: the error names the step and the last good checkpoint stays.
     """
-    bad = next((k for k, v in model.state_dict().items() if v.is_floating_point() and not torch.isfinite(v).all()), None)
+    bad = next(
+        (k for k, v in model.state_dict().items() if v.is_floating_point() and not torch.isfinite(v).all()), None
+    )
     if bad is not None:
         raise MZSRError(
             f"weights became NaN or infinite by step {step} (first in {bad}); training stopped. The last good"

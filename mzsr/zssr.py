@@ -14,6 +14,7 @@ ZSSR's lr policy (`LrPolicy`), stop when lr < lr_min or at the iteration cap.
 The kernel is used in MZSR's convention and NOT moved by ZSSR's kernel_shift: our LR images were
 made by correlating with the unshifted kernel, so the son must be made the same way.
 """
+
 from __future__ import annotations
 
 import math
@@ -45,8 +46,17 @@ VARIANTS = ("original", "simple")
 ZSSR_DEFAULTS = settings.defaults("zssr", without=("seed",))
 # The augmentation of the original (its Config defaults, rotation off as for a given kernel): the
 # settings of `random_augment`.
-AUGMENT_DEFAULTS = {key: ZSSR_DEFAULTS[key] for key in ("leave_as_is_probability", "no_interpolate_probability",
-                                                        "min_scale", "scale_diff_sigma", "shear_sigma", "allow_rotation")}
+AUGMENT_DEFAULTS = {
+    key: ZSSR_DEFAULTS[key]
+    for key in (
+        "leave_as_is_probability",
+        "no_interpolate_probability",
+        "min_scale",
+        "scale_diff_sigma",
+        "shear_sigma",
+        "allow_rotation",
+    )
+}
 VARIANT_OUTPUT = {
     "original": {"self_ensemble": False, "back_projection": 2},
     "simple": {"self_ensemble": False, "back_projection": 0},
@@ -95,13 +105,18 @@ def warp(x: torch.Tensor, matrix: np.ndarray, size: int, exact: bool = False) ->
     return out.clamp(0.0, 1.0)
 
 
-def random_augment(x: torch.Tensor, crop_size: int, rng: np.random.Generator,
-                   leave_as_is_probability: float = AUGMENT_DEFAULTS["leave_as_is_probability"],
-                   no_interpolate_probability: float = AUGMENT_DEFAULTS["no_interpolate_probability"],
-                   min_scale: float = AUGMENT_DEFAULTS["min_scale"], max_scale: float = 1.0,
-                   allow_rotation: bool = AUGMENT_DEFAULTS["allow_rotation"],
-                   scale_diff_sigma: float = AUGMENT_DEFAULTS["scale_diff_sigma"],
-                   shear_sigma: float = AUGMENT_DEFAULTS["shear_sigma"]) -> torch.Tensor:
+def random_augment(
+    x: torch.Tensor,
+    crop_size: int,
+    rng: np.random.Generator,
+    leave_as_is_probability: float = AUGMENT_DEFAULTS["leave_as_is_probability"],
+    no_interpolate_probability: float = AUGMENT_DEFAULTS["no_interpolate_probability"],
+    min_scale: float = AUGMENT_DEFAULTS["min_scale"],
+    max_scale: float = 1.0,
+    allow_rotation: bool = AUGMENT_DEFAULTS["allow_rotation"],
+    scale_diff_sigma: float = AUGMENT_DEFAULTS["scale_diff_sigma"],
+    shear_sigma: float = AUGMENT_DEFAULTS["shear_sigma"],
+) -> torch.Tensor:
     """One father: a crop_size x crop_size view of x under a random transform, as the original draws it.
 
     Modes: leave-as-is (a crop at whole-pixel offsets), no-interpolation (also 90-degree rotations and
@@ -111,8 +126,13 @@ def random_augment(x: torch.Tensor, crop_size: int, rng: np.random.Generator,
     """
     h, w = x.shape[-2:]
     chooser = rng.random()
-    mode = ("leave_as_is" if chooser < leave_as_is_probability else
-            "no_interp" if chooser < leave_as_is_probability + no_interpolate_probability else "affine")
+    mode = (
+        "leave_as_is"
+        if chooser < leave_as_is_probability
+        else "no_interp"
+        if chooser < leave_as_is_probability + no_interpolate_probability
+        else "affine"
+    )
     affine = mode == "affine"
     scale = 1.0 if mode == "leave_as_is" else rng.random() * (max_scale - min_scale) + min_scale
     to_centre = np.array([[1, 0, -w / 2], [0, 1, -h / 2], [0, 0, 1]])
@@ -185,8 +205,11 @@ class LrPolicy:
         """The lr after `iteration` (0-based), dropped when the policy says so."""
         cfg = self.cfg
         last_change = self.changes[-1] if self.changes else 0
-        if ((iteration + 1) % cfg["check_every"] == 0 and iteration - last_change > cfg["min_iters"]
-                and stalled(self.mse_steps[-self.window:], self.mse_rec[-self.window:], cfg["change_ratio"])):
+        if (
+            (iteration + 1) % cfg["check_every"] == 0
+            and iteration - last_change > cfg["min_iters"]
+            and stalled(self.mse_steps[-self.window :], self.mse_rec[-self.window :], cfg["change_ratio"])
+        ):
             self.lr /= 10
             self.changes.append(iteration)
         return self.lr
@@ -206,8 +229,9 @@ class ZSSRTraining:
     iterations: int
 
 
-def train_zssr(lr_t: torch.Tensor, kernel: torch.Tensor | None, scale: int, subsampling: str, cfg: dict,
-               rng: np.random.Generator) -> ZSSRTraining:
+def train_zssr(
+    lr_t: torch.Tensor, kernel: torch.Tensor | None, scale: int, subsampling: str, cfg: dict, rng: np.random.Generator
+) -> ZSSRTraining:
     """Train a fresh net on the (1, 3, H, W) LR image `lr_t` (cfg already resolved; seed torch first)."""
     original = cfg["variant"] == "original"
     net = (init_zssr_(MZSRNet(bias=False), cfg["init_variance"]) if original else MZSRNet()).to(lr_t.device)
@@ -246,8 +270,15 @@ def train_zssr(lr_t: torch.Tensor, kernel: torch.Tensor | None, scale: int, subs
 
 
 @torch.no_grad()
-def final_output(net: MZSRNet, lr_t: torch.Tensor, kernel: torch.Tensor | None, scale: int, subsampling: str,
-                 ensemble: bool, back_projection: int) -> torch.Tensor:
+def final_output(
+    net: MZSRNet,
+    lr_t: torch.Tensor,
+    kernel: torch.Tensor | None,
+    scale: int,
+    subsampling: str,
+    ensemble: bool,
+    back_projection: int,
+) -> torch.Tensor:
     """f(bicubic_up(LR)) at the HR size (or its self-ensemble), clipped, then back-projection rounds."""
     if ensemble:
         sr = self_ensemble(net, lr_t, scale, kernel=kernel, subsampling=subsampling)
@@ -259,8 +290,15 @@ def final_output(net: MZSRNet, lr_t: torch.Tensor, kernel: torch.Tensor | None, 
     return sr
 
 
-def zssr(lr_image: np.ndarray, kernel: np.ndarray | None, scale: int, subsampling: str = "direct", cfg: dict | None = None,
-         device=None, seed: int = settings.default("zssr.seed")) -> AdaptationOutput:
+def zssr(
+    lr_image: np.ndarray,
+    kernel: np.ndarray | None,
+    scale: int,
+    subsampling: str = "direct",
+    cfg: dict | None = None,
+    device=None,
+    seed: int = settings.default("zssr.seed"),
+) -> AdaptationOutput:
     """Train a fresh network on one LR image and return its SR output (HR size, uint8).
 
     `steps` of the result is the number of iterations actually run (the lr policy may stop early).

@@ -1,6 +1,7 @@
 """What every rule script shares: its set-up (`start`), torch's thread count and the device, the
 inputs' digests, the SR job's kernel and its CSV. Scripts run through Snakemake's `script:`
 directive, which puts this folder on sys.path."""
+
 from __future__ import annotations
 
 import sys
@@ -83,7 +84,9 @@ def job_kernel(snakemake):
         return load_kernel_file(snakemake.input.estimated), snakemake.params.subsampling
     from mzsr.kernels import resolve_degradation
 
-    deg = resolve_degradation(snakemake.params.degradation, image=snakemake.wildcards.image, scale=int(snakemake.params.scale))
+    deg = resolve_degradation(
+        snakemake.params.degradation, image=snakemake.wildcards.image, scale=int(snakemake.params.scale)
+    )
     return deg.kernel, deg.subsampling
 
 
@@ -97,6 +100,16 @@ def write_rows(snakemake, method, results, gt_u8, kernel, subsampling):
     from mzsr.results import JOB_COLUMNS, score_rows
 
     w = snakemake.wildcards
-    rows = score_rows(results, gt_u8, read_image_uint8(snakemake.input.lr_image), kernel, int(snakemake.params.scale), subsampling,
-                      test_set=w.test_set, degradation=w.degradation, method=method, image=w.image)
+    rows = score_rows(
+        results,
+        gt_u8,
+        read_image_uint8(snakemake.input.lr_image),
+        kernel,
+        int(snakemake.params.scale),
+        subsampling,
+        test_set=w.test_set,
+        degradation=w.degradation,
+        method=method,
+        image=w.image,
+    )
     atomic_write_text(snakemake.output.csv, pd.DataFrame(rows, columns=JOB_COLUMNS).to_csv(index=False))

@@ -65,8 +65,9 @@ h, w = panels[0][1].shape[:2]
 side = min(size, h, w)
 top, left = (h - side) // 2, (w - side) // 2
 ratios = [1.0] * len(panels) + [0.6] * len(kernel_panels)  # the kernels in smaller panels
-fig, axes = plt.subplots(1, len(ratios), figsize=(2.4 * sum(ratios), 3.1), squeeze=False,
-                         gridspec_kw={"width_ratios": ratios})
+fig, axes = plt.subplots(
+    1, len(ratios), figsize=(2.4 * sum(ratios), 3.1), squeeze=False, gridspec_kw={"width_ratios": ratios}
+)
 for ax, (key, img) in zip(axes[0], panels):
     ax.imshow(img[top : top + side, left : left + side], interpolation="nearest")
     name, numbers = title(key)

@@ -23,11 +23,16 @@ scale = int(snakemake.params.scale)
 cfg = dict(snakemake.params.estimate)
 seed = int(cfg.pop("seed", default("estimate.seed")))
 w = snakemake.wildcards
-est = estimate_kernel(read_image(snakemake.input.lr_image), scale, cfg, device=device, seed=seed, source=snakemake.input.lr_image)
+est = estimate_kernel(
+    read_image(snakemake.input.lr_image), scale, cfg, device=device, seed=seed, source=snakemake.input.lr_image
+)
 truth = resolve_degradation(snakemake.params.degradation, image=w.image, scale=scale).kernel
 error = None if truth is None else kernel_error(est.kernel, truth)
-print(f"KernelGAN: {est.iterations} iterations in {est.seconds:.1f} s, kernel {est.kernel.shape[0]}x{est.kernel.shape[1]}, "
-      f"error {'n/a (no true kernel)' if error is None else f'{error:.5f}'}", file=sys.stderr)
+print(
+    f"KernelGAN: {est.iterations} iterations in {est.seconds:.1f} s, kernel {est.kernel.shape[0]}x{est.kernel.shape[1]}, "
+    f"error {'n/a (no true kernel)' if error is None else f'{error:.5f}'}",
+    file=sys.stderr,
+)
 buffer = io.BytesIO()
 np.save(buffer, est.kernel, allow_pickle=False)
 atomic_write_bytes(snakemake.output.kernel, buffer.getvalue())

@@ -15,9 +15,14 @@ device = _util.torch_setup(snakemake)
 work_dir = Path(snakemake.params.work_dir)
 # a checkpoint made from another theta_T, patch store or shards is stale: set aside, not resumed
 learns = {k: v for k, v in snakemake.params.meta.items() if k != "cuda_graph"}  # a graph or not: the same run
-bind_settings(work_dir, {"stage": "meta", "config": learns,
-                         "inputs": _util.input_digests(snakemake.input.weights, snakemake.input.patches,
-                                                       list(snakemake.input.shards))})
+bind_settings(
+    work_dir,
+    {
+        "stage": "meta",
+        "config": learns,
+        "inputs": _util.input_digests(snakemake.input.weights, snakemake.input.patches, list(snakemake.input.shards)),
+    },
+)
 meta_train(
     snakemake.input.weights,
     list(snakemake.input.shards),

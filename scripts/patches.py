@@ -26,5 +26,7 @@ count = write_patch_store(
     provenance={"source": snakemake.config["data"]["train"]["source"], "kind": snakemake.wildcards.kind, **cfg},
 )
 with open_store(snakemake.output[0]) as f:
-    print(f"{count} patches stored; the grid gave {f.attrs['grid_patches']}, {f.attrs['flat_patches']} of them flat (dropped)",
-          file=sys.stderr)
+    print(
+        f"{count} patches stored; the grid gave {f.attrs['grid_patches']}, {f.attrs['flat_patches']} of them flat (dropped)",
+        file=sys.stderr,
+    )

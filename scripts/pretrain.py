@@ -13,8 +13,14 @@ from mzsr.training import bind_settings
 device = _util.torch_setup(snakemake)
 work_dir = Path(snakemake.params.work_dir)
 # a checkpoint made from another patch store (same settings, other images) is stale: set aside, not resumed
-bind_settings(work_dir, {"stage": "pretrain", "config": dict(snakemake.params.pretrain),
-                         "inputs": _util.input_digests(patches=snakemake.input[0])})
+bind_settings(
+    work_dir,
+    {
+        "stage": "pretrain",
+        "config": dict(snakemake.params.pretrain),
+        "inputs": _util.input_digests(patches=snakemake.input[0]),
+    },
+)
 pretrain(
     snakemake.input[0],
     snakemake.output.weights,

@@ -17,4 +17,6 @@ sr = to_uint8(imresize(lr, float(scale)))
 seconds = time.perf_counter() - start
 write_png(snakemake.output.sr, sr)
 kernel, subsampling = _util.job_kernel(snakemake)  # the degradation's, for the re-degradation check
-_util.write_rows(snakemake, "bicubic", [(0, sr, seconds)], modcrop(read_image_uint8(snakemake.input.gt), scale), kernel, subsampling)
+_util.write_rows(
+    snakemake, "bicubic", [(0, sr, seconds)], modcrop(read_image_uint8(snakemake.input.gt), scale), kernel, subsampling
+)

@@ -28,4 +28,6 @@ outputs = adapt(model, read_image(snakemake.input.lr_image), kernel, scale, subs
 paths = [snakemake.output.sr] if isinstance(snakemake.output.sr, str) else list(snakemake.output.sr)
 for out, path in zip(outputs, paths, strict=True):
     write_png(path, out.sr)
-_util.write_rows(snakemake, snakemake.params.method, [(o.steps, o.sr, o.seconds) for o in outputs], gt, kernel, subsampling)
+_util.write_rows(
+    snakemake, snakemake.params.method, [(o.steps, o.sr, o.seconds) for o in outputs], gt, kernel, subsampling
+)

@@ -27,12 +27,26 @@ class Named(list):
         return self.__dict__[key] if isinstance(key, str) else super().__getitem__(key)
 
 
-def run_script(monkeypatch, name: str, input: dict, output: dict, params: dict, wildcards: dict | None = None,
-               config: dict | None = None, log: Path | None = None):
+def run_script(
+    monkeypatch,
+    name: str,
+    input: dict,
+    output: dict,
+    params: dict,
+    wildcards: dict | None = None,
+    config: dict | None = None,
+    log: Path | None = None,
+):
     log = log or Path(tempfile.mkdtemp()) / "job.log"
-    stub = SimpleNamespace(input=Named(**input), output=Named(**output), log=Named(log=str(log)),
-                           params=SimpleNamespace(**params), wildcards=SimpleNamespace(**(wildcards or {})), threads=1,
-                           config=config or {"device": "cpu", "data": {"train": {"source": "x"}}})
+    stub = SimpleNamespace(
+        input=Named(**input),
+        output=Named(**output),
+        log=Named(log=str(log)),
+        params=SimpleNamespace(**params),
+        wildcards=SimpleNamespace(**(wildcards or {})),
+        threads=1,
+        config=config or {"device": "cpu", "data": {"train": {"source": "x"}}},
+    )
     monkeypatch.syspath_prepend(str(REPO / "scripts"))
     monkeypatch.setattr(sys, "excepthook", sys.excepthook)
     monkeypatch.setattr(sys, "stderr", sys.stderr)

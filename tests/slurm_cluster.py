@@ -32,6 +32,7 @@ Every process of the cluster carries the environment variable PROCESS_MARK=<its 
 daemons get it from start(), every task of every job from the TaskProlog, and a test gives it to
 the processes it starts (env()). stop() ends whatever still carries it, and processes() lists it.
 """
+
 from __future__ import annotations
 
 import fcntl
@@ -111,10 +112,16 @@ def ensure_installed(timeout: float = 600) -> None:
     deadline = time.monotonic() + timeout
     proc = subprocess.run(install, env=env, capture_output=True, text=True, timeout=timeout)
     if proc.returncode != 0:  # package lists absent or stale on a fresh machine: update once, retry
-        subprocess.run(["apt-get", "update", "-q"], env=env, capture_output=True, text=True,
-                       timeout=max(1.0, deadline - time.monotonic()))
-        proc = subprocess.run(install, env=env, capture_output=True, text=True,
-                              timeout=max(1.0, deadline - time.monotonic()))
+        subprocess.run(
+            ["apt-get", "update", "-q"],
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=max(1.0, deadline - time.monotonic()),
+        )
+        proc = subprocess.run(
+            install, env=env, capture_output=True, text=True, timeout=max(1.0, deadline - time.monotonic())
+        )
     if proc.returncode != 0 or missing_packages():
         raise RuntimeError(f"apt-get could not install {' '.join(missing)}:\n{(proc.stdout + proc.stderr)[-3000:]}")
 
@@ -127,7 +134,9 @@ def check_machine() -> None:
         raise ClusterUnavailable("SLURM test cluster: slurmd needs a mounted cgroup file system at /sys/fs/cgroup")
     existing = ETC / "slurm.conf"
     if existing.exists() and MARKER not in existing.read_text(errors="replace"):
-        raise ClusterUnavailable(f"SLURM test cluster: {existing} belongs to a real SLURM installation; not touching it")
+        raise ClusterUnavailable(
+            f"SLURM test cluster: {existing} belongs to a real SLURM installation; not touching it"
+        )
 
 
 def stop_leftovers() -> None:
@@ -185,7 +194,9 @@ def marked_processes(root: str | Path) -> dict[int, str]:
             continue
         try:
             if mark in (entry / "environ").read_bytes().split(b"\0") and _alive(int(entry.name)):
-                found[int(entry.name)] = (entry / "cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace").strip()
+                found[int(entry.name)] = (
+                    (entry / "cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace").strip()
+                )
         except OSError:
             continue
     return found
@@ -271,19 +282,19 @@ class SlurmCluster:
         slurm_conf = f"""{MARKER}
 ClusterName={CLUSTER}
 SlurmctldHost={self.host}(127.0.0.1)
-SlurmctldPort={self.ports['slurmctld']}
-SlurmdPort={self.ports['slurmd']}
+SlurmctldPort={self.ports["slurmctld"]}
+SlurmdPort={self.ports["slurmd"]}
 SlurmUser=root
 SlurmdUser=root
 AuthType=auth/munge
 AuthInfo=socket={self.munge_socket},cred_expire={CRED_EXPIRE}
 CredType=cred/munge
-StateSaveLocation={r / 'ctld'}
-SlurmdSpoolDir={r / 'spool'}
-SlurmctldPidFile={r / 'run' / 'slurmctld.pid'}
-SlurmdPidFile={r / 'run' / 'slurmd.pid'}
-SlurmctldLogFile={r / 'log' / 'slurmctld.log'}
-SlurmdLogFile={r / 'log' / 'slurmd.log'}
+StateSaveLocation={r / "ctld"}
+SlurmdSpoolDir={r / "spool"}
+SlurmctldPidFile={r / "run" / "slurmctld.pid"}
+SlurmdPidFile={r / "run" / "slurmd.pid"}
+SlurmctldLogFile={r / "log" / "slurmctld.log"}
+SlurmdLogFile={r / "log" / "slurmd.log"}
 SlurmctldDebug=info
 SlurmdDebug=info
 ProctrackType=proctrack/pgid
@@ -294,7 +305,7 @@ MpiDefault=none
 SwitchType=switch/none
 AccountingStorageType=accounting_storage/slurmdbd
 AccountingStorageHost=127.0.0.1
-AccountingStoragePort={self.ports['slurmdbd']}
+AccountingStoragePort={self.ports["slurmdbd"]}
 AccountingStoragePass={self.munge_socket}
 AccountingStorageTRES=gres/gpu
 AccountingStoreFlags=job_comment
@@ -318,7 +329,8 @@ PartitionName=gpu Nodes={self.host} MaxTime=INFINITE State=UP
 PartitionName={GRES_ONLY_PARTITION} Nodes={self.host} MaxTime=INFINITE State=UP
 """
         gres_conf = f"{MARKER}\nAutoDetect=off\n" + "".join(
-            f"NodeName={self.host} Name=gpu Type={GPU_MODEL} File={device}\n" for device in self.gpu_devices)
+            f"NodeName={self.host} Name=gpu Type={GPU_MODEL} File={device}\n" for device in self.gpu_devices
+        )
         job_submit_lua = f"""-- {MARKER}
 -- Partition {GRES_ONLY_PARTITION} stands for a site that takes GPU requests only with --gres.
 function slurm_job_submit(job_desc, part_list, submit_uid)
@@ -339,20 +351,24 @@ AuthType=auth/munge
 AuthInfo=socket={self.munge_socket}
 DbdHost={self.host}
 DbdAddr=127.0.0.1
-DbdPort={self.ports['slurmdbd']}
+DbdPort={self.ports["slurmdbd"]}
 SlurmUser=root
 StorageType=accounting_storage/mysql
 StorageHost=127.0.0.1
-StoragePort={self.ports['mariadb']}
+StoragePort={self.ports["mariadb"]}
 StorageUser=root
 StorageLoc=slurm_acct_db
-PidFile={r / 'run' / 'slurmdbd.pid'}
-LogFile={r / 'log' / 'slurmdbd.log'}
+PidFile={r / "run" / "slurmdbd.pid"}
+LogFile={r / "log" / "slurmdbd.log"}
 DebugLevel=info
 """
         ETC.mkdir(parents=True, exist_ok=True)
-        for name, text, mode in (("slurm.conf", slurm_conf, 0o644), ("gres.conf", gres_conf, 0o644),
-                                 ("slurmdbd.conf", slurmdbd_conf, 0o600), ("job_submit.lua", job_submit_lua, 0o644)):
+        for name, text, mode in (
+            ("slurm.conf", slurm_conf, 0o644),
+            ("gres.conf", gres_conf, 0o644),
+            ("slurmdbd.conf", slurmdbd_conf, 0o600),
+            ("job_submit.lua", job_submit_lua, 0o644),
+        ):
             path = ETC / name
             if path.exists() and MARKER not in path.read_text(errors="replace"):
                 raise ClusterUnavailable(f"SLURM test cluster: {path} belongs to a real SLURM installation")
@@ -372,13 +388,26 @@ DebugLevel=info
 
     def _spawn(self, name: str, argv: list[str]) -> subprocess.Popen:
         out = open(self.root / "log" / f"{name}.out", "ab")
-        proc = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=out, stderr=subprocess.STDOUT,
-                                start_new_session=True, cwd=self.root, env=self.env())
+        proc = subprocess.Popen(
+            argv,
+            stdin=subprocess.DEVNULL,
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+            cwd=self.root,
+            env=self.env(),
+        )
         out.close()
         self.procs[name] = proc
         (self.root / "run" / f"{name}.popen.pid").write_text(f"{proc.pid}\n")
-        STATE_FILE.write_text(json.dumps({"root": str(self.root), "daemons": [
-            {"name": n, "pid": p.pid, "exe": p.args[0]} for n, p in self.procs.items()]}))
+        STATE_FILE.write_text(
+            json.dumps(
+                {
+                    "root": str(self.root),
+                    "daemons": [{"name": n, "pid": p.pid, "exe": p.args[0]} for n, p in self.procs.items()],
+                }
+            )
+        )
         return proc
 
     def _lock(self, timeout: float) -> None:
@@ -419,29 +448,57 @@ DebugLevel=info
         stop_leftovers()
         r = self.root
         self._write_configs()
-        self._spawn("munged", [
-            which("munged"), "--foreground", "--force", f"--socket={self.munge_socket}",
-            f"--key-file={r / 'munge' / 'munge.key'}", f"--pid-file={r / 'run' / 'munged.pid'}",
-            f"--log-file={r / 'log' / 'munged.log'}", f"--seed-file={r / 'munge' / 'munged.seed'}",
-        ])
+        self._spawn(
+            "munged",
+            [
+                which("munged"),
+                "--foreground",
+                "--force",
+                f"--socket={self.munge_socket}",
+                f"--key-file={r / 'munge' / 'munge.key'}",
+                f"--pid-file={r / 'run' / 'munged.pid'}",
+                f"--log-file={r / 'log' / 'munged.log'}",
+                f"--seed-file={r / 'munge' / 'munged.seed'}",
+            ],
+        )
         self._wait("munged's socket", self.munge_socket.exists, daemon="munged")
 
         datadir = r / "mariadb" / "data"
         if not (datadir / "mysql").is_dir():
             proc = subprocess.run(
-                [which("mariadb-install-db"), "--no-defaults", "--user=root", f"--datadir={datadir}",
-                 "--auth-root-authentication-method=normal", "--skip-test-db"],
-                capture_output=True, text=True, timeout=120,
+                [
+                    which("mariadb-install-db"),
+                    "--no-defaults",
+                    "--user=root",
+                    f"--datadir={datadir}",
+                    "--auth-root-authentication-method=normal",
+                    "--skip-test-db",
+                ],
+                capture_output=True,
+                text=True,
+                timeout=120,
             )
             if proc.returncode != 0:
                 raise RuntimeError(f"mariadb-install-db failed:\n{proc.stdout[-2000:]}{proc.stderr[-2000:]}")
-        self._spawn("mariadbd", [
-            which("mariadbd"), "--no-defaults", "--user=root", f"--datadir={datadir}",
-            f"--socket={r / 'mariadb' / 'mysqld.sock'}", f"--port={self.ports['mariadb']}", "--bind-address=127.0.0.1",
-            f"--pid-file={r / 'run' / 'mariadbd.pid'}", f"--log-error={r / 'log' / 'mariadbd.log'}",
-            "--skip-grant-tables", "--skip-log-bin", "--innodb-buffer-pool-size=32M", "--innodb-log-file-size=16M",
-            "--innodb-flush-log-at-trx-commit=0",
-        ])
+        self._spawn(
+            "mariadbd",
+            [
+                which("mariadbd"),
+                "--no-defaults",
+                "--user=root",
+                f"--datadir={datadir}",
+                f"--socket={r / 'mariadb' / 'mysqld.sock'}",
+                f"--port={self.ports['mariadb']}",
+                "--bind-address=127.0.0.1",
+                f"--pid-file={r / 'run' / 'mariadbd.pid'}",
+                f"--log-error={r / 'log' / 'mariadbd.log'}",
+                "--skip-grant-tables",
+                "--skip-log-bin",
+                "--innodb-buffer-pool-size=32M",
+                "--innodb-log-file-size=16M",
+                "--innodb-flush-log-at-trx-commit=0",
+            ],
+        )
         self._wait("MariaDB", lambda: port_open(self.ports["mariadb"]), daemon="mariadbd", timeout=60)
 
         self._spawn("slurmdbd", [which("slurmdbd"), "-D"])
@@ -449,12 +506,21 @@ DebugLevel=info
         self._spawn("slurmctld", [which("slurmctld"), "-D", "-i"])
         self._wait("slurmctld", lambda: self.cmd("scontrol", "ping", check=False).returncode == 0, daemon="slurmctld")
         self._spawn("slurmd", [which("slurmd"), "-D", "-N", self.host])
-        self._wait("the node to be idle", lambda: set(self.cmd("sinfo", "-h", "-N", "-o", "%t", check=False).stdout.split())
-                   == {"idle"}, daemon="slurmd")  # one line per partition
+        self._wait(
+            "the node to be idle",
+            lambda: set(self.cmd("sinfo", "-h", "-N", "-o", "%t", check=False).stdout.split()) == {"idle"},
+            daemon="slurmd",
+        )  # one line per partition
         # slurmctld registers the cluster with slurmdbd; wait for its association tree (account root).
-        self._wait("the cluster's accounts in slurmdbd",
-                   lambda: ACCOUNT in self.cmd("sacctmgr", "-n", "-P", "list", "associations", f"cluster={CLUSTER}",
-                                               "format=account", check=False).stdout.split())
+        self._wait(
+            "the cluster's accounts in slurmdbd",
+            lambda: (
+                ACCOUNT
+                in self.cmd(
+                    "sacctmgr", "-n", "-P", "list", "associations", f"cluster={CLUSTER}", "format=account", check=False
+                ).stdout.split()
+            ),
+        )
 
     def stop(self) -> None:
         """Cancel what runs, stop the daemons (newest first) by their PIDs, remove the config files."""
@@ -464,7 +530,9 @@ DebugLevel=info
                 if jobs:
                     self.cmd("scancel", *jobs, check=False)
                     deadline = time.monotonic() + 20
-                    while time.monotonic() < deadline and self.cmd("squeue", "-h", "-o", "%A", check=False).stdout.split():
+                    while (
+                        time.monotonic() < deadline and self.cmd("squeue", "-h", "-o", "%A", check=False).stdout.split()
+                    ):
                         time.sleep(0.5)
         finally:
             for name in reversed(list(self.procs)):
@@ -528,12 +596,22 @@ DebugLevel=info
                 fields = dict(kv.split("=", 1) for kv in line.split() if "=" in kv)
                 if "SLURM_JOB_ID" in fields:
                     found.setdefault(fields["SLURM_JOB_ID"], {})[fields.get("SLURM_STEP_ID", "?")] = fields.get(
-                        "CUDA_VISIBLE_DEVICES", "unset")
+                        "CUDA_VISIBLE_DEVICES", "unset"
+                    )
         return found
 
     def sacct(self, *fields: str, duplicates: bool = False) -> list[dict[str, str]]:
         """One dict per job (allocations only, no steps) of this cluster's accounting; with
         duplicates, one per run of a job (a requeued job has a record for each)."""
-        out = self.cmd("sacct", "-a", "-X", "-n", "-P", *(["-D"] if duplicates else []), f"--clusters={CLUSTER}",
-                       "--starttime=now-1days", f"--format={','.join(fields)}").stdout
+        out = self.cmd(
+            "sacct",
+            "-a",
+            "-X",
+            "-n",
+            "-P",
+            *(["-D"] if duplicates else []),
+            f"--clusters={CLUSTER}",
+            "--starttime=now-1days",
+            f"--format={','.join(fields)}",
+        ).stdout
         return [dict(zip(fields, line.split("|"))) for line in out.splitlines() if line.strip()]

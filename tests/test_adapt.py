@@ -125,8 +125,12 @@ def test_regular_grid_differs_from_the_release_grid_only_at_odd_sizes():
     release, regular = degrade(hr, k, 2, "direct"), degrade(hr, k, 2, "direct", grid="regular")
     np.testing.assert_array_equal(release[:3], regular[:3])
     assert np.abs(release[3:] - regular[3:]).max() > 1e-3
-    torch.testing.assert_close(degrade_torch(to_tensor(hr, "cpu").double(), torch.tensor(k), 2, "direct")[0].permute(1, 2, 0),
-                               torch.from_numpy(release), rtol=0, atol=1e-6)
+    torch.testing.assert_close(
+        degrade_torch(to_tensor(hr, "cpu").double(), torch.tensor(k), 2, "direct")[0].permute(1, 2, 0),
+        torch.from_numpy(release),
+        rtol=0,
+        atol=1e-6,
+    )
 
 
 def test_noise_level_perturbs_the_son_reproducibly():
@@ -138,7 +142,9 @@ def test_noise_level_perturbs_the_son_reproducibly():
     again = adapt(model, lr, k, 2, "direct", AdaptOptions(steps=(3,), noise_level=0.05, seed=1), device="cpu")[0].sr
     np.testing.assert_array_equal(noisy, again)
     assert not np.array_equal(noisy, clean)
-    np.testing.assert_array_equal(clean, adapt(model, lr, k, 2, "direct", AdaptOptions(steps=(3,), noise_level=0.0, seed=1), device="cpu")[0].sr)
+    np.testing.assert_array_equal(
+        clean, adapt(model, lr, k, 2, "direct", AdaptOptions(steps=(3,), noise_level=0.0, seed=1), device="cpu")[0].sr
+    )
 
 
 def test_self_ensemble_of_identity_network_is_bicubic():
@@ -155,7 +161,12 @@ def test_valid_transforms_follow_the_kernel_symmetry():
     ani = valid_transforms(named_degradation("ani").kernel, "direct", 2)
     # theta = -45 deg: symmetric about both diagonals, so the identity, the 180-degree turn and the
     # two diagonal mirrors keep the kernel; the 90-degree turns and the axis mirrors do not.
-    assert sorted(t for t, _ in ani) == [(False, False, False), (False, True, True), (True, False, False), (True, True, True)]
+    assert sorted(t for t, _ in ani) == [
+        (False, False, False),
+        (False, True, True),
+        (True, False, False),
+        (True, True, True),
+    ]
     assert dict(ani)[(False, True, True)] == (1, 1)  # both axes reversed: one HR pixel off in each
     rng = np.random.default_rng(0)
     assert [t for t, _ in valid_transforms(rng.random((7, 7)), "direct", 2)] == [(False, False, False)]
@@ -192,10 +203,22 @@ def test_self_ensemble_of_an_equivariant_network_under_bicubic_subsampling_is_th
     with torch.no_grad():  # filters symmetric under all 8 flips/rotations: the network is equivariant
         for conv in model.convs:
             w = conv.weight
-            sym = sum(apply(w) for apply in (
-                lambda x: x, lambda x: x.flip(-1), lambda x: x.flip(-2), lambda x: x.flip(-1, -2),
-                lambda x: x.transpose(-1, -2), lambda x: x.transpose(-1, -2).flip(-1),
-                lambda x: x.transpose(-1, -2).flip(-2), lambda x: x.transpose(-1, -2).flip(-1, -2))) / 8
+            sym = (
+                sum(
+                    apply(w)
+                    for apply in (
+                        lambda x: x,
+                        lambda x: x.flip(-1),
+                        lambda x: x.flip(-2),
+                        lambda x: x.flip(-1, -2),
+                        lambda x: x.transpose(-1, -2),
+                        lambda x: x.transpose(-1, -2).flip(-1),
+                        lambda x: x.transpose(-1, -2).flip(-2),
+                        lambda x: x.transpose(-1, -2).flip(-1, -2),
+                    )
+                )
+                / 8
+            )
             w.copy_(3 * sym)
     lr = to_tensor(smooth_image(12, 16, seed=9), "cpu").double()
     plain = upscale(model, lr, 2)
@@ -255,7 +278,9 @@ def test_crop_based_adaptation_on_a_large_image_stays_bounded():
     model = MZSRNet()
     lr = smooth_image(96, 128, seed=7)
     k = named_degradation("g2.0").kernel
-    crops = adapt(model, lr, k, 2, "direct", AdaptOptions(steps=(0, 3), max_adapt_pixels=32 * 32, tile=64), device="cpu")
+    crops = adapt(
+        model, lr, k, 2, "direct", AdaptOptions(steps=(0, 3), max_adapt_pixels=32 * 32, tile=64), device="cpu"
+    )
     full = adapt(model, lr, k, 2, "direct", AdaptOptions(steps=(0, 3), max_adapt_pixels=None, tile=None), device="cpu")
     np.testing.assert_array_equal(crops[0].sr, full[0].sr)
     assert len(crops[1].step_seconds) == 3 and crops[1].sr.shape == (192, 256, 3)

@@ -8,6 +8,7 @@ case of each kind what the user sees (the same line in the job's log and on the 
 removed). Each config case fails Snakemake's dry run with one line naming the config file, the key
 and the problem.
 """
+
 from __future__ import annotations
 
 import math
@@ -66,7 +67,9 @@ def _png16(path: Path, arr: np.ndarray) -> None:
         return struct.pack(">I", len(data)) + tag + data + struct.pack(">I", zlib.crc32(tag + data))
 
     header = struct.pack(">IIBBBBB", w, h, 16, {1: 0, 3: 2}[channels], 0, 0, 0)
-    path.write_bytes(b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header) + chunk(b"IDAT", zlib.compress(raw)) + chunk(b"IEND", b""))
+    path.write_bytes(
+        b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header) + chunk(b"IDAT", zlib.compress(raw)) + chunk(b"IEND", b"")
+    )
 
 
 def _truncated(path: Path) -> None:
@@ -109,21 +112,42 @@ class ImageCase:
 
 IMAGE_CASES = [
     ImageCase("truncated PNG", "truncated.png", _truncated, r"corrupt or truncated image"),
-    ImageCase("text file named .png", "text.png", lambda p: p.write_text("this is not a picture\n"),
-              r"not a readable image \(unknown or corrupt format\)"),
+    ImageCase(
+        "text file named .png",
+        "text.png",
+        lambda p: p.write_text("this is not a picture\n"),
+        r"not a readable image \(unknown or corrupt format\)",
+    ),
     ImageCase("empty file", "empty.png", lambda p: p.write_bytes(b""), r"empty file, not an image"),
-    ImageCase("1x1 image", "one.png", lambda p: _png(p, SOURCE[:1, :1]), r"image is 1x1 pixels, too small to super-resolve"),
-    ImageCase("image smaller than the kernel", "small.png", lambda p: _png(p, SOURCE[:12, :14]),
-              r"image is 14x12 pixels, smaller than the 21x21 kernel g2\.0"),
+    ImageCase(
+        "1x1 image", "one.png", lambda p: _png(p, SOURCE[:1, :1]), r"image is 1x1 pixels, too small to super-resolve"
+    ),
+    ImageCase(
+        "image smaller than the kernel",
+        "small.png",
+        lambda p: _png(p, SOURCE[:12, :14]),
+        r"image is 14x12 pixels, smaller than the 21x21 kernel g2\.0",
+    ),
     ImageCase("grayscale", "gray.png", lambda p: _png(p, GRAY), expected=np.repeat(GRAY[..., None], 3, axis=2)),
-    ImageCase("RGBA (alpha dropped, colour kept)", "rgba.png", lambda p: _png(p, np.dstack([SOURCE, ALPHA])), expected=SOURCE),
+    ImageCase(
+        "RGBA (alpha dropped, colour kept)", "rgba.png", lambda p: _png(p, np.dstack([SOURCE, ALPHA])), expected=SOURCE
+    ),
     ImageCase("palette", "palette.png", _palette, expected=PALETTE[INDICES]),
-    ImageCase("16-bit grayscale PNG", "gray16.png", lambda p: _png(p, GRAY16),
-              expected=np.repeat(np.round(GRAY16 / 65535 * 255).astype(np.uint8)[..., None], 3, axis=2)),
+    ImageCase(
+        "16-bit grayscale PNG",
+        "gray16.png",
+        lambda p: _png(p, GRAY16),
+        expected=np.repeat(np.round(GRAY16 / 65535 * 255).astype(np.uint8)[..., None], 3, axis=2),
+    ),
     ImageCase("16-bit RGB PNG", "rgb16.png", lambda p: _png16(p, RGB16), expected=(RGB16 >> 8).astype(np.uint8)),
     ImageCase("EXIF-rotated JPEG", "exif.jpg", _exif_rotated, expected=np.rot90(SOURCE, -1), tolerance=6.0),
-    ImageCase("CMYK JPEG", "cmyk.jpg", lambda p: Image.fromarray(SOURCE).convert("CMYK").save(p, quality=95),
-              expected=SOURCE, tolerance=3.0),
+    ImageCase(
+        "CMYK JPEG",
+        "cmyk.jpg",
+        lambda p: Image.fromarray(SOURCE).convert("CMYK").save(p, quality=95),
+        expected=SOURCE,
+        tolerance=3.0,
+    ),
     ImageCase("odd size (mod-cropped)", "odd.png", lambda p: _png(p, SOURCE[:39, :47]), expected=SOURCE[:39, :47]),
 ]
 IMAGE_ERRORS = [c for c in IMAGE_CASES if c.error]
@@ -162,19 +186,39 @@ class KernelCase:
 
 
 KERNEL_CASES = [
-    KernelCase("kernel .mat with the wrong key", "wrongkey.mat", lambda p: scipy.io.savemat(p, {"blur": K}),
-               r"no 'kernel' or 'Kernel' variable in the \.mat file \(found \['blur'\]\)"),
+    KernelCase(
+        "kernel .mat with the wrong key",
+        "wrongkey.mat",
+        lambda p: scipy.io.savemat(p, {"blur": K}),
+        r"no 'kernel' or 'Kernel' variable in the \.mat file \(found \['blur'\]\)",
+    ),
     KernelCase("1-D kernel", "oned.npy", lambda p: np.save(p, K.sum(axis=0)), r"kernel must be 2-D, got shape \(15,\)"),
     KernelCase("kernel with NaN", "nan.npy", lambda p: np.save(p, _with(np.nan)), r"kernel has NaN or infinite values"),
-    KernelCase("kernel with negative values", "negative.npy", lambda p: np.save(p, _with(-0.1)),
-               r"kernel has negative values \(min -0\.1\)"),
+    KernelCase(
+        "kernel with negative values",
+        "negative.npy",
+        lambda p: np.save(p, _with(-0.1)),
+        r"kernel has negative values \(min -0\.1\)",
+    ),
     KernelCase("all-zero kernel", "zero.npy", lambda p: np.save(p, np.zeros((15, 15))), r"kernel sums to zero"),
-    KernelCase("kernel larger than the image", "big.npy", lambda p: np.save(p, np.full((61, 61), 1 / 61**2)),
-               r"image is 48x40 pixels, smaller than the 61x61 kernel .*big\.npy"),
-    KernelCase("truncated .mat", "truncated.mat", lambda p: p.write_bytes(b"MATLAB 5.0 MAT-file" + b"\0" * 20),
-               r"cannot read kernel file"),
-    KernelCase("pickled object array in .npy (would run code)", "pickled.npy", _pickled_npy,
-               r"cannot read kernel file \(Object arrays cannot be loaded when allow_pickle=False\)"),
+    KernelCase(
+        "kernel larger than the image",
+        "big.npy",
+        lambda p: np.save(p, np.full((61, 61), 1 / 61**2)),
+        r"image is 48x40 pixels, smaller than the 61x61 kernel .*big\.npy",
+    ),
+    KernelCase(
+        "truncated .mat",
+        "truncated.mat",
+        lambda p: p.write_bytes(b"MATLAB 5.0 MAT-file" + b"\0" * 20),
+        r"cannot read kernel file",
+    ),
+    KernelCase(
+        "pickled object array in .npy (would run code)",
+        "pickled.npy",
+        _pickled_npy,
+        r"cannot read kernel file \(Object arrays cannot be loaded when allow_pickle=False\)",
+    ),
     KernelCase("kernel not summing to 1", "unnormalised.npy", lambda p: np.save(p, 3 * K), None),
 ]
 
@@ -233,8 +277,21 @@ def test_bad_image_cli(files, tmp_path, capsys, case, command):
     if command == "degrade":
         rc, err = cli(capsys, "degrade", path, "--out", out, "--kernel", "g2.0")
     else:
-        rc, err = cli(capsys, "upscale", path, "--out", out, "--weights", files / "weights.safetensors",
-                      "--kernel", "g2.0", "--steps", "1", "--device", "cpu")
+        rc, err = cli(
+            capsys,
+            "upscale",
+            path,
+            "--out",
+            out,
+            "--weights",
+            files / "weights.safetensors",
+            "--kernel",
+            "g2.0",
+            "--steps",
+            "1",
+            "--device",
+            "cpu",
+        )
     assert_one_line_error(rc, err, path, case.error)
     assert_nothing_written(out)
 
@@ -281,8 +338,21 @@ def test_bad_kernel_cli(files, tmp_path, capsys, case, command):
     if command == "degrade":
         rc, err = cli(capsys, "degrade", image, "--out", out, "--kernel", kernel)
     else:  # the kernel must fit the LR image given to upscale: 48x40 here too
-        rc, err = cli(capsys, "upscale", image, "--out", out, "--weights", files / "weights.safetensors",
-                      "--kernel", kernel, "--steps", "1", "--device", "cpu")
+        rc, err = cli(
+            capsys,
+            "upscale",
+            image,
+            "--out",
+            out,
+            "--weights",
+            files / "weights.safetensors",
+            "--kernel",
+            kernel,
+            "--steps",
+            "1",
+            "--device",
+            "cpu",
+        )
     line = assert_one_line_error(rc, err, kernel, case.error)
     if case.file == "big.npy":
         assert str(image) in line
@@ -329,19 +399,49 @@ def _truncated_weights(path: Path) -> None:
 
 
 WEIGHTS_CASES = [
-    ("weights for another scale", "x4.safetensors", lambda p: save_weights(p, _state(), {"scale": 4}),
-     r"was trained for x4, expected x2"),
-    ("wrong shapes", "shapes.safetensors", lambda p: _safetensors(p, _state(**{"convs.0.weight": torch.zeros(64, 3, 5, 5)})),
-     r"shape mismatch at 'convs\.0\.weight': expected \[64, 3, 3, 3\], got \[64, 3, 5, 5\]"),
-    ("missing layer", "missing.safetensors", lambda p: _safetensors(p, {k: v for k, v in _state().items() if "7" not in k}),
-     r"not MZSRNet weights: missing key 'convs\.7\.weight'"),
-    ("NaN weights", "nan.safetensors", lambda p: _safetensors(p, _state(**{"convs.2.bias": torch.full((64,), math.nan)})),
-     r"'convs\.2\.bias' contains NaN or infinite values"),
-    ("pickle that would run code (torch.save)", "evil.pt", _torch_evil, r"refused to load: not a plain tensor checkpoint"),
-    ("pickle that would run code (pickle.dump)", "evil2.pth", _pickle_evil, r"refused to load: not a plain tensor checkpoint"),
+    (
+        "weights for another scale",
+        "x4.safetensors",
+        lambda p: save_weights(p, _state(), {"scale": 4}),
+        r"was trained for x4, expected x2",
+    ),
+    (
+        "wrong shapes",
+        "shapes.safetensors",
+        lambda p: _safetensors(p, _state(**{"convs.0.weight": torch.zeros(64, 3, 5, 5)})),
+        r"shape mismatch at 'convs\.0\.weight': expected \[64, 3, 3, 3\], got \[64, 3, 5, 5\]",
+    ),
+    (
+        "missing layer",
+        "missing.safetensors",
+        lambda p: _safetensors(p, {k: v for k, v in _state().items() if "7" not in k}),
+        r"not MZSRNet weights: missing key 'convs\.7\.weight'",
+    ),
+    (
+        "NaN weights",
+        "nan.safetensors",
+        lambda p: _safetensors(p, _state(**{"convs.2.bias": torch.full((64,), math.nan)})),
+        r"'convs\.2\.bias' contains NaN or infinite values",
+    ),
+    (
+        "pickle that would run code (torch.save)",
+        "evil.pt",
+        _torch_evil,
+        r"refused to load: not a plain tensor checkpoint",
+    ),
+    (
+        "pickle that would run code (pickle.dump)",
+        "evil2.pth",
+        _pickle_evil,
+        r"refused to load: not a plain tensor checkpoint",
+    ),
     # recognised by content: a pickle is a pickle whatever its name, and is refused as one
-    ("pickle named .safetensors", "evil.safetensors", lambda p: p.write_bytes(pickle.dumps(_Evil(p.with_suffix(".ran")))),
-     r"refused to load: not a plain tensor checkpoint"),
+    (
+        "pickle named .safetensors",
+        "evil.safetensors",
+        lambda p: p.write_bytes(pickle.dumps(_Evil(p.with_suffix(".ran")))),
+        r"refused to load: not a plain tensor checkpoint",
+    ),
     ("truncated weights file", "truncated.safetensors", _truncated_weights, r"not a readable safetensors file"),
     ("empty weights file", "empty.safetensors", lambda p: p.write_bytes(b""), r"weights file is empty"),
 ]
@@ -352,8 +452,21 @@ WEIGHTS_CASES = [
 def test_bad_weights_cli(files, tmp_path, capsys, name, file, write, problem):
     path, out = tmp_path / file, tmp_path / "out"
     write(path)
-    rc, err = cli(capsys, "upscale", files / "images" / "base.png", "--out", out, "--weights", path,
-                  "--kernel", "g2.0", "--steps", "1", "--device", "cpu")
+    rc, err = cli(
+        capsys,
+        "upscale",
+        files / "images" / "base.png",
+        "--out",
+        out,
+        "--weights",
+        path,
+        "--kernel",
+        "g2.0",
+        "--steps",
+        "1",
+        "--device",
+        "cpu",
+    )
     assert_one_line_error(rc, err, path, problem)
     assert_nothing_written(out)
     assert not path.with_suffix(".ran").exists(), "the pickle's code ran"
@@ -369,8 +482,25 @@ def test_constant_colour_image_adapts_and_scores_infinite_psnr(files, tmp_path, 
     with warnings.catch_warnings(), np.errstate(all="raise"):
         warnings.simplefilter("error")
         assert main(["degrade", str(tmp_path / "hr"), "--out", str(tmp_path / "lr"), "--kernel", "g2.0"]) == 0
-        assert main(["upscale", str(tmp_path / "lr"), "--out", str(tmp_path / "sr"), "--weights",
-                     str(files / "weights.safetensors"), "--kernel", "g2.0", "--steps", "3", "--device", "cpu"]) == 0
+        assert (
+            main(
+                [
+                    "upscale",
+                    str(tmp_path / "lr"),
+                    "--out",
+                    str(tmp_path / "sr"),
+                    "--weights",
+                    str(files / "weights.safetensors"),
+                    "--kernel",
+                    "g2.0",
+                    "--steps",
+                    "3",
+                    "--device",
+                    "cpu",
+                ]
+            )
+            == 0
+        )
         assert main(["evaluate", str(tmp_path / "hr"), str(tmp_path / "hr"), "--csv", str(tmp_path / "m.csv")]) == 0
     captured = capsys.readouterr()
     assert captured.err == ""
@@ -393,8 +523,13 @@ def run_lr_image(monkeypatch, workdir: Path, image: str, degradation: str) -> Pa
     log = workdir / "logs" / f"{Path(degradation).stem}-{stem}.log"
     log.parent.mkdir(parents=True, exist_ok=True)
     stub = SimpleNamespace(
-        input=Named(gt=str(workdir / image), kernel=[]), output=Named(out=str(out)), log=Named(log=str(log)),
-        params=SimpleNamespace(degradation=degradation, scale=2), wildcards=SimpleNamespace(image=stem), threads=1, config={},
+        input=Named(gt=str(workdir / image), kernel=[]),
+        output=Named(out=str(out)),
+        log=Named(log=str(log)),
+        params=SimpleNamespace(degradation=degradation, scale=2),
+        wildcards=SimpleNamespace(image=stem),
+        threads=1,
+        config={},
     )
     monkeypatch.chdir(workdir)
     monkeypatch.syspath_prepend(str(REPO / "scripts"))
@@ -466,7 +601,9 @@ def pipeline(files):
     config["test_sets"] = {"bad": "images", "gone": "no/such/folder"}
     config["degradations"] = ["g2.0", "kernels/nan.npy", "kernels/big.npy"]
     (workdir / "cfg.yaml").write_text(yaml.safe_dump(config))
-    targets = [f"resources/test_inputs/bad/{deg_name(deg)}/{Path(image).stem}.png" for image, deg, _, _ in SNAKEMAKE_CASES]
+    targets = [
+        f"resources/test_inputs/bad/{deg_name(deg)}/{Path(image).stem}.png" for image, deg, _, _ in SNAKEMAKE_CASES
+    ]
     proc = run_snakemake(workdir, *targets, "--cores", "2", "--keep-going", "--configfile", "cfg.yaml")
     return workdir, proc, targets
 
@@ -486,7 +623,9 @@ def test_what_the_user_sees_in_a_pipeline_run(pipeline):
         assert not output.exists() and not list(output.parent.glob(f".{output.name}.*"))
         log = workdir / "logs" / "lr_image" / "bad" / deg_name(deg) / f"{output.stem}.log"
         lines = log.read_text().strip().splitlines()
-        assert len(lines) == 1 and lines[0].startswith(f"mzsr: error: {named}: ") and re.search(problem, lines[0]), lines
+        assert len(lines) == 1 and lines[0].startswith(f"mzsr: error: {named}: ") and re.search(problem, lines[0]), (
+            lines
+        )
         assert lines[0] in console
         assert any(line.strip().startswith(f"log: {log.relative_to(workdir)}") for line in console)
     # A missing test-set folder is skipped with a visible warning (config/config.yaml must plan on a
@@ -495,12 +634,26 @@ def test_what_the_user_sees_in_a_pipeline_run(pipeline):
 
 
 CONFIG_CASES = [
-    ("unknown key", lambda c: c["meta"].update(iteratons=5),
-     r"^config {cfg}: meta: Additional properties are not allowed \('iteratons' was unexpected\)$"),
-    ("wrong type", lambda c: c["pretrain"].update(steps="many"), r"^config {cfg}: pretrain\.steps: 'many' is not of type 'integer'$"),
-    ("negative iteration count", lambda c: c["meta"].update(iterations=-3), r"^config {cfg}: meta\.iterations: -3 is less than the minimum of 1$"),
-    ("no test-set folder exists", lambda c: c.update(test_sets={"a": "no/such/folder"}),
-     r"^no test set found: none of no/such/folder holds images \(config test_sets\)$"),
+    (
+        "unknown key",
+        lambda c: c["meta"].update(iteratons=5),
+        r"^config {cfg}: meta: Additional properties are not allowed \('iteratons' was unexpected\)$",
+    ),
+    (
+        "wrong type",
+        lambda c: c["pretrain"].update(steps="many"),
+        r"^config {cfg}: pretrain\.steps: 'many' is not of type 'integer'$",
+    ),
+    (
+        "negative iteration count",
+        lambda c: c["meta"].update(iterations=-3),
+        r"^config {cfg}: meta\.iterations: -3 is less than the minimum of 1$",
+    ),
+    (
+        "no test-set folder exists",
+        lambda c: c.update(test_sets={"a": "no/such/folder"}),
+        r"^no test set found: none of no/such/folder holds images \(config test_sets\)$",
+    ),
 ]
 
 
@@ -529,9 +682,18 @@ def test_image_too_small_for_kernelgan(files, tmp_path, capsys, command):
     folder.mkdir()
     write_png(folder / "a_good.png", to_uint8(smooth_image(100, 100, seed=4)))
     shutil.copy(files / "images" / "base.png", folder / "b_small.png")  # 48x40
-    extra = ["--weights", files / "weights.safetensors", "--kernel", "estimate", "--steps", "1"] if command == "upscale" else []
+    extra = (
+        ["--weights", files / "weights.safetensors", "--kernel", "estimate", "--steps", "1"]
+        if command == "upscale"
+        else []
+    )
     rc, err = cli(capsys, command, folder, "--out", out, "--iterations", "1", "--device", "cpu", *extra)
-    assert_one_line_error(rc, err, folder / "b_small.png", r"48x40 pixels; KernelGAN needs at least 84 .*64 with the real-image setting: --real")
+    assert_one_line_error(
+        rc,
+        err,
+        folder / "b_small.png",
+        r"48x40 pixels; KernelGAN needs at least 84 .*64 with the real-image setting: --real",
+    )
     assert_nothing_written(out)
     rc, err = cli(capsys, command, folder / "b_small.png", "--out", out, "--real", "--iterations", "1", *extra)
     assert_one_line_error(rc, err, folder / "b_small.png", "KernelGAN needs at least 64 pixels on each side$")

@@ -1,4 +1,5 @@
 """Tests for mzsr.checkpoints (safetensors, safe .pt loading, TF-1 import) and mzsr.tf_bundle (the bundle reader)."""
+
 from __future__ import annotations
 
 import json
@@ -35,8 +36,15 @@ def _random_state(seed: int = 0) -> dict[str, torch.Tensor]:
 # safetensors / .pt
 # --------------------------------------------------------------------------------------------------
 
-META = {"scale": 2, "degradation": "bicubic", "step": 12345, "config_digest": "ab12cd", "source": "unit-test",
-        "lr": 4e-4, "tags": ["a", "b"]}
+META = {
+    "scale": 2,
+    "degradation": "bicubic",
+    "step": 12345,
+    "config_digest": "ab12cd",
+    "source": "unit-test",
+    "lr": 4e-4,
+    "tags": ["a", "b"],
+}
 
 
 def test_save_load_round_trip(tmp_path):
@@ -220,6 +228,7 @@ def test_load_model(tmp_path):
 # Hand-built TF bundle (SSTable + protobuf), written by the test itself (tf_bundle_writer.py)
 # --------------------------------------------------------------------------------------------------
 
+
 def test_crc32c_known_vectors():
     assert crc32c(b"123456789") == 0xE3069283
     assert crc32c(b"") == 0
@@ -358,6 +367,7 @@ def test_import_rejects_wrong_shape(tmp_path):
 # The authors' released checkpoint (../shared/data)
 # --------------------------------------------------------------------------------------------------
 
+
 @pytest.mark.shared_data
 def test_official_bundle_listing():
     listing = list_tf_bundle(OFFICIAL_PREFIX)
@@ -368,7 +378,11 @@ def test_official_bundle_listing():
     assert listing["MODEL/conv1/kernel"] == ("float32", (3, 3, 3, 64))
     assert listing["MODEL/conv1/kernel/Adam"] == ("float32", (3, 3, 3, 64))
     assert listing["MODEL/conv8/kernel"] == ("float32", (3, 3, 64, 3))
-    assert set(listing) - {n for n in listing if n.startswith("MODEL/")} == {"beta1_power", "beta2_power", "global_step"}
+    assert set(listing) - {n for n in listing if n.startswith("MODEL/")} == {
+        "beta1_power",
+        "beta2_power",
+        "global_step",
+    }
     assert len(listing) == 51
     step = read_tf_bundle(OFFICIAL_PREFIX, ["global_step"])["global_step"]
     assert int(step) == 500_000  # the release was trained 500K steps
@@ -392,8 +406,17 @@ def test_official_import():
 def test_official_round_trips_through_safetensors(tmp_path):
     state = import_tf_checkpoint(OFFICIAL_PREFIX)
     path = tmp_path / "theta_T.safetensors"
-    save_weights(path, state, {"scale": 2, "degradation": "bicubic", "step": 500_000,
-                               "config_digest": "", "source": "mzsr-official-pretrained"})
+    save_weights(
+        path,
+        state,
+        {
+            "scale": 2,
+            "degradation": "bicubic",
+            "step": 500_000,
+            "config_digest": "",
+            "source": "mzsr-official-pretrained",
+        },
+    )
     model, meta = load_model(path, expected_scale=2)
     assert meta["step"] == 500_000
     assert all(torch.equal(model.state_dict()[k], state[k]) for k in state)

@@ -31,8 +31,25 @@ def test_round_trip_degrade_upscale_evaluate(tmp_path, hr_dir, capsys):
     weights = tmp_path / "w.safetensors"
     torch.manual_seed(0)
     save_weights(weights, MZSRNet().state_dict(), {"scale": 2, "degradation": "direct", "step": 0})
-    assert main(["upscale", str(lr_dir / "b.png"), "--out", str(mz_dir), "--weights", str(weights),
-                 "--kernel", "g2.0", "--steps", "2", "--device", "cpu"]) == 0
+    assert (
+        main(
+            [
+                "upscale",
+                str(lr_dir / "b.png"),
+                "--out",
+                str(mz_dir),
+                "--weights",
+                str(weights),
+                "--kernel",
+                "g2.0",
+                "--steps",
+                "2",
+                "--device",
+                "cpu",
+            ]
+        )
+        == 0
+    )
     assert read_image_uint8(mz_dir / "b.png").shape == (48, 52, 3)
     out_csv = tmp_path / "m.csv"
     assert main(["evaluate", str(sr_dir), str(hr_dir), "--csv", str(out_csv)]) == 0
@@ -46,8 +63,11 @@ def test_round_trip_degrade_upscale_evaluate(tmp_path, hr_dir, capsys):
 def test_errors_are_one_line_with_the_file(tmp_path, hr_dir):
     bad = tmp_path / "bad.png"
     bad.write_text("this is not a png")
-    r = subprocess.run([sys.executable, "-m", "mzsr.cli", "degrade", str(bad), "--out", str(tmp_path / "o"), "--kernel", "g2.0"],
-                       capture_output=True, text=True)
+    r = subprocess.run(
+        [sys.executable, "-m", "mzsr.cli", "degrade", str(bad), "--out", str(tmp_path / "o"), "--kernel", "g2.0"],
+        capture_output=True,
+        text=True,
+    )
     assert r.returncode == 1
     assert r.stderr.strip().count("\n") == 0 and "bad.png" in r.stderr and "Traceback" not in r.stderr
     assert not (tmp_path / "o").exists() or not any((tmp_path / "o").iterdir())
@@ -80,8 +100,26 @@ def test_per_image_kernels_zssr_and_redegradation(tmp_path):
     assert kernel_file_for_image(lr_dir / "a.png", 2).name == "a_kernel_x2.mat"
     assert kernel_file_for_image(lr_dir / "b.png", 4) is None
     out = tmp_path / "sr"
-    assert main(["upscale", str(lr_dir / "a.png"), str(lr_dir / "b.png"), "--out", str(out), "--method", "zssr",
-                 "--kernel", "per-image", "--zssr-iterations", "20", "--device", "cpu"]) == 0
+    assert (
+        main(
+            [
+                "upscale",
+                str(lr_dir / "a.png"),
+                str(lr_dir / "b.png"),
+                "--out",
+                str(out),
+                "--method",
+                "zssr",
+                "--kernel",
+                "per-image",
+                "--zssr-iterations",
+                "20",
+                "--device",
+                "cpu",
+            ]
+        )
+        == 0
+    )
     assert read_image_uint8(out / "a.png").shape == read_image_uint8(out / "b.png").shape == (48, 56, 3)
     # The re-degradation check: the true HR image re-degraded with the right kernel reproduces the LR
     # image up to quantisation; a wrong or shifted kernel is clearly visible.
@@ -92,7 +130,10 @@ def test_per_image_kernels_zssr_and_redegradation(tmp_path):
     assert right > 45 and right > wrong + 10 and right > shifted + 10
     # Without a kernel file for the image, a clear error names it.
     write_png(tmp_path / "c" / "c.png", hr)
-    assert main(["upscale", str(tmp_path / "c" / "c.png"), "--out", str(out), "--method", "zssr", "--kernel", "per-image"]) == 1
+    assert (
+        main(["upscale", str(tmp_path / "c" / "c.png"), "--out", str(out), "--method", "zssr", "--kernel", "per-image"])
+        == 1
+    )
 
 
 def test_scale_4_needs_x4_weights(tmp_path, hr_dir):
@@ -104,8 +145,22 @@ def test_scale_4_needs_x4_weights(tmp_path, hr_dir):
     save_weights(w4, MZSRNet().state_dict(), {"scale": 4, "degradation": "bicubic", "step": 0})
     out = tmp_path / "sr4"
     assert main(["upscale", str(lr_dir), "--out", str(out), "--weights", str(w2), "--steps", "0", "--scale", "4"]) == 1
-    x4_bicubic = ["upscale", str(lr_dir), "--out", str(out), "--weights", str(w4), "--kernel", "bicubic",
-                  "--steps", "1", "--scale", "4", "--device", "cpu"]
+    x4_bicubic = [
+        "upscale",
+        str(lr_dir),
+        "--out",
+        str(out),
+        "--weights",
+        str(w4),
+        "--kernel",
+        "bicubic",
+        "--steps",
+        "1",
+        "--scale",
+        "4",
+        "--device",
+        "cpu",
+    ]
     assert main(x4_bicubic) == 1  # no released schedule for bicubic x4: the user must name one
     assert main(x4_bicubic + ["--schedule", "constant_0.01"]) == 0
     assert read_image_uint8(out / "b.png").shape == (48, 52, 3)
@@ -136,12 +191,31 @@ def test_degrade_with_random_per_image_kernels_writes_them_for_per_image(tmp_pat
         assert method == "direct" and label.endswith(f"kernels/{stem}_kernel_x2.mat")
         np.testing.assert_array_equal(kernels[stem], mat["kernel"])  # read as it is, no shift
         hr = modcrop(read_image_uint8(hr_dir / f"{stem}.png"), 2) / 255.0
-        np.testing.assert_array_equal(to_uint8(degrade(hr, kernels[stem], 2, "direct")), read_image_uint8(lr_dir / f"{stem}.png"))
+        np.testing.assert_array_equal(
+            to_uint8(degrade(hr, kernels[stem], 2, "direct")), read_image_uint8(lr_dir / f"{stem}.png")
+        )
     assert np.abs(kernels["a"] - kernels["b"]).max() > 1e-3
     out, weights = tmp_path / "sr", tmp_path / "w.safetensors"
     save_weights(weights, MZSRNet().state_dict(), {"scale": 2, "degradation": "direct", "step": 0})
-    assert main(["upscale", str(lr_dir), "--out", str(out), "--weights", str(weights), "--kernel", "per-image",
-                 "--steps", "1", "--device", "cpu"]) == 0
+    assert (
+        main(
+            [
+                "upscale",
+                str(lr_dir),
+                "--out",
+                str(out),
+                "--weights",
+                str(weights),
+                "--kernel",
+                "per-image",
+                "--steps",
+                "1",
+                "--device",
+                "cpu",
+            ]
+        )
+        == 0
+    )
     assert sorted(p.name for p in out.iterdir()) == ["a.png", "b.png"]
     assert main(["degrade", str(hr_dir), "--out", str(tmp_path / "x3"), "--kernel", "rk", "--scale", "3"]) == 1
 
@@ -189,8 +263,20 @@ def estimated(tmp_path_factory):
         for fmt in ("mzsr", "kernelgan"):
             runs[fmt], buffer = root / fmt, io.StringIO()
             with contextlib.redirect_stdout(buffer):
-                rc = main(["estimate-kernel", str(lr), "--out", str(runs[fmt]), "--iterations", "20", "--format", fmt,
-                           "--device", "cpu"])
+                rc = main(
+                    [
+                        "estimate-kernel",
+                        str(lr),
+                        "--out",
+                        str(runs[fmt]),
+                        "--iterations",
+                        "20",
+                        "--format",
+                        fmt,
+                        "--device",
+                        "cpu",
+                    ]
+                )
             assert rc == 0
             stdout[fmt] = buffer.getvalue()
         est = estimate_kernel(read_image(lr / "a.png"), 2, {"iterations": 20}, "cpu", seed=0)
@@ -213,8 +299,12 @@ def test_estimate_kernel_writes_both_formats(estimated):
 
     est = estimated.est
     for fmt, out in estimated.runs.items():
-        assert sorted(p.name for p in out.iterdir()) == ["a_kernel_x2.mat", "a_kernel_x2.png", "b_kernel_x2.mat",
-                                                         "b_kernel_x2.png"]
+        assert sorted(p.name for p in out.iterdir()) == [
+            "a_kernel_x2.mat",
+            "a_kernel_x2.png",
+            "b_kernel_x2.mat",
+            "b_kernel_x2.png",
+        ]
         lines = estimated.stdout[fmt].strip().splitlines()
         assert len(lines) == 2 and all("kernel" in line and "20 iterations" in line and " s " in line for line in lines)
         for stem in ("a", "b"):
@@ -253,14 +343,37 @@ def test_upscale_with_estimated_kernels(tmp_path, estimated):
     torch.set_num_threads(1)  # see `estimated`; the autouse fixture sets it back for the next test
     weights, sr = tmp_path / "w.safetensors", tmp_path / "sr"
     save_weights(weights, MZSRNet().state_dict(), {"scale": 2, "degradation": "direct", "step": 0})
-    assert main(["upscale", str(estimated.lr), "--out", str(sr), "--weights", str(weights), "--kernel", "estimate",
-                 "--iterations", "20", "--steps", "1", "--device", "cpu"]) == 0
+    assert (
+        main(
+            [
+                "upscale",
+                str(estimated.lr),
+                "--out",
+                str(sr),
+                "--weights",
+                str(weights),
+                "--kernel",
+                "estimate",
+                "--iterations",
+                "20",
+                "--steps",
+                "1",
+                "--device",
+                "cpu",
+            ]
+        )
+        == 0
+    )
     assert sorted(p.name for p in sr.iterdir()) == ["a.png", "b.png", "kernels"]
     assert read_image_uint8(sr / "a.png").shape == read_image_uint8(sr / "b.png").shape == (200, 200, 3)
-    assert sorted(p.name for p in (sr / "kernels").iterdir()) == sorted(p.name for p in estimated.runs["mzsr"].iterdir())
+    assert sorted(p.name for p in (sr / "kernels").iterdir()) == sorted(
+        p.name for p in estimated.runs["mzsr"].iterdir()
+    )
     for stem in ("a", "b"):
-        np.testing.assert_array_equal(load_kernel_file(sr / "kernels" / f"{stem}_kernel_x2.mat"),
-                                      load_kernel_file(estimated.runs["mzsr"] / f"{stem}_kernel_x2.mat"))
+        np.testing.assert_array_equal(
+            load_kernel_file(sr / "kernels" / f"{stem}_kernel_x2.mat"),
+            load_kernel_file(estimated.runs["mzsr"] / f"{stem}_kernel_x2.mat"),
+        )
 
 
 def test_estimate_kernel_refusals(tmp_path, texture_dir, capsys):
@@ -271,10 +384,13 @@ def test_estimate_kernel_refusals(tmp_path, texture_dir, capsys):
     out = tmp_path / "k"
     assert "--iterations must be >= 1" in err("estimate-kernel", texture_dir, "--out", out, "--iterations", "0")
     assert "--scale 3" in err("estimate-kernel", texture_dir, "--out", out, "--scale", "3")
-    assert "--degradation estimate only" in err("upscale", texture_dir, "--out", out, "--kernel", "g2.0", "--iterations", "5")
+    assert "--degradation estimate only" in err(
+        "upscale", texture_dir, "--out", out, "--kernel", "g2.0", "--iterations", "5"
+    )
     assert "degrade needs a known kernel" in err("degrade", texture_dir, "--out", out, "--kernel", "estimate")
-    assert "--iterations must be >= 1" in err("upscale", texture_dir, "--out", out, "--kernel", "estimate",
-                                              "--iterations", "0", "--method", "zssr")
+    assert "--iterations must be >= 1" in err(
+        "upscale", texture_dir, "--out", out, "--kernel", "estimate", "--iterations", "0", "--method", "zssr"
+    )
     assert not out.exists()
     # an output that would overwrite an input (here a.png's picture, a_kernel_x2.png, is an input too)
     write_png(texture_dir / "a_kernel_x2.png", _texture(100, 3))

@@ -1,4 +1,5 @@
 """Patch stores as the authors' generators make them, and task shards whose LR is made at batch time."""
+
 from __future__ import annotations
 
 import h5py

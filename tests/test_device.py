@@ -33,5 +33,11 @@ def test_the_trainers_refuse_cuda_on_a_machine_without_it(tmp_path):
     from mzsr.pretrain import pretrain
 
     with pytest.raises(MZSRError, match="device 'cuda': CUDA is not available on this machine"):
-        pretrain(tmp_path / "none.h5", tmp_path / "out.safetensors", {}, tmp_path / "work", tmp_path / "log.csv",
-                 device="cuda")
+        pretrain(
+            tmp_path / "none.h5",
+            tmp_path / "out.safetensors",
+            {},
+            tmp_path / "work",
+            tmp_path / "log.csv",
+            device="cuda",
+        )

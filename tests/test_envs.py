@@ -9,6 +9,7 @@ the imports inside the functions and classes the script imports from it or calls
 they refer to in turn). Third-party import names map to conda packages in IMPORT_TO_CONDA; an
 import that is neither there nor in the standard library fails the test, which names it.
 """
+
 from __future__ import annotations
 
 import ast
@@ -75,13 +76,15 @@ def rules(tmp_path_factory) -> list[RuleInfo]:
             if rule.name == "all":
                 continue
             base = Path(rule.basedir)
-            found.append(RuleInfo(
-                name=rule.name,
-                rule_file=Path(rule.snakefile).name,
-                env=(base / rule.conda_env).resolve() if isinstance(rule.conda_env, str) else None,
-                script=(base / rule.script).resolve() if rule.script else None,
-                network="gpu" in rule.resources,
-            ))
+            found.append(
+                RuleInfo(
+                    name=rule.name,
+                    rule_file=Path(rule.snakefile).name,
+                    env=(base / rule.conda_env).resolve() if isinstance(rule.conda_env, str) else None,
+                    script=(base / rule.script).resolve() if rule.script else None,
+                    network="gpu" in rule.resources,
+                )
+            )
     assert len(found) > 10
     return found
 
@@ -219,7 +222,9 @@ def test_every_rule_names_an_existing_environment_that_parses(rules):
         pins = packages(env)
         assert "python" in pins, rule.env
         for name, spec in pins.items():
-            assert re.fullmatch(r"=\d+(\.\d+)+", spec.replace(" ", "")), f"{rule.env.name}: {name} is not pinned ({spec!r})"
+            assert re.fullmatch(r"=\d+(\.\d+)+", spec.replace(" ", "")), (
+                f"{rule.env.name}: {name} is not pinned ({spec!r})"
+            )
 
 
 def test_every_environment_provides_the_imports_of_its_scripts(rules):
@@ -230,10 +235,14 @@ def test_every_environment_provides_the_imports_of_its_scripts(rules):
         provided = set(packages(environment(rule.env)))
         for name, where in sorted(third_party_imports(rule.script).items()):
             if name not in IMPORT_TO_CONDA:
-                problems.append(f"{', '.join(sorted(where))} imports {name!r}: add its conda package to IMPORT_TO_CONDA")
+                problems.append(
+                    f"{', '.join(sorted(where))} imports {name!r}: add its conda package to IMPORT_TO_CONDA"
+                )
             elif not IMPORT_TO_CONDA[name] & provided:
-                problems.append(f"rule {rule.name} ({rule.script.name}): {rule.env.name} lacks {name!r} "
-                                f"(conda: {' or '.join(sorted(IMPORT_TO_CONDA[name]))}), imported by {', '.join(sorted(where))}")
+                problems.append(
+                    f"rule {rule.name} ({rule.script.name}): {rule.env.name} lacks {name!r} "
+                    f"(conda: {' or '.join(sorted(IMPORT_TO_CONDA[name]))}), imported by {', '.join(sorted(where))}"
+                )
     assert not problems, "\n".join(dict.fromkeys(problems))
 
 

@@ -1,6 +1,7 @@
 """KernelGAN kernel estimation (mzsr.estimate): the collapsed generator equals the release's layered one,
 the release's constraints and schedule, the conventions of the result, and that it finds a kernel's
 orientation."""
+
 import numpy as np
 import pytest
 import scipy.ndimage

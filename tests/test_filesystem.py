@@ -6,6 +6,7 @@ remounted read-only, a path that is a file, and permission denied as an unprivil
 Each must end in one line `mzsr: error: <path>: <problem>` and leave nothing partial behind, both for
 the `mzsr` command and for the pipeline's rule scripts (run in-process, as Snakemake runs them).
 """
+
 from __future__ import annotations
 
 import contextlib
@@ -36,8 +37,11 @@ READ_ONLY = "Read-only file system"
 
 
 def _mount(target: Path, *options: str) -> bool:
-    proc = subprocess.run(["mount", "-t", "tmpfs", "-o", ",".join(("size=256k", *options)), "tmpfs", str(target)],
-                          capture_output=True, text=True)
+    proc = subprocess.run(
+        ["mount", "-t", "tmpfs", "-o", ",".join(("size=256k", *options)), "tmpfs", str(target)],
+        capture_output=True,
+        text=True,
+    )
     return proc.returncode == 0
 
 
@@ -123,12 +127,29 @@ def test_import_tf_to_pt_is_read_back_by_upscale(inputs, tmp_path, capsys):
     assert out.read_bytes()[:2] == b"PK"  # a torch file, as the suffix asks
     state, meta = load_weights(out, expected_scale=2)
     assert meta["scale"] == 2 and meta["source"].startswith("tf:")
-    assert main(["upscale", str(inputs / "lr" / "a.png"), "--out", str(tmp_path / "sr"), "--weights", str(out),
-                 "--steps", "0", "--device", "cpu"]) == 0
+    assert (
+        main(
+            [
+                "upscale",
+                str(inputs / "lr" / "a.png"),
+                "--out",
+                str(tmp_path / "sr"),
+                "--weights",
+                str(out),
+                "--steps",
+                "0",
+                "--device",
+                "cpu",
+            ]
+        )
+        == 0
+    )
     assert read_image_uint8(tmp_path / "sr" / "a.png").shape == (56, 64, 3)
 
 
-@pytest.mark.parametrize("written, named", [("safetensors", "w.pt"), ("torch", "w.safetensors"), ("safetensors", "w.bin")])
+@pytest.mark.parametrize(
+    "written, named", [("safetensors", "w.pt"), ("torch", "w.safetensors"), ("safetensors", "w.bin")]
+)
 def test_weights_are_recognised_by_content_not_suffix(inputs, tmp_path, written, named):
     """A file is read as what it is: safetensors named .pt or .bin, a torch file named .safetensors."""
     state, _ = load_weights(inputs / "w.safetensors")
@@ -154,8 +175,14 @@ def test_import_tf_refuses_a_suffix_it_cannot_honour_before_any_work(tmp_path, c
 
 # ------------------------------------------------------------------------------------ 2. file-system faults, command
 
-FAULTS = ["no space left", "read-only folder", "parent folder read-only", "out is a file", "parent is a file",
-          "permission denied"]
+FAULTS = [
+    "no space left",
+    "read-only folder",
+    "parent folder read-only",
+    "out is a file",
+    "parent is a file",
+    "permission denied",
+]
 
 
 @contextlib.contextmanager
@@ -187,8 +214,20 @@ def fault(kind: str, tmp_path: Path):
 
 
 COMMANDS = {
-    "upscale": lambda inp, out: ["upscale", str(inp / "lr"), "--out", str(out), "--weights", str(inp / "w.safetensors"),
-                                 "--kernel", "g0.2", "--steps", "1", "--device", "cpu"],
+    "upscale": lambda inp, out: [
+        "upscale",
+        str(inp / "lr"),
+        "--out",
+        str(out),
+        "--weights",
+        str(inp / "w.safetensors"),
+        "--kernel",
+        "g0.2",
+        "--steps",
+        "1",
+        "--device",
+        "cpu",
+    ],
     "degrade": lambda inp, out: ["degrade", str(inp / "lr"), "--out", str(out), "--kernel", "g0.2"],
     "import-tf": lambda inp, out: ["import-tf", str(inp / "tf" / "Pretrained"), str(out / "w.safetensors")],
     "evaluate --csv": lambda inp, out: ["evaluate", str(inp / "lr"), str(inp / "lr"), "--csv", str(out / "m.csv")],
@@ -252,8 +291,20 @@ def _csv(root: Path) -> Path:
     import pandas as pd
 
     path = root / "job.csv"
-    pd.DataFrame([{"test_set": "t", "degradation": "g2.0", "method": "bicubic", "steps": 0, "image": "gt", "psnr": 30.0,
-                   "ssim": 0.9, "seconds": 0.1}]).to_csv(path, index=False)
+    pd.DataFrame(
+        [
+            {
+                "test_set": "t",
+                "degradation": "g2.0",
+                "method": "bicubic",
+                "steps": 0,
+                "image": "gt",
+                "psnr": 30.0,
+                "ssim": 0.9,
+                "seconds": 0.1,
+            }
+        ]
+    ).to_csv(path, index=False)
     return path
 
 
@@ -261,46 +312,90 @@ def _summary(root: Path) -> Path:
     import pandas as pd
 
     path = root / "summary.csv"
-    pd.DataFrame([{"test_set": "t", "degradation": "g2.0", "method": m, "steps": s, "psnr": 30.0 + s, "ssim": 0.9}
-                  for m, s in (("bicubic", 0), ("mzsr", 0), ("mzsr", 1))]).to_csv(path, index=False)
+    pd.DataFrame(
+        [
+            {"test_set": "t", "degradation": "g2.0", "method": m, "steps": s, "psnr": 30.0 + s, "ssim": 0.9}
+            for m, s in (("bicubic", 0), ("mzsr", 0), ("mzsr", 1))
+        ]
+    ).to_csv(path, index=False)
     return path
 
 
 SR_WILDCARDS = {"test_set": "t", "degradation": "g2.0", "image": "gt"}
 SCRIPTS = {  # rule script -> (its input, output and params, given the inputs' folder and the output folder)
-    "lr_image": lambda i, root, out: dict(input={"gt": str(root / "gt.png"), "kernel": []}, output={"out": str(out / "lr.png")},
-                                          params={"degradation": "g2.0", "scale": 2}, wildcards=SR_WILDCARDS),
-    "sr_bicubic": lambda i, root, out: dict(input={"lr_image": str(i / "lr" / "a.png"), "gt": str(root / "gt.png")},
-                                            output={"sr": str(out / "sr.png"), "csv": str(out / "sr.csv")},
-                                            params={"scale": 2, "degradation": "g2.0"}, wildcards=SR_WILDCARDS),
-    "sr_mzsr": lambda i, root, out: dict(input={"lr_image": str(i / "lr" / "a.png"), "gt": str(root / "gt.png"),
-                                                 "weights": str(i / "w.safetensors")},
-                                          output={"sr": str(out / "sr.png"), "csv": str(out / "sr.csv")},
-                                          params={"scale": 2, "degradation": "g2.0", "method": "mzsr",
-                                                  "adapt": {"steps": [1], "schedule": "auto"}}, wildcards=SR_WILDCARDS),
-    "patches": lambda i, root, out: dict(input={"folder": str(root / "hr")}, output={"store": str(out / "p.h5")},
-                                         params={"patches": {"patch_size": 16, "stride": 8, "max_per_image": 40, "seed": 0,
-                                                             "reject_flat": False, "flat_threshold": -6.0,
-                                                             "store_augmented": True}, "lr_scale": None},
-                                         wildcards={"kind": "meta"}),
-    "task_shard": lambda i, root, out: dict(input={"store": str(root / "meta.h5")}, output={"shard": str(out / "s.h5")},
-                                            params={"tasks": {"tasks": 2000, "scale": 2, "n_support": 2, "n_query": 2, "seed": 0}},
-                                            wildcards={"shard": "0"}),
-    "import_tf": lambda i, root, out: dict(input={}, output={"w": str(out / "w.safetensors")},
-                                           params={"tf_checkpoint": str(i / "tf" / "Pretrained"), "scale": 2}),
-    "pretrain": lambda i, root, out: dict(input={"store": str(root / "patches.h5")},
-                                          output={"weights": str(out / "w.safetensors"), "log_csv": str(out / "log.csv")},
-                                          params={"work_dir": str(out / "work"),
-                                                  "pretrain": {"steps": 2, "batch_size": 2, "patch_size": 24, "num_workers": 0,
-                                                               "checkpoint_every": 1, "log_every": 1}}),
-    "plot_steps": lambda i, root, out: dict(input={"summary": str(_summary(root))}, output={"png": str(out / "plot.png")},
-                                            params={"scale": 2}),
-    "images": lambda i, root, out: dict(input={}, output={"folder": str(out / "train")},
-                                        params={"data": {"source": "skimage:astronaut,chelsea"}}),
-    "crop": lambda i, root, out: dict(input={"gt": str(root / "gt.png"), "bicubic": str(root / "gt.png"),
-                                             "csvs": [str(_csv(root))]},
-                                      output={"png": str(out / "crop.png")}, params={"scale": 2, "report": {"crop_size": 32}},
-                                      wildcards=SR_WILDCARDS),
+    "lr_image": lambda i, root, out: dict(
+        input={"gt": str(root / "gt.png"), "kernel": []},
+        output={"out": str(out / "lr.png")},
+        params={"degradation": "g2.0", "scale": 2},
+        wildcards=SR_WILDCARDS,
+    ),
+    "sr_bicubic": lambda i, root, out: dict(
+        input={"lr_image": str(i / "lr" / "a.png"), "gt": str(root / "gt.png")},
+        output={"sr": str(out / "sr.png"), "csv": str(out / "sr.csv")},
+        params={"scale": 2, "degradation": "g2.0"},
+        wildcards=SR_WILDCARDS,
+    ),
+    "sr_mzsr": lambda i, root, out: dict(
+        input={"lr_image": str(i / "lr" / "a.png"), "gt": str(root / "gt.png"), "weights": str(i / "w.safetensors")},
+        output={"sr": str(out / "sr.png"), "csv": str(out / "sr.csv")},
+        params={"scale": 2, "degradation": "g2.0", "method": "mzsr", "adapt": {"steps": [1], "schedule": "auto"}},
+        wildcards=SR_WILDCARDS,
+    ),
+    "patches": lambda i, root, out: dict(
+        input={"folder": str(root / "hr")},
+        output={"store": str(out / "p.h5")},
+        params={
+            "patches": {
+                "patch_size": 16,
+                "stride": 8,
+                "max_per_image": 40,
+                "seed": 0,
+                "reject_flat": False,
+                "flat_threshold": -6.0,
+                "store_augmented": True,
+            },
+            "lr_scale": None,
+        },
+        wildcards={"kind": "meta"},
+    ),
+    "task_shard": lambda i, root, out: dict(
+        input={"store": str(root / "meta.h5")},
+        output={"shard": str(out / "s.h5")},
+        params={"tasks": {"tasks": 2000, "scale": 2, "n_support": 2, "n_query": 2, "seed": 0}},
+        wildcards={"shard": "0"},
+    ),
+    "import_tf": lambda i, root, out: dict(
+        input={},
+        output={"w": str(out / "w.safetensors")},
+        params={"tf_checkpoint": str(i / "tf" / "Pretrained"), "scale": 2},
+    ),
+    "pretrain": lambda i, root, out: dict(
+        input={"store": str(root / "patches.h5")},
+        output={"weights": str(out / "w.safetensors"), "log_csv": str(out / "log.csv")},
+        params={
+            "work_dir": str(out / "work"),
+            "pretrain": {
+                "steps": 2,
+                "batch_size": 2,
+                "patch_size": 24,
+                "num_workers": 0,
+                "checkpoint_every": 1,
+                "log_every": 1,
+            },
+        },
+    ),
+    "plot_steps": lambda i, root, out: dict(
+        input={"summary": str(_summary(root))}, output={"png": str(out / "plot.png")}, params={"scale": 2}
+    ),
+    "images": lambda i, root, out: dict(
+        input={}, output={"folder": str(out / "train")}, params={"data": {"source": "skimage:astronaut,chelsea"}}
+    ),
+    "crop": lambda i, root, out: dict(
+        input={"gt": str(root / "gt.png"), "bicubic": str(root / "gt.png"), "csvs": [str(_csv(root))]},
+        output={"png": str(out / "crop.png")},
+        params={"scale": 2, "report": {"crop_size": 32}},
+        wildcards=SR_WILDCARDS,
+    ),
 }
 
 
@@ -366,11 +461,27 @@ def test_out_of_memory_in_adaptation_retries_with_smaller_crops(inputs, capsys, 
 
     monkeypatch.setattr(mzsr.checkpoints, "load_model", guarded)
     write_png(tmp_path / "lr" / "c.png", smooth_image(64, 64, seed=6))
-    rc = main(["upscale", str(tmp_path / "lr"), "--out", str(tmp_path / "sr"), "--weights", str(inputs / "w.safetensors"),
-               "--kernel", "g0.2", "--steps", "2", "--device", "cpu"])
+    rc = main(
+        [
+            "upscale",
+            str(tmp_path / "lr"),
+            "--out",
+            str(tmp_path / "sr"),
+            "--weights",
+            str(inputs / "w.safetensors"),
+            "--kernel",
+            "g0.2",
+            "--steps",
+            "2",
+            "--device",
+            "cpu",
+        ]
+    )
     err = capsys.readouterr().err.strip().splitlines()
     assert rc == 0, err
-    assert err == ["mzsr: warning: out of GPU memory adapting on 64x64 crops; starting the image again with 32x32 crops"]
+    assert err == [
+        "mzsr: warning: out of GPU memory adapting on 64x64 crops; starting the image again with 32x32 crops"
+    ]
     assert read_image_uint8(tmp_path / "sr" / "c.png").shape == (128, 128, 3)
 
 
@@ -378,10 +489,25 @@ def test_out_of_memory_even_at_the_smallest_tile_is_one_line(inputs, capsys, tmp
     import mzsr.checkpoints
 
     load_model = mzsr.checkpoints.load_model
-    monkeypatch.setattr(mzsr.checkpoints, "load_model",
-                        lambda *a, **k: (_OOMAbove(load_model(*a, **k)[0], infer_limit=0, train_limit=0), {}))
-    rc = main(["upscale", str(inputs / "lr" / "a.png"), "--out", str(tmp_path / "sr"), "--weights",
-               str(inputs / "w.safetensors"), "--steps", "0", "--device", "cpu"])
+    monkeypatch.setattr(
+        mzsr.checkpoints,
+        "load_model",
+        lambda *a, **k: (_OOMAbove(load_model(*a, **k)[0], infer_limit=0, train_limit=0), {}),
+    )
+    rc = main(
+        [
+            "upscale",
+            str(inputs / "lr" / "a.png"),
+            "--out",
+            str(tmp_path / "sr"),
+            "--weights",
+            str(inputs / "w.safetensors"),
+            "--steps",
+            "0",
+            "--device",
+            "cpu",
+        ]
+    )
     err = capsys.readouterr().err.strip().splitlines()
     assert rc == 1 and err[-1].startswith("mzsr: error: out of GPU memory in inference even with 32x32 tiles"), err
     assert not (tmp_path / "sr").exists()
@@ -396,8 +522,10 @@ def test_two_inputs_with_one_stem_are_refused_before_any_work(inputs, tmp_path, 
     from PIL import Image
 
     Image.fromarray(read_image_uint8(folder / "a.png")).save(folder / "a.jpg", quality=95)
-    for command in (["degrade", str(folder), "--out", str(tmp_path / "o1"), "--kernel", "g0.2"],
-                    ["upscale", str(folder), "--out", str(tmp_path / "o2"), "--method", "bicubic"]):
+    for command in (
+        ["degrade", str(folder), "--out", str(tmp_path / "o1"), "--kernel", "g0.2"],
+        ["upscale", str(folder), "--out", str(tmp_path / "o2"), "--method", "bicubic"],
+    ):
         rc = main(command)
         one_line(capsys, rc, folder / "a.jpg", r"a\.jpg and .*a\.png would both be written to .*o\d/a\.png; rename one")
     assert not (tmp_path / "o1").exists() and not (tmp_path / "o2").exists()

@@ -7,6 +7,7 @@ rename; a killed writer's temp file is removed by the next writer). Training sta
 tests/test_pretrain.py and tests/test_meta.py (killed mid-training, resumed to identical weights);
 numerical faults (NaN loss, overflowing gradients) are at the end. See docs/reliability.md.
 """
+
 from __future__ import annotations
 
 import filecmp
@@ -59,9 +60,16 @@ def on_call(n, fn):
 
 def run_child(*blocks: str) -> subprocess.CompletedProcess:
     """Run KILLER and then the code blocks in a fresh Python process."""
-    code = "\n".join([KILLER.format(repo=str(REPO), tests=str(REPO / "tests")), *(textwrap.dedent(b).strip() for b in blocks)])
-    return subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
-                          env={**os.environ, "TQDM_DISABLE": "1"}, timeout=300)
+    code = "\n".join(
+        [KILLER.format(repo=str(REPO), tests=str(REPO / "tests")), *(textwrap.dedent(b).strip() for b in blocks)]
+    )
+    return subprocess.run(
+        [sys.executable, "-c", code],
+        capture_output=True,
+        text=True,
+        env={**os.environ, "TQDM_DISABLE": "1"},
+        timeout=300,
+    )
 
 
 def assert_killed(proc: subprocess.CompletedProcess) -> None:
@@ -117,8 +125,11 @@ def test_task_shard_killed(tmp_path, kill_point):
     args = dict(shard_index=1, tasks=3, scale=2, n_support=2, n_query=2, seed=0)
     write_task_shard(store, tmp_path / "reference.h5", **args)
     out = tmp_path / "tasks" / "shard=1.h5"
-    killed = run_child("import mzsr.data as data", KILL_POINTS[kill_point],
-                       f"data.write_task_shard({str(store)!r}, {str(out)!r}, **{args!r})")
+    killed = run_child(
+        "import mzsr.data as data",
+        KILL_POINTS[kill_point],
+        f"data.write_task_shard({str(store)!r}, {str(out)!r}, **{args!r})",
+    )
     assert_killed(killed)
     assert not out.exists()
     if kill_point == "writing the HDF5 file":
@@ -167,7 +178,7 @@ ADAPT_KILL_POINTS = {
     "adapting image b": "torch.optim.SGD.step = on_call(5, torch.optim.SGD.step)",
     # b's PNG is complete in its temp file, the rename onto b.png has not happened
     "writing b.png": "_replace = os.replace\n"
-                     "os.replace = lambda src, dst, *a, **k: die() if str(dst).endswith('b.png') else _replace(src, dst, *a, **k)",
+    "os.replace = lambda src, dst, *a, **k: die() if str(dst).endswith('b.png') else _replace(src, dst, *a, **k)",
 }
 
 
@@ -178,8 +189,19 @@ def adapt_inputs(tmp_path_factory):
         write_png(root / "lr" / f"{name}.png", smooth_image(28, 32, seed=20 + i))
     torch.manual_seed(0)
     save_weights(root / "w.safetensors", MZSRNet().state_dict(), {"scale": 2, "degradation": "direct", "step": 0})
-    command = ["upscale", str(root / "lr"), "--weights", str(root / "w.safetensors"), "--kernel", "g0.2", "--steps", "3",
-               "--device", "cpu", "--out"]
+    command = [
+        "upscale",
+        str(root / "lr"),
+        "--weights",
+        str(root / "w.safetensors"),
+        "--kernel",
+        "g0.2",
+        "--steps",
+        "3",
+        "--device",
+        "cpu",
+        "--out",
+    ]
     assert main([*command, str(root / "reference")]) == 0
     return root, command
 
@@ -236,8 +258,18 @@ def test_pipeline_killed_during_a_job_reruns_it(tmp_path):
     csv, sr = Path("results/metrics/jobs/tiny/g2.0/bicubic/b.csv"), Path("results/sr/tiny/g2.0/bicubic/b.png")
 
     def snakemake(*args, env=None):
-        return run_snakemake(workdir, str(csv), *args, "--cores", "1", "--configfile", "cfg.yaml", timeout=300,
-                             start_new_session=True, env={**os.environ, **(env or {})})
+        return run_snakemake(
+            workdir,
+            str(csv),
+            *args,
+            "--cores",
+            "1",
+            "--configfile",
+            "cfg.yaml",
+            timeout=300,
+            start_new_session=True,
+            env={**os.environ, **(env or {})},
+        )
 
     killed = snakemake(env={"PYTHONPATH": str(tmp_path / "hook"), "MZSR_KILL_ON_RENAME": str(csv)})
     assert killed.returncode == -9, (killed.stdout + killed.stderr)[-3000:]
@@ -245,24 +277,43 @@ def test_pipeline_killed_during_a_job_reruns_it(tmp_path):
     assert [p.name.startswith(".b.csv.") for p in (workdir / csv).parent.iterdir()] == [True]
     plain = snakemake()
     out = plain.stdout + plain.stderr
-    assert plain.returncode != 0 and "IncompleteFilesException" in out and str(sr) in out and "--rerun-incomplete" in out
+    assert (
+        plain.returncode != 0 and "IncompleteFilesException" in out and str(sr) in out and "--rerun-incomplete" in out
+    )
     assert snakemake("--unlock").returncode == 0
     done = snakemake("--rerun-incomplete")
     assert done.returncode == 0, (done.stdout + done.stderr)[-3000:]
     # the uninterrupted result: the same LR and bicubic SR as the `mzsr` command makes
-    assert main(["degrade", str(workdir / "test_images" / "tiny"), "--out", str(tmp_path / "lr"), "--kernel", "g2.0"]) == 0
+    assert (
+        main(["degrade", str(workdir / "test_images" / "tiny"), "--out", str(tmp_path / "lr"), "--kernel", "g2.0"]) == 0
+    )
     assert main(["upscale", str(tmp_path / "lr"), "--out", str(tmp_path / "sr"), "--method", "bicubic"]) == 0
     assert filecmp.cmp(workdir / sr, tmp_path / "sr" / "b.png", shallow=False)
     row = (workdir / csv).read_text().splitlines()[1].split(",")
-    expected = psnr(read_image_uint8(tmp_path / "sr" / "b.png"), modcrop(read_image_uint8(workdir / "test_images" / "tiny" / "b.png"), 2), 2)
+    expected = psnr(
+        read_image_uint8(tmp_path / "sr" / "b.png"),
+        modcrop(read_image_uint8(workdir / "test_images" / "tiny" / "b.png"), 2),
+        2,
+    )
     assert float(row[5]) == pytest.approx(expected, abs=1e-9)
     assert sorted(p.name for p in (workdir / csv).parent.iterdir()) == ["b.csv"]  # the killed job's temp file is gone
 
 
 # ------------------------------------------------------------------------------------ numerical faults
 
-PRETRAIN = {"steps": 6, "batch_size": 4, "patch_size": 24, "lr": 1e-3, "lr_halve_every": 2, "lr_min": 3e-4,
-            "checkpoint_every": 2, "log_every": 1, "seed": 5, "num_workers": 0, "scale": 2}
+PRETRAIN = {
+    "steps": 6,
+    "batch_size": 4,
+    "patch_size": 24,
+    "lr": 1e-3,
+    "lr_halve_every": 2,
+    "lr_min": 3e-4,
+    "checkpoint_every": 2,
+    "log_every": 1,
+    "seed": 5,
+    "num_workers": 0,
+    "scale": 2,
+}
 
 
 @pytest.fixture()
@@ -272,7 +323,9 @@ def pretrain_run(tmp_path):
     store, _, _ = make_training_data(tmp_path, shards=0)
 
     def run(name):
-        return pretrain(store, tmp_path / f"{name}.safetensors", PRETRAIN, tmp_path / name, tmp_path / f"{name}.csv", device="cpu")
+        return pretrain(
+            store, tmp_path / f"{name}.safetensors", PRETRAIN, tmp_path / name, tmp_path / f"{name}.csv", device="cpu"
+        )
 
     return tmp_path, run
 
@@ -295,9 +348,13 @@ def test_training_fault_names_the_step_keeps_the_checkpoint_and_resumes(pretrain
     root, run = pretrain_run
     run("reference")
     if fault == "loss becomes NaN":  # the 4th batch's input is NaN: the loss of step 3 (0-based) is NaN
-        monkeypatch.setattr(mzsr.pretrain, "network_input", _fault_at_call(4, mzsr.pretrain.network_input,
-                                                                           lambda lr, s, size: torch.full(
-                                                                               (*lr.shape[:2], *size), float("nan"))))
+        monkeypatch.setattr(
+            mzsr.pretrain,
+            "network_input",
+            _fault_at_call(
+                4, mzsr.pretrain.network_input, lambda lr, s, size: torch.full((*lr.shape[:2], *size), float("nan"))
+            ),
+        )
         message = r"loss became nan at step 3; training stopped\. The last good checkpoint is kept in .*faulty"
     else:  # the 4th loss is finite but its gradient is NaN: Adam writes NaN weights, due for checkpoint 4
         import torch.nn.functional as F

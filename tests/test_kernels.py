@@ -26,7 +26,11 @@ from conftest import SHARED_DATA
 def moments(k):
     r = np.arange(k.shape[0]) - (k.shape[0] - 1) / 2
     x, y = np.meshgrid(r, r)
-    return (k * x).sum(), (k * y).sum(), np.array([[(k * x * x).sum(), (k * x * y).sum()], [(k * x * y).sum(), (k * y * y).sum()]])
+    return (
+        (k * x).sum(),
+        (k * y).sum(),
+        np.array([[(k * x * x).sum(), (k * x * y).sum()], [(k * x * y).sum(), (k * y * y).sum()]]),
+    )
 
 
 def test_gaussian_covariance_uses_variances():
@@ -220,7 +224,12 @@ def test_rk_degradation_is_per_image_and_reproducible():
     assert all(np.abs(o - a.kernel).max() > 1e-3 for o in others)
     x4 = resolve_degradation("rk", image="a", scale=4)
     assert x4.kernel.shape == (21, 21) and x4.subsampling == "direct"
-    assert (random_kernel_seed("rk"), random_kernel_seed("rk12"), random_kernel_seed("rkx"), random_kernel_seed("g2.0")) == (0, 12, None, None)
+    assert (
+        random_kernel_seed("rk"),
+        random_kernel_seed("rk12"),
+        random_kernel_seed("rkx"),
+        random_kernel_seed("g2.0"),
+    ) == (0, 12, None, None)
     with pytest.raises(MZSRError, match="'rk' draws a kernel of its own for every image"):
         resolve_degradation("rk")
     with pytest.raises(MZSRError, match="'rk3' uses direct subsampling; --subsampling bicubic contradicts it"):

@@ -1,7 +1,8 @@
-"""The tree is lint-clean: `ruff check` (pyflakes, import order; pyproject's [tool.ruff]) on the Python
-files and `snakefmt --check` (pyproject's [tool.snakefmt]) on the Snakefile and the rule files.
+"""The tree is lint-clean: `ruff check` (pyflakes, import order; pyproject's [tool.ruff]) and `ruff format`
+on the Python files, `snakefmt --check` (pyproject's [tool.snakefmt]) on the Snakefile and the rule files.
 
 Both are in the `test` extra; where one is not installed its test is skipped and says so."""
+
 from __future__ import annotations
 
 import shutil
@@ -29,7 +30,9 @@ def _run(*command: str) -> subprocess.CompletedProcess:
 
 def test_ruff_finds_nothing():
     proc = _run(_tool("ruff"), "check", "--no-cache", "--output-format", "concise", ".")
-    assert proc.returncode == 0, f"ruff check found problems (fix them, or `ruff check --fix .`):\n{proc.stdout}{proc.stderr}"
+    assert proc.returncode == 0, (
+        f"ruff check found problems (fix them, or `ruff check --fix .`):\n{proc.stdout}{proc.stderr}"
+    )
 
 
 def test_snakefmt_would_change_nothing():
@@ -37,3 +40,8 @@ def test_snakefmt_would_change_nothing():
     assert proc.returncode == 0, (
         f"snakefmt would reformat (run `snakefmt Snakefile workflow/`):\n{proc.stdout}{proc.stderr}"
     )
+
+
+def test_ruff_format_would_change_nothing():
+    proc = _run(_tool("ruff"), "format", "--check", "--no-cache", ".")
+    assert proc.returncode == 0, f"ruff format would reformat (run `ruff format .`):\n{proc.stdout}{proc.stderr}"

@@ -16,8 +16,17 @@ from mzsr.model import MZSRNet
 from mzsr.optim import AdamTF1, make_optimizer
 from training_helpers import make_training_data
 
-MICRO = {"iterations": 6, "meta_batch": 2, "inner_steps": 2, "checkpoint_every": 3, "validate_every": 3,
-         "validation_tasks": 2, "log_every": 1, "seed": 3, "scale": 2}
+MICRO = {
+    "iterations": 6,
+    "meta_batch": 2,
+    "inner_steps": 2,
+    "checkpoint_every": 3,
+    "validate_every": 3,
+    "validation_tasks": 2,
+    "log_every": 1,
+    "seed": 3,
+    "scale": 2,
+}
 
 
 def tiny_theta(seed=0):
@@ -128,10 +137,12 @@ def _run_meta(root, init, store, shards, name, cfg, kill_after=None):
         def hook(step):
             if step == {kill_after!r}:
                 os.kill(os.getpid(), signal.SIGKILL)
-        meta_train({str(init)!r}, {[str(s) for s in shards]!r}, {str(store)!r}, {str(root / (name + '.safetensors'))!r}, {cfg!r},
-                   {str(root / name)!r}, {str(root / (name + '.csv'))!r}, device="cpu", on_step=hook)
+        meta_train({str(init)!r}, {[str(s) for s in shards]!r}, {str(store)!r}, {str(root / (name + ".safetensors"))!r}, {cfg!r},
+                   {str(root / name)!r}, {str(root / (name + ".csv"))!r}, device="cpu", on_step=hook)
     """)
-    return subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env={**os.environ, "TQDM_DISABLE": "1"})
+    return subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, env={**os.environ, "TQDM_DISABLE": "1"}
+    )
 
 
 @pytest.mark.slow
@@ -153,7 +164,14 @@ def test_meta_training_resumes_to_identical_weights(meta_setup):
     start, _ = load_weights(init)
     assert any((a[k] - start[k]).abs().max() > 0 for k in a), "meta-training must change the weights"
     log = (root / "resumed.csv").read_text().splitlines()
-    assert log[0].startswith("step,loss,psnr_0") and [r.split(",")[0] for r in log[1:]] == ["1", "2", "3", "4", "5", "6"]
+    assert log[0].startswith("step,loss,psnr_0") and [r.split(",")[0] for r in log[1:]] == [
+        "1",
+        "2",
+        "3",
+        "4",
+        "5",
+        "6",
+    ]
 
 
 def test_meta_training_stops_on_nan(meta_setup):
@@ -167,10 +185,14 @@ def test_meta_training_stops_on_nan(meta_setup):
 def test_a_pool_too_small_for_the_run_is_an_error(meta_setup):
     root, init, store, shards = meta_setup
     cfg = {**MICRO, "iterations": 7}  # 7 x 2 = 14 training tasks, but 14 - 2 held aside leave 12
-    message = (r"^the task shards hold 14 tasks; with 2 held aside for validation that leaves 12, fewer than the 14 "
-               r"that 7 iterations x meta-batch 2 use \(raise tasks.count or leave it unset\)$")
+    message = (
+        r"^the task shards hold 14 tasks; with 2 held aside for validation that leaves 12, fewer than the 14 "
+        r"that 7 iterations x meta-batch 2 use \(raise tasks.count or leave it unset\)$"
+    )
     with pytest.raises(MZSRError, match=message):
-        meta_train(init, shards, store, root / "small.safetensors", cfg, root / "small", root / "small.csv", device="cpu")
+        meta_train(
+            init, shards, store, root / "small.safetensors", cfg, root / "small", root / "small.csv", device="cpu"
+        )
     assert not (root / "small" / "last.pt").exists()
 
 
@@ -178,7 +200,10 @@ def test_looped_and_grouped_task_forwards_agree():
     from mzsr.maml import looped_forward
 
     theta = tiny_theta()
-    fast = [p.unsqueeze(0).expand(3, *p.shape) * (1 + 0.1 * torch.arange(3.0, dtype=p.dtype).reshape(-1, *[1] * p.dim())) for p in theta]
+    fast = [
+        p.unsqueeze(0).expand(3, *p.shape) * (1 + 0.1 * torch.arange(3.0, dtype=p.dtype).reshape(-1, *[1] * p.dim()))
+        for p in theta
+    ]
     x = torch.rand(3, 2, 3, 7, 9, dtype=torch.float64)
     torch.testing.assert_close(looped_forward(fast, x), grouped_forward(fast, x))
 
@@ -191,7 +216,16 @@ def test_first_order_warm_up_switches_to_second_order(meta_setup):
 
     def run(name, **cfg):
         out = root / f"{name}.safetensors"
-        meta_train(init, shards, store, out, {**MICRO, "checkpoint_every": 2, "validate_every": 100, **cfg}, root / name, root / f"{name}.csv", device="cpu")
+        meta_train(
+            init,
+            shards,
+            store,
+            out,
+            {**MICRO, "checkpoint_every": 2, "validate_every": 100, **cfg},
+            root / name,
+            root / f"{name}.csv",
+            device="cpu",
+        )
         return load_weights(out)[0]
 
     warm2 = run("warm", iterations=2, first_order_iterations=2)
@@ -210,13 +244,18 @@ def test_first_order_warm_up_switches_to_second_order(meta_setup):
 
 # ------------------------------------------------------------------ the meta-step object
 
-needs_cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device (CUDA graph capture); "
-                                "run on a GPU machine, or see benchmarks/speed/training.py --device cuda")
+needs_cuda = pytest.mark.skipif(
+    not torch.cuda.is_available(),
+    reason="needs a CUDA device (CUDA graph capture); "
+    "run on a GPU machine, or see benchmarks/speed/training.py --device cuda",
+)
 
 
 def _small_meta_batches(n, tasks=2, seed=5, dtype=torch.float32, device="cpu"):
     g = torch.Generator().manual_seed(seed)
-    return [tuple(torch.rand(tasks, 2, 3, 10, 10, generator=g, dtype=dtype).to(device) for _ in range(4)) for _ in range(n)]
+    return [
+        tuple(torch.rand(tasks, 2, 3, 10, 10, generator=g, dtype=dtype).to(device) for _ in range(4)) for _ in range(n)
+    ]
 
 
 def _previous_eager_loop(model, optimizer, batches, cfg):
@@ -250,8 +289,10 @@ def test_meta_step_gives_the_previous_eager_weights_bit_for_bit():
             step = make_meta_step(list(model.parameters()), opt, cfg, "cpu")
             assert not step.graphed and step.graph_count == 0
             seen = []
-            losses = [step(b, query_loss_weights("annealed", 2, it, 3, 0.006), it < 2, check=seen.append).item()
-                      for it, b in enumerate(batches)]
+            losses = [
+                step(b, query_loss_weights("annealed", 2, it, 3, 0.006), it < 2, check=seen.append).item()
+                for it, b in enumerate(batches)
+            ]
             assert len(seen) == 4
         else:
             losses = _previous_eager_loop(model, opt, batches, cfg)
@@ -275,17 +316,27 @@ def test_meta_step_candidates_give_the_reference_meta_gradient(first_order):
 
     theta, batch = tiny_theta(), tiny_batch(tasks=3)
     weights = [0.3, 0.7]
-    ref = torch.autograd.grad(meta_loss(theta, batch, 2, 0.05, weights, first_order, forward=make_forward("looped")), theta)
-    options = [dict(forward="grouped"), dict(forward="vmap"), dict(forward="looped", channels_last=True),
-               dict(forward="grouped", channels_last=True), dict(forward="looped", split_backward=True),
-               dict(forward="grouped", split_backward=True), dict(forward="grouped", split_backward=True, channels_last=True)]
+    ref = torch.autograd.grad(
+        meta_loss(theta, batch, 2, 0.05, weights, first_order, forward=make_forward("looped")), theta
+    )
+    options = [
+        dict(forward="grouped"),
+        dict(forward="vmap"),
+        dict(forward="looped", channels_last=True),
+        dict(forward="grouped", channels_last=True),
+        dict(forward="looped", split_backward=True),
+        dict(forward="grouped", split_backward=True),
+        dict(forward="grouped", split_backward=True, channels_last=True),
+    ]
     for opts in options:
         step = MetaStep(theta, torch.optim.Adam(theta), 2, 0.05, "cpu", **opts)
         grads = torch.autograd.grad(step.loss(batch, weights, first_order), theta)
         for g, r in zip(grads, ref):
             torch.testing.assert_close(g, r, rtol=1e-10, atol=1e-13, msg=lambda m, o=opts: f"{o}: {m}")
     if not first_order:  # the candidates really are second order
-        first = torch.autograd.grad(MetaStep(theta, torch.optim.Adam(theta), 2, 0.05, forward="vmap").loss(batch, weights, True), theta)
+        first = torch.autograd.grad(
+            MetaStep(theta, torch.optim.Adam(theta), 2, 0.05, forward="vmap").loss(batch, weights, True), theta
+        )
         assert max(float((a - b).abs().max()) for a, b in zip(first, ref)) > 1e-8
     with pytest.raises(ValueError, match="unknown task forward"):
         MetaStep(theta, torch.optim.Adam(theta), 2, 0.05, forward="scan")
@@ -350,7 +401,9 @@ def test_a_state_saved_under_a_cuda_graph_resumes_on_a_cpu(tmp_path):
     for a, b in zip(straight, model.parameters()):
         torch.testing.assert_close(a, b.detach(), rtol=0, atol=0)
     set_capturable(opt, True)  # the other way: counters go to the parameters' device as float32
-    assert opt.param_groups[0]["capturable"] is True and all(s["step"].dtype == torch.float32 for s in opt.state.values())
+    assert opt.param_groups[0]["capturable"] is True and all(
+        s["step"].dtype == torch.float32 for s in opt.state.values()
+    )
 
 
 def test_cuda_graph_key_in_the_schema_configs_and_defaults():
@@ -391,8 +444,11 @@ def test_cuda_graph_meta_step_matches_eager_on_cuda(optimizer):
         for graph in (False, True):
             torch.manual_seed(0)
             model = MZSRNet().cuda()
-            opt = (AdamTF1(model.parameters(), lr=1e-3) if optimizer == "adam_tf1"
-                   else torch.optim.Adam(model.parameters(), lr=1e-3, capturable=True))
+            opt = (
+                AdamTF1(model.parameters(), lr=1e-3)
+                if optimizer == "adam_tf1"
+                else torch.optim.Adam(model.parameters(), lr=1e-3, capturable=True)
+            )
             step = MetaStep(list(model.parameters()), opt, 2, 0.01, "cuda", cuda_graph=graph, keep_graphs=False)
             losses = [step(b, [0.4, 0.6], it < 2).item() for it, b in enumerate(batches)]
             assert step.graphed == graph and step.graph_count == int(graph), step.fallback_reason

@@ -16,7 +16,12 @@ def test_modcrop():
 def test_y_channel_bt601_rounded():
     px = np.array([[[255, 255, 255], [0, 0, 0], [255, 0, 0], [10, 200, 30]]], np.uint8)
     y = rgb_to_y(px)[0]
-    assert y.tolist() == [235.0, 16.0, round(16 + 65.481), round(16 + (65.481 * 10 + 128.553 * 200 + 24.966 * 30) / 255)]
+    assert y.tolist() == [
+        235.0,
+        16.0,
+        round(16 + 65.481),
+        round(16 + (65.481 * 10 + 128.553 * 200 + 24.966 * 30) / 255),
+    ]
 
 
 def test_psnr_against_hand_computation():

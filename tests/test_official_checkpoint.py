@@ -1,4 +1,5 @@
 """End-to-end checks on real data: Set14 and the authors' pre-trained TensorFlow checkpoint."""
+
 import numpy as np
 import pytest
 
@@ -51,7 +52,22 @@ def test_cli_import_and_upscale(tmp_path, set14):
     weights = tmp_path / "pretrained.safetensors"
     assert main(["import-tf", str(TF_CHECKPOINT), str(weights)]) == 0
     assert main(["degrade", str(SET14 / "face.png"), "--out", str(tmp_path / "lr"), "--kernel", "bicubic"]) == 0
-    assert main(["upscale", str(tmp_path / "lr"), "--out", str(tmp_path / "sr"), "--weights", str(weights),
-                 "--steps", "0", "--device", "cpu"]) == 0
+    assert (
+        main(
+            [
+                "upscale",
+                str(tmp_path / "lr"),
+                "--out",
+                str(tmp_path / "sr"),
+                "--weights",
+                str(weights),
+                "--steps",
+                "0",
+                "--device",
+                "cpu",
+            ]
+        )
+        == 0
+    )
     sr = read_image_uint8(tmp_path / "sr" / "face.png")
     assert psnr(sr, set14["face"], 2) > 34.0 and ssim(sr, set14["face"], 2) > 0.85

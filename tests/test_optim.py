@@ -1,4 +1,5 @@
 """TF-1's Adam (mzsr.optim.AdamTF1): the update of TensorFlow 1's documentation, step for step."""
+
 import io
 
 import numpy as np

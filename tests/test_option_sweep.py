@@ -9,6 +9,7 @@ type, outside each enum or pattern, an empty list where one item is needed), val
 the Snakefile validates; a few semantic ones (valid keys, values that do not fit together) go
 through `snakemake -n`.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -43,8 +44,12 @@ def _subparsers(parser: argparse.ArgumentParser) -> dict[str, argparse.ArgumentP
 
 
 NUMBERS = ("0", "-1", "nan", "inf", "x")
-VALID = {("upscale", "--steps", "0"), ("upscale", "--noise-level", "0"),  # generated values that are fine
-         ("estimate-kernel", "--seed", "0"), ("upscale", "--seed", "0")}
+VALID = {
+    ("upscale", "--steps", "0"),
+    ("upscale", "--noise-level", "0"),  # generated values that are fine
+    ("estimate-kernel", "--seed", "0"),
+    ("upscale", "--seed", "0"),
+}
 
 
 def _cli_cases():
@@ -84,8 +89,20 @@ def _command(root: Path, command: str) -> list[str]:
     out = str(root / "out")
     return {
         "degrade": ["degrade", str(root / "lr"), "--out", out, "--kernel", "g0.2"],
-        "upscale": ["upscale", str(root / "lr"), "--out", out, "--weights", str(root / "w.safetensors"), "--kernel", "g0.2",
-                    "--steps", "1", "--device", "cpu"],
+        "upscale": [
+            "upscale",
+            str(root / "lr"),
+            "--out",
+            out,
+            "--weights",
+            str(root / "w.safetensors"),
+            "--kernel",
+            "g0.2",
+            "--steps",
+            "1",
+            "--device",
+            "cpu",
+        ],
         "import-tf": ["import-tf", str(root / "no-checkpoint"), str(root / "out" / "w.safetensors")],
         "evaluate": ["evaluate", str(root / "lr"), str(root / "lr"), "--csv", str(root / "out" / "m.csv")],
         "estimate-kernel": ["estimate-kernel", str(root / "lr"), "--out", out, "--iterations", "1", "--device", "cpu"],
@@ -94,9 +111,19 @@ def _command(root: Path, command: str) -> list[str]:
 
 def test_the_sweep_covers_every_numeric_and_choice_option():
     options = {(c, o) for c, o, _ in CLI_CASES}
-    assert {("degrade", "--scale"), ("upscale", "--steps"), ("upscale", "--zssr-iterations"), ("upscale", "--noise-level"),
-            ("upscale", "--device"), ("upscale", "--schedule"), ("upscale", "--grid"), ("upscale", "--preset"),
-            ("upscale", "--method"), ("import-tf", "--degradation"), ("evaluate", "--scale")} <= options
+    assert {
+        ("degrade", "--scale"),
+        ("upscale", "--steps"),
+        ("upscale", "--zssr-iterations"),
+        ("upscale", "--noise-level"),
+        ("upscale", "--device"),
+        ("upscale", "--schedule"),
+        ("upscale", "--grid"),
+        ("upscale", "--preset"),
+        ("upscale", "--method"),
+        ("import-tf", "--degradation"),
+        ("evaluate", "--scale"),
+    } <= options
 
 
 @pytest.mark.parametrize("command, option, value", CLI_CASES, ids=[f"{c} {o} {v}" for c, o, v in CLI_CASES])
@@ -197,29 +224,52 @@ def test_bad_config_value_is_refused_by_the_schema(path, what, value):
     errors = list(jsonschema.Draft202012Validator(SCHEMA).iter_errors(_set(MICRO, path, value)))
     assert errors, f"{'.'.join(path)} = {value!r} was accepted"
     # the error that the Snakefile turns into its one line names this key (or a key below it)
-    assert any(tuple(map(str, e.absolute_path))[: len(path)] == path or
-               (e.validator == "additionalProperties" and tuple(e.absolute_path) == path[:-1]) for e in errors), \
-        [(list(e.absolute_path), e.message) for e in errors]
+    assert any(
+        tuple(map(str, e.absolute_path))[: len(path)] == path
+        or (e.validator == "additionalProperties" and tuple(e.absolute_path) == path[:-1])
+        for e in errors
+    ), [(list(e.absolute_path), e.message) for e in errors]
 
 
 def test_the_config_sweep_reaches_every_section():
     sections = {p[0] for p, _, _ in CONFIG_CASES}
-    assert {"scale", "device", "data", "degradations", "methods", "patches", "tasks", "pretrain", "meta", "adapt", "zssr",
-            "estimate", "report", "compute"} <= sections
+    assert {
+        "scale",
+        "device",
+        "data",
+        "degradations",
+        "methods",
+        "patches",
+        "tasks",
+        "pretrain",
+        "meta",
+        "adapt",
+        "zssr",
+        "estimate",
+        "report",
+        "compute",
+    } <= sections
     assert len(CONFIG_CASES) > 150
 
 
 # ------------------------------------------------------------------------------------ semantic: snakemake -n
 
 SEMANTIC = [
-    ("task pool smaller than iterations x meta-batch",
-     lambda c: c.update(tasks={**c["tasks"], "count": 3}, meta={**c["meta"], "iterations": 2, "meta_batch": 2}),
-     r"tasks\.count 3 is smaller than the 4 tasks that meta\.iterations 2 x meta\.meta_batch 2 use"),
-    ("a NaN learning rate (the schema's number type admits NaN)",
-     lambda c: c["pretrain"].update(lr=float("nan")),
-     r"config \S*cfg\.yaml: pretrain\.lr: NaN or infinity, expected a finite number"),
-    ("an infinite noise level", lambda c: c["adapt"].update(noise_level=float("inf")),
-     r"adapt\.noise_level: NaN or infinity, expected a finite number"),
+    (
+        "task pool smaller than iterations x meta-batch",
+        lambda c: c.update(tasks={**c["tasks"], "count": 3}, meta={**c["meta"], "iterations": 2, "meta_batch": 2}),
+        r"tasks\.count 3 is smaller than the 4 tasks that meta\.iterations 2 x meta\.meta_batch 2 use",
+    ),
+    (
+        "a NaN learning rate (the schema's number type admits NaN)",
+        lambda c: c["pretrain"].update(lr=float("nan")),
+        r"config \S*cfg\.yaml: pretrain\.lr: NaN or infinity, expected a finite number",
+    ),
+    (
+        "an infinite noise level",
+        lambda c: c["adapt"].update(noise_level=float("inf")),
+        r"adapt\.noise_level: NaN or infinity, expected a finite number",
+    ),
 ]
 
 
@@ -232,8 +282,24 @@ def test_values_that_do_not_fit_together_fail_the_dry_run(tmp_path, name, change
         (tmp_path / k).mkdir()
         np.save(tmp_path / k / "k.npy", np.full((5, 5), 1 / 25))
     (tmp_path / "cfg.yaml").write_text(yaml.safe_dump(config))
-    proc = subprocess.run([sys.executable, "-m", "snakemake", "-n", "--configfile", "cfg.yaml", "-s", str(REPO / "Snakefile"),
-                           "--directory", str(tmp_path)], cwd=tmp_path, capture_output=True, text=True, timeout=300)
+    proc = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "snakemake",
+            "-n",
+            "--configfile",
+            "cfg.yaml",
+            "-s",
+            str(REPO / "Snakefile"),
+            "--directory",
+            str(tmp_path),
+        ],
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     out = proc.stdout + proc.stderr
     assert proc.returncode != 0 and re.search(problem, out), out[-2000:]
     assert "Traceback (most recent call last)" not in out  # Snakemake may list the rule's location, not Python's

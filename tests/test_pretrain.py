@@ -19,12 +19,29 @@ from mzsr.training import step_lr
 from conftest import smooth_image
 from training_helpers import make_training_data
 
-MICRO = {"steps": 6, "batch_size": 4, "patch_size": 24, "lr": 1e-3, "lr_halve_every": 2, "lr_min": 3e-4,
-         "checkpoint_every": 3, "log_every": 1, "seed": 5, "num_workers": 0, "scale": 2}
+MICRO = {
+    "steps": 6,
+    "batch_size": 4,
+    "patch_size": 24,
+    "lr": 1e-3,
+    "lr_halve_every": 2,
+    "lr_min": 3e-4,
+    "checkpoint_every": 3,
+    "log_every": 1,
+    "seed": 5,
+    "num_workers": 0,
+    "scale": 2,
+}
 
 
 def test_lr_schedule_halves_down_to_floor():
-    assert [step_lr(s, 4e-4, 100_000, 1e-4) for s in (0, 99_999, 100_000, 200_000, 400_000)] == [4e-4, 4e-4, 2e-4, 1e-4, 1e-4]
+    assert [step_lr(s, 4e-4, 100_000, 1e-4) for s in (0, 99_999, 100_000, 200_000, 400_000)] == [
+        4e-4,
+        4e-4,
+        2e-4,
+        1e-4,
+        1e-4,
+    ]
 
 
 def test_network_input_is_the_release_bicubic_upscale():
@@ -49,9 +66,9 @@ def test_pretraining_pairs_are_the_release_quantised_whole_image_lr(tmp_path):
         hr, lr = f["patches"][()], f["lr_patches"][()]
         assert lr.shape == (n, 8, 8, 3) and f.attrs["lr_scale"] == 2
     for i, (y, x) in enumerate(corners):
-        np.testing.assert_array_equal(hr[8 * i], hr_img[y:y + 16, x:x + 16])
-        np.testing.assert_array_equal(lr[8 * i], lr_img[y // 2:y // 2 + 8, x // 2:x // 2 + 8])
-        np.testing.assert_array_equal(lr[8 * i + 3], np.rot90(lr_img[y // 2:y // 2 + 8, x // 2:x // 2 + 8])[::-1])
+        np.testing.assert_array_equal(hr[8 * i], hr_img[y : y + 16, x : x + 16])
+        np.testing.assert_array_equal(lr[8 * i], lr_img[y // 2 : y // 2 + 8, x // 2 : x // 2 + 8])
+        np.testing.assert_array_equal(lr[8 * i + 3], np.rot90(lr_img[y // 2 : y // 2 + 8, x // 2 : x // 2 + 8])[::-1])
     # the whole-image LR is not the patch's own downscale: the borders differ (the release's is the former)
     own = np.round(np.clip(imresize(hr[8] / 255.0, 0.5), 0, 1) * 255).astype(np.uint8)
     assert (own != lr[8]).any() and (own[2:-2, 2:-2] == lr[8][2:-2, 2:-2]).all()
@@ -82,8 +99,8 @@ def test_release_initialisation():
     for conv in model.convs:
         w, fan_in = conv.weight.detach(), 9 * conv.in_channels
         assert (conv.bias == 0).all()
-        assert w.std().item() == pytest.approx(fan_in ** -0.5, rel=0.05 if w.numel() > 10_000 else 0.2)
-        assert w.abs().max().item() <= 2 * fan_in ** -0.5 / 0.87962566103423978
+        assert w.std().item() == pytest.approx(fan_in**-0.5, rel=0.05 if w.numel() > 10_000 else 0.2)
+        assert w.abs().max().item() <= 2 * fan_in**-0.5 / 0.87962566103423978
 
 
 def test_patch_store_contents(tmp_path):
@@ -122,10 +139,12 @@ def _run(root, store, name, kill_after=None, cfg=MICRO):
         def hook(step):
             if step == {kill_after!r}:
                 os.kill(os.getpid(), signal.SIGKILL)
-        pretrain({str(store)!r}, {str(root / (name + '.safetensors'))!r}, {cfg!r}, {str(root / name)!r},
-                 {str(root / (name + '.csv'))!r}, device="cpu", on_step=hook)
+        pretrain({str(store)!r}, {str(root / (name + ".safetensors"))!r}, {cfg!r}, {str(root / name)!r},
+                 {str(root / (name + ".csv"))!r}, device="cpu", on_step=hook)
     """)
-    return subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env={**os.environ, "TQDM_DISABLE": "1"})
+    return subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, env={**os.environ, "TQDM_DISABLE": "1"}
+    )
 
 
 @pytest.mark.slow

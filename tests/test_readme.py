@@ -1,13 +1,19 @@
 """The README and docs/ stay honest: the two set-up commands come first and are what CI runs, every
 link resolves, and no page points at the development tree or at internal issue numbers."""
+
 import re
 from pathlib import Path
 
 import pytest
 
 REPO = Path(__file__).resolve().parents[1]
-PAGES = [REPO / "README.md", *sorted((REPO / "docs").glob("*.md")), REPO / "models" / "README.md",
-         REPO / "config" / "README.md", REPO / "CHANGELOG.md"]
+PAGES = [
+    REPO / "README.md",
+    *sorted((REPO / "docs").glob("*.md")),
+    REPO / "models" / "README.md",
+    REPO / "config" / "README.md",
+    REPO / "CHANGELOG.md",
+]
 
 
 def test_readme_starts_with_the_two_set_up_commands_and_ci_runs_the_second():

@@ -1,5 +1,6 @@
 """Released models: where they are found, what `mzsr upscale` takes without --weights, their
 metadata, and the script that extends their training run by one slot of GPU time (tiny, on the CPU)."""
+
 from __future__ import annotations
 
 import json
@@ -25,13 +26,17 @@ def test_the_released_direct_x2_model_is_found_and_says_where_it_comes_from():
     assert info["name"] == "direct_x2" and info["iterations"] == 700 and info["device"] == "NVIDIA H100 80GB HBM3"
     assert {"data", "config_digest", "recipe", "set14", "start"} <= set(info)
     assert set(info["set14"]) == {"g0.2", "g2.0", "ani"} and set(info["set14"]["g2.0"]) == {"0", "1", "10"}
-    assert describe_weights(path) == ("released direct_x2, 700 meta-iterations on NVIDIA H100 80GB HBM3 "
-                                           f"({info['data']})")
+    assert describe_weights(path) == (
+        f"released direct_x2, 700 meta-iterations on NVIDIA H100 80GB HBM3 ({info['data']})"
+    )
 
 
 def test_a_model_not_released_is_a_clear_error(tmp_path, monkeypatch):
-    with pytest.raises(MZSRError, match=r"^no released model bicubic_x2 \(for bicubic subsampling at x2\) in .*models "
-                                        r"\(released: direct_x2\); give --weights FILE"):
+    with pytest.raises(
+        MZSRError,
+        match=r"^no released model bicubic_x2 \(for bicubic subsampling at x2\) in .*models "
+        r"\(released: direct_x2\); give --weights FILE",
+    ):
         released_weights("bicubic", 2)
     monkeypatch.setenv(MODELS_ENV, str(tmp_path / "elsewhere"))
     with pytest.raises(MZSRError, match=r"elsewhere: no models folder \(set MZSR_MODELS"):
@@ -42,8 +47,23 @@ def test_a_model_not_released_is_a_clear_error(tmp_path, monkeypatch):
 
 def test_upscale_without_weights_takes_the_released_model(tmp_path, capsys):
     write_png(tmp_path / "lr" / "a.png", smooth_image(30, 26, seed=4))
-    assert main(["upscale", str(tmp_path / "lr"), "--out", str(tmp_path / "sr"), "--kernel", "g2.0", "--steps", "1",
-                 "--device", "cpu"]) == 0
+    assert (
+        main(
+            [
+                "upscale",
+                str(tmp_path / "lr"),
+                "--out",
+                str(tmp_path / "sr"),
+                "--kernel",
+                "g2.0",
+                "--steps",
+                "1",
+                "--device",
+                "cpu",
+            ]
+        )
+        == 0
+    )
     assert read_image_uint8(tmp_path / "sr" / "a.png").shape == (60, 52, 3)
     assert f"mzsr: weights {REPO / 'models' / 'direct_x2.safetensors'}" in capsys.readouterr().err
     assert main(["upscale", str(tmp_path / "lr"), "--out", str(tmp_path / "sr2"), "--kernel", "gb1.3"]) == 1
@@ -52,9 +72,14 @@ def test_upscale_without_weights_takes_the_released_model(tmp_path, capsys):
 
 
 def _extend(*args):
-    proc = subprocess.run([sys.executable, "-m", "benchmarks.tools.extend_release", *map(str, args)], cwd=REPO,
-                          capture_output=True, text=True, timeout=600,
-                          env={"TQDM_DISABLE": "1", "PATH": "/usr/bin:/bin", "OMP_NUM_THREADS": "2"})
+    proc = subprocess.run(
+        [sys.executable, "-m", "benchmarks.tools.extend_release", *map(str, args)],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=600,
+        env={"TQDM_DISABLE": "1", "PATH": "/usr/bin:/bin", "OMP_NUM_THREADS": "2"},
+    )
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     return proc.stdout
 
@@ -68,8 +93,22 @@ def test_two_slots_extend_one_run_and_the_better_model_is_adopted(tmp_path):
     images = list_images([SHARED_DATA / "train" / "T91", SHARED_DATA / "train" / "BSD200"])[:3]
     direct = tmp_path / "direct.h5"
     write_patch_store(images, direct, 32, 32, None, seed=0, reject_flat=True, store_augmented=True)
-    slot = lambda n, minutes: ("train", "--bundle", bundle, "--tiny", "--minutes", minutes, "--device", "cpu",  # noqa: E731
-                               "--work", tmp_path / f"work{n}", "--state-dir", state, "--out", tmp_path / f"out{n}")
+    slot = lambda n, minutes: (
+        "train",
+        "--bundle",
+        bundle,
+        "--tiny",
+        "--minutes",
+        minutes,
+        "--device",
+        "cpu",  # noqa: E731
+        "--work",
+        tmp_path / f"work{n}",
+        "--state-dir",
+        state,
+        "--out",
+        tmp_path / f"out{n}",
+    )
     _extend(*slot(1, 1e-4))  # a budget that ends the slot at its first checkpoint (step 2 of 4)
     with h5py.File(direct, "r") as a, h5py.File(tmp_path / "work1" / "meta.h5", "r") as b:
         np.testing.assert_array_equal(a["patches"][:], b["patches"][:])

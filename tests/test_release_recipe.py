@@ -1,5 +1,6 @@
 """The meta-training data equal the release's (gkernel.py, dataGenerator.py, imresize.py), given its
 random draws: each formula re-stated here from the release, in float64 numpy, against the project's code."""
+
 import numpy as np
 import scipy.ndimage
 import torch

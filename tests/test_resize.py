@@ -79,7 +79,9 @@ def test_torch_batched_and_differentiable():
     y = imresize_torch(x, 2)
     assert y.shape == (4, 3, 32, 32)
     for n in range(4):
-        np.testing.assert_allclose(y[n].detach().permute(1, 2, 0).numpy(), imresize(x[n].detach().permute(1, 2, 0).numpy(), 2), atol=1e-12)
+        np.testing.assert_allclose(
+            y[n].detach().permute(1, 2, 0).numpy(), imresize(x[n].detach().permute(1, 2, 0).numpy(), 2), atol=1e-12
+        )
     y.sum().backward()
     assert x.grad is not None and torch.isfinite(x.grad).all()
 

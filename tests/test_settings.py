@@ -5,6 +5,7 @@ defaults (the stages' *_DEFAULTS dicts, the keyword defaults of the functions th
 the `mzsr` command's options) must be the same values, and config/config.yaml, which spells the
 paper's settings out, must say what the schema says. Each check names the setting that differs.
 """
+
 from __future__ import annotations
 
 import inspect
@@ -39,7 +40,11 @@ REPO = Path(__file__).resolve().parents[1]
 # workflow/rules/common.smk passes them (pretrain_cfg, meta_cfg; scripts pop the seeds).
 STAGES = {
     "pretrain": (PRETRAIN_DEFAULTS, {"tf_checkpoint"}, {"patch_size": "patches.pretrain.patch_size", "scale": "scale"}),
-    "meta": (META_DEFAULTS, {"weights_folder"}, {"scale": "scale", "subsampling": ("direct",)}),  # the model's subsampling
+    "meta": (
+        META_DEFAULTS,
+        {"weights_folder"},
+        {"scale": "scale", "subsampling": ("direct",)},
+    ),  # the model's subsampling
     "zssr": (ZSSR_DEFAULTS, {"seed"}, {}),  # zssr(seed=...)
     "estimate": (KERNELGAN_DEFAULTS, {"seed"}, {}),  # estimate_kernel(seed=...)
     "adapt": (ADAPT_DEFAULTS, set(), {}),
@@ -60,28 +65,38 @@ def differences(code: dict, section: str, left_out=(), elsewhere=None) -> list[s
         expected[key] = source[0] if isinstance(source, tuple) else settings.default(source)
     out = [f"{section}.{k}: in the code ({code[k]!r}), not in the schema" for k in code if k not in expected]
     out += [f"{section}.{k}: in the schema ({expected[k]!r}), not in the code" for k in expected if k not in code]
-    out += [f"{section}.{k}: the code says {code[k]!r}, the schema {expected[k]!r}"
-            for k in code if k in expected and not same(code[k], expected[k])]
+    out += [
+        f"{section}.{k}: the code says {code[k]!r}, the schema {expected[k]!r}"
+        for k in code
+        if k in expected and not same(code[k], expected[k])
+    ]
     return out
 
 
 @pytest.mark.parametrize("section", STAGES)
 def test_each_stages_defaults_are_its_schema_section(section):
     code, left_out, elsewhere = STAGES[section]
-    assert not differences(code, section, left_out, elsewhere), "\n".join(differences(code, section, left_out, elsewhere))
+    assert not differences(code, section, left_out, elsewhere), "\n".join(
+        differences(code, section, left_out, elsewhere)
+    )
 
 
 def test_a_knob_only_in_the_code_or_a_drifted_value_is_named():
     assert differences({**ZSSR_DEFAULTS, "new_knob": 1}, "zssr", {"seed"}) == [
-        "zssr.new_knob: in the code (1), not in the schema"]
+        "zssr.new_knob: in the code (1), not in the schema"
+    ]
     assert differences({**ZSSR_DEFAULTS, "lr_min": 1e-5}, "zssr", {"seed"}) == [
-        "zssr.lr_min: the code says 1e-05, the schema 9e-06"]
+        "zssr.lr_min: the code says 1e-05, the schema 9e-06"
+    ]
     assert differences({k: v for k, v in ZSSR_DEFAULTS.items() if k != "slope_range"}, "zssr", {"seed"}) == [
-        "zssr.slope_range: in the schema (256), not in the code"]
+        "zssr.slope_range: in the schema (256), not in the code"
+    ]
     assert differences({**PRETRAIN_DEFAULTS, "checkpoint_every": 1000}, "pretrain", *STAGES["pretrain"][1:]) == [
-        "pretrain.checkpoint_every: the code says 1000, the schema 5000"]  # a drift that once happened
+        "pretrain.checkpoint_every: the code says 1000, the schema 5000"
+    ]  # a drift that once happened
     assert differences({**META_DEFAULTS, "first_order": 0}, "meta", *STAGES["meta"][1:]) == [
-        "meta.first_order: the code says 0, the schema False"]
+        "meta.first_order: the code says 0, the schema False"
+    ]
 
 
 def _keyword_defaults(function, *names) -> dict:
@@ -92,16 +107,23 @@ def _keyword_defaults(function, *names) -> dict:
 def test_keyword_defaults_of_the_functions_that_take_a_setting_are_the_schemas():
     d = settings.default
     checks = {  # "function(argument)": (its default, the setting)
-        **{f"random_augment({k})": (v, d(f"zssr.{k}")) for k, v in
-           _keyword_defaults(random_augment, *AUGMENT_DEFAULTS).items()},
+        **{
+            f"random_augment({k})": (v, d(f"zssr.{k}"))
+            for k, v in _keyword_defaults(random_augment, *AUGMENT_DEFAULTS).items()
+        },
         "AUGMENT_DEFAULTS": (AUGMENT_DEFAULTS, {k: d(f"zssr.{k}") for k in AUGMENT_DEFAULTS}),
         "stalled(change_ratio)": (_keyword_defaults(stalled, "change_ratio")["change_ratio"], d("zssr.change_ratio")),
         "init_zssr_(variance)": (_keyword_defaults(init_zssr_, "variance")["variance"], d("zssr.init_variance")),
         "zssr(seed)": (_keyword_defaults(zssr, "seed")["seed"], d("zssr.seed")),
-        "query_loss_weights(floor)": (_keyword_defaults(query_loss_weights, "floor")["floor"],
-                                      d("meta.final_weight_floor")),
+        "query_loss_weights(floor)": (
+            _keyword_defaults(query_loss_weights, "floor")["floor"],
+            d("meta.final_weight_floor"),
+        ),
         "Generator(channels)": (_keyword_defaults(Generator, "channels")["channels"], d("estimate.g_channels")),
-        "Generator(structure)": (list(_keyword_defaults(Generator, "structure")["structure"]), d("estimate.g_structure")),
+        "Generator(structure)": (
+            list(_keyword_defaults(Generator, "structure")["structure"]),
+            d("estimate.g_structure"),
+        ),
         "Discriminator(channels)": (_keyword_defaults(Discriminator, "channels")["channels"], d("estimate.d_channels")),
         "Discriminator(layers)": (_keyword_defaults(Discriminator, "layers")["layers"], d("estimate.d_layers")),
         "Discriminator(kernel)": (_keyword_defaults(Discriminator, "kernel")["kernel"], d("estimate.d_kernel")),
@@ -109,14 +131,22 @@ def test_keyword_defaults_of_the_functions_that_take_a_setting_are_the_schemas()
         "check_estimable(crop)": (_keyword_defaults(check_estimable, "crop")["crop"], d("estimate.crop")),
         "estimate_kernel(seed)": (_keyword_defaults(estimate_kernel, "seed")["seed"], d("estimate.seed")),
         "AdaptOptions(steps)": (list(AdaptOptions().steps), d("adapt.steps")),
-        **{f"AdaptOptions({k})": (getattr(AdaptOptions(), k), d(f"adapt.{k}"))
-           for k in ("schedule", "preset", "grid", "noise_level")},
-        **{f"make_son({k})": (v, d(f"adapt.{k}")) for k, v in _keyword_defaults(make_son, "grid", "noise_level").items()},
+        **{
+            f"AdaptOptions({k})": (getattr(AdaptOptions(), k), d(f"adapt.{k}"))
+            for k in ("schedule", "preset", "grid", "noise_level")
+        },
+        **{
+            f"make_son({k})": (v, d(f"adapt.{k}"))
+            for k, v in _keyword_defaults(make_son, "grid", "noise_level").items()
+        },
         "FLAT_THRESHOLD (patches.pretrain)": (FLAT_THRESHOLD, d("patches.pretrain.flat_threshold")),
         "FLAT_THRESHOLD (patches.meta)": (FLAT_THRESHOLD, d("patches.meta.flat_threshold")),
     }
-    wrong = [f"{name}: {value!r}, the schema {setting!r}" for name, (value, setting) in checks.items()
-             if not same(value, setting)]
+    wrong = [
+        f"{name}: {value!r}, the schema {setting!r}"
+        for name, (value, setting) in checks.items()
+        if not same(value, setting)
+    ]
     assert not wrong, "\n".join(wrong)
     # the task settings have their defaults in the schema only
     parameters = inspect.signature(write_task_shard).parameters
@@ -138,13 +168,16 @@ def test_the_commands_defaults_are_the_schemas():
         "estimate-kernel --scale": (estimate.scale, d("scale")),
         "estimate-kernel --device": (estimate.device, d("device")),
         "estimate-kernel (iterations, real_image, seed)": (
-            _kernelgan_settings(estimate), ({"iterations": d("estimate.iterations"), "real_image": d("estimate.real_image")},
-                                            d("estimate.seed"))),
+            _kernelgan_settings(estimate),
+            ({"iterations": d("estimate.iterations"), "real_image": d("estimate.real_image")}, d("estimate.seed")),
+        ),
     }
     for command in ("degrade", "import-tf", "evaluate"):
         args = ["in", "--out", "o", "--kernel", "g2.0"] if command == "degrade" else ["a", "b"]
         checks[f"{command} --scale"] = (build_parser().parse_args([command, *args]).scale, d("scale"))
-    wrong = [f"{name}: {value!r}, the schema {setting!r}" for name, (value, setting) in checks.items() if value != setting]
+    wrong = [
+        f"{name}: {value!r}, the schema {setting!r}" for name, (value, setting) in checks.items() if value != setting
+    ]
     assert not wrong, "\n".join(wrong)
 
 
@@ -173,8 +206,11 @@ def test_settings_reads_the_defaults_the_workflow_fills_in():
 
 
 def test_every_setting_says_what_it_does():
-    missing = [path for path, node in _leaves(settings.schema()) if not path.startswith("compute.")
-               and not node.get("description", "").strip()]
+    missing = [
+        path
+        for path, node in _leaves(settings.schema())
+        if not path.startswith("compute.") and not node.get("description", "").strip()
+    ]
     assert not missing, f"settings without a description: {', '.join(missing)}"
 
 
@@ -210,9 +246,15 @@ def test_the_paper_config_spells_out_the_schemas_defaults():
     schema = settings.schema()
     config = yaml.safe_load((REPO / "config" / "config.yaml").read_text())
     config.pop("compute")  # threads and resources of the rules: the workflow's own section
-    spelt, defaults = _flat(config, schema), _flat({k: v for k, v in settings.defaults().items() if k != "compute"}, schema)
-    wrong = [f"{k}: config/config.yaml says {spelt[k]!r}, the schema {defaults[k]!r}" for k in spelt
-             if k in defaults and not same(spelt[k], defaults[k])]
+    spelt, defaults = (
+        _flat(config, schema),
+        _flat({k: v for k, v in settings.defaults().items() if k != "compute"}, schema),
+    )
+    wrong = [
+        f"{k}: config/config.yaml says {spelt[k]!r}, the schema {defaults[k]!r}"
+        for k in spelt
+        if k in defaults and not same(spelt[k], defaults[k])
+    ]
     wrong += [f"{k}: in config/config.yaml, not in the schema" for k in spelt if k not in defaults]
     wrong += [f"{k}: not spelt out in config/config.yaml (default {defaults[k]!r})" for k in defaults if k not in spelt]
     assert not wrong, "\n".join(wrong)
@@ -226,10 +268,21 @@ def test_a_stage_refuses_a_setting_it_does_not_know(tmp_path):
     from mzsr.pretrain import pretrain
 
     with pytest.raises(MZSRError, match=r"pre-training: unknown setting\(s\) \['stepz'\]; known: \['amp', "):
-        pretrain(tmp_path / "none.h5", tmp_path / "w.safetensors", {"stepz": 3}, tmp_path / "work", tmp_path / "log.csv")
-    with pytest.raises(MZSRError, match=r"meta-training: unknown setting\(s\) \['method'\]"):  # the old name of subsampling
-        meta_train(tmp_path / "w.safetensors", [], tmp_path / "none.h5", tmp_path / "m.safetensors", {"method": "direct"},
-                   tmp_path / "work", tmp_path / "log.csv")
+        pretrain(
+            tmp_path / "none.h5", tmp_path / "w.safetensors", {"stepz": 3}, tmp_path / "work", tmp_path / "log.csv"
+        )
+    with pytest.raises(
+        MZSRError, match=r"meta-training: unknown setting\(s\) \['method'\]"
+    ):  # the old name of subsampling
+        meta_train(
+            tmp_path / "w.safetensors",
+            [],
+            tmp_path / "none.h5",
+            tmp_path / "m.safetensors",
+            {"method": "direct"},
+            tmp_path / "work",
+            tmp_path / "log.csv",
+        )
     with pytest.raises(MZSRError, match=r"kernel estimation: unknown setting\(s\) \['iters'\]"):
         estimate_kernel(np.zeros((100, 100, 3)), 2, {"iters": 5})
     assert not (tmp_path / "work").exists()

@@ -25,6 +25,7 @@ rewritten them. One more job goes through the profile's site settings for a clus
 requests only with --gres (the partition gresonly refuses --gpus), and at the end no process that
 the test started, directly or through SLURM, is left.
 """
+
 from __future__ import annotations
 
 import csv
@@ -68,15 +69,21 @@ RUN_TIMEOUT = 420  # seconds for one snakemake invocation
 
 pytestmark = pytest.mark.slurm
 
-PLUGIN_MISSING = None if importlib.util.find_spec("snakemake_executor_plugin_slurm") else (
-    "needs snakemake-executor-plugin-slurm (in the test extra: pip install -e '.[test]')")
+PLUGIN_MISSING = (
+    None
+    if importlib.util.find_spec("snakemake_executor_plugin_slurm")
+    else ("needs snakemake-executor-plugin-slurm (in the test extra: pip install -e '.[test]')")
+)
 needs_plugin = pytest.mark.skipif(PLUGIN_MISSING is not None, reason=str(PLUGIN_MISSING))
 
 
 def profile_env(**site) -> dict[str, str]:
     """This environment without SLURM job variables, GPUs or site settings, plus `site`."""
-    env = {k: v for k, v in os.environ.items()
-           if not k.startswith(("SLURM_", "SBATCH_", "SRUN_", "MZSR_SLURM_")) and k != "CUDA_VISIBLE_DEVICES"}
+    env = {
+        k: v
+        for k, v in os.environ.items()
+        if not k.startswith(("SLURM_", "SBATCH_", "SRUN_", "MZSR_SLURM_")) and k != "CUDA_VISIBLE_DEVICES"
+    }
     env.update(site)
     return env
 
@@ -168,21 +175,37 @@ def test_profile_settings(monkeypatch):
     assert site["default-resources"]["slurm_account"] == "acct42"
     assert "slurm_partition" not in site["default-resources"]  # empty: the cluster's default partition
     assert "software-deployment-method" not in site  # MZSR_SLURM_CONDA=0: no conda
-    assert not any(k in r.get("slurm_extra", "") for r in profile["set-resources"].values() for k in ("--gres", "--gpus"))
-    assert not any({"gres", "gpu_model", "constraint", "cpus_per_task"} & set(r) for r in profile["set-resources"].values())
+    assert not any(
+        k in r.get("slurm_extra", "") for r in profile["set-resources"].values() for k in ("--gres", "--gpus")
+    )
+    assert not any(
+        {"gres", "gpu_model", "constraint", "cpus_per_task"} & set(r) for r in profile["set-resources"].values()
+    )
     assert "mem_mb_per_cpu" not in profile["default-resources"]
 
 
 def test_profile_site_settings(monkeypatch):
     """What users of the plugin trip over, each an environment variable of the profile."""
-    site = read_profile(monkeypatch, MZSR_SLURM_GPU_FLAG="gres", MZSR_SLURM_GPU_MODEL="a100",
-                        MZSR_SLURM_GPU_CONSTRAINT="a100|h100", MZSR_SLURM_CPU_FLAG="cpus-per-task",
-                        MZSR_SLURM_MEM_PER_CPU="3968", MZSR_SLURM_JOB_PREFIX="mzsr", MZSR_SLURM_REQUEUE="no",
-                        MZSR_SLURM_EFFICIENCY_REPORT="1")
+    site = read_profile(
+        monkeypatch,
+        MZSR_SLURM_GPU_FLAG="gres",
+        MZSR_SLURM_GPU_MODEL="a100",
+        MZSR_SLURM_GPU_CONSTRAINT="a100|h100",
+        MZSR_SLURM_CPU_FLAG="cpus-per-task",
+        MZSR_SLURM_MEM_PER_CPU="3968",
+        MZSR_SLURM_JOB_PREFIX="mzsr",
+        MZSR_SLURM_REQUEUE="no",
+        MZSR_SLURM_EFFICIENCY_REPORT="1",
+    )
     for rule, resources in site["set-resources"].items():
         # --gres=gpu:a100:1 and no --gpus (gpu=0), -C, --cpus-per-task instead of --cpus-per-gpu
-        assert resources == {"slurm_partition": "gpu", "gpu": 0, "gres": "gpu:a100:1", "constraint": "a100|h100",
-                             "cpus_per_task": "threads"}, rule
+        assert resources == {
+            "slurm_partition": "gpu",
+            "gpu": 0,
+            "gres": "gpu:a100:1",
+            "constraint": "a100|h100",
+            "cpus_per_task": "threads",
+        }, rule
     assert site["default-resources"]["mem_mb_per_cpu"] == 3968  # the plugin then passes --mem-per-cpu only
     assert site["slurm-jobname-prefix"] == "mzsr"
     assert site["slurm-no-requeue"] is True and "slurm-requeue" not in site
@@ -201,11 +224,18 @@ def test_profile_site_settings(monkeypatch):
 def test_profile_from_repository_root_with_site_facts_from_environment(tmp_path):
     """`--profile slurm` from the repository root finds slurm/; account and partitions come from the
     environment; the network rules go to the GPU partition with one GPU and CPUs per GPU = threads."""
-    env = profile_env(MZSR_SLURM_ACCOUNT="acct42", MZSR_SLURM_PARTITION="short", MZSR_SLURM_GPU_PARTITION="a100",
-                      MZSR_SLURM_CONDA="0")  # dry runs with conda need conda itself
+    env = profile_env(
+        MZSR_SLURM_ACCOUNT="acct42", MZSR_SLURM_PARTITION="short", MZSR_SLURM_GPU_PARTITION="a100", MZSR_SLURM_CONDA="0"
+    )  # dry runs with conda need conda itself
     # --cores: a dry run otherwise scales every rule's threads down to one core
-    proc = subprocess.run(snakemake_cmd(tmp_path, "-n", "--cores", "64", "--configfile", str(REPO / "config" / "demo.yaml")),
-                          cwd=REPO, env=env, capture_output=True, text=True, timeout=300)
+    proc = subprocess.run(
+        snakemake_cmd(tmp_path, "-n", "--cores", "64", "--configfile", str(REPO / "config" / "demo.yaml")),
+        cwd=REPO,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     out = proc.stdout + proc.stderr
     assert proc.returncode == 0, out[-5000:]
     assert "Using profile slurm for setting default command line arguments" in out
@@ -251,7 +281,9 @@ def cluster(tmp_path_factory):
         if own_root:
             shutil.rmtree(root, ignore_errors=True)
     # nothing of the cluster (daemons, jobs, the processes the tests started) outlived it
-    assert not instance.stragglers, f"processes that outlived the test cluster, ended by its teardown: {instance.stragglers}"
+    assert not instance.stragglers, (
+        f"processes that outlived the test cluster, ended by its teardown: {instance.stragglers}"
+    )
 
 
 class Watch:
@@ -263,11 +295,12 @@ class Watch:
 
     def until(self, what: str, probe, interval: float = 0.1):
         while time.monotonic() < self.deadline:
-            if (value := probe()):
+            if value := probe():
                 return value
             if self.proc.poll() is not None:
-                raise AssertionError(f"snakemake ended ({self.proc.returncode}) before {what}\n"
-                                     f"{self.output.read_text()[-5000:]}")
+                raise AssertionError(
+                    f"snakemake ended ({self.proc.returncode}) before {what}\n{self.output.read_text()[-5000:]}"
+                )
             time.sleep(interval)
         raise AssertionError(f"timed out waiting for {what}\n{self.output.read_text()[-5000:]}")
 
@@ -295,14 +328,22 @@ def slurm_run(cluster, tmp_path_factory):
     config = yaml.safe_load(MICRO.read_text())
     config["pretrain"].update(steps=PRETRAIN_STEPS, checkpoint_every=PRETRAIN_CHECKPOINT_EVERY, log_every=1)
     config["compute"]["pretrain"] = {"threads": 2}  # asks for --cpus-per-gpu=2
-    config["meta"].update(iterations=META_ITERATIONS, checkpoint_every=META_CHECKPOINT_EVERY, log_every=1,
-                          validate_every=META_ITERATIONS)
+    config["meta"].update(
+        iterations=META_ITERATIONS, checkpoint_every=META_CHECKPOINT_EVERY, log_every=1, validate_every=META_ITERATIONS
+    )
     (workdir / "micro.yaml").write_text(yaml.safe_dump(config))
     (workdir / "test-profile").mkdir()
     (workdir / "test-profile" / "config.yaml").write_text(yaml.safe_dump(TEST_OVERRIDES))
     # every process started from here on carries the cluster's mark (see test_no_process_outlives_the_run)
-    env = cluster.env(profile_env(MZSR_SLURM_ACCOUNT=slurm_cluster.ACCOUNT, MZSR_SLURM_CONDA="0", PYTHONUNBUFFERED="1",
-                                  MZSR_SLURM_JOB_PREFIX=JOB_PREFIX, MZSR_SLURM_EFFICIENCY_REPORT="1"))
+    env = cluster.env(
+        profile_env(
+            MZSR_SLURM_ACCOUNT=slurm_cluster.ACCOUNT,
+            MZSR_SLURM_CONDA="0",
+            PYTHONUNBUFFERED="1",
+            MZSR_SLURM_JOB_PREFIX=JOB_PREFIX,
+            MZSR_SLURM_EFFICIENCY_REPORT="1",
+        )
+    )
     cmd = snakemake_cmd(workdir, "--configfile", str(workdir / "micro.yaml"))
     cmd += ["--profile", str(workdir / "test-profile")]  # layered on top of slurm/
 
@@ -311,20 +352,37 @@ def slurm_run(cluster, tmp_path_factory):
     planned = [(rule, wildcards) for rule, wildcards, _ in job_blocks(dry.stdout + dry.stderr) if rule != "all"]
     # the same without groups, planned only: what the run would submit job by job
     (workdir / "ungrouped.yaml").write_text(yaml.safe_dump({**config, "cluster": {"group": False}}))
-    ungrouped = subprocess.run([*snakemake_cmd(workdir, "--configfile", str(workdir / "ungrouped.yaml")), "-n"], cwd=REPO,
-                               env=env, capture_output=True, text=True, timeout=300)
+    ungrouped = subprocess.run(
+        [*snakemake_cmd(workdir, "--configfile", str(workdir / "ungrouped.yaml")), "-n"],
+        cwd=REPO,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert ungrouped.returncode == 0, (ungrouped.stdout + ungrouped.stderr)[-5000:]
 
-    run = {"workdir": workdir, "planned": planned, "cmd": cmd, "env": env,
-           "submissions": count_submissions.submissions(dry.stdout + dry.stderr),
-           "ungrouped_submissions": count_submissions.submissions(ungrouped.stdout + ungrouped.stderr)}
+    run = {
+        "workdir": workdir,
+        "planned": planned,
+        "cmd": cmd,
+        "env": env,
+        "submissions": count_submissions.submissions(dry.stdout + dry.stderr),
+        "ungrouped_submissions": count_submissions.submissions(ungrouped.stdout + ungrouped.stderr),
+    }
     started = time.monotonic()
     first_out = workdir / "first_run.txt"
     with open(first_out, "w") as out:
         # A shell that starts the test suite in the background ignores SIGINT, and children inherit that:
         # give Snakemake the default disposition back so that step 3's SIGINT reaches it.
-        proc = subprocess.Popen(cmd, cwd=REPO, env=env, stdout=out, stderr=subprocess.STDOUT,
-                                preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
+        proc = subprocess.Popen(
+            cmd,
+            cwd=REPO,
+            env=env,
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),
+        )
     try:
         watch = Watch(proc, cluster, time.monotonic() + RUN_TIMEOUT, first_out)
         # 1. cancel the pre-training job once it has written a checkpoint; Snakemake retries it
@@ -335,8 +393,9 @@ def slurm_run(cluster, tmp_path_factory):
         # 2. requeue the retried pre-training job once it has written a checkpoint of its own
         job = watch.until("the retried pre-training job", lambda: watch.running_job("rule_pretrain", {job}))
         mtime = (work / "last.pt").stat().st_mtime_ns
-        watch.until("a checkpoint of the retried job", lambda: (work / "last.pt").stat().st_mtime_ns != mtime,
-                    interval=0.05)
+        watch.until(
+            "a checkpoint of the retried job", lambda: (work / "last.pt").stat().st_mtime_ns != mtime, interval=0.05
+        )
         run["pretrain_requeued"] = Interruption(work, job)
         cluster.cmd("scontrol", "requeue", job)  # starts again after the credential lifetime (CRED_EXPIRE)
         # 3. interrupt Snakemake itself once meta-training has written a checkpoint
@@ -360,8 +419,15 @@ def slurm_run(cluster, tmp_path_factory):
     run["jobs"] = [row for row in cluster.sacct(*fields) if row["WorkDir"] == str(workdir)]
     run["all_records"] = [row for row in cluster.sacct(*fields, duplicates=True) if row["WorkDir"] == str(workdir)]
     run["task_env"] = cluster.task_env()
-    listing = cluster.cmd("sacct", "-a", "-X", "-D", f"--clusters={slurm_cluster.CLUSTER}", "--starttime=now-1days",
-                          "--format=JobID,State%16,Partition%9,AllocTRES%44,Timelimit,Elapsed,Comment%60").stdout
+    listing = cluster.cmd(
+        "sacct",
+        "-a",
+        "-X",
+        "-D",
+        f"--clusters={slurm_cluster.CLUSTER}",
+        "--starttime=now-1days",
+        "--format=JobID,State%16,Partition%9,AllocTRES%44,Timelimit,Elapsed,Comment%60",
+    ).stdout
     (workdir / "sacct.txt").write_text(listing)
     print(listing)
     return run
@@ -372,7 +438,7 @@ def rule_of(comment: str) -> str:
     rule_<group>_<its rules>[_wildcards_<...>] for a group job, <group> = <kind>-<test set>-<chunk>:
     the rule, or "group <kind>" (as count_submissions.submissions() names them)."""
     assert comment.startswith("rule_"), comment
-    name = comment[len("rule_"):].split("_wildcards_")[0]
+    name = comment[len("rule_") :].split("_wildcards_")[0]
     return f"group {name.split('-')[0]}" if "-" in name else name
 
 
@@ -390,15 +456,20 @@ def test_every_job_ran_once_as_a_completed_slurm_job(slurm_run):
     pipeline's 21 jobs in 14 SLURM jobs, where job by job it would take 21."""
     done = completed(slurm_run)
     planned, ungrouped = slurm_run["submissions"], slurm_run["ungrouped_submissions"]
-    print(f"SLURM submissions of the micro pipeline: {sum(planned.values())} grouped (completed: {len(done)}), "
-          f"{sum(ungrouped.values())} job by job (planned)")
+    print(
+        f"SLURM submissions of the micro pipeline: {sum(planned.values())} grouped (completed: {len(done)}), "
+        f"{sum(ungrouped.values())} job by job (planned)"
+    )
     assert Counter(rule_of(row["Comment"]) for row in done) == planned
     assert len({row["Comment"] for row in done}) == len(done) == sum(planned.values()) == 14
     assert sum(ungrouped.values()) == len(slurm_run["planned"]) == 21
     # the groups hold the per-image jobs, and nothing else
     assert all(count == 1 for kind, count in planned.items() if kind.startswith("group "))
     assert {kind for kind in planned if kind.startswith("group ")} == {
-        "group inputs", "group crop", *(f"group {g}" for g in GPU_GROUPS)}
+        "group inputs",
+        "group crop",
+        *(f"group {g}" for g in GPU_GROUPS),
+    }
     # the plugin's run ID, one per invocation, after the site's prefix (MZSR_SLURM_JOB_PREFIX)
     assert len({row["JobName"] for row in slurm_run["jobs"]}) == 2
     assert all(row["JobName"].startswith(JOB_PREFIX + "_") for row in slurm_run["jobs"])
@@ -406,8 +477,9 @@ def test_every_job_ran_once_as_a_completed_slurm_job(slurm_run):
     reports = list((slurm_run["workdir"] / "logs" / "slurm").glob("efficiency_report_*.csv"))
     assert any(len(r.read_text().splitlines()) > 1 for r in reports), reports
     # finished and up to date: the same command plans nothing more
-    dry = subprocess.run([*slurm_run["cmd"], "-n"], cwd=REPO, env=slurm_run["env"], capture_output=True, text=True,
-                         timeout=300)
+    dry = subprocess.run(
+        [*slurm_run["cmd"], "-n"], cwd=REPO, env=slurm_run["env"], capture_output=True, text=True, timeout=300
+    )
     assert dry.returncode == 0 and job_blocks(dry.stdout + dry.stderr) == [], (dry.stdout + dry.stderr)[-3000:]
     summary = slurm_run["workdir"] / "results" / "metrics" / "summary.csv"
     assert len(summary.read_text().splitlines()) == 1 + 6  # header + bicubic, pretrained, mzsr x3, zssr
@@ -435,7 +507,9 @@ def test_cancelled_training_job_is_retried_and_resumes_from_its_checkpoint(slurm
     workdir, cancelled = slurm_run["workdir"], slurm_run["pretrain_cancelled"]
     pretrain = [row for row in slurm_run["jobs"] if row["Comment"] == "rule_pretrain"]
     assert [(row["JobID"], row["State"].split()[0]) for row in pretrain] == [
-        (cancelled.job, "CANCELLED"), (slurm_run["pretrain_requeued"].job, "COMPLETED")]
+        (cancelled.job, "CANCELLED"),
+        (slurm_run["pretrain_requeued"].job, "COMPLETED"),
+    ]
     assert "Trying to restart job" in slurm_run["first_output"]  # Snakemake's retry
     assert cancelled.resumed_in(workdir / "results" / "training" / "pretrain_log.csv", PRETRAIN_STEPS)
     # the SLURM log of the failed job is kept; those of successful jobs are removed
@@ -461,16 +535,21 @@ def test_interrupted_run_resumes_training_when_rerun(slurm_run):
     meta = [row for row in slurm_run["jobs"] if rule_of(row["Comment"]) == "meta_train"]
     assert [(row["JobID"], row["State"].split()[0]) for row in meta][0] == (interrupted.job, "CANCELLED"), meta
     assert [row["State"].split()[0] for row in meta][1:] == ["COMPLETED"], meta
-    assert interrupted.resumed_in(slurm_run["workdir"] / "results" / "training" / "meta_direct_log.csv",
-                                  META_ITERATIONS)
+    assert interrupted.resumed_in(
+        slurm_run["workdir"] / "results" / "training" / "meta_direct_log.csv", META_ITERATIONS
+    )
 
 
 @pytest.mark.slow
 def test_a_group_job_asks_for_one_job_and_the_sum_of_run_times(slurm_run):
     """The per-image jobs of a group job run one after another: it asks for the CPUs, memory and GPU
     of one of them and for the sum of their run times (10 minutes each in tests/micro.yaml)."""
-    groups = {rule_of(row["Comment"]): row for row in completed(slurm_run) if rule_of(row["Comment"]).startswith("group ")}
-    jobs = Counter(f"group {'inputs' if rule in ('lr_image', 'sr_bicubic') else rule}" for rule, _ in slurm_run["planned"])
+    groups = {
+        rule_of(row["Comment"]): row for row in completed(slurm_run) if rule_of(row["Comment"]).startswith("group ")
+    }
+    jobs = Counter(
+        f"group {'inputs' if rule in ('lr_image', 'sr_bicubic') else rule}" for rule, _ in slurm_run["planned"]
+    )
     for kind, row in groups.items():
         assert row["Timelimit"] == f"00:{10 * jobs[kind]:02d}:00", (kind, row)
         assert "cpu=1," in row["AllocTRES"] and "mem=1000M" in row["AllocTRES"], row
@@ -483,17 +562,33 @@ def test_a_site_that_takes_gpus_with_gres_only(slurm_run, cluster):
     """The profile's site settings on a partition that refuses --gpus (as sites with select/cons_res
     do): one GPU job with --gres=gpu:<model>:1, a node feature (-C), --cpus-per-task instead of
     --cpus-per-gpu, --mem-per-cpu instead of --mem, --no-requeue; it runs and its job step sees the GPU."""
-    refused = cluster.cmd("sbatch", "-A", slurm_cluster.ACCOUNT, "-p", slurm_cluster.GRES_ONLY_PARTITION, "--gpus=1",
-                          "--wrap", "true", check=False)
+    refused = cluster.cmd(
+        "sbatch",
+        "-A",
+        slurm_cluster.ACCOUNT,
+        "-p",
+        slurm_cluster.GRES_ONLY_PARTITION,
+        "--gpus=1",
+        "--wrap",
+        "true",
+        check=False,
+    )
     assert refused.returncode != 0 and "--gres only" in refused.stderr, refused
     env = {k: v for k, v in slurm_run["env"].items() if k != "MZSR_SLURM_EFFICIENCY_REPORT"}
-    env.update(MZSR_SLURM_GPU_PARTITION=slurm_cluster.GRES_ONLY_PARTITION, MZSR_SLURM_GPU_FLAG="gres",
-               MZSR_SLURM_GPU_MODEL=slurm_cluster.GPU_MODEL, MZSR_SLURM_GPU_CONSTRAINT=slurm_cluster.NODE_FEATURE,
-               MZSR_SLURM_CPU_FLAG="cpus-per-task", MZSR_SLURM_MEM_PER_CPU="700", MZSR_SLURM_REQUEUE="no")
+    env.update(
+        MZSR_SLURM_GPU_PARTITION=slurm_cluster.GRES_ONLY_PARTITION,
+        MZSR_SLURM_GPU_FLAG="gres",
+        MZSR_SLURM_GPU_MODEL=slurm_cluster.GPU_MODEL,
+        MZSR_SLURM_GPU_CONSTRAINT=slurm_cluster.NODE_FEATURE,
+        MZSR_SLURM_CPU_FLAG="cpus-per-task",
+        MZSR_SLURM_MEM_PER_CPU="700",
+        MZSR_SLURM_REQUEUE="no",
+    )
     before = {row["JobID"] for row in cluster.sacct("JobID")}
     target = "results/metrics/jobs/tiny/g2.0/pretrained/a.csv"
-    proc = subprocess.run([*slurm_run["cmd"], "--force", target], cwd=REPO, env=env, capture_output=True, text=True,
-                          timeout=RUN_TIMEOUT)
+    proc = subprocess.run(
+        [*slurm_run["cmd"], "--force", target], cwd=REPO, env=env, capture_output=True, text=True, timeout=RUN_TIMEOUT
+    )
     assert proc.returncode == 0, (proc.stdout + proc.stderr)[-5000:]
     fields = ("JobID", "State", "Partition", "AllocTRES", "Comment", "SubmitLine")
     rows = [row for row in cluster.sacct(*fields) if row["JobID"] not in before]
@@ -502,7 +597,9 @@ def test_a_site_that_takes_gpus_with_gres_only(slurm_run, cluster):
     assert (row["State"], row["Partition"]) == ("COMPLETED", slurm_cluster.GRES_ONLY_PARTITION), row
     assert "gres/gpu=1" in row["AllocTRES"] and "cpu=1," in row["AllocTRES"] and "mem=700M" in row["AllocTRES"], row
     assert f"--gres=gpu:{slurm_cluster.GPU_MODEL}:1" in line and "--gpus" not in line, line
-    assert f"-C {slurm_cluster.NODE_FEATURE}" in line and "--cpus-per-task=1" in line and "--cpus-per-gpu" not in line, line
+    assert (
+        f"-C {slurm_cluster.NODE_FEATURE}" in line and "--cpus-per-task=1" in line and "--cpus-per-gpu" not in line
+    ), line
     assert "--mem-per-cpu 700" in line and "--mem " not in line and "--no-requeue" in line, line
     steps = cluster.task_env()[row["JobID"]]
     assert re.fullmatch(r"\d+", steps["0"]), steps  # the job step that ran the rule had the GPU

@@ -40,12 +40,20 @@ def old_python(tmp_path_factory) -> Path:
     venv = tmp_path_factory.mktemp("oldest_snakemake") / "venv"
     subprocess.run([sys.executable, "-m", "venv", str(venv)], check=True)
     python = venv / "bin" / "python"
-    site = subprocess.run([str(python), "-c", "import sysconfig; print(sysconfig.get_paths()['purelib'])"],
-                          check=True, capture_output=True, text=True).stdout.strip()
+    site = subprocess.run(
+        [str(python), "-c", "import sysconfig; print(sysconfig.get_paths()['purelib'])"],
+        check=True,
+        capture_output=True,
+        text=True,
+    ).stdout.strip()
     Path(site, "parent_environment.pth").write_text(sysconfig.get_paths()["purelib"] + "\n")
     version = oldest_snakemake()
-    proc = subprocess.run([str(python), "-m", "pip", "install", "-q", f"snakemake=={version}"], capture_output=True,
-                          text=True, timeout=600)
+    proc = subprocess.run(
+        [str(python), "-m", "pip", "install", "-q", f"snakemake=={version}"],
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
     assert proc.returncode == 0, proc.stdout + proc.stderr
     found = subprocess.run([str(python), "-m", "snakemake", "--version"], capture_output=True, text=True)
     assert found.stdout.strip() == version, found.stdout + found.stderr
@@ -62,10 +70,13 @@ def run(python: Path, workdir: Path, *args: str, env=None) -> str:
 def test_the_oldest_snakemake_plans_the_cluster_groups(old_python, tmp_path):
     env = {k: v for k, v in os.environ.items() if not k.startswith(("SLURM_", "MZSR_SLURM_"))}
     env.update(MZSR_SLURM_CONDA="0", MZSR_SLURM_ACCOUNT="planning")
-    out = run(old_python, tmp_path, "-n", "--profile", "slurm", "--configfile", str(REPO / "config" / "demo.yaml"),
-              env=env)
+    out = run(
+        old_python, tmp_path, "-n", "--profile", "slurm", "--configfile", str(REPO / "config" / "demo.yaml"), env=env
+    )
     groups = set(re.findall(r"Group job (\S+) \(jobs in", out))
-    assert groups == {f"{kind}-photos-0" for kind in ("inputs", "sr_pretrained", "sr_mzsr", "sr_zssr", "crop")}, out[-3000:]
+    assert groups == {f"{kind}-photos-0" for kind in ("inputs", "sr_pretrained", "sr_mzsr", "sr_zssr", "crop")}, out[
+        -3000:
+    ]
 
 
 @pytest.mark.slow

@@ -1,5 +1,6 @@
 """mzsr.sources: what a config's image source names, resolved and checked before anything is
 downloaded or written (scripts/images.py writes the result)."""
+
 from __future__ import annotations
 
 import numpy as np
@@ -15,7 +16,9 @@ from script_runner import run_script
 def test_div2k_archives_resolve_to_their_url_and_image_count():
     assert resolve_source("div2k:valid_hr") == (DIV2K_URLS["valid_hr"], 100)
     assert resolve_source("div2k:train_hr", 5) == (DIV2K_URLS["train_hr"], 5)  # a configured count wins
-    with pytest.raises(MZSRError, match=r"^div2k:test_hr: unknown DIV2K archive; known: div2k:train_hr, div2k:valid_hr$"):
+    with pytest.raises(
+        MZSRError, match=r"^div2k:test_hr: unknown DIV2K archive; known: div2k:train_hr, div2k:valid_hr$"
+    ):
         resolve_source("div2k:test_hr")
 
 
@@ -45,6 +48,12 @@ def test_skimage_photos_by_name_each_checked():
 def test_images_script_writes_nothing_for_a_bad_name(monkeypatch, tmp_path):
     out = tmp_path / "train"
     with pytest.raises(MZSRError, match="^skimage:nope: "):
-        run_script(monkeypatch, "images", input={}, output={"folder": str(out)},
-                   params={"data": {"source": "skimage:astronaut,nope"}}, log=tmp_path / "job.log")
+        run_script(
+            monkeypatch,
+            "images",
+            input={},
+            output={"folder": str(out)},
+            params={"data": {"source": "skimage:astronaut,nope"}},
+            log=tmp_path / "job.log",
+        )
     assert list(tmp_path.iterdir()) == [tmp_path / "job.log"]

@@ -8,6 +8,7 @@ training on it; a shard drawn from another patch store is stale and says to reru
 checkpoint is set aside as last.pt.bad with a one-line warning and training starts over (a checkpoint
 only saves time; restarting is always right, and an error would only make the user delete it).
 """
+
 from __future__ import annotations
 
 import json
@@ -53,7 +54,10 @@ def test_bad_patch_store_is_named_and_moved_aside(data, case):
     line = error_line(e.value)
     assert line.startswith(f"mzsr: error: {store}: "), line
     if case == "bit flip":
-        assert "corrupt patch store (content digest mismatch); moved aside to patches.h5.corrupt, rerun to rebuild it" in line
+        assert (
+            "corrupt patch store (content digest mismatch); moved aside to patches.h5.corrupt, rerun to rebuild it"
+            in line
+        )
         assert not store.exists() and store.with_name("patches.h5.corrupt").exists()
     else:
         assert "cannot open HDF5 file" in line and "delete it and rerun" in line
@@ -82,8 +86,11 @@ def test_shard_of_a_rebuilt_patch_store_is_stale(data, tmp_path):
     _, meta_store, shards = data
     images = sorted((tmp_path / "hr").glob("*.png"))
     write_patch_store(images, meta_store, 16, 8, 6, seed=9, reject_flat=True, store_augmented=True)  # other patches
-    with pytest.raises(MZSRError, match=r"shard0\.h5: stale task shard \(drawn from another version of the patch store\)"
-                                        r" \(and 1 more shards\), not from .*; rerun the task shards"):
+    with pytest.raises(
+        MZSRError,
+        match=r"shard0\.h5: stale task shard \(drawn from another version of the patch store\)"
+        r" \(and 1 more shards\), not from .*; rerun the task shards",
+    ):
         TaskPool(shards, meta_store)
     assert all(s.exists() for s in shards)  # nothing is broken: not moved
 
@@ -95,8 +102,14 @@ def test_the_stores_record_their_settings(data):
         assert json.loads(f.attrs["settings"])["patch_size"] == 16
         store_digest = f.attrs["digest"]
     with h5py.File(shards[0]) as g:
-        assert json.loads(g.attrs["settings"]) == {"scale": 2, "seed": 0, "shard_index": 0, "tasks": 4, "n_support": 2,
-                                                   "n_query": 2}
+        assert json.loads(g.attrs["settings"]) == {
+            "scale": 2,
+            "seed": 0,
+            "shard_index": 0,
+            "tasks": 4,
+            "n_support": 2,
+            "n_query": 2,
+        }
         assert g.attrs["store_digest"] == store_digest
 
 
@@ -123,8 +136,10 @@ def _flip_tensor_byte(path: Path) -> None:
 CHECKPOINT_CASES = {
     "truncated": (truncate, "unreadable training checkpoint"),
     "bit flip": (_flip_tensor_byte, "corrupt training checkpoint (content digest mismatch)"),
-    "stale (other inputs)": (lambda p: bind_settings(p.parent, {"inputs": {"patches": "sha256:other"}}),
-                             "stale training checkpoint (made with other settings or inputs than this run's)"),
+    "stale (other inputs)": (
+        lambda p: bind_settings(p.parent, {"inputs": {"patches": "sha256:other"}}),
+        "stale training checkpoint (made with other settings or inputs than this run's)",
+    ),
 }
 
 
@@ -139,7 +154,9 @@ def test_bad_checkpoint_is_set_aside_with_a_warning_and_training_starts_over(tmp
     with pytest.warns(MZSRWarning) as said:
         assert latest_checkpoint(work) is None
     (message,) = [str(w.message) for w in said]
-    assert message.startswith(f"{work / 'last.pt'}: {problem}") and message.endswith("; set aside as last.pt.bad, training starts over")
+    assert message.startswith(f"{work / 'last.pt'}: {problem}") and message.endswith(
+        "; set aside as last.pt.bad, training starts over"
+    )
     assert sorted(p.name for p in work.iterdir()) == ["last.pt.bad", "settings.json"]
 
 
@@ -168,11 +185,25 @@ def test_meta_training_script_names_a_bit_flipped_shard_and_leaves_it_for_the_re
     _, meta_store, shards = data
     save_weights(tmp_path / "theta_T.safetensors", MZSRNet().state_dict(), {"scale": 2, "degradation": "bicubic"})
     flip_bit(shards[0], "kernel_params")
-    job = dict(input={"weights": str(tmp_path / "theta_T.safetensors"), "shards": [str(s) for s in shards],
-                      "patches": str(meta_store)},
-               output={"weights": str(tmp_path / "meta.safetensors"), "log_csv": str(tmp_path / "log.csv")},
-               params={"work_dir": str(tmp_path / "work"), "meta": {"iterations": 1, "meta_batch": 2, "inner_steps": 1,
-                                                                    "validation_tasks": 0, "scale": 2, "subsampling": "direct"}})
+    job = dict(
+        input={
+            "weights": str(tmp_path / "theta_T.safetensors"),
+            "shards": [str(s) for s in shards],
+            "patches": str(meta_store),
+        },
+        output={"weights": str(tmp_path / "meta.safetensors"), "log_csv": str(tmp_path / "log.csv")},
+        params={
+            "work_dir": str(tmp_path / "work"),
+            "meta": {
+                "iterations": 1,
+                "meta_batch": 2,
+                "inner_steps": 1,
+                "validation_tasks": 0,
+                "scale": 2,
+                "subsampling": "direct",
+            },
+        },
+    )
     with pytest.raises(MZSRError) as e:
         run_script(monkeypatch, "meta_train", **job)
     assert error_line(e.value).startswith(f"mzsr: error: {shards[0]}: corrupt task shard")

@@ -5,6 +5,7 @@ No cluster is needed: a dry run with the SLURM profile forms the same group jobs
 the paper's configuration; here it runs at small size, and a rerun after one image changed is
 planned to submit only that image's jobs.
 """
+
 from __future__ import annotations
 
 import importlib.util
@@ -25,12 +26,20 @@ from conftest import run_snakemake
 REPO = Path(__file__).resolve().parents[1]
 MICRO = REPO / "tests" / "micro.yaml"
 PER_IMAGE_RULES = ("lr_image", "sr_bicubic", "sr_pretrained", "sr_mzsr", "sr_zssr", "crop")
-GROUP_OF = {"lr_image": "inputs", "sr_bicubic": "inputs", "sr_pretrained": "sr_pretrained", "sr_mzsr": "sr_mzsr",
-            "sr_zssr": "sr_zssr", "crop": "crop"}
+GROUP_OF = {
+    "lr_image": "inputs",
+    "sr_bicubic": "inputs",
+    "sr_pretrained": "sr_pretrained",
+    "sr_mzsr": "sr_mzsr",
+    "sr_zssr": "sr_zssr",
+    "crop": "crop",
+}
 CPU_GROUPS, GPU_GROUPS = ("inputs", "crop"), ("sr_pretrained", "sr_mzsr", "sr_zssr")
 
-pytestmark = pytest.mark.skipif(importlib.util.find_spec("snakemake_executor_plugin_slurm") is None,
-                                reason="needs snakemake-executor-plugin-slurm (pip install -e '.[test]')")
+pytestmark = pytest.mark.skipif(
+    importlib.util.find_spec("snakemake_executor_plugin_slurm") is None,
+    reason="needs snakemake-executor-plugin-slurm (pip install -e '.[test]')",
+)
 
 
 def group_listing(dry_run: str) -> dict[str, list[tuple[str, dict[str, str]]]]:
@@ -53,15 +62,18 @@ def test_counts_of_the_paper_configuration_at_small_size():
     per job; grouped, one per chunk of images x degradations of a test set and kind, the same jobs."""
     sizes, degradations = {"Set5": 3, "BSD100": 4}, ["g2.0", "gb1.3"]
     per_cpu, per_gpu = 5, 3
-    result = count_submissions.count(sizes, degradations, cluster={"images_per_cpu_job": per_cpu,
-                                                                   "images_per_gpu_job": per_gpu})
+    result = count_submissions.count(
+        sizes, degradations, cluster={"images_per_cpu_job": per_cpu, "images_per_gpu_job": per_gpu}
+    )
     units = {name: n * len(degradations) for name, n in sizes.items()}  # per-image jobs of one rule
     ungrouped, grouped = result["ungrouped"]["by_kind"], result["grouped"]["by_kind"]
     singles = {k: v for k, v in ungrouped.items() if k not in PER_IMAGE_RULES}
     assert {"train_images", "pretrain", "meta_train", "aggregate"} <= set(singles)
     assert all(ungrouped[rule] == sum(units.values()) for rule in PER_IMAGE_RULES), ungrouped
-    expected = {f"group {kind}": sum(math.ceil(u / (per_cpu if kind in CPU_GROUPS else per_gpu)) for u in units.values())
-                for kind in CPU_GROUPS + GPU_GROUPS}
+    expected = {
+        f"group {kind}": sum(math.ceil(u / (per_cpu if kind in CPU_GROUPS else per_gpu)) for u in units.values())
+        for kind in CPU_GROUPS + GPU_GROUPS
+    }
     assert grouped == {**singles, **expected}
     assert result["grouped"]["planned_jobs"] == result["ungrouped"]["planned_jobs"]  # grouping changes no job
     assert result["grouped"]["submissions"] == sum(grouped.values()) < result["ungrouped"]["submissions"]
@@ -75,8 +87,17 @@ def write_image(path: Path, seed: int, size: int = 48) -> None:
 def snakemake(workdir: Path, *args: str, profile: bool = True, check: bool = True) -> subprocess.CompletedProcess:
     """Snakemake from the repository root (where the profile is) on workdir's micro.yaml."""
     profile_args = ("--profile", "slurm") if profile else ()
-    return run_snakemake(workdir, *args, "--configfile", str(workdir / "micro.yaml"), *profile_args, cwd=REPO,
-                         check=check, timeout=300, env=count_submissions.snakemake_env())
+    return run_snakemake(
+        workdir,
+        *args,
+        "--configfile",
+        str(workdir / "micro.yaml"),
+        *profile_args,
+        cwd=REPO,
+        check=check,
+        timeout=300,
+        env=count_submissions.snakemake_env(),
+    )
 
 
 @pytest.fixture(scope="module")

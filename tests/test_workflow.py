@@ -3,6 +3,7 @@
 Snakemake runs as a subprocess in a temporary folder (its working directory), so nothing lands in
 the repository. The end-to-end run (tests/micro.yaml) takes about a minute on two cores.
 """
+
 from __future__ import annotations
 
 import math
@@ -24,8 +25,22 @@ REPO = Path(__file__).resolve().parents[1]
 SNAKEFILE = REPO / "Snakefile"
 MICRO = REPO / "tests" / "micro.yaml"
 CSV_COLUMNS = ["test_set", "degradation", "method", "steps", "image", "psnr", "ssim", "seconds", "redegradation_psnr"]
-STAGES = {"train_images", "patches", "task_shard", "pretrain", "meta_train", "lr_image", "sr_bicubic",
-          "sr_pretrained", "sr_mzsr", "sr_zssr", "aggregate", "plot_steps", "crop", "all"}
+STAGES = {
+    "train_images",
+    "patches",
+    "task_shard",
+    "pretrain",
+    "meta_train",
+    "lr_image",
+    "sr_bicubic",
+    "sr_pretrained",
+    "sr_mzsr",
+    "sr_zssr",
+    "aggregate",
+    "plot_steps",
+    "crop",
+    "all",
+}
 
 
 def check(proc: subprocess.CompletedProcess) -> str:
@@ -85,8 +100,13 @@ def test_paper_config_dry_run(tmp_path):
     assert rules["sr_mzsr"] == 2 * 4  # Set5 stand-in: 2 images x 4 degradations (DIV2K valid follows later)
     config = yaml.safe_load((REPO / "config" / "config.yaml").read_text())
     assert config["data"]["train"]["source"] == "div2k:train_hr"
-    assert (config["pretrain"]["steps"], config["meta"]["iterations"], config["patches"]["pretrain"]["patch_size"],
-            config["patches"]["meta"]["patch_size"], config["meta"]["meta_batch"]) == (500000, 100000, 96, 64, 5)
+    assert (
+        config["pretrain"]["steps"],
+        config["meta"]["iterations"],
+        config["patches"]["pretrain"]["patch_size"],
+        config["patches"]["meta"]["patch_size"],
+        config["meta"]["meta_batch"],
+    ) == (500000, 100000, 96, 64, 5)
 
 
 def test_tf_checkpoint_replaces_pretraining(tmp_path):
@@ -139,12 +159,31 @@ def test_micro_run_metrics(micro_run):
         assert set(rows["method"]) == {"bicubic", "pretrained", "mzsr", "zssr"}
         assert rows.loc[rows["method"] == "zssr", "steps"].tolist() == [5]  # the configured iterations
     summary = pd.read_csv(micro_run / "results" / "metrics" / "summary.csv")
-    assert list(summary.columns) == ["test_set", "degradation", "method", "steps", "psnr", "ssim", "seconds", "redegradation_psnr", "images"]
+    assert list(summary.columns) == [
+        "test_set",
+        "degradation",
+        "method",
+        "steps",
+        "psnr",
+        "ssim",
+        "seconds",
+        "redegradation_psnr",
+        "images",
+    ]
     assert (summary["images"] == 2).all() and len(summary) == 6
     mean = per_image[(per_image["method"] == "mzsr") & (per_image["steps"] == 10)]["psnr"].mean()
     assert summary.query("method == 'mzsr' and steps == 10")["psnr"].item() == pytest.approx(mean, abs=1e-3)
     table = pd.read_csv(micro_run / "results" / "metrics" / "paper_table.csv")
-    assert list(table.columns) == ["degradation", "test_set", "Bicubic", "ZSSR", "Pre-trained", "MZSR(0)", "MZSR(1)", "MZSR(10)"]
+    assert list(table.columns) == [
+        "degradation",
+        "test_set",
+        "Bicubic",
+        "ZSSR",
+        "Pre-trained",
+        "MZSR(0)",
+        "MZSR(1)",
+        "MZSR(10)",
+    ]
     assert re.fullmatch(r"\d+\.\d\d/\d\.\d{4}", table.loc[0, "MZSR(10)"])
     assert "| g2.0 | tiny |" in (micro_run / "results" / "metrics" / "paper_table.md").read_text()
     for name in ("a", "b"):
@@ -177,8 +216,10 @@ def test_too_small_a_task_count_fails_at_planning(tmp_path):
     (tmp_path / "cfg.yaml").write_text(yaml.safe_dump(config))
     proc = run_snakemake(tmp_path, "-n", "--configfile", "cfg.yaml")
     assert proc.returncode != 0
-    assert ("tasks.count 3 is smaller than the 4 tasks that meta.iterations 2 x meta.meta_batch 2 use; "
-            "raise it or leave it null") in proc.stdout + proc.stderr
+    assert (
+        "tasks.count 3 is smaller than the 4 tasks that meta.iterations 2 x meta.meta_batch 2 use; "
+        "raise it or leave it null"
+    ) in proc.stdout + proc.stderr
 
 
 def read_report(path: Path) -> tuple[str, dict[str, dict]]:
@@ -217,7 +258,10 @@ def test_micro_report(micro_run):
     front, results = check_report(micro_run, "micro.yaml")
     assert "<strong>Models</strong>, trained by this run" in front and "2 iterations of meta-batch" in front
     paper = results["results/report/paper_table.html"]["content"]
-    assert "<th>MZSR(10)</th>" in paper and "meta-trained by this run" in results["results/report/paper_table.html"]["caption"]
+    assert (
+        "<th>MZSR(10)</th>" in paper
+        and "meta-trained by this run" in results["results/report/paper_table.html"]["caption"]
+    )
 
 
 def _changed_config(workdir: Path, section: str, key: str, value) -> str:
@@ -289,13 +333,25 @@ def test_pipeline_from_the_released_models_trains_nothing_and_names_them(tmp_pat
     config["methods"] += ["mzsr_kgan", "zssr_kgan"]
     (tmp_path / cfg).write_text(yaml.safe_dump(config))
     rules = {rule for rule, _ in planned_jobs(tmp_path, "--configfile", cfg)}
-    assert rules == {"lr_image", "sr_bicubic", "sr_mzsr", "estimate_kernel", "sr_mzsr_kgan", "sr_zssr_kgan", "aggregate",
-                     "plot_steps", "crop", "all"}
+    assert rules == {
+        "lr_image",
+        "sr_bicubic",
+        "sr_mzsr",
+        "estimate_kernel",
+        "sr_mzsr_kgan",
+        "sr_zssr_kgan",
+        "aggregate",
+        "plot_steps",
+        "crop",
+        "all",
+    }
     check(run_snakemake(tmp_path, "--cores", "2", "--configfile", cfg))
     hr = modcrop(np.asarray(Image.open(tmp_path / "test_images" / "tiny" / "a.png").convert("RGB")), 2) / 255.0
     lr = np.asarray(Image.open(tmp_path / "resources" / "test_inputs" / "tiny" / "rk" / "a.png"))
     np.testing.assert_array_equal(lr, to_uint8(degrade(hr, random_kernel(random_kernel_rng(0, "a"), 2), 2, "direct")))
-    per_image = pd.read_csv(tmp_path / "results" / "metrics" / "per_image.csv").set_index(["degradation", "method", "steps"])
+    per_image = pd.read_csv(tmp_path / "results" / "metrics" / "per_image.csv").set_index(
+        ["degradation", "method", "steps"]
+    )
     # the re-degradation check uses the image's own kernel: MZSR's SR re-degraded matches the LR closely
     assert per_image.loc[("rk", "mzsr", 10), "redegradation_psnr"].item() > 40
     table = (tmp_path / "results" / "metrics" / "paper_table.md").read_text()
@@ -319,8 +375,18 @@ def test_pipeline_from_the_released_models_trains_nothing_and_names_them(tmp_pat
     assert kernels["kernel_error"].map(math.isfinite).all() and (kernels["kernel_error"] > 0).all()
     assert (kernels["seconds"] > 0).all()
     paper = pd.read_csv(tmp_path / "results" / "metrics" / "paper_table.csv")
-    assert list(paper.columns) == ["degradation", "test_set", "Bicubic", "MZSR(0)", "MZSR(1)", "MZSR(10)", "KernelGAN + ZSSR",
-                                   "MZSR(0), KernelGAN kernel", "MZSR(1), KernelGAN kernel", "MZSR(10), KernelGAN kernel"]
+    assert list(paper.columns) == [
+        "degradation",
+        "test_set",
+        "Bicubic",
+        "MZSR(0)",
+        "MZSR(1)",
+        "MZSR(10)",
+        "KernelGAN + ZSSR",
+        "MZSR(0), KernelGAN kernel",
+        "MZSR(1), KernelGAN kernel",
+        "MZSR(10), KernelGAN kernel",
+    ]
     assert "| degradation | kernel error | seconds | iterations | images |" in table
     assert re.search(r"^\| rk \| \d\.\d{5} \| [\d.]+ \| 20 \| 1 \|$", table, re.M), table
     front, results = check_report(tmp_path, cfg)
@@ -336,10 +402,25 @@ def test_estimate_defaults_are_the_kernelgan_release():
 
     schema = yaml.safe_load((REPO / "mzsr" / "config.schema.yaml").read_text())
     defaults = {k: v["default"] for k, v in schema["properties"]["estimate"]["properties"].items()}
-    release = {"iterations": 3000, "real_image": False, "crop": 64, "g_channels": 64, "g_structure": [7, 5, 3, 1, 1, 1],
-               "d_channels": 64, "d_layers": 7, "d_kernel": 7, "lr": 2e-4, "beta1": 0.5, "n_filtering": 40}
-    assert defaults == {"iterations": KERNELGAN_DEFAULTS["iterations"], "real_image": KERNELGAN_DEFAULTS["real_image"], "seed": 0,
-                        **{k: KERNELGAN_DEFAULTS[k] for k in release if k not in ("iterations", "real_image")}}
+    release = {
+        "iterations": 3000,
+        "real_image": False,
+        "crop": 64,
+        "g_channels": 64,
+        "g_structure": [7, 5, 3, 1, 1, 1],
+        "d_channels": 64,
+        "d_layers": 7,
+        "d_kernel": 7,
+        "lr": 2e-4,
+        "beta1": 0.5,
+        "n_filtering": 40,
+    }
+    assert defaults == {
+        "iterations": KERNELGAN_DEFAULTS["iterations"],
+        "real_image": KERNELGAN_DEFAULTS["real_image"],
+        "seed": 0,
+        **{k: KERNELGAN_DEFAULTS[k] for k in release if k not in ("iterations", "real_image")},
+    }
     assert KERNELGAN_DEFAULTS == release
     assert yaml.safe_load((REPO / "config" / "config.yaml").read_text())["estimate"] == defaults
     assert {"mzsr_kgan", "zssr_kgan"} <= set(schema["properties"]["methods"]["items"]["enum"])
@@ -349,8 +430,10 @@ def test_a_model_not_released_stops_planning_with_one_line(tmp_path):
     write_test_image(tmp_path / "test_images" / "tiny" / "a.png", seed=3)
     proc = run_snakemake(tmp_path, "-n", "--configfile", _released_config(tmp_path, ["g2.0", "gb1.3"]))
     assert proc.returncode != 0
-    assert (f"meta.weights_folder {REPO / 'models'}: no bicubic_x2.safetensors for degradation(s) gb1.3 (it holds: "
-            "direct_x2); drop them from degradations, or set meta.weights_folder: null to train it") in proc.stdout + proc.stderr
+    assert (
+        f"meta.weights_folder {REPO / 'models'}: no bicubic_x2.safetensors for degradation(s) gb1.3 (it holds: "
+        "direct_x2); drop them from degradations, or set meta.weights_folder: null to train it"
+    ) in proc.stdout + proc.stderr
 
 
 def test_table2_config_plans_the_papers_table_from_the_released_models(tmp_path):
@@ -388,13 +471,37 @@ def test_every_rule_takes_its_compute_settings_and_the_command_line_wins(tmp_pat
     config = yaml.safe_load((REPO / "config" / "demo_released.yaml").read_text())
     config["compute"] = {"default": {"threads": 2}, "sr_zssr": {"runtime": 7}}
     (tmp_path / "c.yaml").write_text(yaml.safe_dump(config))
-    out = check(run_snakemake(tmp_path, "-n", "--cores", "4", "--configfile", "c.yaml", "--set-threads", "sr_mzsr=3",
-                          "--set-resources", "sr_mzsr:mem_mb=1234"))
+    out = check(
+        run_snakemake(
+            tmp_path,
+            "-n",
+            "--cores",
+            "4",
+            "--configfile",
+            "c.yaml",
+            "--set-threads",
+            "sr_mzsr=3",
+            "--set-resources",
+            "sr_mzsr:mem_mb=1234",
+        )
+    )
     jobs = job_resources(out)
-    assert {k: jobs["sr_bicubic"][k] for k in ("threads", "mem_mb", "runtime", "image_jobs")} == \
-        {"threads": "2", "mem_mb": "4000", "runtime": "60", "image_jobs": "1"}
+    assert {k: jobs["sr_bicubic"][k] for k in ("threads", "mem_mb", "runtime", "image_jobs")} == {
+        "threads": "2",
+        "mem_mb": "4000",
+        "runtime": "60",
+        "image_jobs": "1",
+    }
     assert "gpu" not in jobs["sr_bicubic"] and "image_jobs" not in jobs["aggregate"]
-    assert {k: jobs["sr_zssr"][k] for k in ("threads", "mem_mb", "runtime", "gpu")} == \
-        {"threads": "2", "mem_mb": "4000", "runtime": "7", "gpu": "1"}
-    assert {k: jobs["sr_mzsr"][k] for k in ("threads", "mem_mb", "runtime", "gpu")} == \
-        {"threads": "3", "mem_mb": "1234", "runtime": "60", "gpu": "1"}
+    assert {k: jobs["sr_zssr"][k] for k in ("threads", "mem_mb", "runtime", "gpu")} == {
+        "threads": "2",
+        "mem_mb": "4000",
+        "runtime": "7",
+        "gpu": "1",
+    }
+    assert {k: jobs["sr_mzsr"][k] for k in ("threads", "mem_mb", "runtime", "gpu")} == {
+        "threads": "3",
+        "mem_mb": "1234",
+        "runtime": "60",
+        "gpu": "1",
+    }

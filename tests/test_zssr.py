@@ -1,4 +1,5 @@
 """ZSSR baseline: the original's augmentation, network, lr policy and a short run that learns."""
+
 import math
 from pathlib import Path
 
@@ -35,8 +36,12 @@ def test_leave_as_is_is_an_exact_crop():
     rng = np.random.default_rng(3)
     for _ in range(3):
         out = random_augment(x, 16, rng, leave_as_is_probability=1.0)
-        matches = [(y0, x0) for y0 in range(30 - 15) for x0 in range(41 - 15)
-                   if torch.equal(out, x[..., y0 : y0 + 16, x0 : x0 + 16])]
+        matches = [
+            (y0, x0)
+            for y0 in range(30 - 15)
+            for x0 in range(41 - 15)
+            if torch.equal(out, x[..., y0 : y0 + 16, x0 : x0 + 16])
+        ]
         assert len(matches) == 1
 
 

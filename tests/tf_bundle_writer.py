@@ -66,8 +66,13 @@ def _block(entries: list[tuple[bytes, bytes]], restart_interval: int = 16) -> by
     return bytes(out)
 
 
-def _write_sstable(path: Path, entries: list[tuple[bytes, bytes]], per_block: int = 6,
-                   compression: int = 0, magic: int = 0xDB4775248B80FB57) -> None:
+def _write_sstable(
+    path: Path,
+    entries: list[tuple[bytes, bytes]],
+    per_block: int = 6,
+    compression: int = 0,
+    magic: int = 0xDB4775248B80FB57,
+) -> None:
     """Data blocks of `per_block` entries each, an empty metaindex block, an index block, a footer."""
     out = bytearray()
 
@@ -79,7 +84,7 @@ def _write_sstable(path: Path, entries: list[tuple[bytes, bytes]], per_block: in
 
     index_entries = []
     for start in range(0, len(entries), per_block):
-        chunk = entries[start:start + per_block]
+        chunk = entries[start : start + per_block]
         index_entries.append((chunk[-1][0], put(_block(chunk, restart_interval=3))))
     meta_handle = put(_block([]))
     index_handle = put(_block(index_entries))
@@ -88,8 +93,9 @@ def _write_sstable(path: Path, entries: list[tuple[bytes, bytes]], per_block: in
     path.write_bytes(bytes(out))
 
 
-def write_bundle(prefix: Path, tensors: dict[str, np.ndarray], extra: dict[str, bytes] | None = None,
-                  **sstable_kwargs) -> None:
+def write_bundle(
+    prefix: Path, tensors: dict[str, np.ndarray], extra: dict[str, bytes] | None = None, **sstable_kwargs
+) -> None:
     """A TF-style tensor bundle: header under key b"", entries sorted by name, data concatenated."""
     dtypes = {np.dtype("float32"): 1, np.dtype("float64"): 2, np.dtype("int32"): 3, np.dtype("int64"): 9}
     data = bytearray()

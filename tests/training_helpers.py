@@ -1,4 +1,5 @@
 """Tiny but real training data for trainer tests: synthetic images -> patch stores -> task shards."""
+
 from __future__ import annotations
 
 from pathlib import Path

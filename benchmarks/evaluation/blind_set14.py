@@ -14,6 +14,7 @@ where the last one stopped and `--zssr-iterations` can be raised later for ZSSR 
 Two processes may share the work (e.g. ZSSR beside MZSR) on copies of the JSON file; merge them
 with `--merge OTHER.json --phases` (no phase: only the table).
 """
+
 from __future__ import annotations
 
 import argparse
@@ -53,8 +54,12 @@ def main() -> None:
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--device", default="cpu")
     ap.add_argument("--json", type=Path, default=REPO / "benchmarks" / "results" / "blind_set14_cpu.json")
-    ap.add_argument("--phases", nargs="*", default=["estimate", "mzsr", "zssr"],
-                    help="parts to run, in order (none: only print the table of the JSON file)")
+    ap.add_argument(
+        "--phases",
+        nargs="*",
+        default=["estimate", "mzsr", "zssr"],
+        help="parts to run, in order (none: only print the table of the JSON file)",
+    )
     ap.add_argument("--merge", nargs="*", type=Path, default=[], help="JSON files of other runs to merge in")
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
@@ -62,10 +67,17 @@ def main() -> None:
     state = json.loads(args.json.read_text()) if args.json.exists() else {"images": {}}
     for other in args.merge:
         for stem, rec in json.loads(other.read_text())["images"].items():
-            state["images"].setdefault(stem, {}).update({k: v for k, v in rec.items() if k not in state["images"].get(stem, {})})
-    state["setup"] = {"device": torch.cuda.get_device_name(device) if device.type == "cuda" else platform.processor() or "cpu",
-                      "threads": args.threads, "torch": torch.__version__, "weights": str(args.weights.name),
-                      "degradation": args.degradation, "kernelgan_iterations": args.iterations}
+            state["images"].setdefault(stem, {}).update(
+                {k: v for k, v in rec.items() if k not in state["images"].get(stem, {})}
+            )
+    state["setup"] = {
+        "device": torch.cuda.get_device_name(device) if device.type == "cuda" else platform.processor() or "cpu",
+        "threads": args.threads,
+        "torch": torch.__version__,
+        "weights": str(args.weights.name),
+        "degradation": args.degradation,
+        "kernelgan_iterations": args.iterations,
+    }
 
     def save():
         tmp = args.json.with_suffix(".tmp")
@@ -83,8 +95,12 @@ def main() -> None:
             lr = paper_lr(hr, truth, "direct")
             if phase == "estimate" and "estimate" not in rec:
                 est = estimate_kernel(lr, 2, {"iterations": args.iterations}, device, seed=0, source=f"{stem}.png")
-                rec["estimate"] = {"kernel": est.kernel.tolist(), "seconds": est.seconds,
-                                   "error": kernel_error(est.kernel, truth), "guess_error": kernel_error(guess, truth)}
+                rec["estimate"] = {
+                    "kernel": est.kernel.tolist(),
+                    "seconds": est.seconds,
+                    "error": kernel_error(est.kernel, truth),
+                    "guess_error": kernel_error(guess, truth),
+                }
                 sr = to_uint8(imresize(lr, 2.0, output_shape=hr.shape[:2]))
                 rec["bicubic"] = {"psnr": psnr(sr, hr, 2), "ssim": ssim(sr, hr, 2), "seconds": 0.0}
             elif phase == "mzsr":
@@ -92,21 +108,37 @@ def main() -> None:
                 for name, k in kernels.items():
                     if name in rec:
                         continue
-                    (out,) = adapt(model, lr, k, 2, "direct", AdaptOptions(steps=(10,), schedule=schedule), device, hr.shape[:2])
+                    (out,) = adapt(
+                        model, lr, k, 2, "direct", AdaptOptions(steps=(10,), schedule=schedule), device, hr.shape[:2]
+                    )
                     rec[name] = {"psnr": psnr(out.sr, hr, 2), "ssim": ssim(out.sr, hr, 2), "seconds": out.seconds}
             elif phase == "zssr" and args.zssr_iterations > 0:
                 key = f"zssr_kgan_{args.zssr_iterations}"
                 if key in rec:
                     continue
-                out = zssr(lr, np.array(rec["estimate"]["kernel"]), 2, "direct", {"iterations": args.zssr_iterations},
-                           device, seed=0)
-                rec[key] = {"psnr": psnr(out.sr, hr, 2), "ssim": ssim(out.sr, hr, 2), "seconds": out.seconds,
-                            "iterations": out.steps}
+                out = zssr(
+                    lr,
+                    np.array(rec["estimate"]["kernel"]),
+                    2,
+                    "direct",
+                    {"iterations": args.zssr_iterations},
+                    device,
+                    seed=0,
+                )
+                rec[key] = {
+                    "psnr": psnr(out.sr, hr, 2),
+                    "ssim": ssim(out.sr, hr, 2),
+                    "seconds": out.seconds,
+                    "iterations": out.steps,
+                }
             else:
                 continue
             save()
-            print(f"{phase:8s} {stem:10s} " + " ".join(
-                f"{k}={v['psnr']:.2f}" for k, v in rec.items() if isinstance(v, dict) and "psnr" in v), flush=True)
+            print(
+                f"{phase:8s} {stem:10s} "
+                + " ".join(f"{k}={v['psnr']:.2f}" for k, v in rec.items() if isinstance(v, dict) and "psnr" in v),
+                flush=True,
+            )
     if args.merge:
         save()
     print(table(state, [stem for stem, _ in images], args.zssr_iterations))
@@ -114,23 +146,37 @@ def main() -> None:
 
 def table(state: dict, stems: list[str], zssr_iterations: int) -> str:
     """The mean over the images that finished each row."""
-    rows = [("Bicubic", "bicubic"), ("MZSR(10), true kernel", "mzsr_true"), ("MZSR(10), KernelGAN kernel", "mzsr_kgan"),
-            ("MZSR(10), best fixed guess (mean rk kernel)", "mzsr_guess"),
-            (f"KernelGAN + ZSSR ({zssr_iterations}-iteration cap)", f"zssr_kgan_{zssr_iterations}")]
+    rows = [
+        ("Bicubic", "bicubic"),
+        ("MZSR(10), true kernel", "mzsr_true"),
+        ("MZSR(10), KernelGAN kernel", "mzsr_kgan"),
+        ("MZSR(10), best fixed guess (mean rk kernel)", "mzsr_guess"),
+        (f"KernelGAN + ZSSR ({zssr_iterations}-iteration cap)", f"zssr_kgan_{zssr_iterations}"),
+    ]
     recs = [state["images"][s] for s in stems if s in state["images"]]
     s = state["setup"]
-    lines = [f"Set14 x2, degradation {s['degradation']}, Y channel; {s['device']}, {s['threads']} thread(s), torch {s['torch']};"
-             f" weights {s['weights']}", "", "| method | images | PSNR (dB) | SSIM | seconds / image |", "|---|---|---|---|---|"]
+    lines = [
+        f"Set14 x2, degradation {s['degradation']}, Y channel; {s['device']}, {s['threads']} thread(s), torch {s['torch']};"
+        f" weights {s['weights']}",
+        "",
+        "| method | images | PSNR (dB) | SSIM | seconds / image |",
+        "|---|---|---|---|---|",
+    ]
     for label, key in rows:
         done = [r[key] for r in recs if key in r]
         if done:
-            lines.append(f"| {label} | {len(done)} | {np.mean([d['psnr'] for d in done]):.2f} | "
-                         f"{np.mean([d['ssim'] for d in done]):.4f} | {np.mean([d['seconds'] for d in done]):.1f} |")
+            lines.append(
+                f"| {label} | {len(done)} | {np.mean([d['psnr'] for d in done]):.2f} | "
+                f"{np.mean([d['ssim'] for d in done]):.4f} | {np.mean([d['seconds'] for d in done]):.1f} |"
+            )
     est = [r["estimate"] for r in recs if "estimate" in r]
     if est:
-        lines += ["", f"KernelGAN ({s['kernelgan_iterations']} iterations): {np.mean([e['seconds'] for e in est]):.1f} s / image;"
-                  f" kernel error (sum of squared differences) {np.mean([e['error'] for e in est]):.5f},"
-                  f" best fixed guess {np.mean([e['guess_error'] for e in est]):.5f} ({len(est)} images)"]
+        lines += [
+            "",
+            f"KernelGAN ({s['kernelgan_iterations']} iterations): {np.mean([e['seconds'] for e in est]):.1f} s / image;"
+            f" kernel error (sum of squared differences) {np.mean([e['error'] for e in est]):.5f},"
+            f" best fixed guess {np.mean([e['guess_error'] for e in est]):.5f} ({len(est)} images)",
+        ]
     return "\n".join(lines)
 
 

@@ -7,6 +7,7 @@ and config/config.yaml's earlier ones (stride = patch size).
 
     python -m benchmarks.evaluation.patch_selection [--images DIR ...] [--setting 64:120 --setting 96:120 ...]
 """
+
 from __future__ import annotations
 
 import argparse
@@ -28,9 +29,13 @@ def main() -> None:
     settings = [tuple(map(int, s.split(":"))) for s in args.setting or ["64:120", "64:64", "96:120", "96:96"]]
     images = [read_image_uint8(p) for p in list_images(args.images)]
     print(f"{len(images)} images from {', '.join(str(d) for d in args.images)}; threshold {args.threshold}")
-    print("| patch | stride | images with a patch | grid patches | flat (dropped) | rejection rate |\n|---|---|---|---|---|---|")
+    print(
+        "| patch | stride | images with a patch | grid patches | flat (dropped) | rejection rate |\n|---|---|---|---|---|---|"
+    )
     for size, stride in settings:
-        counts = [(len(g), int(is_flat(g, args.threshold).sum())) for g in (grid_patches(im, size, stride) for im in images)]
+        counts = [
+            (len(g), int(is_flat(g, args.threshold).sum())) for g in (grid_patches(im, size, stride) for im in images)
+        ]
         grid, flat = np.sum(counts, axis=0)
         used = sum(n > 0 for n, _ in counts)
         print(f"| {size} | {stride} | {used} | {grid} | {flat} | {100 * flat / max(grid, 1):.2f}% |")

@@ -16,6 +16,7 @@ Prints, after 1, 2 and 3 iterations, the relative difference of the weight updat
 
     python -m benchmarks.evaluation.release_step [--iterations 3] [--json benchmarks/results/release_step_cpu.json]
 """
+
 from __future__ import annotations
 
 import argparse
@@ -42,12 +43,19 @@ from mzsr.optim import make_optimizer
 def meta_batches(n: int, tasks: int, per_task: int, patch: int, seed: int = 0):
     """n meta-batches of (support_x, support_y, query_x, query_y), float64, from T91 patches."""
     rng = np.random.default_rng(seed)
-    pool = np.concatenate([grid_patches(read_image_uint8(p), patch, 120)
-                           for p in list_images([SHARED / "train" / "T91"])])
+    pool = np.concatenate(
+        [grid_patches(read_image_uint8(p), patch, 120) for p in list_images([SHARED / "train" / "T91"])]
+    )
     batches = []
     for _ in range(n):
         rows = rng.choice(len(pool), tasks * per_task, replace=False)
-        hr = torch.from_numpy(pool[rows]).permute(0, 3, 1, 2).double().div(255.0).reshape(tasks, per_task, 3, patch, patch)
+        hr = (
+            torch.from_numpy(pool[rows])
+            .permute(0, 3, 1, 2)
+            .double()
+            .div(255.0)
+            .reshape(tasks, per_task, 3, patch, patch)
+        )
         kernels = gaussian_kernels_torch(torch.from_numpy(sample_training_params(rng, 2, tasks)))
         batches.append(synthesise(hr, kernels, 2, "direct", per_task // 2))
     return batches
@@ -55,6 +63,7 @@ def meta_batches(n: int, tasks: int, per_task: int, patch: int, seed: int = 0):
 
 def release_loss(theta: list[torch.Tensor], batch, inner_steps: int, inner_lr: float, weights) -> torch.Tensor:
     """train.py's weighted_total_losses2, one task after another (map_fn), TF's 'SAME' 3x3 convolutions."""
+
     def forward(params, x):
         h = x
         for i in range(0, len(params), 2):
@@ -149,17 +158,26 @@ def main() -> None:
     seconds = time.perf_counter() - t0
     ref = runs["release (float64)"]
     rows = []
-    print(f"Meta-step from theta_T: {cfg['meta_batch']} tasks x 8 + 8 patches of {args.patch} px, {cfg['inner_steps']} inner steps, "
-          f"second order, meta lr {cfg['outer_lr']}; optimizer {cfg['optimizer']}")
+    print(
+        f"Meta-step from theta_T: {cfg['meta_batch']} tasks x 8 + 8 patches of {args.patch} px, {cfg['inner_steps']} inner steps, "
+        f"second order, meta lr {cfg['outer_lr']}; optimizer {cfg['optimizer']}"
+    )
     print("| iteration | recipe | meta-loss | loss rel. diff | update rel. diff |\n|---|---|---|---|---|")
     for k in range(args.iterations):
         ref_update = [t - t0_ for t, t0_ in zip(ref[k][0], theta0)]
         for name, run in runs.items():
             update = [t - t0_ for t, t0_ in zip(run[k][0], theta0)]
-            row = {"iteration": k + 1, "recipe": name, "loss": run[k][1],
-                   "loss_rel_diff": abs(run[k][1] - ref[k][1]) / abs(ref[k][1]), "update_rel_diff": relative(update, ref_update)}
+            row = {
+                "iteration": k + 1,
+                "recipe": name,
+                "loss": run[k][1],
+                "loss_rel_diff": abs(run[k][1] - ref[k][1]) / abs(ref[k][1]),
+                "update_rel_diff": relative(update, ref_update),
+            }
             rows.append(row)
-            print(f"| {k + 1} | {name} | {row['loss']:.8f} | {row['loss_rel_diff']:.2e} | {row['update_rel_diff']:.2e} |")
+            print(
+                f"| {k + 1} | {name} | {row['loss']:.8f} | {row['loss_rel_diff']:.2e} | {row['update_rel_diff']:.2e} |"
+            )
     if args.json:
         write_result(args.json, {"seconds": round(seconds, 1), "rows": rows})
 

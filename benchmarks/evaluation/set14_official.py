@@ -6,6 +6,7 @@ kernel degradation after 0, 1 and 10 adaptation steps. Optional --weights evalua
 
     python -m benchmarks.evaluation.set14_official [--degradation g2.0] [--weights W.safetensors]
 """
+
 from __future__ import annotations
 
 import argparse
@@ -30,7 +31,9 @@ def evaluate(model, images, deg_name: str, steps, schedule: str, device: str) ->
     for hr in images:
         lr = paper_lr(hr, deg.kernel, deg.subsampling)
         scores["bicubic"].append(score(to_uint8(imresize(lr, 2)), hr))
-        for out in adapt(model, lr, deg.kernel, 2, deg.subsampling, AdaptOptions(steps=steps, schedule=schedule), device):
+        for out in adapt(
+            model, lr, deg.kernel, 2, deg.subsampling, AdaptOptions(steps=steps, schedule=schedule), device
+        ):
             scores.setdefault(out.steps, []).append(score(out.sr, hr))
     return {k: tuple(np.mean(v, axis=0)) for k, v in scores.items()}
 

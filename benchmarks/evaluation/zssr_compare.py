@@ -8,6 +8,7 @@ interrupted run keeps what it finished.
 
     python -m benchmarks.evaluation.zssr_compare [--iterations 3000] [--images face comic foreman] [--threads 1]
 """
+
 from __future__ import annotations
 
 import argparse
@@ -29,8 +30,14 @@ from mzsr.resize import imresize
 from mzsr.zssr import final_output, resolve_config, train_zssr
 
 WEIGHTS = REPO / "models" / "direct_x2.safetensors"
-METHODS = ("Bicubic", "MZSR(10)", "ZSSR simple", "ZSSR simple, back-projection 2", "ZSSR original",
-           "ZSSR original, back-projection 0")
+METHODS = (
+    "Bicubic",
+    "MZSR(10)",
+    "ZSSR simple",
+    "ZSSR simple, back-projection 2",
+    "ZSSR original",
+    "ZSSR original, back-projection 0",
+)
 
 
 def run_image(name: str, model, kernel, iterations: int, seed: int):
@@ -58,21 +65,29 @@ def run_image(name: str, model, kernel, iterations: int, seed: int):
 
 
 def table(results: dict, header: list[str]) -> str:
-    lines = header + ["", "| image (HR size) | method | Y-PSNR (dB) | iterations run | seconds |", "|---|---|---|---|---|"]
+    lines = header + [
+        "",
+        "| image (HR size) | method | Y-PSNR (dB) | iterations run | seconds |",
+        "|---|---|---|---|---|",
+    ]
     for name, (shape, rows) in results.items():
         for method, value, steps, seconds in rows:
             lines.append(f"| {name} ({shape[0]}x{shape[1]}) | {method} | {value:.2f} | {steps} | {seconds:.1f} |")
     for method in METHODS:
         picked = [row for _, rows in results.values() for row in rows if row[0] == method]
         if picked:
-            lines.append(f"| mean of {len(picked)} | {method} | {np.mean([r[1] for r in picked]):.2f} | "
-                         f"{np.mean([r[2] for r in picked]):.0f} | {np.mean([r[3] for r in picked]):.1f} |")
+            lines.append(
+                f"| mean of {len(picked)} | {method} | {np.mean([r[1] for r in picked]):.2f} | "
+                f"{np.mean([r[2] for r in picked]):.0f} | {np.mean([r[3] for r in picked]):.1f} |"
+            )
     return "\n".join(lines) + "\n"
 
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--iterations", type=int, default=3000, help="ZSSR iteration cap (the original's max_iters is 3000)")
+    ap.add_argument(
+        "--iterations", type=int, default=3000, help="ZSSR iteration cap (the original's max_iters is 3000)"
+    )
     ap.add_argument("--images", nargs="+", default=["face", "comic", "foreman"], help="Set14 image names")
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--seed", type=int, default=0)
@@ -90,8 +105,10 @@ def main() -> None:
     start = time.perf_counter()
     for name in args.images:
         results[name] = run_image(name, model, kernel, args.iterations, args.seed)
-        done = [f"# {len(results)}/{len(args.images)} images, {time.perf_counter() - start:.0f} s so far, "
-                f"load average {os.getloadavg()[0]:.1f}"]
+        done = [
+            f"# {len(results)}/{len(args.images)} images, {time.perf_counter() - start:.0f} s so far, "
+            f"load average {os.getloadavg()[0]:.1f}"
+        ]
         text = table(results, header + done)
         args.out.write_text(text)
         print(text, flush=True)

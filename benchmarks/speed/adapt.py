@@ -9,6 +9,7 @@
 
     python -m benchmarks.speed.adapt [--zssr-iterations 3000] [--weights META.safetensors] [--set14]
 """
+
 from __future__ import annotations
 
 import argparse
@@ -56,7 +57,9 @@ def floor_seconds(lr_hw, scale: int, steps: int, repeats: int) -> float:
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--checkpoint", type=Path, default=SHARED / "checkpoints" / "mzsr-official-pretrained" / "Pretrained")
+    ap.add_argument(
+        "--checkpoint", type=Path, default=SHARED / "checkpoints" / "mzsr-official-pretrained" / "Pretrained"
+    )
     ap.add_argument("--weights", type=Path, help="meta weights to compare with the imported pre-trained model")
     ap.add_argument("--zssr-iterations", type=int, default=3000)
     ap.add_argument("--repeats", type=int, default=3)
@@ -84,7 +87,10 @@ def main() -> None:
         models = {"meta": models["meta"]}
     timing = {}
     for steps in (1, 10) if not args.skip_timing else ():
-        runs = [adapt(model, lr, deg.kernel, 2, deg.subsampling, AdaptOptions(steps=(steps,)), device="cpu")[0].seconds for _ in range(args.repeats)]
+        runs = [
+            adapt(model, lr, deg.kernel, 2, deg.subsampling, AdaptOptions(steps=(steps,)), device="cpu")[0].seconds
+            for _ in range(args.repeats)
+        ]
         timing[f"MZSR({steps})"] = float(np.median(runs))
     if not args.skip_timing:
         z = zssr(lr, deg.kernel, 2, deg.subsampling, {"iterations": args.zssr_iterations}, device="cpu")
@@ -94,19 +100,31 @@ def main() -> None:
         print("\n| method | seconds per image | ZSSR / method |\n|---|---|---|")
         for name, sec in timing.items():
             print(f"| {name} | {sec:.2f} | {z.seconds / sec:.1f} |")
-        print(f"\nMZSR(10): {flops / 1e9:.0f} GFLOP of convolutions; {flops / timing['MZSR(10)'] / 1e9:.1f} GFLOP/s achieved, "
-              f"floor (plain conv fwd/bwd loop, same sizes) {flops / floor / 1e9:.1f} GFLOP/s "
-              f"-> {100 * floor / timing['MZSR(10)']:.0f}% of the floor")
+        print(
+            f"\nMZSR(10): {flops / 1e9:.0f} GFLOP of convolutions; {flops / timing['MZSR(10)'] / 1e9:.1f} GFLOP/s achieved, "
+            f"floor (plain conv fwd/bwd loop, same sizes) {flops / floor / 1e9:.1f} GFLOP/s "
+            f"-> {100 * floor / timing['MZSR(10)']:.0f}% of the floor"
+        )
 
     if args.set14:
         images = [hr for _, hr in set14()]
-        print("\nSet14 x2, g2.0 (Y-PSNR/SSIM, paper protocol)\n| model | method | preset | PSNR | SSIM |\n|---|---|---|---|---|")
+        print(
+            "\nSet14 x2, g2.0 (Y-PSNR/SSIM, paper protocol)\n| model | method | preset | PSNR | SSIM |\n|---|---|---|---|---|"
+        )
         for name, m in models.items():
             for preset in ("paper", "best"):
                 scores: dict[int, list] = {}
                 for hr_img in images:
                     lr_img = paper_lr(hr_img, deg.kernel, deg.subsampling)
-                    for out in adapt(m, lr_img, deg.kernel, 2, deg.subsampling, AdaptOptions(steps=(0, 1, 10), preset=preset), device="cpu"):
+                    for out in adapt(
+                        m,
+                        lr_img,
+                        deg.kernel,
+                        2,
+                        deg.subsampling,
+                        AdaptOptions(steps=(0, 1, 10), preset=preset),
+                        device="cpu",
+                    ):
                         scores.setdefault(out.steps, []).append(score(out.sr, hr_img))
                 for steps, v in scores.items():
                     p, s = np.mean(v, axis=0)
@@ -115,7 +133,9 @@ def main() -> None:
             v = []
             for hr_img in images:
                 lr_img = paper_lr(hr_img, deg.kernel, deg.subsampling)
-                out = zssr(lr_img, deg.kernel, 2, deg.subsampling, {"iterations": args.set14_zssr_iterations}, device="cpu")
+                out = zssr(
+                    lr_img, deg.kernel, 2, deg.subsampling, {"iterations": args.set14_zssr_iterations}, device="cpu"
+                )
                 v.append(score(out.sr, hr_img))
             p, s = np.mean(v, axis=0)
             print(f"| - | ZSSR (cap {args.set14_zssr_iterations}) | paper | {p:.2f} | {s:.4f} |")

@@ -6,6 +6,7 @@ size and wall time. Target: under 4 GB extra.
 
     python -m benchmarks.speed.large_image [--steps 1] [--photo ../shared/data/photos/Wood.jpg]
 """
+
 from __future__ import annotations
 
 import argparse
@@ -39,8 +40,12 @@ def main() -> None:
     ap.add_argument("--steps", type=int, default=1)
     args = ap.parse_args()
     with tempfile.TemporaryDirectory() as tmp:
-        out = subprocess.run([sys.executable, "-c", CHILD, f"{tmp}/w.safetensors", str(args.photo), f"{tmp}/sr", str(args.steps)],
-                             capture_output=True, text=True, env={"TQDM_DISABLE": "1", **__import__("os").environ})
+        out = subprocess.run(
+            [sys.executable, "-c", CHILD, f"{tmp}/w.safetensors", str(args.photo), f"{tmp}/sr", str(args.steps)],
+            capture_output=True,
+            text=True,
+            env={"TQDM_DISABLE": "1", **__import__("os").environ},
+        )
         line = next((ln for ln in out.stdout.splitlines() if ln.startswith("RESULT")), None)
         if line is None:
             sys.exit(f"child failed:\n{out.stderr[-2000:]}")
@@ -49,8 +54,10 @@ def main() -> None:
 
         size = Image.open(next(Path(tmp, "sr").glob("*.png"))).size
     extra = int(fields["peak_mib"]) - int(fields["base_mib"])
-    print(f"{args.photo.name} -> {size[0]}x{size[1]}, MZSR({args.steps}) on the CPU: {fields['seconds']} s, "
-          f"peak extra memory {extra} MiB (peak RSS {fields['peak_mib']} MiB; target < 4096 MiB extra)")
+    print(
+        f"{args.photo.name} -> {size[0]}x{size[1]}, MZSR({args.steps}) on the CPU: {fields['seconds']} s, "
+        f"peak extra memory {extra} MiB (peak RSS {fields['peak_mib']} MiB; target < 4096 MiB extra)"
+    )
 
 
 if __name__ == "__main__":

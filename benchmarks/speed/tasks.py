@@ -15,6 +15,7 @@ reused when there.
 
     python -m benchmarks.speed.tasks [--device auto|cpu|cuda] [--threads N] [--iters N] [--sizes paper,small]
 """
+
 from __future__ import annotations
 
 import argparse
@@ -33,8 +34,10 @@ from mzsr.meta import synthesise, tasks_for_iteration
 from mzsr.model import MZSRNet
 from mzsr.optim import make_optimizer
 
-SIZES = {"paper": {"tasks": 5, "shots": 8, "patch": 64, "inner_steps": 5},
-         "small": {"tasks": 2, "shots": 2, "patch": 16, "inner_steps": 2}}
+SIZES = {
+    "paper": {"tasks": 5, "shots": 8, "patch": 64, "inner_steps": 5},
+    "small": {"tasks": 2, "shots": 2, "patch": 16, "inner_steps": 2},
+}
 
 
 def sync(device: torch.device) -> None:
@@ -65,8 +68,13 @@ def bench(size: dict, images, work: Path, device: torch.device, warmup: int, ite
     opt = make_optimizer("adam_tf1", theta, 1e-4)
     steps = size["inner_steps"]
     ids = np.arange(len(pool))
-    times: dict[str, list[tuple[float, float]]] = {"store read": [], "fancy read": [], "batch": [], "synthesis": [],
-                                                   "meta-iteration": []}
+    times: dict[str, list[tuple[float, float]]] = {
+        "store read": [],
+        "fancy read": [],
+        "batch": [],
+        "synthesis": [],
+        "meta-iteration": [],
+    }
     for it in range(warmup + iters):
         got = {}
         task_ids = tasks_for_iteration(ids, size["tasks"], it)
@@ -75,7 +83,9 @@ def bench(size: dict, images, work: Path, device: torch.device, warmup: int, ite
         t_read = timed(lambda: pool.read(pool.rows[other].ravel()), device)
         t_fancy = timed(lambda: pool.patches[np.unique(pool.rows[third])], device)
         t_batch = timed(lambda: got.update(raw=pool.batch(task_ids, device)), device)
-        t_syn = timed(lambda: got.update(batch=synthesise(*got["raw"], pool.scale, subsampling, pool.n_support)), device)
+        t_syn = timed(
+            lambda: got.update(batch=synthesise(*got["raw"], pool.scale, subsampling, pool.n_support)), device
+        )
 
         def step():
             loss = meta_loss(theta, got["batch"], steps, 0.01, [1.0 / steps] * steps, first_order=False)
@@ -107,14 +117,20 @@ def main() -> None:
         torch.set_num_threads(args.threads)
     if args.device == "cuda" and not torch.cuda.is_available():
         ap.error("--device cuda: this torch sees no CUDA device")
-    device = torch.device("cuda" if args.device == "cuda" or (args.device == "auto" and torch.cuda.is_available()) else "cpu")
+    device = torch.device(
+        "cuda" if args.device == "cuda" or (args.device == "auto" and torch.cuda.is_available()) else "cpu"
+    )
     iters = args.iters or (20 if device.type == "cuda" else 3)
     args.work.mkdir(parents=True, exist_ok=True)
     images = list_images(args.images)
     name = torch.cuda.get_device_name(device) if device.type == "cuda" else f"cpu, {torch.get_num_threads()} threads"
-    print(f"device {name}; torch {torch.__version__}; {args.subsampling} subsampling; median of {iters} after {args.warmup} warm-up")
-    print("| size | store patches | store read s | fancy read s | batch s | synthesis s | meta-iteration s | "
-          "(batch + synthesis) / meta-iteration |\n|---|---|---|---|---|---|---|---|")
+    print(
+        f"device {name}; torch {torch.__version__}; {args.subsampling} subsampling; median of {iters} after {args.warmup} warm-up"
+    )
+    print(
+        "| size | store patches | store read s | fancy read s | batch s | synthesis s | meta-iteration s | "
+        "(batch + synthesis) / meta-iteration |\n|---|---|---|---|---|---|---|---|"
+    )
     for key in args.sizes.split(","):
         s = SIZES[key]
         r = bench(s, images, args.work, device, args.warmup, iters, args.subsampling)
@@ -122,8 +138,11 @@ def main() -> None:
         cell = lambda k: f"{r[k][0]:.4f} ({r[k][1]:.4f})"  # noqa: E731
         ratio = [(r["batch"][i] + r["synthesis"][i]) / r["meta-iteration"][i] for i in (0, 1)]
         cells = " | ".join(cell(k) for k in ("store read", "fancy read", "batch", "synthesis"))
-        print(f"| {label} | {r['store_patches']} | {cells} | "
-              f"{cell('meta-iteration')} | {ratio[0]:.2%} ({ratio[1]:.2%}) |", flush=True)
+        print(
+            f"| {label} | {r['store_patches']} | {cells} | "
+            f"{cell('meta-iteration')} | {ratio[0]:.2%} ({ratio[1]:.2%}) |",
+            flush=True,
+        )
 
 
 if __name__ == "__main__":

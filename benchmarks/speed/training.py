@@ -46,6 +46,7 @@ profiled: GPU kernel time against wall time, and the kernels that take it.
     python -m benchmarks.speed.training [--device auto|cpu|cuda] [--warmup N] [--iters N] [--quick]
         [--only REGEX] [--no-profile] [--json OUT]
 """
+
 from __future__ import annotations
 
 import argparse
@@ -96,7 +97,9 @@ def sync(device: torch.device) -> None:
         torch.cuda.synchronize(device)
 
 
-def timed(step, device: torch.device, warmup: int, iters: int, after_first=None) -> tuple[list[float], list[float], float]:
+def timed(
+    step, device: torch.device, warmup: int, iters: int, after_first=None
+) -> tuple[list[float], list[float], float]:
     """Wall and process-CPU seconds of each of `iters` calls of `step` after `warmup` untimed ones, and
     the first call's loss (`after_first()` runs right after that call: the gradient check).
     CPU seconds (all threads) tell a busy shared machine apart from slow code."""
@@ -214,8 +217,18 @@ def reference_meta_loss(model, params: dict, batch, steps: int, inner_lr: float,
 class Candidate:
     """One meta row: the per-task reference loop, or a MetaStep with the given options."""
 
-    def __init__(self, first_order=False, reference=False, graph=False, forward="grouped", split=False,
-                 channels_last=False, bf16=False, tf32=None, note=""):
+    def __init__(
+        self,
+        first_order=False,
+        reference=False,
+        graph=False,
+        forward="grouped",
+        split=False,
+        channels_last=False,
+        bf16=False,
+        tf32=None,
+        note="",
+    ):
         self.first_order, self.reference, self.graph, self.forward = first_order, reference, graph, forward
         self.split, self.channels_last, self.bf16, self.tf32, self.note = split, channels_last, bf16, tf32, note
         self.cuda_only = graph or bf16 or tf32 is not None
@@ -225,14 +238,26 @@ class Candidate:
         order = "1st" if self.first_order else "2nd"
         if self.reference:
             return f"meta {order} order: per-task reference loop (baseline)"
-        flags = [f for f, on in (("split bwd", self.split), ("channels_last", self.channels_last),
-                                 ("bf16 autocast", self.bf16), ("TF32 off", self.tf32 is False)) if on]
-        return f"meta {order} order: {'graph' if self.graph else 'eager'} {self.forward}" + "".join(f", {f}" for f in flags)
+        flags = [
+            f
+            for f, on in (
+                ("split bwd", self.split),
+                ("channels_last", self.channels_last),
+                ("bf16 autocast", self.bf16),
+                ("TF32 off", self.tf32 is False),
+            )
+            if on
+        ]
+        return f"meta {order} order: {'graph' if self.graph else 'eager'} {self.forward}" + "".join(
+            f", {f}" for f in flags
+        )
 
     def precision(self, device: torch.device) -> str:
         if self.bf16:
             return "bf16"
-        return "tf32" if device.type == "cuda" and self.tf32 is not False and torch.backends.cudnn.allow_tf32 else "fp32"
+        return (
+            "tf32" if device.type == "cuda" and self.tf32 is not False and torch.backends.cudnn.allow_tf32 else "fp32"
+        )
 
     def build(self, state: dict, batch, s: dict, device: torch.device):
         """(step, theta, meta_step or None) on a fresh model loaded from `state`, Adam on it."""
@@ -251,9 +276,18 @@ class Candidate:
                 return loss.item()
 
             return step, theta, None
-        ms = MetaStep(theta, opt, s["inner_steps"], INNER_LR, device, cuda_graph=self.graph, forward=self.forward,
-                      channels_last=self.channels_last, split_backward=self.split,
-                      autocast_dtype=torch.bfloat16 if self.bf16 else None)
+        ms = MetaStep(
+            theta,
+            opt,
+            s["inner_steps"],
+            INNER_LR,
+            device,
+            cuda_graph=self.graph,
+            forward=self.forward,
+            channels_last=self.channels_last,
+            split_backward=self.split,
+            autocast_dtype=torch.bfloat16 if self.bf16 else None,
+        )
         return (lambda: ms(batch, weights, self.first_order).item()), theta, ms
 
 
@@ -292,8 +326,10 @@ def candidates(cuda: bool) -> list[Candidate]:
     ]
 
 
-CUDA_ONLY_NOTE = ("CUDA-only rows skipped on this CPU: CUDA graph capture (graph ...), bf16 autocast, TF32 off; "
-                  "run `python -m benchmarks.speed.training --device cuda` on a GPU")
+CUDA_ONLY_NOTE = (
+    "CUDA-only rows skipped on this CPU: CUDA graph capture (graph ...), bf16 autocast, TF32 off; "
+    "run `python -m benchmarks.speed.training --device cuda` on a GPU"
+)
 
 
 def float64_gradient(state: dict, batch, s: dict, device: torch.device, first_order: bool):
@@ -305,7 +341,9 @@ def float64_gradient(state: dict, batch, s: dict, device: torch.device, first_or
     model.load_state_dict(state)
     theta = list(model.parameters())
     weights = [1.0 / s["inner_steps"]] * s["inner_steps"]
-    loss = meta_loss(theta, tuple(t.to(device).double() for t in batch), s["inner_steps"], INNER_LR, weights, first_order)
+    loss = meta_loss(
+        theta, tuple(t.to(device).double() for t in batch), s["inner_steps"], INNER_LR, weights, first_order
+    )
     return loss.item(), [g.detach().to(rows_device) for g in torch.autograd.grad(loss, theta)]
 
 
@@ -343,8 +381,12 @@ def check_reference() -> dict:
     ref = reference_meta_loss(model, dict(model.named_parameters()), batch, 3, INNER_LR, weights, False)
     g_ours, g_ref = torch.autograd.grad(ours, theta), torch.autograd.grad(ref, theta)
     grad_rel = max(float((a - b).norm() / b.norm()) for a, b in zip(g_ours, g_ref))
-    return {"loss": ours.item(), "loss_reference": ref.item(),
-            "loss_rel_diff": abs(ours.item() - ref.item()) / abs(ref.item()), "grad_max_rel_diff": grad_rel}
+    return {
+        "loss": ours.item(),
+        "loss_reference": ref.item(),
+        "loss_rel_diff": abs(ours.item() - ref.item()) / abs(ref.item()),
+        "grad_max_rel_diff": grad_rel,
+    }
 
 
 def check_candidates() -> dict:
@@ -358,17 +400,27 @@ def check_candidates() -> dict:
     forms = {
         "grouped": lambda fo: meta_loss(theta, batch, 2, INNER_LR, weights, fo, forward=make_forward("grouped")),
         "looped": lambda fo: meta_loss(theta, batch, 2, INNER_LR, weights, fo, forward=make_forward("looped")),
-        "grouped, split bwd": lambda fo: meta_loss(theta, batch, 2, INNER_LR, weights, fo, forward=make_forward("grouped", split_backward=True)),
-        "looped, split bwd": lambda fo: meta_loss(theta, batch, 2, INNER_LR, weights, fo, forward=make_forward("looped", split_backward=True)),
-        "grouped, channels_last": lambda fo: meta_loss(theta, batch, 2, INNER_LR, weights, fo, forward=make_forward("grouped", channels_last=True)),
+        "grouped, split bwd": lambda fo: meta_loss(
+            theta, batch, 2, INNER_LR, weights, fo, forward=make_forward("grouped", split_backward=True)
+        ),
+        "looped, split bwd": lambda fo: meta_loss(
+            theta, batch, 2, INNER_LR, weights, fo, forward=make_forward("looped", split_backward=True)
+        ),
+        "grouped, channels_last": lambda fo: meta_loss(
+            theta, batch, 2, INNER_LR, weights, fo, forward=make_forward("grouped", channels_last=True)
+        ),
         "vmap": lambda fo: vmap_meta_loss(theta, batch, 2, INNER_LR, weights, fo),
     }
     out = {}
     for fo in (False, True):
-        ref = torch.autograd.grad(reference_meta_loss(model, dict(model.named_parameters()), batch, 2, INNER_LR, weights, fo), theta)
+        ref = torch.autograd.grad(
+            reference_meta_loss(model, dict(model.named_parameters()), batch, 2, INNER_LR, weights, fo), theta
+        )
         for name, fn in forms.items():
             g = torch.autograd.grad(fn(fo), theta)
-            out[f"{'1st' if fo else '2nd'} order, {name}"] = max(float((a - b).norm() / b.norm()) for a, b in zip(g, ref))
+            out[f"{'1st' if fo else '2nd'} order, {name}"] = max(
+                float((a - b).norm() / b.norm()) for a, b in zip(g, ref)
+            )
     return out
 
 
@@ -391,15 +443,24 @@ def profile_step(step, device: torch.device, top: int = 8) -> dict:
             k[1] += 1
     total = sum(v[0] for v in kernels.values())
     ranked = sorted(kernels.items(), key=lambda kv: -kv[1][0])[:top]
-    return {"wall_s": wall, "kernel_s": total, "kernel_launches": sum(v[1] for v in kernels.values()),
-            "top": [{"kernel": n[:90], "seconds": v[0], "calls": v[1], "share": v[0] / total if total else 0.0} for n, v in ranked]}
+    return {
+        "wall_s": wall,
+        "kernel_s": total,
+        "kernel_launches": sum(v[1] for v in kernels.values()),
+        "top": [
+            {"kernel": n[:90], "seconds": v[0], "calls": v[1], "share": v[0] / total if total else 0.0}
+            for n, v in ranked
+        ],
+    }
 
 
 def device_name(device: torch.device) -> str:
     if device.type == "cuda":
         props = torch.cuda.get_device_properties(device)
-        return (f"{props.name} ({props.total_memory / 2**30:.0f} GiB, sm_{props.major}{props.minor}, "
-                f"CUDA {torch.version.cuda}, cuDNN {torch.backends.cudnn.version()})")
+        return (
+            f"{props.name} ({props.total_memory / 2**30:.0f} GiB, sm_{props.major}{props.minor}, "
+            f"CUDA {torch.version.cuda}, cuDNN {torch.backends.cudnn.version()})"
+        )
     try:
         with open("/proc/cpuinfo") as f:
             model = next(line.split(":", 1)[1].strip() for line in f if line.startswith("model name"))
@@ -418,9 +479,17 @@ def measure(make, flops: float, device: torch.device, warmup: int, iters: int, a
     with PeakMemory(device) as mem:
         wall, cpu, first_loss = timed(make(), device, warmup, iters, after_first)
     sec = statistics.median(wall)
-    return {"seconds_median": sec, "seconds_min": min(wall), "seconds": wall, "cpu_seconds": cpu,
-            "gflop": flops / 1e9, "gflops": flops / 1e9 / sec, "peak_memory_bytes": mem.peak,
-            "first_loss": first_loss, "loadavg_1min": [load, os.getloadavg()[0]]}
+    return {
+        "seconds_median": sec,
+        "seconds_min": min(wall),
+        "seconds": wall,
+        "cpu_seconds": cpu,
+        "gflop": flops / 1e9,
+        "gflops": flops / 1e9 / sec,
+        "peak_memory_bytes": mem.peak,
+        "first_loss": first_loss,
+        "loadavg_1min": [load, os.getloadavg()[0]],
+    }
 
 
 def print_row(name: str, r: dict, t_row: float) -> None:
@@ -430,14 +499,18 @@ def print_row(name: str, r: dict, t_row: float) -> None:
         extra = f", grad err {g['rel']:.1e} (worst layer {g['worst_layer_rel']:.1e}, tol {r['tolerance']:.0e} {r['precision']}: {'ok' if r['grad_ok'] else 'FAIL'})"
     if r.get("graph_fallback"):
         extra += f", CUDA GRAPH FELL BACK TO EAGER ({r['graph_fallback']})"
-    print(f"  {name}: {r['seconds_median']:.3f} s/iter (wall {', '.join(f'{x:.2f}' for x in r['seconds'])}; "
-          f"process CPU {', '.join(f'{x:.2f}' for x in r['cpu_seconds'])}), {r['gflops']:.1f} GFLOP/s, "
-          f"peak {fmt_bytes(r['peak_memory_bytes'])}{extra}, load {r['loadavg_1min'][0]:.1f} "
-          f"(row took {time.perf_counter() - t_row:.0f} s)", flush=True)
+    print(
+        f"  {name}: {r['seconds_median']:.3f} s/iter (wall {', '.join(f'{x:.2f}' for x in r['seconds'])}; "
+        f"process CPU {', '.join(f'{x:.2f}' for x in r['cpu_seconds'])}), {r['gflops']:.1f} GFLOP/s, "
+        f"peak {fmt_bytes(r['peak_memory_bytes'])}{extra}, load {r['loadavg_1min'][0]:.1f} "
+        f"(row took {time.perf_counter() - t_row:.0f} s)",
+        flush=True,
+    )
 
 
-def run_meta_row(c: Candidate, s: dict, device: torch.device, state: dict, batch, reference: dict,
-                 warmup: int, iters: int) -> dict:
+def run_meta_row(
+    c: Candidate, s: dict, device: torch.device, state: dict, batch, reference: dict, warmup: int, iters: int
+) -> dict:
     """Build, gradient-check (first step) and time one candidate; the float64 reference per order."""
     built = {}
 
@@ -454,11 +527,20 @@ def run_meta_row(c: Candidate, s: dict, device: torch.device, state: dict, batch
         precision = c.precision(device)
         r = measure(make, meta_flops(s, c.first_order), device, warmup, iters, after_first)
     ms = built.get("ms")
-    r.update(grad=built["grad"], precision=precision, tolerance=TOLERANCE[precision],
-             grad_ok=built["grad"]["rel"] <= TOLERANCE[precision], first_order=c.first_order, reference=c.reference,
-             graph=c.graph, graphed=bool(ms is not None and ms.graphed), graph_fallback=ms.fallback_reason if ms else None,
-             note=c.note, loss_float64=reference[c.first_order][0],
-             loss_rel_err=abs(r["first_loss"] - reference[c.first_order][0]) / abs(reference[c.first_order][0]))
+    r.update(
+        grad=built["grad"],
+        precision=precision,
+        tolerance=TOLERANCE[precision],
+        grad_ok=built["grad"]["rel"] <= TOLERANCE[precision],
+        first_order=c.first_order,
+        reference=c.reference,
+        graph=c.graph,
+        graphed=bool(ms is not None and ms.graphed),
+        graph_fallback=ms.fallback_reason if ms else None,
+        note=c.note,
+        loss_float64=reference[c.first_order][0],
+        loss_rel_err=abs(r["first_loss"] - reference[c.first_order][0]) / abs(reference[c.first_order][0]),
+    )
     built.clear()
     return r
 
@@ -466,36 +548,59 @@ def run_meta_row(c: Candidate, s: dict, device: torch.device, state: dict, batch
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--device", choices=["auto", "cpu", "cuda"], default="auto")
-    ap.add_argument("--warmup", type=int, default=None, help="untimed iterations per row, at least 1 (default 1 on CPU, 3 on CUDA)")
-    ap.add_argument("--iters", type=int, default=None, help="timed iterations per row (default 3 on CPU, 2 with --quick, 10 on CUDA)")
+    ap.add_argument(
+        "--warmup", type=int, default=None, help="untimed iterations per row, at least 1 (default 1 on CPU, 3 on CUDA)"
+    )
+    ap.add_argument(
+        "--iters",
+        type=int,
+        default=None,
+        help="timed iterations per row (default 3 on CPU, 2 with --quick, 10 on CUDA)",
+    )
     ap.add_argument("--quick", action="store_true", help="tiny sizes, for a smoke test in seconds")
     ap.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's own)")
-    ap.add_argument("--only", default=None, metavar="REGEX", help="time only the rows whose name matches (floors always run)")
+    ap.add_argument(
+        "--only", default=None, metavar="REGEX", help="time only the rows whose name matches (floors always run)"
+    )
     ap.add_argument("--no-profile", action="store_true", help="skip the CUDA kernel profile")
-    ap.add_argument("--reference-device", choices=["cpu", "same"], default="cpu",
-                    help="where the float64 meta-gradients are computed (default: the CPU, independent of the GPU's kernels)")
+    ap.add_argument(
+        "--reference-device",
+        choices=["cpu", "same"],
+        default="cpu",
+        help="where the float64 meta-gradients are computed (default: the CPU, independent of the GPU's kernels)",
+    )
     ap.add_argument("--json", default=None, metavar="OUT", help="write all numbers here")
     args = ap.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
     if args.device == "cuda" and not torch.cuda.is_available():
         ap.error("--device cuda: this torch sees no CUDA device")
-    device = torch.device("cuda" if args.device == "cuda" or (args.device == "auto" and torch.cuda.is_available()) else "cpu")
+    device = torch.device(
+        "cuda" if args.device == "cuda" or (args.device == "auto" and torch.cuda.is_available()) else "cpu"
+    )
     cuda = device.type == "cuda"
     pick_device(str(device))  # as meta_train: cuDNN autotuning and TF32 on CUDA
     warmup = max(1, args.warmup if args.warmup is not None else (3 if cuda else 1))
     iters = max(1, args.iters if args.iters is not None else (10 if cuda else 2 if args.quick else 3))
     s = QUICK if args.quick else FULL
-    header = (f"device: {device_name(device)}; torch {torch.__version__}, threads {torch.get_num_threads()}; "
-              f"{'quick' if args.quick else 'paper'} sizes {s}; warmup {warmup}, median of {iters}")
+    header = (
+        f"device: {device_name(device)}; torch {torch.__version__}, threads {torch.get_num_threads()}; "
+        f"{'quick' if args.quick else 'paper'} sizes {s}; warmup {warmup}, median of {iters}"
+    )
     print(header, flush=True)
     check = check_reference()
-    print(f"reference check (float64, 3 tasks x 2 shots 12x12, 3 steps): meta-loss {check['loss']:.12f} vs "
-          f"{check['loss_reference']:.12f} (rel diff {check['loss_rel_diff']:.1e}), "
-          f"meta-gradient max rel diff {check['grad_max_rel_diff']:.1e}", flush=True)
+    print(
+        f"reference check (float64, 3 tasks x 2 shots 12x12, 3 steps): meta-loss {check['loss']:.12f} vs "
+        f"{check['loss_reference']:.12f} (rel diff {check['loss_rel_diff']:.1e}), "
+        f"meta-gradient max rel diff {check['grad_max_rel_diff']:.1e}",
+        flush=True,
+    )
     check["candidates_float64_cpu"] = forms = check_candidates()
-    print("candidate formulations vs the per-task reference (float64, CPU, 2 tasks x 2 shots 8x8, 2 steps), "
-          "max rel diff of the meta-gradient: " + "; ".join(f"{k} {v:.1e}" for k, v in forms.items()), flush=True)
+    print(
+        "candidate formulations vs the per-task reference (float64, CPU, 2 tasks x 2 shots 8x8, 2 steps), "
+        "max rel diff of the meta-gradient: " + "; ".join(f"{k} {v:.1e}" for k, v in forms.items()),
+        flush=True,
+    )
     keep = (lambda name: True) if args.only is None else (lambda name: re.search(args.only, name) is not None)
 
     n_meta, p, m = s["tasks"] * s["shots"], s["pre_patch"], s["meta_patch"]
@@ -510,9 +615,19 @@ def main() -> None:
     plain = [r for r in plain if (cuda or "bf16" not in r[0]) and (r[0].startswith("floor") or keep(r[0]))]
     rows, t_total = {}, time.perf_counter()
     mem_kind = "max_memory_allocated" if cuda else "peak RSS growth"
-    out = {"device": device_name(device), "device_type": device.type, "torch": torch.__version__,
-           "threads": torch.get_num_threads(), "sizes": s, "warmup": warmup, "iters": iters,
-           "memory_kind": mem_kind, "tolerance": TOLERANCE, "check": check, "rows": rows}
+    out = {
+        "device": device_name(device),
+        "device_type": device.type,
+        "torch": torch.__version__,
+        "threads": torch.get_num_threads(),
+        "sizes": s,
+        "warmup": warmup,
+        "iters": iters,
+        "memory_kind": mem_kind,
+        "tolerance": TOLERANCE,
+        "check": check,
+        "rows": rows,
+    }
 
     def dump(**more) -> None:  # after every row, so that a run cut short still leaves its numbers
         out.update(more)
@@ -535,9 +650,12 @@ def main() -> None:
     for fo in sorted({c.first_order for c in cands}):
         reference[fo] = float64_gradient(state, batch, s, ref_device, fo)
     if reference:
-        print(f"float64 meta-gradients of the batch on {ref_device.type} ({', '.join('1st' if fo else '2nd' for fo in sorted(reference))} "
-              f"order), meta-loss {', '.join(f'{reference[fo][0]:.8f}' for fo in sorted(reference))}: "
-              f"{time.perf_counter() - t_ref:.1f} s", flush=True)
+        print(
+            f"float64 meta-gradients of the batch on {ref_device.type} ({', '.join('1st' if fo else '2nd' for fo in sorted(reference))} "
+            f"order), meta-loss {', '.join(f'{reference[fo][0]:.8f}' for fo in sorted(reference))}: "
+            f"{time.perf_counter() - t_ref:.1f} s",
+            flush=True,
+        )
     skipped = [c.name for c in candidates(True) if c.cuda_only] if not cuda else []
     for c in cands:
         t_row = time.perf_counter()
@@ -562,8 +680,11 @@ def main() -> None:
             except Exception as e:  # noqa: BLE001 - the profile is extra information only
                 print(f"profile of {c.name} failed: {type(e).__name__}: {e}", flush=True)
                 continue
-            print(f"profile, one iteration of {c.name}: wall {prof['wall_s']:.3f} s (under the profiler), GPU kernels "
-                  f"{prof['kernel_s']:.3f} s in {prof['kernel_launches']} launches; top kernels:", flush=True)
+            print(
+                f"profile, one iteration of {c.name}: wall {prof['wall_s']:.3f} s (under the profiler), GPU kernels "
+                f"{prof['kernel_s']:.3f} s in {prof['kernel_launches']} launches; top kernels:",
+                flush=True,
+            )
             for k in prof["top"]:
                 print(f"    {k['seconds']:.3f} s {100 * k['share']:4.1f}% x{k['calls']:<5d} {k['kernel']}")
             del step
@@ -573,16 +694,29 @@ def main() -> None:
     base_name = next((n for n, r in rows.items() if r.get("reference") and not r["first_order"]), None)
     base = rows[base_name]["seconds_median"] if base_name else None
     for r in rows.values():
-        r["speedup_vs_reference"] = base / r["seconds_median"] if base and "first_order" in r and not r["first_order"] else None
-    print(f"\n{header}\n\n| row | s/iter | fastest s/iter | GFLOP/iter | GFLOP/s | % of floor | {mem_kind} "
-          "| speed-up vs per-task loop | meta-grad rel err vs float64 (tol) |\n|---|---|---|---|---|---|---|---|---|")
+        r["speedup_vs_reference"] = (
+            base / r["seconds_median"] if base and "first_order" in r and not r["first_order"] else None
+        )
+    print(
+        f"\n{header}\n\n| row | s/iter | fastest s/iter | GFLOP/iter | GFLOP/s | % of floor | {mem_kind} "
+        "| speed-up vs per-task loop | meta-grad rel err vs float64 (tol) |\n|---|---|---|---|---|---|---|---|---|"
+    )
     for name, r in rows.items():
         speed = f"{r['speedup_vs_reference']:.2f}x" if r.get("speedup_vs_reference") else ""
-        grad = (f"{r['grad']['rel']:.1e} ({r['tolerance']:.0e} {r['precision']}{'' if r['grad_ok'] else ' FAIL'})"
-                if "grad" in r else "")
-        label = name + (" [fell back to eager]" if r.get("graph_fallback") else "") + (f" ({r['note']})" if r.get("note") else "")
-        print(f"| {label} | {r['seconds_median']:.3f} | {r['seconds_min']:.3f} | {r['gflop']:.1f} | {r['gflops']:.1f} | "
-              f"{r['pct_of_floor']:.0f}% | {fmt_bytes(r['peak_memory_bytes'])} | {speed} | {grad} |")
+        grad = (
+            f"{r['grad']['rel']:.1e} ({r['tolerance']:.0e} {r['precision']}{'' if r['grad_ok'] else ' FAIL'})"
+            if "grad" in r
+            else ""
+        )
+        label = (
+            name
+            + (" [fell back to eager]" if r.get("graph_fallback") else "")
+            + (f" ({r['note']})" if r.get("note") else "")
+        )
+        print(
+            f"| {label} | {r['seconds_median']:.3f} | {r['seconds_min']:.3f} | {r['gflop']:.1f} | {r['gflops']:.1f} | "
+            f"{r['pct_of_floor']:.0f}% | {fmt_bytes(r['peak_memory_bytes'])} | {speed} | {grad} |"
+        )
     if skipped:
         print(f"\n{CUDA_ONLY_NOTE}: " + "; ".join(skipped))
     verdict = None
@@ -593,13 +727,23 @@ def main() -> None:
             best = min(good, key=lambda n: good[n]["seconds_median"])
             sp = good[best]["speedup_vs_reference"]
             verdict = {"best": best, "speedup": sp, "target": SPEEDUP_TARGET, "met": sp >= SPEEDUP_TARGET}
-            print(f"\nfastest 2nd-order row within its gradient tolerance: {best}, {good[best]['seconds_median']:.3f} s/iter, "
-                  f"{sp:.2f}x the per-task reference loop ({base:.3f} s/iter); target {SPEEDUP_TARGET:.0f}x: "
-                  f"{'met' if verdict['met'] else 'NOT met'}")
-        default = next((n for n, r in second.items() if r.get("note", "").startswith("meta_train now")
-                        or r.get("note") == "meta_train's CPU path"), None)
+            print(
+                f"\nfastest 2nd-order row within its gradient tolerance: {best}, {good[best]['seconds_median']:.3f} s/iter, "
+                f"{sp:.2f}x the per-task reference loop ({base:.3f} s/iter); target {SPEEDUP_TARGET:.0f}x: "
+                f"{'met' if verdict['met'] else 'NOT met'}"
+            )
+        default = next(
+            (
+                n
+                for n, r in second.items()
+                if r.get("note", "").startswith("meta_train now") or r.get("note") == "meta_train's CPU path"
+            ),
+            None,
+        )
         if default:
-            print(f"meta_train's default here ({default}): {rows[default]['speedup_vs_reference']:.2f}x the per-task reference loop")
+            print(
+                f"meta_train's default here ({default}): {rows[default]['speedup_vs_reference']:.2f}x the per-task reference loop"
+            )
     print(f"rows took {time.perf_counter() - t_total:.0f} s")
     dump(skipped_cuda_only=skipped, profiles=profiles, verdict=verdict)
 

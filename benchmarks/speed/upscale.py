@@ -1,7 +1,8 @@
 """Wall time of `mzsr upscale` on a 256x256 LR image: --steps 10 against --steps 0, same process.
 
-    python -m benchmarks.speed.upscale [--repeats 3]
+python -m benchmarks.speed.upscale [--repeats 3]
 """
+
 from __future__ import annotations
 
 import argparse
@@ -31,8 +32,22 @@ def main() -> None:
         for _ in range(args.repeats):
             for steps in times:
                 start = time.perf_counter()
-                mzsr(["upscale", str(tmp / "lr"), "--out", str(tmp / f"sr{steps}"), "--weights", str(tmp / "w.safetensors"),
-                      "--kernel", "g2.0", "--steps", str(steps), "--device", "cpu"])
+                mzsr(
+                    [
+                        "upscale",
+                        str(tmp / "lr"),
+                        "--out",
+                        str(tmp / f"sr{steps}"),
+                        "--weights",
+                        str(tmp / "w.safetensors"),
+                        "--kernel",
+                        "g2.0",
+                        "--steps",
+                        str(steps),
+                        "--device",
+                        "cpu",
+                    ]
+                )
                 times[steps].append(time.perf_counter() - start)
     t0, t10 = np.median(times[0]), np.median(times[10])
     print(f"256x256 LR -> 512x512, CPU threads {torch.get_num_threads()}, median of {args.repeats}")

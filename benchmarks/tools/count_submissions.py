@@ -16,6 +16,7 @@ and the download job is added to the count.
 
 Prints a table and, with --json, writes the counts.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -36,10 +37,14 @@ DIV2K_VALID = 100
 NOT_SUBMITTED = {"all"}  # the default target: no output, no script, run by Snakemake itself
 
 # the smallest valid PNG: 1x1 RGB, one zero pixel
-_PNG = (b"\x89PNG\r\n\x1a\n"
-        + b"".join(len(d).to_bytes(4, "big") + t + d + zlib.crc32(t + d).to_bytes(4, "big")
-                   for t, d in ((b"IHDR", (1).to_bytes(4, "big") * 2 + b"\x08\x02\x00\x00\x00"),
-                                (b"IDAT", zlib.compress(b"\x00\x00\x00\x00")), (b"IEND", b""))))
+_PNG = b"\x89PNG\r\n\x1a\n" + b"".join(
+    len(d).to_bytes(4, "big") + t + d + zlib.crc32(t + d).to_bytes(4, "big")
+    for t, d in (
+        (b"IHDR", (1).to_bytes(4, "big") * 2 + b"\x08\x02\x00\x00\x00"),
+        (b"IDAT", zlib.compress(b"\x00\x00\x00\x00")),
+        (b"IEND", b""),
+    )
+)
 
 
 def write_test_sets(root: Path, sizes: dict[str, int]) -> dict[str, str]:
@@ -63,8 +68,19 @@ def snakemake_env() -> dict[str, str]:
 
 def plan(workdir: Path, configfiles: list[Path], extra: list[str] = (), timeout: float = 900) -> str:
     """The output of `snakemake -n --profile slurm` from the repository root, working in workdir."""
-    cmd = [sys.executable, "-m", "snakemake", "-n", "--profile", "slurm", "--directory", str(workdir),
-           "--configfile", *map(str, configfiles), *extra]
+    cmd = [
+        sys.executable,
+        "-m",
+        "snakemake",
+        "-n",
+        "--profile",
+        "slurm",
+        "--directory",
+        str(workdir),
+        "--configfile",
+        *map(str, configfiles),
+        *extra,
+    ]
     proc = subprocess.run(cmd, cwd=REPO, env=snakemake_env(), capture_output=True, text=True, timeout=timeout)
     out = proc.stdout + proc.stderr
     if proc.returncode != 0:
@@ -94,8 +110,13 @@ def planned_jobs(dry_run: str) -> Counter:
     return counts
 
 
-def count(sizes: dict[str, int], degradations: list[str] | None = None, archive_jobs: int = 0,
-          cluster: dict | None = None, workdir: Path | None = None) -> dict:
+def count(
+    sizes: dict[str, int],
+    degradations: list[str] | None = None,
+    archive_jobs: int = 0,
+    cluster: dict | None = None,
+    workdir: Path | None = None,
+) -> dict:
     """Submission counts with and without groups for config/config.yaml on test sets of `sizes`
     (`cluster`: settings of the config's cluster section, e.g. images_per_gpu_job)."""
     import yaml
@@ -105,8 +126,9 @@ def count(sizes: dict[str, int], degradations: list[str] | None = None, archive_
         # config files given together are merged: the test sets of config/config.yaml that are not
         # counted point to a folder that does not exist (skipped, with a warning)
         paper_sets = yaml.safe_load((REPO / "config" / "config.yaml").read_text())["test_sets"]
-        layer = {"test_sets": {**{name: str(root / "absent" / name) for name in paper_sets},
-                               **write_test_sets(root, sizes)}}
+        layer = {
+            "test_sets": {**{name: str(root / "absent" / name) for name in paper_sets}, **write_test_sets(root, sizes)}
+        }
         if degradations:
             layer["degradations"] = list(degradations)
         result = {"sizes": dict(sizes), "archive_jobs": archive_jobs}
@@ -117,14 +139,19 @@ def count(sizes: dict[str, int], degradations: list[str] | None = None, archive_
             subs = submissions(out)
             if archive_jobs:
                 subs["test_set_archive"] += archive_jobs
-            result[label] = {"submissions": sum(subs.values()), "by_kind": dict(sorted(subs.items())),
-                             "planned_jobs": sum(planned_jobs(out).values()) + archive_jobs}
+            result[label] = {
+                "submissions": sum(subs.values()),
+                "by_kind": dict(sorted(subs.items())),
+                "planned_jobs": sum(planned_jobs(out).values()) + archive_jobs,
+            }
         return result
 
 
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--div2k", action="store_true", help="add DIV2K's 100 validation images (and their download job)")
+    parser.add_argument(
+        "--div2k", action="store_true", help="add DIV2K's 100 validation images (and their download job)"
+    )
     parser.add_argument("--sizes", nargs="+", metavar="SET=N", help="test sets and their image counts instead")
     parser.add_argument("--degradations", nargs="+", help="instead of config/config.yaml's")
     parser.add_argument("--images-per-cpu-job", type=int, help="instead of config/config.yaml's cluster setting")
@@ -137,15 +164,22 @@ def main(argv=None) -> int:
     archive_jobs = 0
     if args.div2k:
         sizes["DIV2K_valid"], archive_jobs = DIV2K_VALID, 1
-    cluster = {k: v for k, v in (("images_per_cpu_job", args.images_per_cpu_job),
-                                 ("images_per_gpu_job", args.images_per_gpu_job)) if v is not None}
+    cluster = {
+        k: v
+        for k, v in (("images_per_cpu_job", args.images_per_cpu_job), ("images_per_gpu_job", args.images_per_gpu_job))
+        if v is not None
+    }
     result = count(sizes, args.degradations, archive_jobs, cluster)
-    print(f"test sets: {', '.join(f'{k} ({v})' for k, v in sizes.items())}"
-          + (" + the DIV2K download job" if archive_jobs else ""))
+    print(
+        f"test sets: {', '.join(f'{k} ({v})' for k, v in sizes.items())}"
+        + (" + the DIV2K download job" if archive_jobs else "")
+    )
     for label in ("ungrouped", "grouped"):
         r = result[label]
-        print(f"{label:>9}: {r['submissions']:5d} SLURM jobs ({r['planned_jobs']} jobs planned)   "
-              + ", ".join(f"{k} {v}" for k, v in r["by_kind"].items()))
+        print(
+            f"{label:>9}: {r['submissions']:5d} SLURM jobs ({r['planned_jobs']} jobs planned)   "
+            + ", ".join(f"{k} {v}" for k, v in r["by_kind"].items())
+        )
     write_result(args.json, result)
     return 0
 

@@ -17,6 +17,7 @@ from the authors' theta_T on T91 + BSD200 (the DIV2K stand-in that ../shared/dat
 carries the meta patches un-augmented as 64x64 PNGs (the store built from them on the GPU machine,
 with the 8 flips/rotations, equals the one cut from the images), theta_T and Set14.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -46,8 +47,17 @@ from mzsr.training import bind_settings
 MODELS = {"direct_x2": ("direct", ["g0.2", "g2.0", "ani"]), "bicubic_x2": ("bicubic", ["gb1.3"])}
 DATA = "T91 + BSD200 (DIV2K stand-in), 64 px meta patches, stride 120, flat ones dropped, 8 flips/rotations"
 STEPS = (0, 1, 10)
-SLOT_COLUMNS = ["date", "device", "torch", "start_step", "end_step", "train_seconds", "seconds_per_iteration",
-                "set14", "adopted"]
+SLOT_COLUMNS = [
+    "date",
+    "device",
+    "torch",
+    "start_step",
+    "end_step",
+    "train_seconds",
+    "seconds_per_iteration",
+    "set14",
+    "adopted",
+]
 
 
 OPERATIONAL = ("checkpoint_every", "log_every", "validate_every", "cuda_graph")  # not part of the recipe's digest
@@ -66,8 +76,15 @@ def paper_recipe(model: str, tiny: bool = False) -> dict:
     patches = {k: paper["patches"]["meta"][k] for k in ("patch_size", "stride", "reject_flat", "flat_threshold")}
     shards = paper["tasks"]["shards"]
     if tiny:
-        meta.update(iterations=4, meta_batch=1, inner_steps=1, checkpoint_every=2, validate_every=4, validation_tasks=1,
-                    log_every=1)
+        meta.update(
+            iterations=4,
+            meta_batch=1,
+            inner_steps=1,
+            checkpoint_every=2,
+            validate_every=4,
+            validation_tasks=1,
+            log_every=1,
+        )
         tasks.update(n_support=2, n_query=2)
         patches.update(patch_size=32, stride=32)
         shards = 2
@@ -85,11 +102,22 @@ def bundle(out: Path, data: Path, tiny: bool = False) -> None:
     if tiny:
         images = images[:3]
     out.mkdir(parents=True, exist_ok=True)
-    save_weights(out / "theta_T.safetensors", import_tf_checkpoint(data / "checkpoints" / "mzsr-official-pretrained" / "Pretrained"),
-                 {"scale": 2, "degradation": "bicubic", "step": 500_000, "source": "tf:authors' Pretrained"})
+    save_weights(
+        out / "theta_T.safetensors",
+        import_tf_checkpoint(data / "checkpoints" / "mzsr-official-pretrained" / "Pretrained"),
+        {"scale": 2, "degradation": "bicubic", "step": 500_000, "source": "tf:authors' Pretrained"},
+    )
     store = out / "cut.h5"
-    write_patch_store(images, store, recipe["patch_size"], recipe["stride"], None, seed=0, reject_flat=recipe["reject_flat"],
-                      flat_threshold=recipe["flat_threshold"])
+    write_patch_store(
+        images,
+        store,
+        recipe["patch_size"],
+        recipe["stride"],
+        None,
+        seed=0,
+        reject_flat=recipe["reject_flat"],
+        flat_threshold=recipe["flat_threshold"],
+    )
     import h5py
 
     patch_dir = out / "meta_patches"
@@ -106,8 +134,10 @@ def bundle(out: Path, data: Path, tiny: bool = False) -> None:
         else:
             shutil.copy(p, set14 / p.name)
     size = sum(p.stat().st_size for p in out.rglob("*") if p.is_file())
-    print(f"{out}: {len(list(patch_dir.iterdir()))} meta patches, theta_T, {len(list(set14.iterdir()))} Set14 images;"
-          f" {size / 2**20:.1f} MiB")
+    print(
+        f"{out}: {len(list(patch_dir.iterdir()))} meta patches, theta_T, {len(list(set14.iterdir()))} Set14 images;"
+        f" {size / 2**20:.1f} MiB"
+    )
 
 
 # ------------------------------------------------------------------------------------ train (GPU)
@@ -128,14 +158,26 @@ def prepare_data(bundle_dir: Path, work: Path, recipe: dict) -> tuple[Path, list
     store = work / "meta.h5"
     if not store.exists():  # one 64x64 PNG = one grid patch; 8 flips/rotations as the release stores them
         p = recipe["patches"]
-        write_patch_store(sorted((bundle_dir / "meta_patches").glob("*.png")), store, p["patch_size"], p["stride"], None,
-                          seed=0, reject_flat=p["reject_flat"], flat_threshold=p["flat_threshold"], store_augmented=True)
+        write_patch_store(
+            sorted((bundle_dir / "meta_patches").glob("*.png")),
+            store,
+            p["patch_size"],
+            p["stride"],
+            None,
+            seed=0,
+            reject_flat=p["reject_flat"],
+            flat_threshold=p["flat_threshold"],
+            store_augmented=True,
+        )
     meta = recipe["meta"]
     total = meta["iterations"] * meta["meta_batch"] + meta["validation_tasks"]
     n = recipe["shards"]
     shards = [work / f"tasks{total}_{i}.h5" for i in range(n)]
-    jobs = [(store, out, i, total * (i + 1) // n - total * i // n, meta["scale"], recipe["tasks"])
-            for i, out in enumerate(shards) if not out.exists()]
+    jobs = [
+        (store, out, i, total * (i + 1) // n - total * i // n, meta["scale"], recipe["tasks"])
+        for i, out in enumerate(shards)
+        if not out.exists()
+    ]
     if jobs:
         with ProcessPoolExecutor(max_workers=min(len(jobs), os.cpu_count() or 1)) as pool:
             list(pool.map(_shard, jobs))
@@ -159,8 +201,17 @@ def budgeted_meta_train(init: Path, shards, store: Path, cfg: dict, work: Path, 
             raise OutOfTime
 
     try:
-        meta_train(init, shards, store, work / "meta_final.safetensors", cfg, work / "train", work / "log.csv",
-                   device=device, on_step=hook)
+        meta_train(
+            init,
+            shards,
+            store,
+            work / "meta_final.safetensors",
+            cfg,
+            work / "train",
+            work / "log.csv",
+            device=device,
+            on_step=hook,
+        )
     except OutOfTime:
         pass
     state = torch.load(last, map_location="cpu", weights_only=True)
@@ -201,11 +252,19 @@ def train(args) -> None:
         shutil.copy(state_dir / "log.csv", work / "log.csv")
     cfg = recipe["meta"]
     start_step, end_step, train_seconds, state = budgeted_meta_train(
-        args.bundle / "theta_T.safetensors", shards, store, cfg, work, args.minutes, args.device)
+        args.bundle / "theta_T.safetensors", shards, store, cfg, work, args.minutes, args.device
+    )
     card = device_name(args.device)
-    info = {"name": args.model, "iterations": end_step, "start": "theta_T: the authors' pre-trained x2 model (500K steps,"
-            " bicubic), imported from TensorFlow", "data": DATA, "device": card, "config_digest": recipe_digest(recipe),
-            "recipe": recipe, "log": f"models/training/{args.model}/log.csv"}
+    info = {
+        "name": args.model,
+        "iterations": end_step,
+        "start": "theta_T: the authors' pre-trained x2 model (500K steps, bicubic), imported from TensorFlow",
+        "data": DATA,
+        "device": card,
+        "config_digest": recipe_digest(recipe),
+        "recipe": recipe,
+        "log": f"models/training/{args.model}/log.csv",
+    }
     meta = {"scale": 2, "degradation": cfg["subsampling"], "step": end_step, "source": "meta", "config": cfg}
     t_eval = time.perf_counter()
     info["set14"] = set14 = set14_means(state, meta, args.bundle, MODELS[args.model][1], args.device)
@@ -213,10 +272,18 @@ def train(args) -> None:
     save_weights(args.out / f"{args.model}.safetensors", state["model"], {**meta, "released": info})
     shutil.copy(work / "train" / "last.pt", args.out / "last.pt")
     shutil.copy(work / "log.csv", args.out / "log.csv")
-    slot = {"date": time.strftime("%Y-%m-%d"), "device": card, "torch": torch.__version__, "start_step": start_step,
-            "end_step": end_step, "train_seconds": round(train_seconds, 1),
-            "seconds_per_iteration": round(train_seconds / max(end_step - start_step, 1), 4), "set14": set14,
-            "eval_seconds": round(time.perf_counter() - t_eval, 1), "total_seconds": round(time.perf_counter() - t_start, 1)}
+    slot = {
+        "date": time.strftime("%Y-%m-%d"),
+        "device": card,
+        "torch": torch.__version__,
+        "start_step": start_step,
+        "end_step": end_step,
+        "train_seconds": round(train_seconds, 1),
+        "seconds_per_iteration": round(train_seconds / max(end_step - start_step, 1), 4),
+        "set14": set14,
+        "eval_seconds": round(time.perf_counter() - t_eval, 1),
+        "total_seconds": round(time.perf_counter() - t_start, 1),
+    }
     (args.out / "slot.json").write_text(json.dumps(slot, indent=1))
     print(json.dumps(slot, indent=1))
 
@@ -229,17 +296,26 @@ def ab(args) -> None:
         recipe["meta"]["cuda_graph"] = False
     store, shards = prepare_data(args.bundle, args.work, recipe)
     arms = {"second order throughout": 0, f"first order for {args.warm_up} iterations": args.warm_up}
-    result = {"device": device_name(args.device), "torch": torch.__version__, "minutes_per_arm": args.minutes, "arms": {}}
+    result = {
+        "device": device_name(args.device),
+        "torch": torch.__version__,
+        "minutes_per_arm": args.minutes,
+        "arms": {},
+    }
     for i, (arm, warm_up) in enumerate(arms.items()):
         cfg = {**recipe["meta"], "first_order_iterations": warm_up}
         work = args.work / f"arm{i}"
         shutil.rmtree(work, ignore_errors=True)
         (work / "train").mkdir(parents=True)
-        _, end, seconds, state = budgeted_meta_train(args.bundle / "theta_T.safetensors", shards, store, cfg, work,
-                                                     args.minutes, args.device)
+        _, end, seconds, state = budgeted_meta_train(
+            args.bundle / "theta_T.safetensors", shards, store, cfg, work, args.minutes, args.device
+        )
         meta = {"scale": 2, "degradation": cfg["subsampling"], "step": end, "source": "meta", "config": cfg}
-        result["arms"][arm] = {"iterations": end, "train_seconds": round(seconds, 1),
-                               "set14": set14_means(state, meta, args.bundle, MODELS[args.model][1], args.device)}
+        result["arms"][arm] = {
+            "iterations": end,
+            "train_seconds": round(seconds, 1),
+            "set14": set14_means(state, meta, args.bundle, MODELS[args.model][1], args.device),
+        }
         print(arm, json.dumps(result["arms"][arm]), flush=True)
     args.out.mkdir(parents=True, exist_ok=True)
     (args.out / "ab.json").write_text(json.dumps(result, indent=1))
@@ -281,9 +357,11 @@ def adopt(args) -> None:
             w.writeheader()
         w.writerow({**slot, "set14": json.dumps(slot["set14"], sort_keys=True), "adopted": better})
     verdict = "adopted as" if better else "kept out of"
-    print(f"{args.model}: steps {slot['start_step']} -> {slot['end_step']} on {slot['device']}, "
-          f"{slot['seconds_per_iteration']} s/iteration; Set14 mean MZSR(10) {mean_after(slot['set14']):.2f} dB"
-          f" (released: {mean_after(old) if old else float('nan'):.2f}); {verdict} {released}")
+    print(
+        f"{args.model}: steps {slot['start_step']} -> {slot['end_step']} on {slot['device']}, "
+        f"{slot['seconds_per_iteration']} s/iteration; Set14 mean MZSR(10) {mean_after(slot['set14']):.2f} dB"
+        f" (released: {mean_after(old) if old else float('nan'):.2f}); {verdict} {released}"
+    )
 
 
 def main(argv=None) -> int:
@@ -320,7 +398,12 @@ def main(argv=None) -> int:
     p.add_argument("--models-dir", type=Path)
     args = ap.parse_args(argv)
     try:
-        {"bundle": lambda: bundle(args.out, args.data, args.tiny), "train": lambda: train(args), "ab": lambda: ab(args), "adopt": lambda: adopt(args)}[args.command]()
+        {
+            "bundle": lambda: bundle(args.out, args.data, args.tiny),
+            "train": lambda: train(args),
+            "ab": lambda: ab(args),
+            "adopt": lambda: adopt(args),
+        }[args.command]()
     except MZSRError as e:
         print(f"extend_release: {e}", file=sys.stderr)
         return 1
