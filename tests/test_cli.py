@@ -76,10 +76,14 @@ def test_errors_are_one_line_with_the_file(tmp_path, hr_dir):
     assert main(["evaluate", str(tmp_path / "missing"), str(hr_dir)]) == 1
 
 
-def test_help_everywhere():
-    for cmd in ([], ["degrade"], ["import-tf"], ["estimate-kernel"], ["upscale"], ["evaluate"]):
-        r = subprocess.run([sys.executable, "-m", "mzsr.cli", *cmd, "--help"], capture_output=True, text=True)
-        assert r.returncode == 0 and "usage: mzsr" in r.stdout
+def test_help_everywhere(capsys):
+    """`python -m mzsr.cli --help` as a command; every subcommand's help in-process (each a fresh parser)."""
+    r = subprocess.run([sys.executable, "-m", "mzsr.cli", "--help"], capture_output=True, text=True)
+    assert r.returncode == 0 and "usage: mzsr" in r.stdout
+    for cmd in (["degrade"], ["import-tf"], ["estimate-kernel"], ["upscale"], ["evaluate"]):
+        with pytest.raises(SystemExit) as exit_:
+            main([*cmd, "--help"])
+        assert exit_.value.code == 0 and f"usage: mzsr {cmd[0]}" in capsys.readouterr().out
 
 
 def test_per_image_kernels_zssr_and_redegradation(tmp_path):

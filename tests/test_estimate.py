@@ -126,6 +126,7 @@ def test_estimate_conventions_and_seed(estimate):
     assert not np.array_equal(estimate_kernel(lr, 2, {"iterations": 30}, seed=2).kernel, short.kernel)
 
 
+@pytest.mark.slow  # a 1,000-iteration KernelGAN run on one thread
 def test_estimate_finds_the_orientation(estimate):
     truth, _, est = estimate
     mirrored = gaussian_kernel(4.0, 1.0, -np.pi / 4, 15)

@@ -38,6 +38,7 @@ def test_bicubic_anchor_on_set14(set14):
     assert 30.1 < np.mean(scores) < 30.4
 
 
+@pytest.mark.slow  # every Set14 image through the network
 def test_imported_model_beats_bicubic_by_2db(imported, set14):
     gains = []
     for hr in set14.values():
