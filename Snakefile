@@ -6,17 +6,15 @@
 #
 # A --configfile replaces config/config.yaml instead of being merged into it; whatever it leaves out
 # takes the defaults of mzsr/config.schema.yaml (the paper's settings; the mzsr package's too).
-import sys
 from pathlib import Path
 
 from snakemake.utils import min_version, validate
 
 min_version("9.27")
 
-# This checkout: its config, schema, models and the torch-free mzsr.facts, wherever the run's folder
-# is (a workflow used as a module runs in its user's folder: workflow.basedir is theirs).
+# This checkout: its config, schema, models and mzsr/facts.py, wherever the run's folder is (a
+# workflow used as a module runs in its user's folder: workflow.basedir is theirs).
 WORKFLOW_DIR = Path(str(workflow.current_basedir)).resolve()
-sys.path.insert(0, str(WORKFLOW_DIR))
 
 
 if not workflow.overwrite_configfiles:

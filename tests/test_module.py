@@ -29,6 +29,10 @@ module mzsr:
 
 
 use rule * from mzsr
+
+
+onstart:
+    mzsr.onstart()
 """
 
 
@@ -38,7 +42,10 @@ def test_the_workflow_runs_as_a_module_to_the_same_table(tmp_path):
     (user / "config").mkdir(parents=True)
     (user / "config" / "config.yaml").write_text(yaml.safe_dump(released_demo_config()))
     (user / "Snakefile").write_text(MODULE_SNAKEFILE.format(snakefile=REPO / "Snakefile"))
-    run_snakemake(user, "--cores", "2", snakefile=None, check=True, timeout=900)
+    # --keep-incomplete, as the SLURM profile runs: the workflow's onstart, called by the user's, clears
+    # the outputs of the jobs to run before the first starts
+    out = run_snakemake(user, "--cores", "2", "--keep-incomplete", snakefile=None, check=True, timeout=900)
+    assert "removed before the first starts (--keep-incomplete)" in out.stdout + out.stderr
     direct = tmp_path / "direct"
     direct.mkdir()
     shutil.copy(user / "config" / "config.yaml", direct / "demo.yaml")

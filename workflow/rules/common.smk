@@ -1,8 +1,9 @@
 # Helpers for the rules: paths, config sections, input functions, wildcard constraints, which test
 # images exist, and each rule's threads, resources, group and benchmark file. The only file of the
-# workflow with Python logic; of mzsr it imports only the torch-free mzsr.facts (the rules' scripts
+# workflow with Python logic; of mzsr it reads only the torch-free mzsr/facts.py (the rules' scripts
 # import the rest, inside their own environments).
 import hashlib
+import importlib.util
 import json
 import math
 import re
@@ -11,7 +12,17 @@ from pathlib import Path
 from snakemake.exceptions import WorkflowError
 from snakemake.logging import logger
 
-from mzsr import facts
+
+def checkout_facts():
+    """mzsr/facts.py of this checkout, whichever mzsr the Python running Snakemake has installed or
+    imported already (the rules' scripts use this checkout's mzsr too)."""
+    spec = importlib.util.spec_from_file_location("mzsr_checkout_facts", WORKFLOW_DIR / "mzsr" / "facts.py")
+    loaded = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(loaded)
+    return loaded
+
+
+facts = checkout_facts()
 
 
 def non_finite_key(value, where=""):
@@ -421,6 +432,8 @@ def remove_outputs_of_jobs_to_run():
     logger.info(f"Outputs of the {len(jobs)} jobs to run removed before the first starts (--keep-incomplete)")
 
 
+# Snakemake runs the onstart of the main Snakefile only: a Snakefile that uses this workflow as a
+# module calls it from its own (`onstart: mzsr.onstart()`, docs/pipeline.md).
 onstart:
     remove_outputs_of_jobs_to_run()
 
