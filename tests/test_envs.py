@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import ast
 import re
-import subprocess
 import sys
 from dataclasses import dataclass, field
 from functools import cache
@@ -22,6 +21,8 @@ from pathlib import Path
 
 import pytest
 import yaml
+
+from conftest import run_snakemake
 
 REPO = Path(__file__).resolve().parents[1]
 SCRIPTS = REPO / "scripts"
@@ -276,10 +277,8 @@ def test_snakemake_lint_reports_nothing(tmp_path, config):
         from PIL import Image
 
         Image.new("RGB", (32, 32)).save(tmp_path / "test_images" / "tiny" / "a.png")
-    cmd = [sys.executable, "-m", "snakemake", "--lint", "-s", str(REPO / "Snakefile"), "--directory", str(tmp_path)]
-    if config:
-        cmd += ["--configfile", str(REPO / config)]
-    proc = subprocess.run(cmd, cwd=tmp_path, capture_output=True, text=True, timeout=300)
+    config_args = ("--configfile", str(REPO / config)) if config else ()
+    proc = run_snakemake(tmp_path, "--lint", *config_args, timeout=300)
     out = proc.stdout + proc.stderr
     assert proc.returncode == 0, out[-4000:]
     assert "Congratulations, your workflow is in a good condition!" in out, out[-4000:]

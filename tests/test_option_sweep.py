@@ -15,8 +15,6 @@ from __future__ import annotations
 import argparse
 import copy
 import re
-import subprocess
-import sys
 from pathlib import Path
 
 import jsonschema
@@ -29,7 +27,7 @@ from mzsr.checkpoints import save_weights
 from mzsr.cli import build_parser, main
 from mzsr.images import write_png
 from mzsr.model import MZSRNet
-from conftest import smooth_image
+from conftest import run_snakemake, smooth_image
 
 REPO = Path(__file__).resolve().parents[1]
 SCHEMA = yaml.safe_load((REPO / "mzsr" / "config.schema.yaml").read_text())
@@ -282,24 +280,7 @@ def test_values_that_do_not_fit_together_fail_the_dry_run(tmp_path, name, change
         (tmp_path / k).mkdir()
         np.save(tmp_path / k / "k.npy", np.full((5, 5), 1 / 25))
     (tmp_path / "cfg.yaml").write_text(yaml.safe_dump(config))
-    proc = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "snakemake",
-            "-n",
-            "--configfile",
-            "cfg.yaml",
-            "-s",
-            str(REPO / "Snakefile"),
-            "--directory",
-            str(tmp_path),
-        ],
-        cwd=tmp_path,
-        capture_output=True,
-        text=True,
-        timeout=300,
-    )
+    proc = run_snakemake(tmp_path, "-n", "--configfile", "cfg.yaml", timeout=300)
     out = proc.stdout + proc.stderr
     assert proc.returncode != 0 and re.search(problem, out), out[-2000:]
     assert "Traceback (most recent call last)" not in out  # Snakemake may list the rule's location, not Python's

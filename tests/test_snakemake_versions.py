@@ -55,7 +55,7 @@ def old_python(tmp_path_factory) -> Path:
         timeout=600,
     )
     assert proc.returncode == 0, proc.stdout + proc.stderr
-    found = subprocess.run([str(python), "-m", "snakemake", "--version"], capture_output=True, text=True)
+    found = run_snakemake(venv, "--version", python=python, check=True)
     assert found.stdout.strip() == version, found.stdout + found.stderr
     return python
 
