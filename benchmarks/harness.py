@@ -1,5 +1,5 @@
-"""What the benchmarks share: where the development data is, Set14 made into the paper's LR inputs and
-scored, the machine a figure comes from, and one result format.
+"""What the benchmarks share: where the development data is, the device, Set14 made into the paper's LR
+inputs and scored, the machine a figure comes from, and one result format.
 
 Every script runs from the repository root as a module (`python -m benchmarks.speed.adapt`, ...) and,
 with --json, writes `write_result`'s format: {"command", "machine", "date", "results"}.
@@ -17,7 +17,9 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from mzsr import MZSRError
 from mzsr.degrade import degrade, to_uint8
+from mzsr.device import pick_device
 from mzsr.images import read_image_uint8
 from mzsr.io import atomic_write_text
 from mzsr.metrics import modcrop, psnr, ssim
@@ -29,6 +31,15 @@ SHARED = Path(os.environ.get("MZSR_SHARED_DATA") or REPO.parent / "shared" / "da
 SET14 = SHARED / "test" / "Set14"
 TRAIN_FOLDERS = (SHARED / "train" / "T91", SHARED / "train" / "BSD200")
 TF_CHECKPOINT = SHARED / "checkpoints" / "mzsr-official-pretrained" / "Pretrained"
+
+
+def run_device(requested: str) -> torch.device:
+    """The device a benchmark runs on, chosen as meta_train and the command choose it
+    (mzsr.device.pick_device: cuDNN autotuning and TF32 on CUDA); one that does not exist ends the run."""
+    try:
+        return pick_device(requested)
+    except MZSRError as e:
+        raise SystemExit(str(e)) from None
 
 
 def set14(folder: Path = SET14, stems=None, scale: int = 2) -> list[tuple[str, np.ndarray]]:

@@ -282,7 +282,7 @@ def _adapt_once(
     if any(n > 0 for n in options.steps):  # zero steps need no schedule (e.g. a pre-trained model as it is)
         schedule = resolve_schedule(schedule, subsampling, scale)
     preset = PRESETS[options.preset]
-    device = pick_device(device) if not isinstance(device, torch.device) else device
+    device = pick_device(device)
     net = copy.deepcopy(model).to(device).train()
     father = to_tensor(lr_image, device)
     k = None if kernel is None else torch.as_tensor(kernel, dtype=torch.float32, device=device)

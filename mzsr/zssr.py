@@ -304,7 +304,7 @@ def zssr(
     `steps` of the result is the number of iterations actually run (the lr policy may stop early).
     """
     cfg = resolve_config(cfg)
-    device = pick_device(device) if not isinstance(device, torch.device) else device
+    device = pick_device(device)
     torch.manual_seed(seed)
     lr_t = to_tensor(lr_image, device)
     k = None if kernel is None else torch.as_tensor(kernel, dtype=torch.float32, device=device)

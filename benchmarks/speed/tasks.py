@@ -26,7 +26,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from benchmarks.harness import TRAIN_FOLDERS
+from benchmarks.harness import TRAIN_FOLDERS, run_device
 from mzsr.data import TaskPool, write_patch_store, write_task_shard
 from mzsr.images import list_images
 from mzsr.maml import meta_loss
@@ -115,11 +115,7 @@ def main() -> None:
     args = ap.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
-    if args.device == "cuda" and not torch.cuda.is_available():
-        ap.error("--device cuda: this torch sees no CUDA device")
-    device = torch.device(
-        "cuda" if args.device == "cuda" or (args.device == "auto" and torch.cuda.is_available()) else "cpu"
-    )
+    device = run_device(args.device)
     iters = args.iters or (20 if device.type == "cuda" else 3)
     args.work.mkdir(parents=True, exist_ok=True)
     images = list_images(args.images)

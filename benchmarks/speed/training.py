@@ -64,8 +64,7 @@ import torch
 import torch.nn.functional as F
 from torch.func import functional_call
 
-from benchmarks.harness import write_result
-from mzsr.device import pick_device
+from benchmarks.harness import run_device, write_result
 from mzsr.maml import make_forward, meta_loss, vmap_meta_loss
 from mzsr.meta import META_DEFAULTS
 from mzsr.meta_step import MetaStep
@@ -573,13 +572,8 @@ def main() -> None:
     args = ap.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
-    if args.device == "cuda" and not torch.cuda.is_available():
-        ap.error("--device cuda: this torch sees no CUDA device")
-    device = torch.device(
-        "cuda" if args.device == "cuda" or (args.device == "auto" and torch.cuda.is_available()) else "cpu"
-    )
+    device = run_device(args.device)
     cuda = device.type == "cuda"
-    pick_device(str(device))  # as meta_train: cuDNN autotuning and TF32 on CUDA
     warmup = max(1, args.warmup if args.warmup is not None else (3 if cuda else 1))
     iters = max(1, args.iters if args.iters is not None else (10 if cuda else 2 if args.quick else 3))
     s = QUICK if args.quick else FULL
