@@ -17,7 +17,7 @@ from functools import partial
 import torch
 import torch.nn.functional as F
 
-from . import settings
+from . import conv, settings
 
 FINAL_WEIGHT_FLOOR = settings.defaults("meta")["final_weight_floor"]
 
@@ -80,9 +80,12 @@ class _SplitConv3x3(torch.autograd.Function):
 def conv3x3(
     x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None, groups: int = 1, split_backward: bool = False
 ) -> torch.Tensor:
-    """`F.conv2d(x, weight, bias, padding=1, groups=groups)`, or the same with the split backward."""
+    """`F.conv2d(x, weight, bias, padding=1, groups=groups)`: with the split backward, or (one group)
+    `mzsr.conv.conv3x3`, whose backward is written out on the CPU path."""
     if split_backward:
         return _SplitConv3x3.apply(x, weight, bias, groups)
+    if groups == 1:
+        return conv.conv3x3(x, weight, bias)
     return F.conv2d(x, weight, bias, padding=1, groups=groups)
 
 
@@ -113,10 +116,11 @@ def grouped_forward(
 def looped_forward(
     params: list[torch.Tensor], x: torch.Tensor, channels_last: bool = False, split_backward: bool = False
 ) -> torch.Tensor:
-    """Same result as `grouped_forward`, one task after another (faster on CPUs)."""
+    """Same result as `grouped_forward`, one task after another (faster on CPUs, where the activations
+    are channels-last on `mzsr.conv`'s CPU path whatever `channels_last` says)."""
     outs = []
     for t in range(x.shape[0]):
-        h = x[t]
+        h = conv.activation_layout(x[t])
         if channels_last:
             h = h.contiguous(memory_format=torch.channels_last)
         layers = len(params) // 2

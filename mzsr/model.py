@@ -12,6 +12,8 @@ import torch
 from torch import nn
 from torch.func import functional_call
 
+from . import conv as conv_path
+
 NUM_LAYERS = 8
 WIDTH = 64
 CHANNELS = 3
@@ -33,9 +35,9 @@ class MZSRNet(nn.Module):
         )
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        h = x
+        h = conv_path.activation_layout(x)  # channels-last on a CPU (mzsr.conv)
         for i, conv in enumerate(self.convs):
-            h = conv(h)
+            h = conv_path.conv3x3(h, conv.weight, conv.bias)
             if i < len(self.convs) - 1:
                 h = torch.relu(h)
         return x + h
