@@ -20,6 +20,7 @@ import torch
 import torch.nn.functional as F
 
 from . import MZSRError, MZSRWarning, settings
+from .conv import GRADIENT_PRECISIONS, check_gradient_precision, gradient_precision
 from .degrade import blur_torch, degrade_torch, direct_indices
 from .device import pick_device, synchronize
 from .resize import imresize_torch
@@ -203,7 +204,8 @@ class AdaptOptions:
     `steps`: the step counts to return an SR image after; `schedule` the lr schedule ("auto": the
     released one for the model's subsampling and scale); `grid` the direct-subsampling grid of the son;
     `max_adapt_pixels` adapts on random crops of that many pixels for larger images; `tile` the
-    inference tile (None: whole image)."""
+    inference tile (None: whole image); `grad_precision` that of the steps' gradient convolutions on a
+    CPU (mzsr.conv)."""
 
     steps: tuple[int, ...] = tuple(ADAPT_DEFAULTS["steps"])
     schedule: str = ADAPT_DEFAULTS["schedule"]
@@ -213,6 +215,7 @@ class AdaptOptions:
     seed: int = 0
     tile: int | None = DEFAULT_TILE
     max_adapt_pixels: int | None = DEFAULT_MAX_ADAPT_PIXELS
+    grad_precision: str = ADAPT_DEFAULTS["grad_precision"]
 
     def __post_init__(self):
         object.__setattr__(self, "steps", tuple(sorted(set(int(n) for n in self.steps))))
@@ -222,6 +225,10 @@ class AdaptOptions:
             raise ValueError(f"unknown preset {self.preset!r}; use one of {', '.join(PRESETS)}")
         if self.noise_level < 0:
             raise ValueError(f"noise_level must be >= 0, got {self.noise_level}")
+        if self.grad_precision not in GRADIENT_PRECISIONS:
+            raise ValueError(
+                f"unknown grad_precision {self.grad_precision!r}; use one of {', '.join(GRADIENT_PRECISIONS)}"
+            )
 
     @classmethod
     def from_config(cls, section: dict, **more) -> AdaptOptions:
@@ -233,6 +240,7 @@ class AdaptOptions:
             preset=cfg["preset"],
             grid=cfg["grid"],
             noise_level=float(cfg["noise_level"]),
+            grad_precision=cfg["grad_precision"],
             **more,
         )
 
@@ -283,6 +291,7 @@ def _adapt_once(
         schedule = resolve_schedule(schedule, subsampling, scale)
     preset = PRESETS[options.preset]
     device = pick_device(device)
+    check_gradient_precision(options.grad_precision, device)
     net = copy.deepcopy(model).to(device).train()
     father = to_tensor(lr_image, device)
     k = None if kernel is None else torch.as_tensor(kernel, dtype=torch.float32, device=device)
@@ -309,7 +318,8 @@ def _adapt_once(
                 group["lr"] = learning_rate(schedule, len(step_seconds))
             x, y = _training_pair(son_up, father, options.max_adapt_pixels, rng)
             optimizer.zero_grad(set_to_none=True)
-            F.l1_loss(net(x), y).backward()
+            with gradient_precision(options.grad_precision):
+                F.l1_loss(net(x), y).backward()
             optimizer.step()
             synchronize(device)
             step_seconds.append(time.perf_counter() - start)

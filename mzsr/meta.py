@@ -20,6 +20,7 @@ from tqdm import tqdm
 
 from . import MZSRError, settings
 from .checkpoints import load_weights, save_weights
+from .conv import check_gradient_precision, gradient_precision
 from .data import TaskPool
 from .degrade import degrade_torch
 from .device import pick_device
@@ -118,6 +119,7 @@ def meta_train(
     work_dir = Path(work_dir)
     work_dir.mkdir(parents=True, exist_ok=True)
     device = pick_device(device)
+    check_gradient_precision(cfg["grad_precision"], device)
     torch.manual_seed(cfg["seed"])
     pool = TaskPool(shard_paths, patch_store)
     if pool.scale != cfg["scale"]:
@@ -143,7 +145,8 @@ def meta_train(
             cfg["loss_weights"], cfg["inner_steps"], it, cfg["anneal_steps"], cfg["final_weight_floor"]
         )
         first_order = cfg["first_order"] or it < cfg["first_order_iterations"]
-        loss = meta_step(batch, weights, first_order, check=lambda value: check_finite(value, it, work_dir))
+        with gradient_precision(cfg["grad_precision"]):
+            loss = meta_step(batch, weights, first_order, check=lambda value: check_finite(value, it, work_dir))
         step = it + 1
         bar.update(1)
         row = {}

@@ -71,7 +71,7 @@ rule sr_mzsr:
         scale=SCALE,
         degradation=lambda w: DEGRADATIONS[w.degradation],
         method="mzsr",
-        adapt=section(config["adapt"]),
+        adapt=made_with(config["adapt"]),
     log:
         log_path("sr_mzsr", JOB),
     benchmark:

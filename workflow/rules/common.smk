@@ -180,6 +180,16 @@ def section(value):
     return value
 
 
+# Settings added after results existed, with the value those results were made with: a section
+# names one only when it differs, so that adding the setting did not put earlier results out of date.
+ADDED_LATER = {"grad_precision": "float32"}
+
+
+def made_with(cfg):
+    """A stage's settings as its params and work folder name them (without ADDED_LATER defaults)."""
+    return section({k: v for k, v in cfg.items() if ADDED_LATER.get(k, object()) != v})
+
+
 def pretrain_cfg():
     cfg = {k: v for k, v in config["pretrain"].items() if k != "tf_checkpoint"}
     return section({**cfg, "patch_size": config["patches"]["pretrain"]["patch_size"], "scale": SCALE})
@@ -187,7 +197,7 @@ def pretrain_cfg():
 
 def meta_cfg(subsampling):
     cfg = {k: v for k, v in config["meta"].items() if k != "weights_folder"}  # where models come from, not how
-    return section({**cfg, "scale": SCALE, "subsampling": subsampling})
+    return made_with({**cfg, "scale": SCALE, "subsampling": subsampling})
 
 
 def task_count():
