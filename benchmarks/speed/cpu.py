@@ -89,25 +89,31 @@ def _meta_step(size: int, inner_steps: int, dtype=torch.float32, seed: int = 0):
     return step, batch, [1.0 / inner_steps] * inner_steps
 
 
-def child(workload: str, path: str, size: int, iterations: int) -> dict:
-    """One measurement in this process: warm-up (same shapes, cheaper), then the timed run."""
+def warmed_run(workload: str, path: str, size: int):
+    """The meta-iteration or the 10-step adaptation as a callable, warmed up on the same shapes (more
+    cheaply); call both within `path_context(path)`. The adaptation's returns its SR image."""
+    if workload == "meta":
+        warm, batch, weights = _meta_step(size, 1)
+        warm(batch, weights, False)  # every convolution shape once
+        step, batch, weights = _meta_step(size, 5)
+        return lambda: step(batch, weights, False)
     from mzsr.adapt import AdaptOptions, adapt
     from mzsr.checkpoints import load_model
 
+    lr, deg = astronaut_lr(size)
+    model = load_model(REPO / "models" / "direct_x2.safetensors", expected_scale=2)[0]
+    adapt(model, lr, deg.kernel, 2, deg.subsampling, AdaptOptions(steps=(1,)), device="cpu")
+    options = AdaptOptions(steps=(10,), grad_precision="bfloat16" if path == "new bf16" else "float32")
+    return lambda: adapt(model, lr, deg.kernel, 2, deg.subsampling, options, device="cpu")[0].sr
+
+
+def child(workload: str, path: str, size: int, iterations: int) -> dict:
+    """One measurement in this process: warm-up (same shapes, cheaper), then the timed run."""
     start_rss = _rss_mib()
     result = {}
     with path_context(path):
-        if workload == "meta":
-            warm, batch, weights = _meta_step(size, 1)
-            warm(batch, weights, False)  # every convolution shape once
-            step, batch, weights = _meta_step(size, 5)
-            run = lambda: step(batch, weights, False)  # noqa: E731
-        elif workload == "adapt":
-            lr, deg = astronaut_lr(size)
-            model = load_model(REPO / "models" / "direct_x2.safetensors", expected_scale=2)[0]
-            adapt(model, lr, deg.kernel, 2, deg.subsampling, AdaptOptions(steps=(1,)), device="cpu")
-            options = AdaptOptions(steps=(10,), grad_precision="bfloat16" if path == "new bf16" else "float32")
-            run = lambda: adapt(model, lr, deg.kernel, 2, deg.subsampling, options, device="cpu")[0].sr  # noqa: E731
+        if workload in ("meta", "adapt"):
+            run = warmed_run(workload, path, size)
         elif workload == "zssr":
             from mzsr.zssr import zssr
 

@@ -28,13 +28,12 @@ import subprocess
 import sys
 import time
 from collections import defaultdict
-from dataclasses import replace
 from pathlib import Path
 
 import torch
 
 from benchmarks.harness import REPO, write_result
-from benchmarks.speed.cpu import PATHS, _meta_step, astronaut_lr, path_context
+from benchmarks.speed.cpu import PATHS, astronaut_lr, path_context, warmed_run
 
 PRIMITIVES = {
     "forward_training": "conv forward",
@@ -57,22 +56,11 @@ SECOND_ORDER = ("ConvolutionBackwardBackward0", "ConvGradBackward")
 def child(workload: str, path: str, size: int) -> dict:
     from torch.profiler import ProfilerActivity, profile
 
-    from mzsr.adapt import AdaptOptions, adapt, make_son
-    from mzsr.checkpoints import load_model
+    from mzsr.adapt import make_son
     from mzsr.resize import imresize_torch
 
     with path_context(path):
-        if workload == "meta":
-            warm, batch, weights = _meta_step(size, 1)
-            warm(batch, weights, False)  # every convolution shape once
-            step, batch, weights = _meta_step(size, 5)
-            run = lambda: step(batch, weights, False)  # noqa: E731
-        else:
-            lr, deg = astronaut_lr(size)
-            model = load_model(REPO / "models" / "direct_x2.safetensors", expected_scale=2)[0]
-            options = AdaptOptions(steps=(10,), grad_precision="bfloat16" if path == "new bf16" else "float32")
-            run = lambda: adapt(model, lr, deg.kernel, 2, deg.subsampling, options, device="cpu")  # noqa: E731
-            adapt(model, lr, deg.kernel, 2, deg.subsampling, replace(options, steps=(1,)), device="cpu")
+        run = warmed_run(workload, path, size)
         print("--- timed run ---", flush=True)  # oneDNN's lines after this belong to the profiled run
         with profile(activities=[ProfilerActivity.CPU]) as prof:
             start = time.perf_counter()
@@ -87,6 +75,7 @@ def child(workload: str, path: str, size: int) -> dict:
     second = sum(e.cpu_time_total for e in ops if e.key in SECOND_ORDER) / 1e6
     result = {"wall": wall, "aten_self": aten_self, "conv_self": conv_self / 1e6, "second_order": second}
     if workload == "adapt":
+        lr, deg = astronaut_lr(size)
         father = torch.from_numpy(lr.transpose(2, 0, 1)[None]).float()
         k = torch.as_tensor(deg.kernel, dtype=torch.float32)
         start = time.perf_counter()
