@@ -13,7 +13,9 @@ only the order of floating-point sums: float64 gradients agree with PyTorch's to
 `gradient_precision("bfloat16")` computes the gradients' convolutions (all of the backward, first
 and second order) in bfloat16 with float32 accumulation, on CPUs with native bfloat16 (AMX or
 AVX512-BF16); forward passes, losses and weights stay float32. Opt-in: it moves adapted outputs by
-at most a grey level, not to float rounding (docs/results.md).
+at most a grey level, not to float rounding (docs/results.md). A first-order backward of the whole
+network (`network`, used by MZSRNet: adaptation, ZSSR) then keeps its gradients in bfloat16 from
+layer to layer; per layer, autograd would cast each one to float32 and back, a quarter of the time.
 
 GPUs keep NCHW and PyTorch's own backward (cuDNN, which the CUDA-graph meta-step captures).
 `plain_path()` puts the CPU on that path too: the code as it was, which the benchmark and the tests
@@ -94,6 +96,60 @@ def conv3x3(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None) ->
     if fast_path(x) and torch.is_grad_enabled() and (x.requires_grad or weight.requires_grad):
         return _Conv3x3.apply(x, weight, bias)
     return F.conv2d(x, weight, bias, padding=1)
+
+
+def network(x: torch.Tensor, weights: list[torch.Tensor], biases: list[torch.Tensor | None]) -> torch.Tensor:
+    """The plain network: conv3x3 layers with ReLU between them (not after the last)."""
+    wants_grad = torch.is_grad_enabled() and (x.requires_grad or any(w.requires_grad for w in weights))
+    if fast_path(x) and _gradient_dtype is not None and x.dtype == torch.float32 and wants_grad:
+        return _FirstOrderNetwork.apply(x, _gradient_dtype, len(weights), *weights, *biases)
+    relu = torch.relu_ if fast_path(x) else torch.relu  # in place: a fresh activation costs its page faults
+    h = x
+    for i, (weight, bias) in enumerate(zip(weights, biases)):
+        h = conv3x3(h, weight, bias)
+        if i < len(weights) - 1:
+            h = relu(h)
+    return h
+
+
+class _FirstOrderNetwork(torch.autograd.Function):
+    """`network` whose backward runs in `dtype` from the output to the input, the activations saved
+    in `dtype`: the first-order gradients of the per-layer path, without a cast of every gradient to
+    float32 and back between layers. It cannot be differentiated twice (second-order MAML takes the
+    per-layer path: mzsr.maml)."""
+
+    @staticmethod
+    def forward(ctx, x, dtype, layers, *params):
+        weights, biases = params[:layers], params[layers:]
+        h, inputs = x, []
+        for i, (weight, bias) in enumerate(zip(weights, biases)):
+            inputs.append(h.to(dtype))
+            h = F.conv2d(h, weight, bias, padding=1)
+            if i < layers - 1:
+                h = torch.relu_(h)
+        ctx.save_for_backward(*inputs, *weights)
+        ctx.dtype, ctx.layers, ctx.has_bias = dtype, layers, [b is not None for b in biases]
+        return h
+
+    @staticmethod
+    @torch.autograd.function.once_differentiable
+    def backward(ctx, grad):
+        layers, dtype = ctx.layers, ctx.dtype
+        inputs, weights = ctx.saved_tensors[:layers], ctx.saved_tensors[layers:]
+        d_weights, d_biases = [None] * layers, [None] * layers
+        grad = grad.to(dtype)
+        for i in reversed(range(layers)):
+            need_x = i > 0 or ctx.needs_input_grad[0]
+            d_x, d_w, d_b = torch.ops.aten.convolution_backward(
+                grad, inputs[i], weights[i].to(dtype), [weights[i].shape[0]], [1, 1], [1, 1], [1, 1], False, [0, 0],
+                1, [need_x, ctx.needs_input_grad[3 + i], ctx.has_bias[i] and ctx.needs_input_grad[3 + layers + i]],
+            )  # fmt: skip
+            d_weights[i] = None if d_w is None else d_w.float()
+            d_biases[i] = None if d_b is None else d_b.float()
+            if i > 0:
+                grad = torch.ops.aten.threshold_backward(d_x, inputs[i], 0)  # ReLU's: where its output was > 0
+        d_input = None if d_x is None else d_x.float()
+        return d_input, None, None, *d_weights, *d_biases
 
 
 def _conv2d(x, weight, dtype):

@@ -36,11 +36,7 @@ class MZSRNet(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         h = conv_path.activation_layout(x)  # channels-last on a CPU (mzsr.conv)
-        for i, conv in enumerate(self.convs):
-            h = conv_path.conv3x3(h, conv.weight, conv.bias)
-            if i < len(self.convs) - 1:
-                h = torch.relu(h)
-        return x + h
+        return x + conv_path.network(h, [c.weight for c in self.convs], [c.bias for c in self.convs])
 
 
 @torch.no_grad()

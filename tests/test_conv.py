@@ -122,6 +122,39 @@ def test_adaptation_with_bfloat16_gradients_stays_within_a_grey_level():
     assert np.abs(fast[0].sr.astype(int) - exact.astype(int)).max() <= 1
 
 
+def _layer_by_layer(net, x):
+    """MZSRNet's forward through `conv.conv3x3` one layer at a time (the per-layer backward)."""
+    h = conv.activation_layout(x)
+    for i, c in enumerate(net.convs):
+        h = conv.conv3x3(h, c.weight, c.bias)
+        h = torch.relu(h) if i < len(net.convs) - 1 else h
+    return x + h
+
+
+@needs_bf16
+@pytest.mark.parametrize("bias", [True, False])
+def test_whole_network_bfloat16_backward_equals_the_per_layer_one(bias):
+    """MZSRNet's first-order backward keeps its gradients in bfloat16 between layers; the numbers are the
+    per-layer path's (which casts each to float32 and back): ReLU masks, biases and the input's gradient."""
+    torch.manual_seed(3)
+    net = MZSRNet(bias=bias)
+    x, y = torch.rand(2, 3, 20, 17, requires_grad=True), torch.rand(2, 3, 20, 17)
+    grads = []
+    for forward in (net, lambda x: _layer_by_layer(net, x)):
+        net.zero_grad(set_to_none=True)
+        x.grad = None
+        with conv.gradient_precision("bfloat16"):
+            F.l1_loss(forward(x), y).backward()
+        grads.append([p.grad for p in net.parameters()] + [x.grad])
+    whole, per_layer = grads
+    assert len(whole) == (17 if bias else 9) and all(g.abs().max() > 0 for g in whole)
+    assert _relative(whole, per_layer) < 1e-6
+    with conv.gradient_precision("bfloat16"):
+        first = torch.autograd.grad(F.l1_loss(net(x), y), list(net.parameters()), create_graph=True)
+        with pytest.raises(RuntimeError, match="once_differentiable"):
+            sum(g.sum() for g in first).backward()
+
+
 def test_gradient_precision_is_checked():
     with pytest.raises(MZSRError, match="unknown gradient precision 'float16'"):
         conv.check_gradient_precision("float16", "cpu")
