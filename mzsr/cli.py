@@ -25,11 +25,19 @@ def _add_common(p: argparse.ArgumentParser) -> None:
     p.add_argument("--scale", type=int, default=SCALE, help=f"super-resolution scale factor (default {SCALE})")
 
 
-ESTIMATE = "estimate"  # --degradation estimate: each image's kernel estimated with KernelGAN first
+ESTIMATE = "estimate"  # --degradation estimate: each image's kernel estimated first (--estimator)
 KERNELGAN_SCALES = (2, 4)
-KERNELGAN_ABOUT = (
-    f"KernelGAN (Bell-Kligler et al. 2019, after the authors' release; {KERNELGAN_ITERATIONS:,} iterations"
-    " by default; about 100 s per image on one CPU core at 3,000, faster on a GPU)"
+ESTIMATORS = ("learned", "kernelgan")
+# Not estimated by default: on smooth photos an estimate that is too wide costs more than a fixed
+# guess (docs/results.md, "Blind SR"), so the user chooses.
+NEEDS_DEGRADATION = (
+    "{} needs the degradation: give --degradation (a known kernel, or 'estimate' to estimate each image's)"
+)
+ESTIMATOR_ABOUT = (
+    "the learned estimator (mzsr/kernel_net.py: a small CNN trained on DIV2KRK-style random kernels, well"
+    " under a second per image) or, with --estimator kernelgan, KernelGAN (Bell-Kligler et al. 2019, after"
+    f" the authors' release; {KERNELGAN_ITERATIONS:,} iterations by default; about 100 s per image on one"
+    " CPU core, faster on a GPU)"
 )
 FORMATS = {
     "mzsr": "key 'kernel', MZSR's convention (centre of mass on the middle pixel), read as it is",
@@ -49,7 +57,7 @@ def _kernel_args(p: argparse.ArgumentParser, required: bool, estimate: bool = Fa
         "<out>/kernels/<stem>_kernel_x<scale>.mat), a kernel file (.mat with key 'kernel'/'Kernel', or .npy), "
         "or 'per-image': each image's <stem>_kernel_x<scale>.mat (KernelGAN) or the folder's kernel.mat"
         + (
-            f"; or 'estimate': each image's kernel estimated first with {KERNELGAN_ABOUT}, written to "
+            f"; or 'estimate': each image's kernel estimated first with {ESTIMATOR_ABOUT}, written to "
             "<out>/kernels/<stem>_kernel_x<scale>.mat (key 'kernel') and .png; direct subsampling unless --subsampling"
             if estimate
             else ""
@@ -65,9 +73,14 @@ def _kernel_args(p: argparse.ArgumentParser, required: bool, estimate: bool = Fa
 
 
 def _estimate_args(p: argparse.ArgumentParser, upscale: bool) -> None:
-    """KernelGAN's options, for estimate-kernel and upscale --degradation estimate (defaults: None, filled by
-    `_kernelgan_settings`, so that upscale can tell them given without --degradation estimate)."""
+    """The estimator's options, for estimate-kernel and upscale --degradation estimate (defaults: None, filled
+    by `_estimate_settings`, so that upscale can tell them given without --degradation estimate)."""
     only = "with --degradation estimate: " if upscale else ""
+    p.add_argument(
+        "--estimator",
+        choices=ESTIMATORS,
+        help=f"{only}learned (default) or kernelgan; the options below are KernelGAN's",
+    )
     p.add_argument(
         "--iterations", type=int, help=f"{only}KernelGAN's iterations (default {KERNELGAN_ITERATIONS}, as the release)"
     )
@@ -113,8 +126,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser(
         "estimate-kernel",
-        help="estimate each LR image's blur kernel with KernelGAN",
-        description=f"Estimate each LR image's blur kernel with {KERNELGAN_ABOUT}. Writes "
+        help="estimate each LR image's blur kernel (learned estimator, or KernelGAN)",
+        description=f"Estimate each LR image's blur kernel with {ESTIMATOR_ABOUT}. Writes "
         "<out>/<stem>_kernel_x<scale>.mat and a picture of it, <out>/<stem>_kernel_x<scale>.png. "
         "Formats: " + "; ".join(f"{k}: {v}" for k, v in FORMATS.items()) + ". With --out LR_DIR/kernels, "
         "'mzsr upscale LR_DIR --degradation per-image' finds the files.",
@@ -346,7 +359,7 @@ def _checked_inputs(args, paths: list[Path], hr: bool) -> list[tuple[Path, np.nd
         if args.degradation == ESTIMATE:
             from .estimate import check_estimable
 
-            check_estimable(img.shape, bool(args.real), str(path))
+            check_estimable(img.shape, bool(args.real), str(path), method=args.estimator or "learned")
         jobs.append((path, kernel, subsampling))
     return jobs
 
@@ -354,23 +367,29 @@ def _checked_inputs(args, paths: list[Path], hr: bool) -> list[tuple[Path, np.nd
 # ------------------------------------------------------------------------------ kernel estimation
 
 
-def _kernelgan_settings(args, used: bool = True) -> tuple[dict, int]:
-    """(cfg, seed) for `estimate_kernel` from --iterations/--seed/--real, checked before any work.
-    `used` False (upscale without --degradation estimate): the options, if given, are refused."""
-    given = [f"--{name}" for name in ("iterations", "seed", "real") if getattr(args, name) is not None]
+def _estimate_settings(args, used: bool = True) -> tuple[dict, int]:
+    """(cfg, seed) for `estimate_kernel` from --estimator/--iterations/--seed/--real, checked before any
+    work. `used` False (upscale without --degradation estimate): the options, if given, are refused."""
+    given = [f"--{name}" for name in ("estimator", "iterations", "seed", "real") if getattr(args, name) is not None]
     if not used:
         if given:
-            raise MZSRError(f"{', '.join(given)}: KernelGAN's options, for --degradation estimate only")
+            raise MZSRError(f"{', '.join(given)}: kernel estimation options, for --degradation estimate only")
         return {}, KERNELGAN_SEED
     if args.scale not in KERNELGAN_SCALES:
-        raise MZSRError(f"KernelGAN estimates x2 kernels (and x4 from them); --scale {args.scale} is not supported")
+        raise MZSRError(f"kernels are estimated at x2 (and x4 from them); --scale {args.scale} is not supported")
+    method = args.estimator or "learned"
+    if method == "learned":
+        kernelgan_only = [name for name in given if name != "--estimator"]
+        if kernelgan_only:
+            raise MZSRError(f"{', '.join(kernelgan_only)}: KernelGAN's options, for --estimator kernelgan only")
+        return {"method": method}, KERNELGAN_SEED
     iterations = KERNELGAN_ITERATIONS if args.iterations is None else args.iterations
     if iterations < 1:
         raise MZSRError(f"--iterations must be >= 1, got {iterations}")
     seed = KERNELGAN_SEED if args.seed is None else args.seed
     if seed < 0:
         raise MZSRError(f"--seed must be >= 0, got {seed}")
-    return {"iterations": iterations, "real_image": bool(args.real)}, seed
+    return {"method": method, "iterations": iterations, "real_image": bool(args.real)}, seed
 
 
 def kernel_picture(kernel: np.ndarray, min_width: int = 200) -> np.ndarray:
@@ -406,10 +425,12 @@ def _estimate_one(path: Path, lr: np.ndarray, args, cfg: dict, seed: int, device
     mat_path, png_path = _kernel_paths(out_dir, path, args.scale)
     _write_kernel(mat_path, png_path, est, fmt)
     h, w = (est.kernelgan if fmt == "kernelgan" else est.kernel).shape
-    tqdm.write(
-        f"{path}: kernel {w}x{h} (x{est.scale}, {est.iterations} iterations) in {est.seconds:.1f} s -> {mat_path}"
-    )
+    tqdm.write(f"{path}: kernel {w}x{h} (x{est.scale}, {_how(est)}) in {est.seconds:.1f} s -> {mat_path}")
     return est
+
+
+def _how(est) -> str:
+    return "learned estimator" if est.method == "learned" else f"KernelGAN, {est.iterations} iterations"
 
 
 def _progress() -> bool:
@@ -422,11 +443,11 @@ def cmd_estimate_kernel(args) -> int:
     from .estimate import check_estimable
     from .images import list_images, read_image
 
-    cfg, seed = _kernelgan_settings(args)
+    cfg, seed = _estimate_settings(args)
     device = pick_device(args.device)
     images = _checked_outputs(args, list_images(args.inputs), lambda p: list(_kernel_paths(args.out, p, args.scale)))
     for path in images:  # every image read and checked before any work
-        check_estimable(read_image(path).shape, bool(args.real), str(path))
+        check_estimable(read_image(path).shape, bool(args.real), str(path), method=cfg["method"])
     for path in tqdm(images, desc="estimate-kernel", unit="img", disable=None):
         _estimate_one(path, read_image(path), args, cfg, seed, device, args.out, args.format)
     return 0
@@ -440,7 +461,7 @@ def cmd_upscale(args) -> int:
 
     images = list_images(args.inputs)
     estimating = args.degradation == ESTIMATE and args.method != "bicubic"
-    kernelgan_cfg, kernelgan_seed = _kernelgan_settings(args, used=args.degradation == ESTIMATE)
+    estimate_cfg, estimate_seed = _estimate_settings(args, used=args.degradation == ESTIMATE)
     if args.zssr_iterations < 1:
         raise MZSRError(f"--zssr-iterations must be >= 1, got {args.zssr_iterations}")
     if args.method == "bicubic":
@@ -465,12 +486,12 @@ def cmd_upscale(args) -> int:
         check_output_folder(kernels_dir)
     if args.method == "mzsr":
         if args.steps > 0 and args.degradation is None:
-            raise MZSRError("adaptation (--steps > 0) needs the degradation: give --degradation")
+            raise MZSRError(NEEDS_DEGRADATION.format("adaptation (--steps > 0)"))
         from .checkpoints import load_model
 
         model, weights_meta = load_model(args.weights or _released_for(args, images), expected_scale=args.scale)
     if args.method == "zssr" and args.degradation is None:
-        raise MZSRError("--method zssr needs the degradation: give --degradation")
+        raise MZSRError(NEEDS_DEGRADATION.format("--method zssr"))
     jobs = _checked_inputs(args, images, hr=False)
     for path, kernel, subsampling in tqdm(jobs, desc=f"upscale ({args.method})", unit="img", disable=None):
         lr = read_image(path)
@@ -478,7 +499,7 @@ def cmd_upscale(args) -> int:
             write_png(_out_path(args.out, path), imresize(lr, float(args.scale)))
             continue
         if estimating:  # right before this image's SR, so that the first result comes early
-            kernel = _estimate_one(path, lr, args, kernelgan_cfg, kernelgan_seed, device, kernels_dir).kernel
+            kernel = _estimate_one(path, lr, args, estimate_cfg, estimate_seed, device, kernels_dir).kernel
         if args.method == "zssr":
             from .zssr import zssr
 

@@ -254,13 +254,15 @@ def _top_left(center: int, size: int, rows: int, cols: int) -> tuple[int, int]:
 @dataclass
 class KernelEstimate:
     """One image's estimate. `kernel`: MZSR's convention at `scale` (use it to degrade, adapt, ZSSR);
-    `kernelgan`: what the release writes to its .mat file (shifted, not clipped)."""
+    `kernelgan`: what the release writes to its .mat file (shifted, not clipped); `method`: learned or
+    kernelgan (`iterations`: KernelGAN's, 0 for the learned estimator)."""
 
     kernel: np.ndarray
     kernelgan: np.ndarray
     scale: int
     iterations: int
     seconds: float
+    method: str = "kernelgan"
 
 
 def significant_kernel(k: np.ndarray, n: int = KERNELGAN_DEFAULTS["n_filtering"]) -> np.ndarray:
@@ -271,8 +273,20 @@ def significant_kernel(k: np.ndarray, n: int = KERNELGAN_DEFAULTS["n_filtering"]
     return out / out.sum()
 
 
-def check_estimable(shape, real_image: bool, source: str = "image", crop: int = KERNELGAN_DEFAULTS["crop"]) -> None:
-    """KernelGAN's size limit: G's crops fit after the 10-pixel edge shave (none for real images)."""
+def check_estimable(
+    shape, real_image: bool, source: str = "image", crop: int = KERNELGAN_DEFAULTS["crop"], method: str = "kernelgan"
+) -> None:
+    """The estimator's size limit: for KernelGAN, G's crops fit after the 10-pixel edge shave (none for
+    real images)."""
+    if method == "learned":
+        from .kernel_net import MIN_SIDE
+
+        if min(shape[:2]) < MIN_SIDE:
+            raise MZSRError(
+                f"{source}: image is {shape[1]}x{shape[0]} pixels; the learned kernel estimator needs at least"
+                f" {MIN_SIDE} pixels on each side"
+            )
+        return
     need = crop + (0 if real_image else 20)
     if min(shape[:2]) < need:
         hint = "" if real_image else f" ({crop} with the real-image setting: --real, estimate.real_image)"
@@ -301,16 +315,35 @@ def estimate_kernel(
     progress: bool = False,
     source: str = "image",
 ) -> KernelEstimate:
-    """KernelGAN on one LR image (HxWx3 float in [0, 1]): its x2 kernel, or for x4 the analytic x4
-    kernel of it, as the release does. Seeded: the same image, settings and seed give the same kernel
-    on one device and torch version."""
+    """One LR image's (HxWx3 float in [0, 1]) x2 kernel, or for x4 the analytic x4 kernel of it, as
+    KernelGAN's release does: by cfg["method"], the learned estimator (`mzsr.kernel_net`, the default)
+    or KernelGAN. Seeded: the same image, settings and seed give the same kernel on one device and
+    torch version."""
+    if scale not in (2, 4):
+        raise MZSRError(f"{source}: kernels are estimated at x2 (and x4 from them); scale {scale} is not supported")
+    cfg = settings.with_defaults(cfg, KERNELGAN_DEFAULTS, "kernel estimation")
+    if cfg["method"] == "learned":
+        return _learned_estimate(lr_image, scale, source)
+    return _kernelgan_estimate(lr_image, scale, cfg, device, seed, progress, source)
+
+
+def _learned_estimate(lr_image: np.ndarray, scale: int, source: str) -> KernelEstimate:
+    from . import kernel_net
+
+    start = time.perf_counter()
+    check_estimable(np.shape(lr_image), True, source, method="learned")
+    k2 = kernel_net.estimate(lr_image)
+    release_k2 = recenter_kernel(k2, kernelgan_center(k2.shape, 2), clip=False)
+    if scale == 4:
+        k2, release_k2 = analytic_kernel(k2), analytic_kernel(release_k2)
+    return KernelEstimate(k2, release_k2, scale, 0, time.perf_counter() - start, "learned")
+
+
+def _kernelgan_estimate(lr_image, scale, cfg, device, seed, progress, source) -> KernelEstimate:
     from tqdm import tqdm
 
     from .resize import imresize
 
-    if scale not in (2, 4):
-        raise MZSRError(f"{source}: KernelGAN estimates x2 kernels (and x4 from them); scale {scale} is not supported")
-    cfg = settings.with_defaults(cfg, KERNELGAN_DEFAULTS, "kernel estimation")
     iterations, crop = int(cfg["iterations"]), int(cfg["crop"])
     if iterations < 1:
         raise MZSRError(f"kernel estimation: iterations must be >= 1, got {iterations}")
@@ -371,7 +404,7 @@ def estimate_kernel(
         mzsr_k, release_k = analytic_kernel(mzsr_k2), analytic_kernel(release_k2)
     else:
         mzsr_k, release_k = mzsr_k2, release_k2
-    return KernelEstimate(mzsr_k, release_k, scale, iterations, time.perf_counter() - start)
+    return KernelEstimate(mzsr_k, release_k, scale, iterations, time.perf_counter() - start, "kernelgan")
 
 
 def kernel_error(estimate: np.ndarray, truth: np.ndarray) -> float:

@@ -11,18 +11,19 @@ import pandas as pd
 
 #: The columns of a job's CSV and of per_image.csv.
 JOB_COLUMNS = ("test_set", "degradation", "method", "steps", "image", "psnr", "ssim", "seconds", "redegradation_psnr")
-#: The columns of kernels.csv, one row per KernelGAN estimate.
-KERNEL_COLUMNS = ("test_set", "degradation", "image", "iterations", "seconds", "kernel_error")
+#: The columns of kernels.csv, one row per estimated kernel (method: learned or kernelgan; iterations:
+#: KernelGAN's, 0 for the learned estimator).
+KERNEL_COLUMNS = ("test_set", "degradation", "image", "method", "iterations", "seconds", "kernel_error")
 METHOD_LABELS = {
     "bicubic": "Bicubic",
     "pretrained": "Pre-trained",
     "zssr": "ZSSR",
     "mzsr": "MZSR",
-    "zssr_kgan": "KernelGAN + ZSSR",
-    "mzsr_kgan": "MZSR, KernelGAN kernel",
+    "zssr_kgan": "ZSSR, estimated kernel",
+    "mzsr_kgan": "MZSR, estimated kernel",
 }
 # The paper's column order: Bicubic, ZSSR, then the pre-trained model and MZSR(n) by steps; then the
-# blind ones, KernelGAN + ZSSR and MZSR(n) with KernelGAN's kernel.
+# blind ones, ZSSR and MZSR(n) with the estimated kernel (config estimate.method).
 COLUMN_RANK = {"bicubic": 0, "zssr": 1, "pretrained": 2, "mzsr": 3, "zssr_kgan": 4, "mzsr_kgan": 5}
 
 
@@ -53,9 +54,9 @@ def score_rows(
 
 
 def method_label(method: str, steps: int) -> str:
-    """A method's name in tables and figures: MZSR(10), "MZSR(10), KernelGAN kernel", KernelGAN + ZSSR, ..."""
+    """A method's name in tables and figures: MZSR(10), "MZSR(10), estimated kernel", "ZSSR, estimated kernel", ..."""
     if method in ("mzsr", "mzsr_kgan"):
-        return f"MZSR({steps})" + (", KernelGAN kernel" if method == "mzsr_kgan" else "")
+        return f"MZSR({steps})" + (", estimated kernel" if method == "mzsr_kgan" else "")
     return METHOD_LABELS[method]
 
 
@@ -121,18 +122,22 @@ def paper_table(summary: pd.DataFrame, order: dict) -> pd.DataFrame:
 
 
 def kernel_table(records: list[dict], order: dict) -> pd.DataFrame:
-    """KernelGAN's estimate records (KERNEL_COLUMNS and more) as rows in config order; a kernel error
-    of None (no true kernel: plain bicubic) becomes NaN."""
+    """The estimate records (KERNEL_COLUMNS and more) as rows in config order; a kernel error of None
+    (no true kernel: plain bicubic) becomes NaN. Records from before the learned estimator have no
+    method: KernelGAN made them."""
+    records = [{"method": "kernelgan", **r} for r in records]
     kernels = pd.DataFrame([{c: r[c] for c in KERNEL_COLUMNS} for r in records], columns=list(KERNEL_COLUMNS))
     return in_config_order(kernels.astype({"iterations": int, "seconds": float, "kernel_error": float}), order)
 
 
 def kernel_means(kernels: pd.DataFrame, order: dict) -> pd.DataFrame:
-    """Per degradation (config order): mean kernel error and seconds, the most iterations, the image count."""
+    """Per degradation (config order): the method(s), mean kernel error and seconds, the most iterations,
+    the image count."""
     return (
         kernels.assign(degradation=pd.Categorical(kernels["degradation"], categories=order["degradations"]))
         .groupby("degradation", observed=True)
         .agg(
+            method=("method", lambda m: ", ".join(sorted(set(m)))),
             kernel_error=("kernel_error", "mean"),
             seconds=("seconds", "mean"),
             iterations=("iterations", "max"),
@@ -143,13 +148,14 @@ def kernel_means(kernels: pd.DataFrame, order: dict) -> pd.DataFrame:
 
 
 def paper_markdown(table: pd.DataFrame, kernel_means: pd.DataFrame, models: dict[str, str]) -> str:
-    """paper_table.md: the paper table; with KernelGAN estimates their means; with MZSR models, a line
-    on each ({subsampling: description})."""
+    """paper_table.md: the paper table; with estimated kernels their means; with MZSR models, a line on
+    each ({subsampling: description})."""
     text = "PSNR/SSIM (Y channel)\n\n" + _markdown_rows(list(table.columns), table.itertuples(index=False))
     if len(kernel_means):
         rows = [
             (
                 r.degradation,
+                r.method,
                 "n/a (no kernel)" if pd.isna(r.kernel_error) else f"{r.kernel_error:.5f}",
                 f"{r.seconds:.1f}",
                 r.iterations,
@@ -158,8 +164,8 @@ def paper_markdown(table: pd.DataFrame, kernel_means: pd.DataFrame, models: dict
             for r in kernel_means.itertuples(index=False)
         ]
         text += (
-            "\nKernelGAN kernels (mean over the test images; error: sum of squared differences to the true kernel)\n\n"
-            + _markdown_rows(["degradation", "kernel error", "seconds", "iterations", "images"], rows)
+            "\nEstimated kernels (mean over the test images; error: sum of squared differences to the true kernel)\n\n"
+            + _markdown_rows(["degradation", "method", "kernel error", "seconds", "iterations", "images"], rows)
         )
     if models:
         text += "\nModels:\n" + "".join(f"- MZSR, {sub} subsampling: {about}\n" for sub, about in models.items())

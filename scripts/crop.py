@@ -51,10 +51,10 @@ if "estimated_kernel" in snakemake.input.keys():
     estimated = np.load(snakemake.input.estimated_kernel, allow_pickle=False)
     record = json.loads(open(snakemake.input.estimate_record).read())
     if record["true_kernel"] is None:  # plain bicubic: no kernel to compare with
-        kernel_panels = [("KernelGAN kernel", estimated)]
+        kernel_panels = [("estimated kernel", estimated)]
     else:
         truth, estimated = centred_pair(np.asarray(record["true_kernel"]), estimated)
-        kernel_panels = [("true kernel", truth), (f"KernelGAN kernel\n(error {record['kernel_error']:.4f})", estimated)]
+        kernel_panels = [("true kernel", truth), (f"estimated kernel\n(error {record['kernel_error']:.4f})", estimated)]
 
 keys = [k for k in snakemake.input.keys() if k != "csvs" and k not in KERNEL_KEYS]
 panels = []

@@ -1,5 +1,6 @@
-# KernelGAN on one LR test input: the kernel in MZSR's convention (.npy, for mzsr_kgan and zssr_kgan)
-# and a record (.json): iterations, seconds and, where the degradation has a true kernel (a named one,
+# The kernel of one LR test input, by the learned estimator or KernelGAN (config estimate.method): the
+# kernel in MZSR's convention (.npy, for mzsr_kgan and zssr_kgan) and a record (.json): the method,
+# KernelGAN's iterations, seconds and, where the degradation has a true kernel (a named one,
 # a kernel file, rk's kernel of this image), the estimate's error against it, with that kernel for
 # the report (plain bicubic has none: null).
 import _util
@@ -29,7 +30,7 @@ est = estimate_kernel(
 truth = resolve_degradation(snakemake.params.degradation, image=w.image, scale=scale).kernel
 error = None if truth is None else kernel_error(est.kernel, truth)
 print(
-    f"KernelGAN: {est.iterations} iterations in {est.seconds:.1f} s, kernel {est.kernel.shape[0]}x{est.kernel.shape[1]}, "
+    f"{est.method}: {est.iterations} iterations in {est.seconds:.1f} s, kernel {est.kernel.shape[0]}x{est.kernel.shape[1]}, "
     f"error {'n/a (no true kernel)' if error is None else f'{error:.5f}'}",
     file=sys.stderr,
 )
@@ -41,6 +42,7 @@ record = {
     "degradation": w.degradation,
     "image": w.image,
     "scale": est.scale,
+    "method": est.method,
     "iterations": est.iterations,
     "seconds": est.seconds,
     "kernel_error": error,

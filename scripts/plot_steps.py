@@ -40,7 +40,7 @@ for ax, ts in zip(axes[0], test_sets):
     ax.plot([], [], "k--", linewidth=1, label="bicubic")
     ax.plot([], [], "k:", linewidth=1, label="ZSSR")
     if (part["method"] == "zssr_kgan").any():
-        ax.plot([], [], "k-.", linewidth=1, label="KernelGAN + ZSSR")
+        ax.plot([], [], "k-.", linewidth=1, label="ZSSR, estimated kernel")
     ax.legend(fontsize=8)
 fig.tight_layout()
 with atomic_path(snakemake.output[0]) as tmp:

@@ -1,5 +1,5 @@
 # Baseline: ZSSR trained from scratch on the test image (steps = its iterations), with the
-# degradation's kernel (zssr) or, with input `estimated`, KernelGAN's (zssr_kgan: KernelGAN + ZSSR).
+# degradation's kernel (zssr) or, with input `estimated`, the estimated one (zssr_kgan).
 import _util
 
 _util.start(snakemake)  # stderr to the job's log, mzsr importable, one-line errors and warnings

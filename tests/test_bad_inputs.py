@@ -687,7 +687,8 @@ def test_image_too_small_for_kernelgan(files, tmp_path, capsys, command):
         if command == "upscale"
         else []
     )
-    rc, err = cli(capsys, command, folder, "--out", out, "--iterations", "1", "--device", "cpu", *extra)
+    kgan = ["--estimator", "kernelgan", "--iterations", "1"]
+    rc, err = cli(capsys, command, folder, "--out", out, *kgan, "--device", "cpu", *extra)
     assert_one_line_error(
         rc,
         err,
@@ -695,6 +696,6 @@ def test_image_too_small_for_kernelgan(files, tmp_path, capsys, command):
         r"48x40 pixels; KernelGAN needs at least 84 .*64 with the real-image setting: --real",
     )
     assert_nothing_written(out)
-    rc, err = cli(capsys, command, folder / "b_small.png", "--out", out, "--real", "--iterations", "1", *extra)
+    rc, err = cli(capsys, command, folder / "b_small.png", "--out", out, "--real", *kgan, *extra)
     assert_one_line_error(rc, err, folder / "b_small.png", "KernelGAN needs at least 64 pixels on each side$")
     assert_nothing_written(out)

@@ -246,7 +246,7 @@ def texture_dir(tmp_path):
 
 @pytest.fixture(scope="module")
 def estimated(tmp_path_factory):
-    """`mzsr estimate-kernel` (20 iterations) on two 100x100 textures in both formats, and the
+    """`mzsr estimate-kernel --estimator kernelgan` (20 iterations) on two 100x100 textures in both formats, and the
     estimate of a.png made directly. One torch thread: on a busy 2-core machine two threads make
     KernelGAN's many small convolutions ~15x slower."""
     import contextlib
@@ -273,6 +273,8 @@ def estimated(tmp_path_factory):
                         str(lr),
                         "--out",
                         str(runs[fmt]),
+                        "--estimator",
+                        "kernelgan",
                         "--iterations",
                         "20",
                         "--format",
@@ -283,7 +285,7 @@ def estimated(tmp_path_factory):
                 )
             assert rc == 0
             stdout[fmt] = buffer.getvalue()
-        est = estimate_kernel(read_image(lr / "a.png"), 2, {"iterations": 20}, "cpu", seed=0)
+        est = estimate_kernel(read_image(lr / "a.png"), 2, {"method": "kernelgan", "iterations": 20}, "cpu", seed=0)
     finally:
         torch.set_num_threads(threads)
     return SimpleNamespace(lr=lr, runs=runs, stdout=stdout, est=est)
@@ -358,6 +360,8 @@ def test_upscale_with_estimated_kernels(tmp_path, estimated):
                 str(weights),
                 "--kernel",
                 "estimate",
+                "--estimator",
+                "kernelgan",
                 "--iterations",
                 "20",
                 "--steps",
@@ -380,24 +384,55 @@ def test_upscale_with_estimated_kernels(tmp_path, estimated):
         )
 
 
+def test_estimate_kernel_with_the_learned_estimator(tmp_path, texture_dir, capsys):
+    """The default estimator: one line per image naming it, the kernel file and its picture."""
+    from mzsr.kernels import load_kernel_file
+
+    out = tmp_path / "k"
+    assert main(["estimate-kernel", str(texture_dir), "--out", str(out)]) == 0
+    lines = capsys.readouterr().out.strip().splitlines()
+    assert len(lines) == 2 and all("11x11 (x2, learned estimator)" in line for line in lines)
+    k = load_kernel_file(out / "a_kernel_x2.mat")
+    assert k.shape == (11, 11) and k.sum() == pytest.approx(1.0)
+    assert sorted(p.name for p in out.iterdir()) == [
+        "a_kernel_x2.mat",
+        "a_kernel_x2.png",
+        "b_kernel_x2.mat",
+        "b_kernel_x2.png",
+    ]
+
+
+def test_upscale_without_a_degradation_says_how_to_give_one(tmp_path, texture_dir, capsys):
+    weights = tmp_path / "w.safetensors"
+    save_weights(weights, MZSRNet().state_dict(), {"scale": 2, "degradation": "direct", "step": 0})
+    for method in (["--weights", str(weights)], ["--method", "zssr"]):
+        assert main(["upscale", str(texture_dir), "--out", str(tmp_path / "sr"), *method]) == 1
+        assert "give --degradation (a known kernel, or 'estimate'" in capsys.readouterr().err
+    assert not (tmp_path / "sr").exists()
+
+
 def test_estimate_kernel_refusals(tmp_path, texture_dir, capsys):
     def err(*args):
         assert main([*map(str, args)]) == 1
         return capsys.readouterr().err.strip()
 
     out = tmp_path / "k"
-    assert "--iterations must be >= 1" in err("estimate-kernel", texture_dir, "--out", out, "--iterations", "0")
+    kgan = ("--estimator", "kernelgan")
+    assert "--iterations must be >= 1" in err("estimate-kernel", texture_dir, "--out", out, *kgan, "--iterations", "0")
+    assert "--iterations: KernelGAN's options, for --estimator kernelgan only" in err(
+        "estimate-kernel", texture_dir, "--out", out, "--iterations", "5"
+    )
     assert "--scale 3" in err("estimate-kernel", texture_dir, "--out", out, "--scale", "3")
     assert "--degradation estimate only" in err(
         "upscale", texture_dir, "--out", out, "--kernel", "g2.0", "--iterations", "5"
     )
     assert "degrade needs a known kernel" in err("degrade", texture_dir, "--out", out, "--kernel", "estimate")
     assert "--iterations must be >= 1" in err(
-        "upscale", texture_dir, "--out", out, "--kernel", "estimate", "--iterations", "0", "--method", "zssr"
+        "upscale", texture_dir, "--out", out, "--kernel", "estimate", *kgan, "--iterations", "0", "--method", "zssr"
     )
     assert not out.exists()
     # an output that would overwrite an input (here a.png's picture, a_kernel_x2.png, is an input too)
     write_png(texture_dir / "a_kernel_x2.png", _texture(100, 3))
-    line = err("estimate-kernel", texture_dir, "--out", texture_dir, "--iterations", "1")
+    line = err("estimate-kernel", texture_dir, "--out", texture_dir)
     assert "would overwrite the input" in line and "a_kernel_x2.png" in line
     assert sorted(p.name for p in texture_dir.iterdir()) == ["a.png", "a_kernel_x2.png", "b.png"]

@@ -106,7 +106,7 @@ def estimate():
     threads = torch.get_num_threads()
     torch.set_num_threads(1)
     try:
-        return k, lr, estimate_kernel(lr, 2, {"iterations": 1000}, seed=1)
+        return k, lr, estimate_kernel(lr, 2, {"method": "kernelgan", "iterations": 1000}, seed=1)
     finally:
         torch.set_num_threads(threads)
 
@@ -120,10 +120,14 @@ def test_estimate_conventions_and_seed(estimate):
     # (clipping the spline's ringing moves the centre of mass by a few thousandths of a pixel)
     np.testing.assert_allclose(scipy.ndimage.center_of_mass(k), mzsr_center(k.shape), atol=0.01)
     np.testing.assert_allclose(scipy.ndimage.center_of_mass(kg), kernelgan_center(kg.shape), atol=1e-3)
-    short = estimate_kernel(lr, 2, {"iterations": 30}, seed=1)
-    x4 = estimate_kernel(lr, 4, {"iterations": 30}, seed=1)  # the same run, then the analytic x4 kernel
+    short = estimate_kernel(lr, 2, {"method": "kernelgan", "iterations": 30}, seed=1)
+    x4 = estimate_kernel(
+        lr, 4, {"method": "kernelgan", "iterations": 30}, seed=1
+    )  # the same run, then the analytic x4 kernel
     np.testing.assert_allclose(x4.kernel, analytic_kernel(short.kernel), atol=1e-12)
-    assert not np.array_equal(estimate_kernel(lr, 2, {"iterations": 30}, seed=2).kernel, short.kernel)
+    assert not np.array_equal(
+        estimate_kernel(lr, 2, {"method": "kernelgan", "iterations": 30}, seed=2).kernel, short.kernel
+    )
 
 
 @pytest.mark.slow  # a 1,000-iteration KernelGAN run on one thread
@@ -135,7 +139,11 @@ def test_estimate_finds_the_orientation(estimate):
 
 def test_estimate_refuses_bad_input():
     with pytest.raises(MZSRError, match=r"photo\.png: image is 50x50 pixels; KernelGAN needs at least 84"):
-        estimate_kernel(np.zeros((50, 50, 3)), 2, source="photo.png")
+        estimate_kernel(np.zeros((50, 50, 3)), 2, {"method": "kernelgan"}, source="photo.png")
+    with pytest.raises(
+        MZSRError, match=r"photo\.png: image is 12x15 pixels; the learned kernel estimator needs at least 16"
+    ):
+        estimate_kernel(np.zeros((15, 12, 3)), 2, source="photo.png")
     with pytest.raises(MZSRError, match="scale 3 is not supported"):
         estimate_kernel(np.zeros((100, 100, 3)), 3)
     with pytest.raises(MZSRError, match=r"unknown setting\(s\) \['iters'\]"):

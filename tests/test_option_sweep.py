@@ -103,7 +103,18 @@ def _command(root: Path, command: str) -> list[str]:
         ],
         "import-tf": ["import-tf", str(root / "no-checkpoint"), str(root / "out" / "w.safetensors")],
         "evaluate": ["evaluate", str(root / "lr"), str(root / "lr"), "--csv", str(root / "out" / "m.csv")],
-        "estimate-kernel": ["estimate-kernel", str(root / "lr"), "--out", out, "--iterations", "1", "--device", "cpu"],
+        "estimate-kernel": [
+            "estimate-kernel",
+            str(root / "lr"),
+            "--out",
+            out,
+            "--estimator",
+            "kernelgan",
+            "--iterations",
+            "1",
+            "--device",
+            "cpu",
+        ],
     }[command]
 
 

@@ -99,8 +99,8 @@ def test_method_labels():
         "Pre-trained",
         "ZSSR",
         "MZSR(10)",
-        "KernelGAN + ZSSR",
-        "MZSR(10), KernelGAN kernel",
+        "ZSSR, estimated kernel",
+        "MZSR(10), estimated kernel",
     ]
     assert method_label("mzsr", 0) == "MZSR(0)"
 
@@ -178,7 +178,7 @@ def test_summary_and_paper_table():
         "ZSSR",
         "MZSR(1)",
         "MZSR(10)",
-        "MZSR(1), KernelGAN kernel",
+        "MZSR(1), estimated kernel",
     ]
     assert table.fillna("-").values.tolist() == [
         ["g2.0", "tiny", "27.00/0.7500", "29.00/0.8500", "30.12/0.8889", "31.00/0.9500", "25.00/0.6000"],
@@ -192,7 +192,8 @@ def test_summary_and_paper_table():
                 "test_set": "Set5",
                 "degradation": "g2.0",
                 "image": "a",
-                "iterations": 3000,
+                "method": "learned",
+                "iterations": 0,
                 "seconds": 10,
                 "kernel_error": 0.002,
                 "scale": 2,
@@ -223,25 +224,26 @@ def test_summary_and_paper_table():
         ["Set5", "g2.0", "a"],
     ]
     assert kernels["kernel_error"].isna().tolist() == [False, True, False]
+    assert kernels["method"].tolist() == ["kernelgan", "kernelgan", "learned"]  # a record without one: KernelGAN's
     means = kernel_means(kernels, ORDER)
-    assert means.values.tolist()[0] == ["g2.0", pytest.approx(0.003), 15.0, 3000, 2]
+    assert means.values.tolist()[0] == ["g2.0", "kernelgan, learned", pytest.approx(0.003), 15.0, 2000, 2]
 
     text = paper_markdown(table, means, {"bicubic": "w.safetensors: tf:x weights, step 5"})
     assert text.splitlines() == [
         "PSNR/SSIM (Y channel)",
         "",
-        "| degradation | test_set | Bicubic | ZSSR | MZSR(1) | MZSR(10) | MZSR(1), KernelGAN kernel |",
+        "| degradation | test_set | Bicubic | ZSSR | MZSR(1) | MZSR(10) | MZSR(1), estimated kernel |",
         "|---|---|---|---|---|---|---|",
         "| g2.0 | tiny | 27.00/0.7500 | 29.00/0.8500 | 30.12/0.8889 | 31.00/0.9500 | 25.00/0.6000 |",
         "| g2.0 | Set5 | nan | nan | nan | 31.00/0.8500 | nan |",
         "| bicubic | tiny | nan | nan | 33.00/0.9100 | nan | nan |",
         "",
-        "KernelGAN kernels (mean over the test images; error: sum of squared differences to the true kernel)",
+        "Estimated kernels (mean over the test images; error: sum of squared differences to the true kernel)",
         "",
-        "| degradation | kernel error | seconds | iterations | images |",
-        "|---|---|---|---|---|",
-        "| g2.0 | 0.00300 | 15.0 | 3000 | 2 |",
-        "| bicubic | n/a (no kernel) | 5.0 | 3000 | 1 |",
+        "| degradation | method | kernel error | seconds | iterations | images |",
+        "|---|---|---|---|---|---|",
+        "| g2.0 | kernelgan, learned | 0.00300 | 15.0 | 2000 | 2 |",
+        "| bicubic | kernelgan | n/a (no kernel) | 5.0 | 3000 | 1 |",
         "",
         "Models:",
         "- MZSR, bicubic subsampling: w.safetensors: tf:x weights, step 5",

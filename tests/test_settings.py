@@ -17,7 +17,7 @@ import yaml
 
 from mzsr import settings
 from mzsr.adapt import ADAPT_DEFAULTS, AdaptOptions, make_son
-from mzsr.cli import _kernelgan_settings, build_parser
+from mzsr.cli import _estimate_settings, build_parser
 from mzsr.data import FLAT_THRESHOLD, write_task_shard
 from mzsr.estimate import (
     KERNELGAN_DEFAULTS,
@@ -157,6 +157,7 @@ def test_the_commands_defaults_are_the_schemas():
     d = settings.default
     upscale = build_parser().parse_args(["upscale", "in.png", "--out", "out"])
     estimate = build_parser().parse_args(["estimate-kernel", "in.png", "--out", "out"])
+    kernelgan = build_parser().parse_args(["estimate-kernel", "in.png", "--out", "out", "--estimator", "kernelgan"])
     checks = {
         "upscale --schedule": (upscale.schedule, d("adapt.schedule")),
         "upscale --grid": (upscale.grid, d("adapt.grid")),
@@ -167,9 +168,16 @@ def test_the_commands_defaults_are_the_schemas():
         "upscale --device": (upscale.device, d("device")),
         "estimate-kernel --scale": (estimate.scale, d("scale")),
         "estimate-kernel --device": (estimate.device, d("device")),
-        "estimate-kernel (iterations, real_image, seed)": (
-            _kernelgan_settings(estimate),
-            ({"iterations": d("estimate.iterations"), "real_image": d("estimate.real_image")}, d("estimate.seed")),
+        "estimate-kernel (method, seed)": (
+            _estimate_settings(estimate),
+            ({"method": d("estimate.method")}, d("estimate.seed")),
+        ),
+        "estimate-kernel --estimator kernelgan (iterations, real_image, seed)": (
+            _estimate_settings(kernelgan),
+            (
+                {"method": "kernelgan", "iterations": d("estimate.iterations"), "real_image": d("estimate.real_image")},
+                d("estimate.seed"),
+            ),
         ),
     }
     for command in ("degrade", "import-tf", "evaluate"):

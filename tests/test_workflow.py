@@ -322,9 +322,8 @@ def _released_config(tmp_path: Path, degradations: list[str], **changes) -> str:
 @pytest.mark.slow
 def test_pipeline_from_the_released_models_trains_nothing_and_names_them(tmp_path):
     """Also the blind degradation rk: each test image's own random kernel (direct, the released Direct
-    model); and blind SR: KernelGAN (20 iterations) estimates each LR image's kernel, which MZSR
-    (mzsr_kgan) and ZSSR (zssr_kgan) then use, always with direct subsampling. The image is 128 px:
-    KernelGAN's real-image setting (no edge shave) needs 64 LR pixels a side."""
+    model); and blind SR: the learned estimator (the default) estimates each LR image's kernel, which
+    MZSR (mzsr_kgan) and ZSSR (zssr_kgan) then use, always with direct subsampling."""
     import scipy.ndimage
 
     from mzsr.degrade import degrade, to_uint8
@@ -332,7 +331,7 @@ def test_pipeline_from_the_released_models_trains_nothing_and_names_them(tmp_pat
     from mzsr.metrics import modcrop
 
     write_test_image(tmp_path / "test_images" / "tiny" / "a.png", seed=3, size=128)
-    cfg = _released_config(tmp_path, ["g2.0", "rk"], estimate={"iterations": 20, "real_image": True})
+    cfg = _released_config(tmp_path, ["g2.0", "rk"], estimate={"method": "learned"})
     config = yaml.safe_load((tmp_path / cfg).read_text())
     config["methods"] += ["mzsr_kgan", "zssr_kgan"]
     (tmp_path / cfg).write_text(yaml.safe_dump(config))
@@ -374,8 +373,17 @@ def test_pipeline_from_the_released_models_trains_nothing_and_names_them(tmp_pat
         assert (tmp_path / "results" / "sr" / "tiny" / deg / "mzsr_kgan-10" / "a.png").is_file()
         assert (tmp_path / "results" / "report" / "crops" / "tiny" / deg / "a.png").is_file()
     kernels = pd.read_csv(tmp_path / "results" / "metrics" / "kernels.csv")
-    assert list(kernels.columns) == ["test_set", "degradation", "image", "iterations", "seconds", "kernel_error"]
-    assert kernels["degradation"].tolist() == ["g2.0", "rk"] and (kernels["iterations"] == 20).all()
+    assert list(kernels.columns) == [
+        "test_set",
+        "degradation",
+        "image",
+        "method",
+        "iterations",
+        "seconds",
+        "kernel_error",
+    ]
+    assert (kernels["method"] == "learned").all() and (kernels["iterations"] == 0).all()
+    assert kernels["degradation"].tolist() == ["g2.0", "rk"]
     assert kernels["kernel_error"].map(math.isfinite).all() and (kernels["kernel_error"] > 0).all()
     assert (kernels["seconds"] > 0).all()
     paper = pd.read_csv(tmp_path / "results" / "metrics" / "paper_table.csv")
@@ -386,13 +394,13 @@ def test_pipeline_from_the_released_models_trains_nothing_and_names_them(tmp_pat
         "MZSR(0)",
         "MZSR(1)",
         "MZSR(10)",
-        "KernelGAN + ZSSR",
-        "MZSR(0), KernelGAN kernel",
-        "MZSR(1), KernelGAN kernel",
-        "MZSR(10), KernelGAN kernel",
+        "ZSSR, estimated kernel",
+        "MZSR(0), estimated kernel",
+        "MZSR(1), estimated kernel",
+        "MZSR(10), estimated kernel",
     ]
-    assert "| degradation | kernel error | seconds | iterations | images |" in table
-    assert re.search(r"^\| rk \| \d\.\d{5} \| [\d.]+ \| 20 \| 1 \|$", table, re.M), table
+    assert "| degradation | method | kernel error | seconds | iterations | images |" in table
+    assert re.search(r"^\| rk \| learned \| \d\.\d{5} \| [\d.]+ \| 0 \| 1 \|$", table, re.M), table
     front, results = check_report(tmp_path, cfg)
     assert "<strong>Models</strong>: not trained by this run" in front and "trained by this run:" not in front
     assert "<strong>Blind methods</strong>" in front
@@ -401,7 +409,8 @@ def test_pipeline_from_the_released_models_trains_nothing_and_names_them(tmp_pat
 
 
 def test_estimate_defaults_are_the_kernelgan_release():
-    """The config's estimate section defaults to the release's settings (and the paper config spells them out)."""
+    """The config's estimate section defaults to the learned estimator and, for KernelGAN, to the release's
+    settings (and the paper config spells them out)."""
     from mzsr.estimate import KERNELGAN_DEFAULTS
 
     schema = yaml.safe_load((REPO / "mzsr" / "config.schema.yaml").read_text())
@@ -420,12 +429,13 @@ def test_estimate_defaults_are_the_kernelgan_release():
         "n_filtering": 40,
     }
     assert defaults == {
+        "method": "learned",
         "iterations": KERNELGAN_DEFAULTS["iterations"],
         "real_image": KERNELGAN_DEFAULTS["real_image"],
         "seed": 0,
         **{k: KERNELGAN_DEFAULTS[k] for k in release if k not in ("iterations", "real_image")},
     }
-    assert KERNELGAN_DEFAULTS == release
+    assert {k: v for k, v in KERNELGAN_DEFAULTS.items() if k != "method"} == release
     assert yaml.safe_load((REPO / "config" / "config.yaml").read_text())["estimate"] == defaults
     assert {"mzsr_kgan", "zssr_kgan"} <= set(schema["properties"]["methods"]["items"]["enum"])
 

@@ -114,11 +114,11 @@ rule sr_zssr:
         "../../scripts/sr_zssr.py"
 
 
-# Blind: the same methods with the kernel that KernelGAN estimated from the LR input (rule
-# estimate_kernel) in place of the true one, which they never see (the `degradation` param they keep
-# names their test input only). KernelGAN's generator is one blur followed by direct subsampling, so
-# its kernel is the whole x2 downscaling (a bicubic degradation's antialiasing included): the blind
-# methods always use direct subsampling, and MZSR the Direct model.
+# Blind: the same methods with the kernel estimated from the LR input (rule estimate_kernel) in place
+# of the true one, which they never see (the `degradation` param they keep names their test input
+# only). An estimated kernel is one blur followed by direct subsampling (KernelGAN's generator, the
+# learned estimator's training), so it stands for the whole x2 downscaling (a bicubic degradation's
+# antialiasing included): the blind methods always use direct subsampling, and MZSR the Direct model.
 
 
 use rule sr_mzsr as sr_mzsr_kgan with:

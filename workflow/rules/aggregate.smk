@@ -34,7 +34,7 @@ rule aggregate:
                 "results/report/kernels.html",
                 caption="../report/kernels.rst",
                 category="1. Results",
-                labels={"table": "KernelGAN kernels"},
+                labels={"table": "estimated kernels"},
             )
             if KGAN_METHODS
             else "results/report/kernels.html"

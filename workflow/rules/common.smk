@@ -45,12 +45,12 @@ if (_bad := non_finite_key(config)) is not None:
 SCALE = config["scale"]
 METHODS = config["methods"]
 ADAPT_STEPS = sorted(config["adapt"]["steps"])
-# Blind methods: MZSR and ZSSR with the kernel that KernelGAN estimates from each LR test input
-# (rule estimate_kernel), beside mzsr and zssr with the degradation's true kernel.
+# Blind methods: MZSR and ZSSR with the kernel estimated from each LR test input (rule estimate_kernel,
+# estimate.method: the learned estimator or KernelGAN), beside mzsr and zssr with the true kernel.
 KGAN_METHODS = [m for m in METHODS if m.endswith("_kgan")]
 if KGAN_METHODS and SCALE not in facts.RANDOM_KERNEL_SCALES:
     raise WorkflowError(
-        f"methods {', '.join(KGAN_METHODS)}: KernelGAN estimates x2 kernels (and x4 from them), not scale {SCALE}"
+        f"methods {', '.join(KGAN_METHODS)}: kernels are estimated at x2 (and x4 from them), not scale {SCALE}"
     )
 
 
@@ -165,6 +165,13 @@ def kernel_file(wildcards):
     """The kernel file of a file-given degradation (an input, so editing it reruns its jobs)."""
     spec = DEGRADATIONS[wildcards.degradation]
     return [spec] if spec != wildcards.degradation else []
+
+
+def estimator_weights(wildcards):
+    """The learned kernel estimator's weights (an input, so retrained weights rerun the estimates)."""
+    if config["estimate"]["method"] != "learned":
+        return []
+    return [str(WORKFLOW_DIR / "mzsr" / "weights" / "kernel_net_x2.safetensors")]
 
 
 # ------------------------------------------------------------------------------------ config sections

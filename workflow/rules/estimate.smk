@@ -1,5 +1,5 @@
-# Stage 5b: blind kernels. KernelGAN on every LR test input (only when a method uses its estimate,
-# mzsr_kgan or zssr_kgan): the kernel in MZSR's convention (.npy) and a record of the run (.json:
+# Stage 5b: blind kernels. The learned estimator or KernelGAN (estimate.method) on every LR test input
+# (only when a method uses its estimate, mzsr_kgan or zssr_kgan): the kernel in MZSR's convention (.npy) and a record of the run (.json:
 # iterations, seconds and, where the degradation has a true kernel, the estimate's error against it).
 
 
@@ -7,6 +7,7 @@ rule estimate_kernel:
     input:
         lr_image=LR_INPUT,
         kernel=kernel_file,
+        estimator=estimator_weights,
     output:
         kernel=ESTIMATED_KERNEL,
         record=ESTIMATE_RECORD,
