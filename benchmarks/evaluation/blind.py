@@ -1,17 +1,21 @@
-"""Blind x2 SR on Set14 with the DIV2KRK-style random kernels (degradation rk): how MZSR(10) does with
-the true kernel, with KernelGAN's estimate and with the best fixed guess, beside KernelGAN + ZSSR and
-bicubic; the kernel error of the estimate and of the guess; seconds per image of each part.
+"""Blind x2 SR with the DIV2KRK-style random kernels (degradation rk), on Set14 or on 12 large photo
+crops: how MZSR(10) does with the true kernel, with the learned estimator's kernel (mzsr.kernel_net,
+the default of `--degradation estimate`), with KernelGAN's and with the best fixed guess, beside
+KernelGAN + ZSSR and bicubic; the kernel error of each estimate and of the guess; seconds per image.
 
 "Best fixed guess": the mean kernel of the rk distribution (4,000 draws of other stems), the one fixed
 kernel with the least expected squared error to a random rk kernel; it sees no test image.
+"photos": each of ../shared/data/photos downscaled to 800 px on its shorter side, the central 800x800
+crop (LR 400x400, DIV2KRK-like sizes).
 
 Resumable: every finished (image, part) is kept in the JSON file (--json), so a rerun continues
 where the last one stopped and `--zssr-iterations` can be raised later for ZSSR alone.
 
-    python -m benchmarks.evaluation.blind_set14 --threads 1 [--images face comic] [--zssr-iterations 300] \
-        [--json benchmarks/results/blind_set14_cpu.json] [--phases estimate mzsr zssr]
+    python -m benchmarks.evaluation.blind --set set14 --threads 1 [--images face comic] [--zssr-iterations 300] \
+        [--json benchmarks/results/blind_set14_cpu.json] [--phases learned estimate mzsr zssr]
+    python -m benchmarks.evaluation.blind --set photos --threads 1 --zssr-iterations 0
 
-Two processes may share the work (e.g. ZSSR beside MZSR) on copies of the JSON file; merge them
+Two processes may share the work (e.g. KernelGAN beside MZSR) on copies of the JSON file; merge them
 with `--merge OTHER.json --phases` (no phase: only the table).
 """
 
@@ -21,16 +25,19 @@ import argparse
 import json
 import os
 import platform
+import time
 from pathlib import Path
 
 import numpy as np
 import torch
 
-from benchmarks.harness import REPO, SET14, paper_lr, set14
+from benchmarks.harness import REPO, SET14, SHARED, paper_lr, set14
+from mzsr import kernel_net
 from mzsr.adapt import AdaptOptions, adapt, resolve_schedule, weights_subsampling
 from mzsr.checkpoints import load_model
 from mzsr.degrade import to_uint8
 from mzsr.estimate import estimate_kernel, kernel_error
+from mzsr.images import read_image_uint8
 from mzsr.kernels import random_kernel, random_kernel_rng, resolve_degradation
 from mzsr.metrics import psnr, ssim
 from mzsr.resize import imresize
@@ -43,25 +50,49 @@ def mean_rk_kernel(draws: int = 4000) -> np.ndarray:
     return np.mean(ks, axis=0)
 
 
+PHOTOS = SHARED / "photos"
+SETS = ("set14", "photos")
+
+
+def photo_crops(folder: Path = PHOTOS, stems=None, side: int = 800) -> list[tuple[str, np.ndarray]]:
+    """(stem, HR image) of every photo in `folder`, or of the given stems: the photo downscaled (MATLAB
+    bicubic) to `side` pixels on its shorter side, then its central side x side crop. Whole scenes, as
+    DIV2K's images are, and sharper than the JPEG at full size (camera blur, compression)."""
+    paths = sorted(p for p in Path(folder).glob("*.jpg") if stems is None or p.stem in stems)
+    if not paths:
+        raise SystemExit(f"no photos (*.jpg) in {folder} (set MZSR_SHARED_DATA)")
+    out = []
+    for p in paths:
+        img = read_image_uint8(p)
+        factor = side / min(img.shape[:2])
+        small = to_uint8(imresize(img / 255.0, factor))
+        top, left = (small.shape[0] - side) // 2, (small.shape[1] - side) // 2
+        out.append((p.stem, small[top : top + side, left : left + side]))
+    return out
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--weights", type=Path, default=REPO / "models" / "direct_x2.safetensors")
     ap.add_argument("--set14", type=Path, default=SET14)
-    ap.add_argument("--images", nargs="*", help="image stems (default: all 14)")
+    ap.add_argument("--kernel-net", type=Path, default=kernel_net.WEIGHTS, help="the learned estimator's weights")
+    ap.add_argument("--set", choices=SETS, default="set14", help="Set14, or 800x800 crops of the 12 photos")
+    ap.add_argument("--images", nargs="*", help="image stems (default: all of the set)")
     ap.add_argument("--degradation", default="rk", help="rk or rk<seed>")
     ap.add_argument("--iterations", type=int, default=3000, help="KernelGAN iterations (the release's 3000)")
     ap.add_argument("--zssr-iterations", type=int, default=300, help="ZSSR iteration cap (0: skip ZSSR)")
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--device", default="cpu")
-    ap.add_argument("--json", type=Path, default=REPO / "benchmarks" / "results" / "blind_set14_cpu.json")
+    ap.add_argument("--json", type=Path, help="default: benchmarks/results/blind_<set>_cpu.json")
     ap.add_argument(
         "--phases",
         nargs="*",
-        default=["estimate", "mzsr", "zssr"],
+        default=["learned", "estimate", "mzsr", "zssr"],
         help="parts to run, in order (none: only print the table of the JSON file)",
     )
     ap.add_argument("--merge", nargs="*", type=Path, default=[], help="JSON files of other runs to merge in")
     args = ap.parse_args()
+    args.json = args.json or REPO / "benchmarks" / "results" / f"blind_{args.set}_cpu.json"
     torch.set_num_threads(args.threads)
     device = torch.device(args.device)
     state = json.loads(args.json.read_text()) if args.json.exists() else {"images": {}}
@@ -75,6 +106,8 @@ def main() -> None:
         "threads": args.threads,
         "torch": torch.__version__,
         "weights": str(args.weights.name),
+        "kernel_net": str(args.kernel_net.name),
+        "set": args.set,
         "degradation": args.degradation,
         "kernelgan_iterations": args.iterations,
     }
@@ -87,14 +120,28 @@ def main() -> None:
     model, meta = load_model(args.weights, expected_scale=2, device=device)
     schedule = resolve_schedule("auto", weights_subsampling(meta, "direct"), 2)
     guess = mean_rk_kernel()
-    images = set14(args.set14, args.images or None)
+    images = set14(args.set14, args.images or None) if args.set == "set14" else photo_crops(stems=args.images or None)
+    estimator = kernel_net.load(args.kernel_net) if "learned" in args.phases else None
     for phase in args.phases:
         for stem, hr in images:
             rec = state["images"].setdefault(stem, {})
             truth = resolve_degradation(args.degradation, image=stem, scale=2).kernel
             lr = paper_lr(hr, truth, "direct")
-            if phase == "estimate" and "estimate" not in rec:
-                est = estimate_kernel(lr, 2, {"iterations": args.iterations}, device, seed=0, source=f"{stem}.png")
+            if phase == "learned" and "learned" not in rec:
+                start = time.perf_counter()
+                kernel = kernel_net.estimate(lr, estimator)  # what estimate_kernel(method learned) returns
+                rec["learned"] = {
+                    "kernel": kernel.tolist(),
+                    "seconds": time.perf_counter() - start,
+                    "error": kernel_error(kernel, truth),
+                    "guess_error": kernel_error(guess, truth),
+                }
+                sr = to_uint8(imresize(lr, 2.0, output_shape=hr.shape[:2]))
+                rec["bicubic"] = {"psnr": psnr(sr, hr, 2), "ssim": ssim(sr, hr, 2), "seconds": 0.0}
+            elif phase == "estimate" and "estimate" not in rec:
+                est = estimate_kernel(
+                    lr, 2, {"method": "kernelgan", "iterations": args.iterations}, device, seed=0, source=f"{stem}.png"
+                )
                 rec["estimate"] = {
                     "kernel": est.kernel.tolist(),
                     "seconds": est.seconds,
@@ -104,7 +151,9 @@ def main() -> None:
                 sr = to_uint8(imresize(lr, 2.0, output_shape=hr.shape[:2]))
                 rec["bicubic"] = {"psnr": psnr(sr, hr, 2), "ssim": ssim(sr, hr, 2), "seconds": 0.0}
             elif phase == "mzsr":
-                kernels = {"mzsr_true": truth, "mzsr_kgan": np.array(rec["estimate"]["kernel"]), "mzsr_guess": guess}
+                kernels = {"mzsr_true": truth, "mzsr_guess": guess}
+                kernels.update({"mzsr_learned": np.array(rec["learned"]["kernel"])} if "learned" in rec else {})
+                kernels.update({"mzsr_kgan": np.array(rec["estimate"]["kernel"])} if "estimate" in rec else {})
                 for name, k in kernels.items():
                     if name in rec:
                         continue
@@ -112,7 +161,7 @@ def main() -> None:
                         model, lr, k, 2, "direct", AdaptOptions(steps=(10,), schedule=schedule), device, hr.shape[:2]
                     )
                     rec[name] = {"psnr": psnr(out.sr, hr, 2), "ssim": ssim(out.sr, hr, 2), "seconds": out.seconds}
-            elif phase == "zssr" and args.zssr_iterations > 0:
+            elif phase == "zssr" and args.zssr_iterations > 0 and "estimate" in rec:
                 key = f"zssr_kgan_{args.zssr_iterations}"
                 if key in rec:
                     continue
@@ -149,6 +198,7 @@ def table(state: dict, stems: list[str], zssr_iterations: int) -> str:
     rows = [
         ("Bicubic", "bicubic"),
         ("MZSR(10), true kernel", "mzsr_true"),
+        ("MZSR(10), learned estimator's kernel (mzsr.kernel_net)", "mzsr_learned"),
         ("MZSR(10), KernelGAN kernel", "mzsr_kgan"),
         ("MZSR(10), best fixed guess (mean rk kernel)", "mzsr_guess"),
         (f"KernelGAN + ZSSR ({zssr_iterations}-iteration cap)", f"zssr_kgan_{zssr_iterations}"),
@@ -156,7 +206,7 @@ def table(state: dict, stems: list[str], zssr_iterations: int) -> str:
     recs = [state["images"][s] for s in stems if s in state["images"]]
     s = state["setup"]
     lines = [
-        f"Set14 x2, degradation {s['degradation']}, Y channel; {s['device']}, {s['threads']} thread(s), torch {s['torch']};"
+        f"{'Set14' if s.get('set', 'set14') == 'set14' else '12 photo crops'} x2, degradation {s['degradation']}, Y channel; {s['device']}, {s['threads']} thread(s), torch {s['torch']};"
         f" weights {s['weights']}",
         "",
         "| method | images | PSNR (dB) | SSIM | seconds / image |",
@@ -169,6 +219,14 @@ def table(state: dict, stems: list[str], zssr_iterations: int) -> str:
                 f"| {label} | {len(done)} | {np.mean([d['psnr'] for d in done]):.2f} | "
                 f"{np.mean([d['ssim'] for d in done]):.4f} | {np.mean([d['seconds'] for d in done]):.1f} |"
             )
+    learned = [r["learned"] for r in recs if "learned" in r]
+    if learned:
+        lines += [
+            "",
+            f"Learned estimator: {np.mean([e['seconds'] for e in learned]):.2f} s / image; kernel error"
+            f" {np.mean([e['error'] for e in learned]):.5f}, best fixed guess"
+            f" {np.mean([e['guess_error'] for e in learned]):.5f} ({len(learned)} images)",
+        ]
     est = [r["estimate"] for r in recs if "estimate" in r]
     if est:
         lines += [
