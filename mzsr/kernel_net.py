@@ -117,10 +117,12 @@ def estimate(lr_image: np.ndarray, net: KernelNet | None = None) -> np.ndarray:
 # ------------------------------------------------------------------------------------------ training
 
 
-def _read_images(folder: Path) -> list[torch.Tensor]:
+def _read_images(folder: Path) -> tuple[list[torch.Tensor], list[Path]]:
+    """The training images under `folder` (any depth: T91/, BSD200/) as CHW tensors, and their files."""
+    from .facts import IMAGE_SUFFIXES
     from .images import read_image
 
-    files = sorted(p for p in Path(folder).rglob("*") if p.suffix.lower() in (".png", ".bmp", ".jpg", ".jpeg"))
+    files = sorted(p for p in Path(folder).rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES and p.is_file())
     if not files:
         raise MZSRError(f"{folder}: no training images (png, bmp, jpg)")
     return [torch.as_tensor(read_image(p), dtype=torch.float32).permute(2, 0, 1) for p in files], files

@@ -193,6 +193,18 @@ def main() -> None:
     print(table(state, [stem for stem, _ in images], args.zssr_iterations))
 
 
+def _estimate_summary(about: str, estimates: list[dict]) -> list[str]:
+    """One line on an estimator's records: seconds, its kernel error and the best fixed guess's."""
+    if not estimates:
+        return []
+    mean = lambda key: np.mean([e[key] for e in estimates])  # noqa: E731
+    return [
+        "",
+        f"{about}: {mean('seconds'):.2f} s / image; kernel error (sum of squared differences)"
+        f" {mean('error'):.5f}, best fixed guess {mean('guess_error'):.5f} ({len(estimates)} images)",
+    ]
+
+
 def table(state: dict, stems: list[str], zssr_iterations: int) -> str:
     """The mean over the images that finished each row."""
     rows = [
@@ -219,22 +231,11 @@ def table(state: dict, stems: list[str], zssr_iterations: int) -> str:
                 f"| {label} | {len(done)} | {np.mean([d['psnr'] for d in done]):.2f} | "
                 f"{np.mean([d['ssim'] for d in done]):.4f} | {np.mean([d['seconds'] for d in done]):.1f} |"
             )
-    learned = [r["learned"] for r in recs if "learned" in r]
-    if learned:
-        lines += [
-            "",
-            f"Learned estimator: {np.mean([e['seconds'] for e in learned]):.2f} s / image; kernel error"
-            f" {np.mean([e['error'] for e in learned]):.5f}, best fixed guess"
-            f" {np.mean([e['guess_error'] for e in learned]):.5f} ({len(learned)} images)",
-        ]
-    est = [r["estimate"] for r in recs if "estimate" in r]
-    if est:
-        lines += [
-            "",
-            f"KernelGAN ({s['kernelgan_iterations']} iterations): {np.mean([e['seconds'] for e in est]):.1f} s / image;"
-            f" kernel error (sum of squared differences) {np.mean([e['error'] for e in est]):.5f},"
-            f" best fixed guess {np.mean([e['guess_error'] for e in est]):.5f} ({len(est)} images)",
-        ]
+    for part, about in (
+        ("learned", "Learned estimator"),
+        ("estimate", f"KernelGAN ({s['kernelgan_iterations']} iterations)"),
+    ):
+        lines += _estimate_summary(about, [r[part] for r in recs if part in r])
     return "\n".join(lines)
 
 
