@@ -34,7 +34,7 @@ NEEDS_DEGRADATION = (
     "{} needs the degradation: give --degradation (a known kernel, or 'estimate' to estimate each image's)"
 )
 ESTIMATOR_ABOUT = (
-    "the learned estimator (mzsr/kernel_net.py: a small CNN trained on DIV2KRK-style random kernels, well"
+    "the learned estimator (mzsr/kernel_net.py: two small CNNs trained on DIV2KRK-style random kernels, well"
     " under a second per image) or, with --estimator kernelgan, KernelGAN (Bell-Kligler et al. 2019, after"
     f" the authors' release; {KERNELGAN_ITERATIONS:,} iterations by default; about 100 s per image on one"
     " CPU core, faster on a GPU)"

@@ -15,6 +15,14 @@ to abstain). It is trained end to end on crops degraded as the pipeline degrades
 direct x2 subsampling, uint8 quantisation) with the kernel error of `mzsr.estimate.kernel_error`
 between the Gaussian of the predicted Sigma and the true (noisy) kernel as the loss.
 
+Soft content: photos are often soft before any kernel acts (motion, depth of field, optics), and a
+network that saw only sharp training crops reads that softness as kernel blur. Too wide a kernel makes
+MZSR over-sharpen, which costs far more PSNR than too narrow a one; so part of the training crops are
+blurred first (`soften`), with the label still the kernel alone, and the network learns to hold back
+where softness may be the scene's. The shipped weights are an ensemble of two networks (soft-content
+fractions 0.3 and 0.5) whose covariances are averaged: single networks trained alike differ by tenths
+of a dB on the benchmarks (docs/results.md, "Blind SR").
+
     python -m mzsr.kernel_net --images ../shared/data/train --out mzsr/weights/kernel_net_x2.safetensors
 
 trains the shipped weights (their provenance is in the file's metadata and `kernel_net_x2.json`).
@@ -34,7 +42,7 @@ from torch import nn
 
 from . import MZSRError
 from .degrade import degrade_torch
-from .kernels import RANDOM_KERNEL_SIZE, noisy_gaussian_kernel, random_kernel_params
+from .kernels import RANDOM_KERNEL_SIZE, gaussian_kernel, noisy_gaussian_kernel, random_kernel_params
 
 WEIGHTS = Path(__file__).with_name("weights") / "kernel_net_x2.safetensors"
 MIN_SIDE = 16  # LR pixels: the trunk's two stride-2 stages leave a 4x4 map
@@ -82,24 +90,36 @@ def gaussian_from_covariance(sigma: torch.Tensor, size: int = RANDOM_KERNEL_SIZE
     return k / k.sum(dim=(-2, -1), keepdim=True)
 
 
-def load(path: Path = WEIGHTS) -> KernelNet:
+def load(path: Path = WEIGHTS) -> list[KernelNet]:
+    """The networks of a weights file: an ensemble whose members' tensors are named "<member>.<name>"
+    (what training writes), or one network's plain state dict."""
     from safetensors.torch import load_file
 
     if not Path(path).is_file():
         raise MZSRError(f"{path}: no kernel-estimator weights (train them: python -m mzsr.kernel_net)")
-    net = KernelNet()
-    net.load_state_dict(load_file(str(path)))
-    return net.eval()
+    tensors = load_file(str(path))
+    members: dict[str, dict] = {}
+    for name, value in tensors.items():
+        member, _, rest = name.partition(".")
+        if not member.isdigit():
+            members = {"0": tensors}
+            break
+        members.setdefault(member, {})[rest] = value
+    nets = []
+    for member in sorted(members, key=int):
+        net = KernelNet()
+        net.load_state_dict(members[member])
+        nets.append(net.eval())
+    return nets
 
 
 TILE = 512  # LR pixels a side per pass: bounds the memory on large photos
 
 
 @torch.no_grad()
-def estimate(lr_image: np.ndarray, net: KernelNet | None = None) -> np.ndarray:
-    """The x2 kernel (11x11, MZSR convention) of an HxWx3 float LR image in [0, 1]: the proposals of
+def covariance_of(lr_image: np.ndarray, net: KernelNet) -> torch.Tensor:
+    """One network's kernel covariance (2, 2) for an HxWx3 float LR image in [0, 1]: the proposals of
     every position, made tile by tile, weighed together as `KernelNet.forward` weighs them."""
-    net = net or load()
     x = torch.as_tensor(np.ascontiguousarray(lr_image), dtype=torch.float32).permute(2, 0, 1)[None]
     sigmas, logits = [], []
     for top in range(0, x.shape[2], TILE):
@@ -110,7 +130,15 @@ def estimate(lr_image: np.ndarray, net: KernelNet | None = None) -> np.ndarray:
                 sigmas.append(sigma[0])
                 logits.append(logit[0])
     weights = torch.softmax(torch.cat(logits), dim=0).double()
-    sigma = (weights[:, None, None] * torch.cat(sigmas).double()).sum(0)
+    return (weights[:, None, None] * torch.cat(sigmas).double()).sum(0)
+
+
+def estimate(lr_image: np.ndarray, nets: list[KernelNet] | None = None) -> np.ndarray:
+    """The x2 kernel (11x11, MZSR convention) of an HxWx3 float LR image in [0, 1]: the Gaussian of
+    the ensemble's mean covariance (single networks trained alike differ by tenths of a dB from seed to
+    seed; their mean is steadier)."""
+    nets = nets or load()
+    sigma = torch.stack([covariance_of(lr_image, net) for net in nets]).mean(0)
     return gaussian_from_covariance(sigma[None])[0].numpy()
 
 
@@ -128,10 +156,26 @@ def _read_images(folder: Path) -> tuple[list[torch.Tensor], list[Path]]:
     return [torch.as_tensor(read_image(p), dtype=torch.float32).permute(2, 0, 1) for p in files], files
 
 
-def training_batch(images, rng: np.random.Generator, batch: int, lr_size: int):
+SOFT_CONTENT = (0.3, 0.5)  # the shipped ensemble's members: fractions of soft training crops
+SOFT_CONTENT_VARIANCE = 5.0  # HR pixels^2: the widest blur already in a "soft" training image
+SOFT_CONTENT_SIZE = 15
+
+
+def soften(crop: torch.Tensor, rng: np.random.Generator) -> torch.Tensor:
+    """The HR crop blurred by a random anisotropic Gaussian (eigen-variances U(0.05, 5), any angle):
+    content that is soft before the kernel acts, as photos with soft optics, motion or a shallow
+    depth of field are. Its blur is not part of the kernel to find."""
+    l1, l2 = rng.uniform(0.05, SOFT_CONTENT_VARIANCE, 2)
+    blur = torch.as_tensor(gaussian_kernel(l1, l2, rng.uniform(-np.pi, np.pi), SOFT_CONTENT_SIZE), dtype=crop.dtype)
+    pad = SOFT_CONTENT_SIZE // 2
+    padded = torch.nn.functional.pad(crop[:, None], (pad, pad, pad, pad), mode="reflect")
+    return torch.nn.functional.conv2d(padded, blur[None, None])[:, 0]
+
+
+def training_batch(images, rng: np.random.Generator, batch: int, lr_size: int, soft_content: float = 0.0):
     """`batch` LR crops of lr_size x lr_size, each degraded with its own random x2 kernel as the
-    pipeline degrades (blur, direct subsampling, uint8 quantisation); returns (lr, kernels, the
-    covariances of their Gaussians)."""
+    pipeline degrades (blur, direct subsampling, uint8 quantisation), a fraction `soft_content` of them
+    softened first (`soften`); returns (lr, kernels, the covariances of their Gaussians)."""
     hr_size = 2 * lr_size
     crops, kernels, sigmas = [], [], []
     for _ in range(batch):
@@ -139,6 +183,8 @@ def training_batch(images, rng: np.random.Generator, batch: int, lr_size: int):
         top = rng.integers(img.shape[1] - hr_size + 1)
         left = rng.integers(img.shape[2] - hr_size + 1)
         crop = img[:, top : top + hr_size, left : left + hr_size]
+        if soft_content and rng.random() < soft_content:
+            crop = soften(crop, rng)
         crop = torch.rot90(crop, int(rng.integers(4)), (1, 2))
         crops.append(crop.flip(2) if rng.random() < 0.5 else crop)
         l1, l2, theta, noise = random_kernel_params(rng)
@@ -158,19 +204,16 @@ def covariance(l1: float, l2: float, theta: float) -> torch.Tensor:
     return torch.as_tensor(cov_xy[::-1, ::-1].copy(), dtype=torch.float32)
 
 
-def train(folder: Path, out: Path, iterations: int, batch: int, lr_size: int, seed: int, log=print) -> dict:
+def train_member(images, iterations: int, batch: int, lr_size: int, seed: int, soft_content: float, log=print):
+    """One network of the ensemble, from its own seed: (network, its final running kernel error)."""
     torch.manual_seed(seed)
     rng = np.random.default_rng(seed)
-    images, files = _read_images(folder)
-    images = [im for im in images if min(im.shape[1:]) >= 2 * lr_size]
-    if not images:
-        raise MZSRError(f"{folder}: no training image has {2 * lr_size} pixels on each side (--lr-size {lr_size} x 2)")
     net = KernelNet()
     opt = torch.optim.Adam(net.parameters(), lr=1e-3)
     sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, iterations)
     start, running = time.perf_counter(), None
     for it in range(1, iterations + 1):
-        lr, kernels, sigmas = training_batch(images, rng, batch, lr_size)
+        lr, kernels, sigmas = training_batch(images, rng, batch, lr_size, soft_content)
         sigma = net(lr)
         error = ((gaussian_from_covariance(sigma) - kernels) ** 2).sum((1, 2)).mean()
         loss = error + 1e-3 * ((sigma - sigmas) ** 2).sum((1, 2)).mean()  # the second: a steady pull early on
@@ -180,25 +223,47 @@ def train(folder: Path, out: Path, iterations: int, batch: int, lr_size: int, se
         sched.step()
         running = error.item() if running is None else 0.98 * running + 0.02 * error.item()
         if it % 100 == 0 or it == iterations:
-            log(f"iteration {it}: kernel error {running:.5f} ({time.perf_counter() - start:.0f} s)")
+            log(f"seed {seed}, soft content {soft_content}: iteration {it}: kernel error {running:.5f} "
+                f"({time.perf_counter() - start:.0f} s)")  # fmt: skip
+    return net, running
+
+
+def train(
+    folder: Path,
+    out: Path,
+    iterations: int,
+    batch: int,
+    lr_size: int,
+    seeds: list[int],
+    soft_contents: list[float],
+    log=print,
+) -> dict:
+    """Trains one network per (soft-content fraction, seed) and writes them as one ensemble file, with
+    the command that made it in its metadata and beside it (.json)."""
+    images, files = _read_images(folder)
+    images = [im for im in images if min(im.shape[1:]) >= 2 * lr_size]
+    if not images:
+        raise MZSRError(f"{folder}: no training image has {2 * lr_size} pixels on each side (--lr-size {lr_size} x 2)")
+    start, tensors, members = time.perf_counter(), {}, []
+    for soft_content in soft_contents:
+        for seed in seeds:
+            net, error = train_member(images, iterations, batch, lr_size, seed, soft_content, log)
+            tensors.update({f"{len(members)}.{k}": v.contiguous() for k, v in net.state_dict().items()})
+            members.append({"seed": seed, "soft_content": soft_content, "final_training_kernel_error": round(error, 6)})
     digest = hashlib.sha256(b"".join(hashlib.sha256(p.read_bytes()).digest() for p in files)).hexdigest()
     provenance = {
         "command": f"python -m mzsr.kernel_net --images {folder} --iterations {iterations} --batch {batch} "
-        f"--lr-size {lr_size} --seed {seed}",
+        f"--lr-size {lr_size} --seed {' '.join(map(str, seeds))} --soft-content {' '.join(map(str, soft_contents))}",
         "images": len(files),
         "images_sha256": digest,
-        "final_training_kernel_error": round(running, 6),
+        "members": members,
         "seconds": round(time.perf_counter() - start),
         "torch": torch.__version__,
     }
     from safetensors.torch import save_file
 
     out.parent.mkdir(parents=True, exist_ok=True)
-    save_file(
-        {k: v.contiguous() for k, v in net.state_dict().items()},
-        str(out),
-        metadata={"provenance": json.dumps(provenance)},
-    )
+    save_file(tensors, str(out), metadata={"provenance": json.dumps(provenance)})
     out.with_suffix(".json").write_text(json.dumps(provenance, indent=1) + "\n")
     return provenance
 
@@ -207,15 +272,22 @@ def main(argv=None) -> None:
     ap = argparse.ArgumentParser(description="Train the learned x2 kernel estimator (mzsr.kernel_net).")
     ap.add_argument("--images", type=Path, required=True, help="folder of HR training images (searched recursively)")
     ap.add_argument("--out", type=Path, default=WEIGHTS)
-    ap.add_argument("--iterations", type=int, default=3000)
-    ap.add_argument("--batch", type=int, default=32)
-    ap.add_argument("--lr-size", type=int, default=48, help="side of the LR training crops")
-    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--iterations", type=int, default=6000)
+    ap.add_argument("--batch", type=int, default=24)
+    ap.add_argument("--lr-size", type=int, default=64, help="side of the LR training crops")
+    ap.add_argument("--seed", type=int, nargs="+", default=[0], help="one ensemble member per seed (and fraction)")
+    ap.add_argument(
+        "--soft-content",
+        type=float,
+        nargs="+",
+        default=list(SOFT_CONTENT),
+        help="fractions of crops blurred before the kernel (soft photos): one ensemble member per fraction",
+    )
     ap.add_argument("--threads", type=int, default=None)
     args = ap.parse_args(argv)
     if args.threads:
         torch.set_num_threads(args.threads)
-    provenance = train(args.images, args.out, args.iterations, args.batch, args.lr_size, args.seed)
+    provenance = train(args.images, args.out, args.iterations, args.batch, args.lr_size, args.seed, args.soft_content)
     print(json.dumps(provenance, indent=1))
 
 

@@ -6,7 +6,9 @@ KernelGAN + ZSSR and bicubic; the kernel error of each estimate and of the guess
 "Best fixed guess": the mean kernel of the rk distribution (4,000 draws of other stems), the one fixed
 kernel with the least expected squared error to a random rk kernel; it sees no test image.
 "photos": each of ../shared/data/photos downscaled to 800 px on its shorter side, the central 800x800
-crop (LR 400x400, DIV2KRK-like sizes).
+crop (LR 400x400, DIV2KRK-like sizes). "skimage": five scikit-image photos, 384x384 crops, each under
+three kernels (--degradation rk1, rk2, rk3): held out, the set on which the estimator's training
+recipe was chosen (docs/results.md).
 
 Resumable: every finished (image, part) is kept in the JSON file (--json), so a rerun continues
 where the last one stopped and `--zssr-iterations` can be raised later for ZSSR alone.
@@ -14,6 +16,7 @@ where the last one stopped and `--zssr-iterations` can be raised later for ZSSR 
     python -m benchmarks.evaluation.blind --set set14 --threads 1 [--images face comic] [--zssr-iterations 300] \
         [--json benchmarks/results/blind_set14_cpu.json] [--phases learned estimate mzsr zssr]
     python -m benchmarks.evaluation.blind --set photos --threads 1 --zssr-iterations 0
+    python -m benchmarks.evaluation.blind --set skimage --degradation rk1 --threads 1 --zssr-iterations 0 --phases learned mzsr
 
 Two processes may share the work (e.g. KernelGAN beside MZSR) on copies of the JSON file; merge them
 with `--merge OTHER.json --phases` (no phase: only the table).
@@ -51,7 +54,24 @@ def mean_rk_kernel(draws: int = 4000) -> np.ndarray:
 
 
 PHOTOS = SHARED / "photos"
-SETS = ("set14", "photos")
+SKIMAGE = ("astronaut", "chelsea", "coffee", "rocket", "hubble_deep_field")
+SET_TITLES = {"set14": "Set14", "photos": "12 photo crops", "skimage": "5 scikit-image crops (held out)"}
+SETS = tuple(SET_TITLES)
+
+
+def skimage_crops(stems=None, side: int = 384) -> list[tuple[str, np.ndarray]]:
+    """(stem, HR image) of five scikit-image photos, their top-left side x side crops: a held-out set
+    (neither a training nor a benchmark image) on which the estimator's recipe was chosen. Run it
+    with --degradation rk1, rk2 and rk3 for three kernels per image."""
+    import skimage.data
+
+    return [(name, getattr(skimage.data, name)()[:side, :side]) for name in SKIMAGE if stems is None or name in stems]
+
+
+def images_of(name: str, stems, set14_folder: Path) -> list[tuple[str, np.ndarray]]:
+    if name == "set14":
+        return set14(set14_folder, stems)
+    return photo_crops(stems=stems) if name == "photos" else skimage_crops(stems)
 
 
 def photo_crops(folder: Path = PHOTOS, stems=None, side: int = 800) -> list[tuple[str, np.ndarray]]:
@@ -76,7 +96,12 @@ def main() -> None:
     ap.add_argument("--weights", type=Path, default=REPO / "models" / "direct_x2.safetensors")
     ap.add_argument("--set14", type=Path, default=SET14)
     ap.add_argument("--kernel-net", type=Path, default=kernel_net.WEIGHTS, help="the learned estimator's weights")
-    ap.add_argument("--set", choices=SETS, default="set14", help="Set14, or 800x800 crops of the 12 photos")
+    ap.add_argument(
+        "--set",
+        choices=SETS,
+        default="set14",
+        help="Set14, 800x800 crops of the 12 photos, or the held-out scikit-image crops",
+    )
     ap.add_argument("--images", nargs="*", help="image stems (default: all of the set)")
     ap.add_argument("--degradation", default="rk", help="rk or rk<seed>")
     ap.add_argument("--iterations", type=int, default=3000, help="KernelGAN iterations (the release's 3000)")
@@ -92,7 +117,8 @@ def main() -> None:
     )
     ap.add_argument("--merge", nargs="*", type=Path, default=[], help="JSON files of other runs to merge in")
     args = ap.parse_args()
-    args.json = args.json or REPO / "benchmarks" / "results" / f"blind_{args.set}_cpu.json"
+    deg = "" if args.degradation == "rk" else f"_{args.degradation}"
+    args.json = args.json or REPO / "benchmarks" / "results" / f"blind_{args.set}{deg}_cpu.json"
     torch.set_num_threads(args.threads)
     device = torch.device(args.device)
     state = json.loads(args.json.read_text()) if args.json.exists() else {"images": {}}
@@ -120,7 +146,7 @@ def main() -> None:
     model, meta = load_model(args.weights, expected_scale=2, device=device)
     schedule = resolve_schedule("auto", weights_subsampling(meta, "direct"), 2)
     guess = mean_rk_kernel()
-    images = set14(args.set14, args.images or None) if args.set == "set14" else photo_crops(stems=args.images or None)
+    images = images_of(args.set, args.images or None, args.set14)
     estimator = kernel_net.load(args.kernel_net) if "learned" in args.phases else None
     for phase in args.phases:
         for stem, hr in images:
@@ -218,7 +244,7 @@ def table(state: dict, stems: list[str], zssr_iterations: int) -> str:
     recs = [state["images"][s] for s in stems if s in state["images"]]
     s = state["setup"]
     lines = [
-        f"{'Set14' if s.get('set', 'set14') == 'set14' else '12 photo crops'} x2, degradation {s['degradation']}, Y channel; {s['device']}, {s['threads']} thread(s), torch {s['torch']};"
+        f"{SET_TITLES[s.get('set', 'set14')]} x2, degradation {s['degradation']}, Y channel; {s['device']}, {s['threads']} thread(s), torch {s['torch']};"
         f" weights {s['weights']}",
         "",
         "| method | images | PSNR (dB) | SSIM | seconds / image |",
