@@ -19,6 +19,10 @@ RANDOM_KERNEL_SCALES = (2, 4)
 
 KERNEL_FILE_SUFFIXES = (".mat", ".npy")
 
+# The learned kernel estimator's shipped weights, inside the mzsr package (mzsr.kernel_net; an input of
+# the workflow's rule estimate_kernel, so that retrained weights rerun the estimates).
+KERNEL_NET_WEIGHTS = "weights/kernel_net_x2.safetensors"
+
 SKIMAGE = "skimage:"
 DIV2K = "div2k:"
 

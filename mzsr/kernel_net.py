@@ -42,9 +42,10 @@ from torch import nn
 
 from . import MZSRError
 from .degrade import degrade_torch
+from .facts import IMAGE_SUFFIXES, KERNEL_NET_WEIGHTS
 from .kernels import RANDOM_KERNEL_SIZE, gaussian_kernel, noisy_gaussian_kernel, random_kernel_params
 
-WEIGHTS = Path(__file__).with_name("weights") / "kernel_net_x2.safetensors"
+WEIGHTS = Path(__file__).parent / KERNEL_NET_WEIGHTS
 MIN_SIDE = 16  # LR pixels: the trunk's two stride-2 stages leave a 4x4 map
 
 
@@ -74,9 +75,14 @@ class KernelNet(nn.Module):
         return chol @ chol.transpose(-1, -2), out[..., 3]
 
     def forward(self, lr: torch.Tensor) -> torch.Tensor:
-        sigma, logits = self.proposals(lr)
-        weights = torch.softmax(logits, dim=1)
-        return (weights[..., None, None] * sigma).sum(1)
+        return pool(*self.proposals(lr))
+
+
+def pool(sigma: torch.Tensor, logits: torch.Tensor) -> torch.Tensor:
+    """The confidence-weighted mean (..., 2, 2) of per-position proposals (..., P, 2, 2), weights the
+    softmax of their logits (..., P)."""
+    weights = torch.softmax(logits, dim=-1).to(sigma.dtype)
+    return (weights[..., None, None] * sigma).sum(-3)
 
 
 def gaussian_from_covariance(sigma: torch.Tensor, size: int = RANDOM_KERNEL_SIZE) -> torch.Tensor:
@@ -119,7 +125,7 @@ TILE = 512  # LR pixels a side per pass: bounds the memory on large photos
 @torch.no_grad()
 def covariance_of(lr_image: np.ndarray, net: KernelNet) -> torch.Tensor:
     """One network's kernel covariance (2, 2) for an HxWx3 float LR image in [0, 1]: the proposals of
-    every position, made tile by tile, weighed together as `KernelNet.forward` weighs them."""
+    every position, made tile by tile, pooled together (`pool`, as `KernelNet.forward` pools them)."""
     x = torch.as_tensor(np.ascontiguousarray(lr_image), dtype=torch.float32).permute(2, 0, 1)[None]
     sigmas, logits = [], []
     for top in range(0, x.shape[2], TILE):
@@ -129,8 +135,7 @@ def covariance_of(lr_image: np.ndarray, net: KernelNet) -> torch.Tensor:
                 sigma, logit = net.proposals(tile)
                 sigmas.append(sigma[0])
                 logits.append(logit[0])
-    weights = torch.softmax(torch.cat(logits), dim=0).double()
-    return (weights[:, None, None] * torch.cat(sigmas).double()).sum(0)
+    return pool(torch.cat(sigmas).double(), torch.cat(logits))
 
 
 def estimate(lr_image: np.ndarray, nets: list[KernelNet] | None = None) -> np.ndarray:
@@ -147,7 +152,6 @@ def estimate(lr_image: np.ndarray, nets: list[KernelNet] | None = None) -> np.nd
 
 def _read_images(folder: Path) -> tuple[list[torch.Tensor], list[Path]]:
     """The training images under `folder` (any depth: T91/, BSD200/) as CHW tensors, and their files."""
-    from .facts import IMAGE_SUFFIXES
     from .images import read_image
 
     files = sorted(p for p in Path(folder).rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES and p.is_file())

@@ -171,7 +171,7 @@ def estimator_weights(wildcards):
     """The learned kernel estimator's weights (an input, so retrained weights rerun the estimates)."""
     if config["estimate"]["method"] != "learned":
         return []
-    return [str(WORKFLOW_DIR / "mzsr" / "weights" / "kernel_net_x2.safetensors")]
+    return [str(WORKFLOW_DIR / "mzsr" / facts.KERNEL_NET_WEIGHTS)]
 
 
 # ------------------------------------------------------------------------------------ config sections
