@@ -18,11 +18,11 @@ import numpy as np
 import torch
 
 from mzsr import MZSRError
-from mzsr.degrade import degrade, to_uint8
+from mzsr.degradation.degrade import degrade, to_uint8
 from mzsr.device import pick_device
-from mzsr.images import read_image_uint8
-from mzsr.io import atomic_write_text
-from mzsr.metrics import modcrop, psnr, ssim
+from mzsr.evaluation.metrics import modcrop, psnr, ssim
+from mzsr.files.atomic import atomic_write_text
+from mzsr.files.images import read_image_uint8
 
 REPO = Path(__file__).resolve().parents[1]
 # The development data folder (T91, BSD200, Set14, photos, the authors' checkpoint), beside the checkout

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import torch
 
-from . import MZSRError
+from mzsr import MZSRError
 
 
 def pick_device(requested: str | torch.device | None = None, tf32: bool = True) -> torch.device:

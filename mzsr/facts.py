@@ -10,7 +10,7 @@ import re
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp")
 
-# The paper's named test degradations and their subsampling (their kernels are in mzsr.kernels).
+# The paper's named test degradations and their subsampling (their kernels are in mzsr.degradation.kernels).
 NAMED_SUBSAMPLING = {"g0.2": "direct", "g2.0": "direct", "ani": "direct", "gb1.3": "bicubic", "bicubic": "bicubic"}
 
 # rk, rk<seed>: each image's own random DIV2KRK-style kernel (direct subsampling), at x2 and x4 only.
@@ -19,7 +19,7 @@ RANDOM_KERNEL_SCALES = (2, 4)
 
 KERNEL_FILE_SUFFIXES = (".mat", ".npy")
 
-# The learned kernel estimator's shipped weights, inside the mzsr package (mzsr.kernel_net; an input of
+# The learned kernel estimator's shipped weights, inside the mzsr package (mzsr.estimation; an input of
 # the workflow's rule estimate_kernel, so that retrained weights rerun the estimates).
 KERNEL_NET_WEIGHTS = "weights/kernel_net_x2.safetensors"
 

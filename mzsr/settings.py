@@ -96,7 +96,7 @@ def defaults(path: str = "", without=()) -> dict:
 def with_defaults(cfg: dict | None, stage_defaults: dict, stage: str) -> dict:
     """`stage_defaults` updated with `cfg`; a key the stage does not know is an error (a typo would
     otherwise train or estimate silently with the default)."""
-    from . import MZSRError
+    from mzsr import MZSRError
 
     cfg = dict(cfg or {})
     unknown = set(cfg) - set(stage_defaults)

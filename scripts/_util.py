@@ -42,11 +42,11 @@ def _one_line_warning(message, category, filename, lineno, line=None):
 
 
 def input_digests(weights=None, patches=None, shards=()):
-    """The digests of a training run's inputs, for `mzsr.training.bind_settings`: the patch store's and
+    """The digests of a training run's inputs, for `mzsr.training.state.bind_settings`: the patch store's and
     shards' recorded content digests, the initial weights' SHA-256."""
     import hashlib
 
-    from mzsr.data import open_store
+    from mzsr.data.stores import open_store
 
     out = {}
     if weights is not None:
@@ -79,10 +79,10 @@ def job_kernel(snakemake):
     with direct subsampling (param `subsampling`) for the blind methods, else the
     degradation's own (the image's own kernel for rk; None for plain bicubic)."""
     if "estimated" in snakemake.input.keys():
-        from mzsr.kernels import load_kernel_file
+        from mzsr.degradation.kernels import load_kernel_file
 
         return load_kernel_file(snakemake.input.estimated), snakemake.params.subsampling
-    from mzsr.kernels import resolve_degradation
+    from mzsr.degradation.kernels import resolve_degradation
 
     deg = resolve_degradation(
         snakemake.params.degradation, image=snakemake.wildcards.image, scale=int(snakemake.params.scale)
@@ -91,13 +91,13 @@ def job_kernel(snakemake):
 
 
 def write_rows(snakemake, method, results, gt_u8, kernel, subsampling):
-    """The job CSV of SR results [(steps, sr_uint8, seconds)]: `mzsr.results.score_rows` against the
+    """The job CSV of SR results [(steps, sr_uint8, seconds)]: `mzsr.evaluation.tables.score_rows` against the
     mod-cropped GT and the job's LR input, with the `kernel` and `subsampling` the job used."""
     import pandas as pd
 
-    from mzsr.images import read_image_uint8
-    from mzsr.io import atomic_write_text
-    from mzsr.results import JOB_COLUMNS, score_rows
+    from mzsr.evaluation.tables import JOB_COLUMNS, score_rows
+    from mzsr.files.atomic import atomic_write_text
+    from mzsr.files.images import read_image_uint8
 
     w = snakemake.wildcards
     rows = score_rows(

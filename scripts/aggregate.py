@@ -9,9 +9,7 @@ import sys
 
 import pandas as pd
 
-from mzsr.io import atomic_write_text
-from mzsr.released import describe_weights
-from mzsr.results import (
+from mzsr.evaluation.tables import (
     html_table,
     kernel_means,
     kernel_table,
@@ -20,6 +18,8 @@ from mzsr.results import (
     per_image_table,
     summary_table,
 )
+from mzsr.files.atomic import atomic_write_text
+from mzsr.files.released import describe_weights
 
 order, out = snakemake.params.order, snakemake.output
 per_image = per_image_table([pd.read_csv(p) for p in snakemake.input.csvs], order)

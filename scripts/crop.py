@@ -13,10 +13,10 @@ import matplotlib.pyplot as plt
 import numpy as np
 import pandas as pd
 
-from mzsr.images import read_image_uint8
-from mzsr.io import atomic_path
-from mzsr.metrics import modcrop
-from mzsr.results import method_label
+from mzsr.evaluation.metrics import modcrop
+from mzsr.evaluation.tables import method_label
+from mzsr.files.atomic import atomic_path
+from mzsr.files.images import read_image_uint8
 
 scale = int(snakemake.params.scale)
 size = int(snakemake.params.report["crop_size"])

@@ -13,10 +13,10 @@ import sys
 
 import numpy as np
 
-from mzsr.estimate import estimate_kernel, kernel_error
-from mzsr.images import read_image
-from mzsr.io import atomic_write_bytes, atomic_write_text
-from mzsr.kernels import resolve_degradation
+from mzsr.degradation.kernels import resolve_degradation
+from mzsr.estimation.estimate import estimate_kernel, kernel_error
+from mzsr.files.atomic import atomic_write_bytes, atomic_write_text
+from mzsr.files.images import read_image
 from mzsr.settings import default
 
 device = _util.torch_setup(snakemake)

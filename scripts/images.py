@@ -1,5 +1,5 @@
 # Images into a folder (or one skimage photo into one file): a DIV2K archive name, URL, zip,
-# folder, or "skimage:name,..." (mzsr.sources). Downloads go to <output>/../downloads and resume when rerun.
+# folder, or "skimage:name,..." (mzsr.data.sources). Downloads go to <output>/../downloads and resume when rerun.
 import _util
 
 _util.start(snakemake)  # stderr to the job's log, mzsr importable, one-line errors and warnings
@@ -8,10 +8,10 @@ import sys
 from pathlib import Path
 
 from mzsr import MZSRError
-from mzsr.download import prepare_images
-from mzsr.images import write_png
-from mzsr.io import atomic_folder
-from mzsr.sources import SKIMAGE, resolve_source, skimage_photos
+from mzsr.data.download import prepare_images
+from mzsr.data.sources import SKIMAGE, resolve_source, skimage_photos
+from mzsr.files.atomic import atomic_folder
+from mzsr.files.images import write_png
 
 data = snakemake.params.data
 source, out = data["source"], Path(snakemake.output[0])

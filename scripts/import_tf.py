@@ -3,7 +3,7 @@ import _util
 
 _util.start(snakemake)  # stderr to the job's log, mzsr importable, one-line errors and warnings
 
-from mzsr.checkpoints import import_tf_checkpoint, save_weights
+from mzsr.files.checkpoints import import_tf_checkpoint, save_weights
 
 prefix = snakemake.params.tf_checkpoint
 state = import_tf_checkpoint(prefix)

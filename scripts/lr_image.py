@@ -3,10 +3,10 @@ import _util
 
 _util.start(snakemake)  # stderr to the job's log, mzsr importable, one-line errors and warnings
 
-from mzsr.degrade import write_lr_png
-from mzsr.images import read_image_uint8
-from mzsr.kernels import resolve_degradation, validate_kernel
-from mzsr.metrics import modcrop
+from mzsr.degradation.degrade import write_lr_png
+from mzsr.degradation.kernels import resolve_degradation, validate_kernel
+from mzsr.evaluation.metrics import modcrop
+from mzsr.files.images import read_image_uint8
 
 scale = int(snakemake.params.scale)
 deg = resolve_degradation(snakemake.params.degradation, image=snakemake.wildcards.image, scale=scale)

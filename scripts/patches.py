@@ -6,8 +6,8 @@ _util.start(snakemake)  # stderr to the job's log, mzsr importable, one-line err
 import sys
 from pathlib import Path
 
-from mzsr.data import open_store, write_patch_store
-from mzsr.images import IMAGE_SUFFIXES
+from mzsr.data.stores import open_store, write_patch_store
+from mzsr.files.images import IMAGE_SUFFIXES
 
 cfg = snakemake.params.patches
 folder = Path(snakemake.input[0])

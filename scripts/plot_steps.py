@@ -9,7 +9,7 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt
 import pandas as pd
 
-from mzsr.io import atomic_path
+from mzsr.files.atomic import atomic_path
 
 summary = pd.read_csv(snakemake.input[0])
 test_sets = list(dict.fromkeys(summary["test_set"]))

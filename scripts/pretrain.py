@@ -6,9 +6,9 @@ _util.start(snakemake)  # stderr to the job's log, mzsr importable, one-line err
 
 from pathlib import Path
 
-from mzsr.io import atomic_copy
-from mzsr.pretrain import pretrain
-from mzsr.training import bind_settings
+from mzsr.files.atomic import atomic_copy
+from mzsr.training.pretrain import pretrain
+from mzsr.training.state import bind_settings
 
 device = _util.torch_setup(snakemake)
 work_dir = Path(snakemake.params.work_dir)

@@ -5,10 +5,10 @@ _util.start(snakemake)  # stderr to the job's log, mzsr importable, one-line err
 
 import time
 
-from mzsr.degrade import to_uint8
-from mzsr.images import read_image, read_image_uint8, write_png
-from mzsr.metrics import modcrop
-from mzsr.resize import imresize
+from mzsr.degradation.degrade import to_uint8
+from mzsr.degradation.resize import imresize
+from mzsr.evaluation.metrics import modcrop
+from mzsr.files.images import read_image, read_image_uint8, write_png
 
 scale = int(snakemake.params.scale)
 lr = read_image(snakemake.input.lr_image)

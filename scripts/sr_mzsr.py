@@ -8,10 +8,11 @@ _util.start(snakemake)  # stderr to the job's log, mzsr importable, one-line err
 import sys
 from dataclasses import replace
 
-from mzsr.adapt import AdaptOptions, adapt, resolve_schedule, weights_subsampling
-from mzsr.checkpoints import load_model
-from mzsr.images import read_image, read_image_uint8, write_png
-from mzsr.metrics import modcrop
+from mzsr.adaptation.adapt import AdaptOptions, adapt
+from mzsr.adaptation.schedules import resolve_schedule, weights_subsampling
+from mzsr.evaluation.metrics import modcrop
+from mzsr.files.checkpoints import load_model
+from mzsr.files.images import read_image, read_image_uint8, write_png
 
 device = _util.torch_setup(snakemake)
 scale = int(snakemake.params.scale)

@@ -6,10 +6,10 @@ _util.start(snakemake)  # stderr to the job's log, mzsr importable, one-line err
 
 import sys
 
-from mzsr.images import read_image, read_image_uint8, write_png
-from mzsr.metrics import modcrop
+from mzsr.adaptation.zssr import zssr
+from mzsr.evaluation.metrics import modcrop
+from mzsr.files.images import read_image, read_image_uint8, write_png
 from mzsr.settings import default
-from mzsr.zssr import zssr
 
 device = _util.torch_setup(snakemake)
 scale = int(snakemake.params.scale)

@@ -3,7 +3,7 @@ import _util
 
 _util.start(snakemake)  # stderr to the job's log, mzsr importable, one-line errors and warnings
 
-from mzsr.data import write_task_shard
+from mzsr.data.tasks import write_task_shard
 
 cfg = snakemake.params.tasks
 write_task_shard(

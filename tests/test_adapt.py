@@ -4,25 +4,16 @@ import torch
 import torch.nn.functional as F
 
 from mzsr import MZSRError
-from mzsr.adapt import (
-    AdaptOptions,
-    adapt,
-    back_project,
-    geometric_ensemble,
-    learning_rate,
-    resolve_schedule,
-    self_ensemble,
-    to_tensor,
-    upscale,
-    valid_transforms,
-    weights_subsampling,
-)
-from mzsr.degrade import degrade, degrade_torch, direct_indices
-from mzsr.kernels import named_degradation
-from mzsr.metrics import psnr
-from mzsr.model import MZSRNet
-from mzsr.resize import imresize, imresize_torch
-from mzsr.zssr import zssr
+from mzsr.adaptation.adapt import AdaptOptions, adapt
+from mzsr.adaptation.inference import to_tensor, upscale
+from mzsr.adaptation.refine import back_project, geometric_ensemble, self_ensemble, valid_transforms
+from mzsr.adaptation.schedules import learning_rate, resolve_schedule, weights_subsampling
+from mzsr.adaptation.zssr import zssr
+from mzsr.degradation.degrade import degrade, degrade_torch, direct_indices
+from mzsr.degradation.kernels import named_degradation
+from mzsr.degradation.resize import imresize, imresize_torch
+from mzsr.evaluation.metrics import psnr
+from mzsr.network.model import MZSRNet
 from conftest import smooth_image
 
 # The authors' test.py, step by step (0-based), for each released model.
@@ -72,7 +63,7 @@ def test_zero_steps_is_plain_inference_and_model_untouched():
 
 
 def _reference_adaptation(model, lr, kernel, steps, lrs, son_rows, son_cols, exact_scale=True):
-    """MZSR's meta-test written out independently of mzsr.adapt: scipy correlation, the release's rows
+    """MZSR's meta-test written out independently of mzsr.adaptation: scipy correlation, the release's rows
     and columns, the full x2 bicubic upscale of the son cut to the father's size, plain SGD."""
     import scipy.ndimage
 

@@ -34,13 +34,13 @@ import yaml
 from PIL import Image
 
 from mzsr import MZSRError, error_line
-from mzsr.checkpoints import save_weights
 from mzsr.cli import main
-from mzsr.degrade import degrade, to_uint8
-from mzsr.images import read_image_uint8, write_png
-from mzsr.kernels import gaussian_kernel, named_degradation
-from mzsr.metrics import modcrop
-from mzsr.model import MZSRNet
+from mzsr.degradation.degrade import degrade, to_uint8
+from mzsr.degradation.kernels import gaussian_kernel, named_degradation
+from mzsr.evaluation.metrics import modcrop
+from mzsr.files.checkpoints import save_weights
+from mzsr.files.images import read_image_uint8, write_png
+from mzsr.network.model import MZSRNet
 from conftest import run_snakemake, smooth_image
 from script_runner import Named
 

@@ -1,4 +1,4 @@
-"""Tests for mzsr.checkpoints (safetensors, safe .pt loading, TF-1 import) and mzsr.tf_bundle (the bundle reader)."""
+"""Tests for mzsr.files.checkpoints (safetensors, safe .pt loading, TF-1 import) and mzsr.files.tf_bundle (the bundle reader)."""
 
 from __future__ import annotations
 
@@ -12,15 +12,15 @@ import pytest
 import torch
 
 from mzsr import MZSRError
-from mzsr.checkpoints import (
+from mzsr.files.checkpoints import (
     expected_shapes,
     import_tf_checkpoint,
     load_model,
     load_weights,
     save_weights,
 )
-from mzsr.model import PARAMETER_COUNT, MZSRNet
-from mzsr.tf_bundle import crc32c, list_tf_bundle, read_tf_bundle
+from mzsr.files.tf_bundle import crc32c, list_tf_bundle, read_tf_bundle
+from mzsr.network.model import PARAMETER_COUNT, MZSRNet
 from conftest import TF_CHECKPOINT
 from tf_bundle_writer import pb_bytes, pb_varint, synthetic_mzsr_tensors, write_bundle
 
@@ -424,8 +424,8 @@ def test_official_round_trips_through_safetensors(tmp_path):
 
 def test_a_safetensors_header_length_that_starts_like_a_pickle_is_still_safetensors(tmp_path):
     """The header length is little-endian: a low byte of 0x80 is a pickle's first byte (PROTO)."""
-    from mzsr.checkpoints import _sniff, load_weights, save_weights
-    from mzsr.model import MZSRNet
+    from mzsr.files.checkpoints import _sniff, load_weights, save_weights
+    from mzsr.network.model import MZSRNet
 
     state = MZSRNet().state_dict()
     for pad in range(0, 400):  # metadata lengths until the header length's low byte is 0x80

@@ -7,10 +7,10 @@ import pytest
 import scipy.ndimage
 import torch
 
-from mzsr.checkpoints import save_weights
 from mzsr.cli import main
-from mzsr.images import read_image_uint8, write_png
-from mzsr.model import MZSRNet
+from mzsr.files.checkpoints import save_weights
+from mzsr.files.images import read_image_uint8, write_png
+from mzsr.network.model import MZSRNet
 from conftest import smooth_image
 
 
@@ -89,9 +89,9 @@ def test_help_everywhere(capsys):
 def test_per_image_kernels_zssr_and_redegradation(tmp_path):
     import scipy.io
 
-    from mzsr.degrade import degrade, to_uint8
-    from mzsr.kernels import gaussian_kernel, kernel_file_for_image
-    from mzsr.metrics import redegradation_psnr
+    from mzsr.degradation.degrade import degrade, to_uint8
+    from mzsr.degradation.kernels import gaussian_kernel, kernel_file_for_image
+    from mzsr.evaluation.metrics import redegradation_psnr
 
     hr = smooth_image(48, 56, seed=9)
     k_a, k_b = gaussian_kernel(2.0, 2.0, 0), gaussian_kernel(4.0, 1.0, 0.7)
@@ -177,10 +177,10 @@ def test_degrade_with_random_per_image_kernels_writes_them_for_per_image(tmp_pat
 
     import scipy.io
 
-    from mzsr.cli import _degradation_for
-    from mzsr.degrade import degrade, to_uint8
-    from mzsr.kernels import resolve_degradation
-    from mzsr.metrics import modcrop
+    from mzsr.cli.commands import _degradation_for
+    from mzsr.degradation.degrade import degrade, to_uint8
+    from mzsr.degradation.kernels import resolve_degradation
+    from mzsr.evaluation.metrics import modcrop
 
     lr_dir = tmp_path / "lr"
     assert main(["degrade", str(hr_dir), "--out", str(lr_dir), "--kernel", "rk", "--scale", "2"]) == 0
@@ -253,8 +253,8 @@ def estimated(tmp_path_factory):
     import io
     from types import SimpleNamespace
 
-    from mzsr.estimate import estimate_kernel
-    from mzsr.images import read_image
+    from mzsr.estimation.estimate import estimate_kernel
+    from mzsr.files.images import read_image
 
     root = tmp_path_factory.mktemp("estimate")
     lr = root / "lr"
@@ -301,7 +301,7 @@ def test_estimate_kernel_writes_both_formats(estimated):
     import scipy.io
     from PIL import Image
 
-    from mzsr.kernels import load_kernel_file
+    from mzsr.degradation.kernels import load_kernel_file
 
     est = estimated.est
     for fmt, out in estimated.runs.items():
@@ -333,7 +333,7 @@ def test_kernelgan_format_reads_back_as_the_same_kernel(estimated):
     closely two half-pixel spline shifts keep a kernel's shape is tests/test_kernels.py's round trip,
     on a smooth kernel: a 20-iteration estimate is no fair subject (on an AMD EPYC with AVX-512 its
     mass lies partly in blobs at the frame's edge, which ringing and clipping reshape by 28%)."""
-    from mzsr.kernels import kernelgan_to_mzsr, load_kernel_file
+    from mzsr.degradation.kernels import kernelgan_to_mzsr, load_kernel_file
 
     back = load_kernel_file(estimated.runs["kernelgan"] / "a_kernel_x2.mat")
     np.testing.assert_array_equal(back, kernelgan_to_mzsr(estimated.est.kernelgan))
@@ -344,7 +344,7 @@ def test_kernelgan_format_reads_back_as_the_same_kernel(estimated):
 def test_upscale_with_estimated_kernels(tmp_path, estimated):
     """upscale --kernel estimate: each image's kernel estimated (as estimate-kernel does, same seed),
     used to adapt, and written to <out>/kernels/ in the mzsr format."""
-    from mzsr.kernels import load_kernel_file
+    from mzsr.degradation.kernels import load_kernel_file
 
     torch.set_num_threads(1)  # see `estimated`; the autouse fixture sets it back for the next test
     weights, sr = tmp_path / "w.safetensors", tmp_path / "sr"
@@ -386,7 +386,7 @@ def test_upscale_with_estimated_kernels(tmp_path, estimated):
 
 def test_estimate_kernel_with_the_learned_estimator(tmp_path, texture_dir, capsys):
     """The default estimator: one line per image naming it, the kernel file and its picture."""
-    from mzsr.kernels import load_kernel_file
+    from mzsr.degradation.kernels import load_kernel_file
 
     out = tmp_path / "k"
     assert main(["estimate-kernel", str(texture_dir), "--out", str(out)]) == 0

@@ -1,4 +1,4 @@
-"""The CPU convolution path (mzsr.conv): the same gradients as PyTorch's own path, first and second
+"""The CPU convolution path (mzsr.network.conv): the same gradients as PyTorch's own path, first and second
 order, to float64 rounding; adapted outputs within a grey level; bfloat16 gradients opt-in and close."""
 
 from __future__ import annotations
@@ -8,10 +8,11 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from mzsr import MZSRError, conv
-from mzsr.adapt import AdaptOptions, adapt
-from mzsr.maml import meta_loss
-from mzsr.model import MZSRNet, init_release_
+from mzsr import MZSRError
+from mzsr.adaptation.adapt import AdaptOptions, adapt
+from mzsr.network import conv
+from mzsr.network.model import MZSRNet, init_release_
+from mzsr.training.maml import meta_loss
 
 needs_bf16 = pytest.mark.skipif(not conv.native_bfloat16(), reason="this CPU has no AMX or AVX512-BF16")
 

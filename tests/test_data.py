@@ -8,12 +8,14 @@ import pytest
 import torch
 
 from mzsr import MZSRError
-from mzsr.data import TaskPool, dihedral, gradient_energy, is_flat, write_patch_store, write_task_shard
-from mzsr.degrade import degrade
-from mzsr.images import write_png
-from mzsr.kernels import gaussian_kernel, gaussian_kernels_torch
-from mzsr.meta import make_batch
-from mzsr.resize import imresize
+from mzsr.data.patches import dihedral, gradient_energy, is_flat
+from mzsr.data.stores import write_patch_store
+from mzsr.data.tasks import TaskPool, write_task_shard
+from mzsr.degradation.degrade import degrade
+from mzsr.degradation.kernels import gaussian_kernel, gaussian_kernels_torch
+from mzsr.degradation.resize import imresize
+from mzsr.files.images import write_png
+from mzsr.training.meta import make_batch
 from training_helpers import make_training_data
 
 

@@ -3,10 +3,10 @@ import pytest
 import scipy.ndimage
 import torch
 
-from mzsr.degrade import blur, degrade, degrade_torch, to_uint8, write_lr_png
-from mzsr.images import read_image_uint8
-from mzsr.kernels import gaussian_kernel
-from mzsr.resize import imresize
+from mzsr.degradation.degrade import blur, degrade, degrade_torch, to_uint8, write_lr_png
+from mzsr.degradation.kernels import gaussian_kernel
+from mzsr.degradation.resize import imresize
+from mzsr.files.images import read_image_uint8
 
 
 def _t(img):

@@ -30,7 +30,7 @@ def test_a_device_that_does_not_exist_is_one_clear_error(requested, message):
 
 @pytest.mark.skipif(torch.cuda.is_available(), reason="checks a machine without CUDA")
 def test_the_trainers_refuse_cuda_on_a_machine_without_it(tmp_path):
-    from mzsr.pretrain import pretrain
+    from mzsr.training.pretrain import pretrain
 
     with pytest.raises(MZSRError, match="device 'cuda': CUDA is not available on this machine"):
         pretrain(

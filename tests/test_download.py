@@ -1,4 +1,4 @@
-"""Tests for mzsr.download against a real local HTTP server (127.0.0.1, no internet)."""
+"""Tests for mzsr.data.download against a real local HTTP server (127.0.0.1, no internet)."""
 
 from __future__ import annotations
 
@@ -19,8 +19,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from mzsr import MZSRError, download
-from mzsr.download import extract_zip, fetch, prepare_images
+from mzsr import MZSRError
+from mzsr.data import download
+from mzsr.data.download import extract_zip, fetch, prepare_images
 
 HTML_PAGE = b"<!DOCTYPE html>\n<html><head><title>Login</title></head><body>Please log in</body></html>\n"
 
@@ -393,18 +394,16 @@ def test_wrong_image_count_leaves_nothing(tmp_path):
     assert not target.exists() and not (tmp_path / "out.tmp").exists()
 
 
-def test_stale_tmp_folder_is_replaced(tmp_path):
+def test_a_killed_extractions_temp_folder_is_removed(tmp_path):
     archive = make_zip(tmp_path / "a.zip", n=3)
-    stale = tmp_path / "out.tmp"  # where earlier versions extracted
-    (stale / "junk").mkdir(parents=True)
-    (stale / "junk" / "old.png").write_bytes(b"x")
     dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
-    killed = tmp_path / f".out.{socket.gethostname()}-{int(dead.stdout)}.abc123.tmp"  # a killed extraction's (mzsr.io)
+    killed = (
+        tmp_path / f".out.{socket.gethostname()}-{int(dead.stdout)}.abc123.tmp"
+    )  # a killed extraction's (mzsr.files.atomic)
     (killed / "DIV2K_train_HR").mkdir(parents=True)
     (killed / "DIV2K_train_HR" / "0001.png").write_bytes(b"half")
     images = extract_zip(archive, tmp_path / "out", expected_count=3)
-    assert len(images) == 3 and not stale.exists()
-    assert not (tmp_path / "out" / "junk").exists()
+    assert len(images) == 3
     assert not killed.exists() and sorted(p.name for p in tmp_path.iterdir()) == ["a.zip", "out"]
 
 

@@ -264,7 +264,7 @@ def test_network_rules_get_a_gpu_pytorch_and_data_and_aggregation_rules_light_en
 def test_import_analysis_follows_helpers_and_mzsr():
     """The analysis itself: what a script imports through _util and mzsr counts, what it does not use does not."""
     adapt = third_party_imports(SCRIPTS / "sr_mzsr.py")
-    assert {"torch", "numpy", "pandas", "PIL"} <= set(adapt)  # mzsr.adapt, _util.write_rows, mzsr.images
+    assert {"torch", "numpy", "pandas", "PIL"} <= set(adapt)  # mzsr.adaptation, _util.write_rows, mzsr.files.images
     assert "scripts/_util.py" in adapt["pandas"]
     aggregate = third_party_imports(SCRIPTS / "aggregate.py")
     assert "pandas" in aggregate and "torch" not in aggregate  # _util's torch_setup is not used there

@@ -1,4 +1,4 @@
-"""KernelGAN kernel estimation (mzsr.estimate): the collapsed generator equals the release's layered one,
+"""KernelGAN kernel estimation (mzsr.estimation.estimate): the collapsed generator equals the release's layered one,
 the release's constraints and schedule, the conventions of the result, and that it finds a kernel's
 orientation."""
 
@@ -8,8 +8,9 @@ import scipy.ndimage
 import torch
 
 from mzsr import MZSRError
-from mzsr.degrade import degrade
-from mzsr.estimate import (
+from mzsr.degradation.degrade import degrade
+from mzsr.degradation.kernels import analytic_kernel, gaussian_kernel, kernelgan_center, mzsr_center
+from mzsr.estimation.estimate import (
     BICUBIC_X2,
     Constraints,
     Generator,
@@ -20,7 +21,6 @@ from mzsr.estimate import (
     penalty_mask,
     significant_kernel,
 )
-from mzsr.kernels import analytic_kernel, gaussian_kernel, kernelgan_center, mzsr_center
 
 
 def test_collapsed_generator_is_the_layered_one():

@@ -21,10 +21,10 @@ import pytest
 import torch
 
 from mzsr import MZSRError, error_line
-from mzsr.checkpoints import load_weights, save_weights
 from mzsr.cli import main
-from mzsr.images import read_image_uint8, write_png
-from mzsr.model import MZSRNet
+from mzsr.files.checkpoints import load_weights, save_weights
+from mzsr.files.images import read_image_uint8, write_png
+from mzsr.network.model import MZSRNet
 from conftest import smooth_image
 from script_runner import run_script
 
@@ -436,7 +436,7 @@ class _OOMAbove(torch.nn.Module):
 
 
 def test_out_of_memory_in_inference_retries_with_smaller_tiles(recwarn):
-    from mzsr.adapt import to_tensor, upscale
+    from mzsr.adaptation.inference import to_tensor, upscale
 
     torch.manual_seed(0)
     model = MZSRNet().eval()
@@ -451,15 +451,15 @@ def test_out_of_memory_in_inference_retries_with_smaller_tiles(recwarn):
 
 def test_out_of_memory_in_adaptation_retries_with_smaller_crops(inputs, capsys, tmp_path, monkeypatch):
     """Through the command: one warning line, then the image is adapted on smaller crops."""
-    import mzsr.checkpoints
+    import mzsr.files.checkpoints
 
-    load_model = mzsr.checkpoints.load_model
+    load_model = mzsr.files.checkpoints.load_model
 
     def guarded(*args, **kwargs):
         model, meta = load_model(*args, **kwargs)
         return _OOMAbove(model, infer_limit=10**9, train_limit=40 * 40), meta
 
-    monkeypatch.setattr(mzsr.checkpoints, "load_model", guarded)
+    monkeypatch.setattr(mzsr.files.checkpoints, "load_model", guarded)
     write_png(tmp_path / "lr" / "c.png", smooth_image(64, 64, seed=6))
     rc = main(
         [
@@ -486,11 +486,11 @@ def test_out_of_memory_in_adaptation_retries_with_smaller_crops(inputs, capsys, 
 
 
 def test_out_of_memory_even_at_the_smallest_tile_is_one_line(inputs, capsys, tmp_path, monkeypatch):
-    import mzsr.checkpoints
+    import mzsr.files.checkpoints
 
-    load_model = mzsr.checkpoints.load_model
+    load_model = mzsr.files.checkpoints.load_model
     monkeypatch.setattr(
-        mzsr.checkpoints,
+        mzsr.files.checkpoints,
         "load_model",
         lambda *a, **k: (_OOMAbove(load_model(*a, **k)[0], infer_limit=0, train_limit=0), {}),
     )

@@ -25,12 +25,13 @@ import torch
 import yaml
 
 from mzsr import MZSRError
-from mzsr.checkpoints import load_weights, save_weights
 from mzsr.cli import main
-from mzsr.data import write_patch_store, write_task_shard
-from mzsr.images import read_image_uint8, write_png
-from mzsr.metrics import modcrop, psnr
-from mzsr.model import MZSRNet
+from mzsr.data.stores import write_patch_store
+from mzsr.data.tasks import write_task_shard
+from mzsr.evaluation.metrics import modcrop, psnr
+from mzsr.files.checkpoints import load_weights, save_weights
+from mzsr.files.images import read_image_uint8, write_png
+from mzsr.network.model import MZSRNet
 from conftest import run_snakemake, smooth_image
 from training_helpers import make_training_data
 
@@ -93,9 +94,9 @@ def test_patch_store_killed_while_writing(tmp_path):
     write_patch_store(images, tmp_path / "reference.h5", **args)
     out = tmp_path / "store" / "patches.h5"
     killed = run_child(
-        "import mzsr.data as data",
-        "data.read_image_uint8 = on_call(3, data.read_image_uint8)",  # dies with 2 of 4 images in the file
-        f"data.write_patch_store({[str(p) for p in images]!r}, {str(out)!r}, **{args!r})",
+        "import mzsr.data.stores as stores",
+        "stores.read_image_uint8 = on_call(3, stores.read_image_uint8)",  # dies with 2 of 4 images in the file
+        f"stores.write_patch_store({[str(p) for p in images]!r}, {str(out)!r}, **{args!r})",
     )
     assert_killed(killed)
     (temp,) = only_temps(out.parent)  # nothing under the final name: no reader can take it for complete
@@ -109,7 +110,7 @@ def test_patch_store_killed_while_writing(tmp_path):
 
 KILL_POINTS = {
     # while drawing the tasks: the store is open, nothing written yet
-    "drawing tasks": "data.sample_training_params = on_call(1, data.sample_training_params)",
+    "drawing tasks": "tasks.sample_training_params = on_call(1, tasks.sample_training_params)",
     # while writing the HDF5 file: the kernel parameters are in, the patch rows not yet
     "writing the HDF5 file": """
         import h5py
@@ -126,9 +127,9 @@ def test_task_shard_killed(tmp_path, kill_point):
     write_task_shard(store, tmp_path / "reference.h5", **args)
     out = tmp_path / "tasks" / "shard=1.h5"
     killed = run_child(
-        "import mzsr.data as data",
+        "import mzsr.data.tasks as tasks",
         KILL_POINTS[kill_point],
-        f"data.write_task_shard({str(store)!r}, {str(out)!r}, **{args!r})",
+        f"tasks.write_task_shard({str(store)!r}, {str(out)!r}, **{args!r})",
     )
     assert_killed(killed)
     assert not out.exists()
@@ -145,7 +146,7 @@ def test_task_shard_killed(tmp_path, kill_point):
 def test_image_folder_killed_while_writing(tmp_path):
     """scripts/images.py writing scikit-image photos into a folder output (the demo's training
     images) is killed after the first photo: the folder does not exist under its name, only a hidden
-    temp folder; the rerun removes that and writes the folder whole (mzsr.io.atomic_folder)."""
+    temp folder; the rerun removes that and writes the folder whole (mzsr.files.atomic.atomic_folder)."""
     import skimage.data
 
     out = tmp_path / "data" / "train"
@@ -158,7 +159,7 @@ def test_image_folder_killed_while_writing(tmp_path):
                                params=SimpleNamespace(data={{"source": "skimage:astronaut,chelsea"}}))
         runpy.run_path({str(script)!r}, init_globals={{"snakemake": stub}})
         """
-    killed = run_child("import mzsr.images as images", "images.write_png = on_call(2, images.write_png)", run)
+    killed = run_child("import mzsr.files.images as images", "images.write_png = on_call(2, images.write_png)", run)
     assert_killed(killed)
     assert not out.exists()
     (temp,) = only_temps(out.parent)
@@ -318,7 +319,7 @@ PRETRAIN = {
 
 @pytest.fixture()
 def pretrain_run(tmp_path):
-    from mzsr.pretrain import pretrain
+    from mzsr.training.pretrain import pretrain
 
     store, _, _ = make_training_data(tmp_path, shards=0)
 
@@ -343,16 +344,18 @@ def _assert_kept_checkpoint(work: Path, step: int) -> None:
 
 @pytest.mark.parametrize("fault", ["loss becomes NaN", "gradients overflow (finite loss)"])
 def test_training_fault_names_the_step_keeps_the_checkpoint_and_resumes(pretrain_run, monkeypatch, fault):
-    import mzsr.pretrain
+    import mzsr.training.pretrain
 
     root, run = pretrain_run
     run("reference")
     if fault == "loss becomes NaN":  # the 4th batch's input is NaN: the loss of step 3 (0-based) is NaN
         monkeypatch.setattr(
-            mzsr.pretrain,
+            mzsr.training.pretrain,
             "network_input",
             _fault_at_call(
-                4, mzsr.pretrain.network_input, lambda lr, s, size: torch.full((*lr.shape[:2], *size), float("nan"))
+                4,
+                mzsr.training.pretrain.network_input,
+                lambda lr, s, size: torch.full((*lr.shape[:2], *size), float("nan")),
             ),
         )
         message = r"loss became nan at step 3; training stopped\. The last good checkpoint is kept in .*faulty"
@@ -362,7 +365,9 @@ def test_training_fault_names_the_step_keeps_the_checkpoint_and_resumes(pretrain
         def poisoned(pred, target):
             return F.l1_loss(pred, target) + 0 * torch.sqrt(pred.sum() * 0)
 
-        monkeypatch.setattr(mzsr.pretrain, "F", SimpleNamespace(l1_loss=_fault_at_call(4, F.l1_loss, poisoned)))
+        monkeypatch.setattr(
+            mzsr.training.pretrain, "F", SimpleNamespace(l1_loss=_fault_at_call(4, F.l1_loss, poisoned))
+        )
         message = r"weights became NaN or infinite by step 4 .*training stopped\. The last good checkpoint is kept in .*faulty"
     with pytest.raises(MZSRError, match=message):
         run("faulty")

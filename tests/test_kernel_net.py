@@ -1,4 +1,4 @@
-"""The learned kernel estimator (mzsr.kernel_net): its Gaussian convention, the shipped weights on
+"""The learned kernel estimator (mzsr.estimation): its Gaussian convention, the shipped weights on
 images it never saw, the estimate_kernel path, and the training command."""
 
 from __future__ import annotations
@@ -11,17 +11,25 @@ import scipy.ndimage
 import skimage.data
 import torch
 
-from mzsr import MZSRError, kernel_net
-from mzsr.degrade import degrade, to_uint8
-from mzsr.estimate import estimate_kernel, kernel_error
-from mzsr.images import write_png
-from mzsr.kernels import analytic_kernel, gaussian_kernel, kernelgan_center, random_kernel, random_kernel_rng
+from mzsr import MZSRError
+from mzsr.degradation.degrade import degrade, to_uint8
+from mzsr.degradation.kernels import (
+    analytic_kernel,
+    gaussian_kernel,
+    kernelgan_center,
+    random_kernel,
+    random_kernel_rng,
+)
+from mzsr.estimation import kernel_net
+from mzsr.estimation.estimate import estimate_kernel, kernel_error
+from mzsr.files.images import write_png
+from mzsr.training import kernel_net as kernel_net_training
 
 
 def test_covariance_renders_as_gaussian_kernel():
     """The estimator's (row, column) covariance and `gaussian_kernel`'s (l1, l2, theta) are one kernel."""
     for l1, l2, theta in [(1.0, 4.0, 0.3), (0.7, 2.5, -2.0), (3.0, 3.0, 1.0)]:
-        sigma = kernel_net.covariance(l1, l2, theta)[None].double()
+        sigma = kernel_net_training.covariance(l1, l2, theta)[None].double()
         k = kernel_net.gaussian_from_covariance(sigma)[0].numpy()
         np.testing.assert_allclose(k, gaussian_kernel(l1, l2, theta, 11), atol=1e-8)
 
@@ -74,7 +82,7 @@ def test_training_command_writes_loadable_weights_with_provenance(tmp_path):
     for i in range(3):
         write_png(images / f"img{i}.png", (rng.random((40, 48, 3)) * 255).astype(np.uint8))
     out = tmp_path / "net.safetensors"
-    kernel_net.main(
+    kernel_net_training.main(
         ["--images", str(images), "--out", str(out), "--iterations", "2", "--batch", "2", "--lr-size", "16"]
         + ["--seed", "0", "--soft-content", "0.0", "0.5"]
     )
@@ -103,7 +111,7 @@ def test_training_command_writes_loadable_weights_with_provenance(tmp_path):
 def test_the_ensemble_kernel_is_the_gaussian_of_the_members_mean_covariance():
     """The shipped ensemble's estimate is the Gaussian of its members' mean covariance."""
     nets = kernel_net.load()
-    assert len(nets) == len(kernel_net.SOFT_CONTENT)
+    assert len(nets) == len(kernel_net_training.SOFT_CONTENT)
     lr = _lr(skimage.data.chelsea()[:256, :256], gaussian_kernel(2.0, 3.5, 0.4, 11))
     members = [kernel_net.covariance_of(lr, net) for net in nets]
     expected = kernel_net.gaussian_from_covariance(torch.stack(members).mean(0)[None])[0].numpy()
@@ -118,24 +126,27 @@ def test_soft_content_blurs_the_crop_by_a_gaussian_of_the_stated_range():
     point = torch.zeros(3, 41, 41)
     point[:, 20, 20] = 1.0
     for _ in range(5):
-        spread = kernel_net.soften(point, rng)[0].double()
+        spread = kernel_net_training.soften(point, rng)[0].double()
         assert spread.sum().item() == pytest.approx(1.0) and spread.min() >= 0
         r = torch.arange(41, dtype=torch.float64) - 20
         var_rows = (spread.sum(1) * r**2).sum().item()
         var_cols = (spread.sum(0) * r**2).sum().item()
-        assert 0.0 < var_rows <= kernel_net.SOFT_CONTENT_VARIANCE and 0.0 < var_cols <= kernel_net.SOFT_CONTENT_VARIANCE
+        assert (
+            0.0 < var_rows <= kernel_net_training.SOFT_CONTENT_VARIANCE
+            and 0.0 < var_cols <= kernel_net_training.SOFT_CONTENT_VARIANCE
+        )
         np.testing.assert_allclose(scipy.ndimage.center_of_mass(spread.numpy()), (20, 20), atol=1e-9)
     flat = torch.full((3, 30, 30), 0.25)
-    torch.testing.assert_close(kernel_net.soften(flat, rng), flat)
+    torch.testing.assert_close(kernel_net_training.soften(flat, rng), flat)
     # a training batch with soft content keeps the shapes and the kernels' own covariances
     images = [torch.rand(3, 64, 64) for _ in range(2)]
-    lr, kernels, sigmas = kernel_net.training_batch(images, np.random.default_rng(0), 4, 16, soft_content=1.0)
+    lr, kernels, sigmas = kernel_net_training.training_batch(images, np.random.default_rng(0), 4, 16, soft_content=1.0)
     assert lr.shape == (4, 3, 16, 16) and kernels.shape == (4, 11, 11) and sigmas.shape == (4, 2, 2)
 
 
 def test_training_and_loading_refuse_what_is_missing(tmp_path):
     with pytest.raises(MZSRError, match="no training images"):
-        kernel_net.main(["--images", str(tmp_path), "--out", str(tmp_path / "x.safetensors")])
+        kernel_net_training.main(["--images", str(tmp_path), "--out", str(tmp_path / "x.safetensors")])
     with pytest.raises(MZSRError, match="no kernel-estimator weights"):
         kernel_net.load(tmp_path / "missing.safetensors")
 

@@ -7,7 +7,7 @@ import scipy.io
 import scipy.ndimage
 
 from mzsr import MZSRError
-from mzsr.kernels import (
+from mzsr.degradation.kernels import (
     NAMED_DEGRADATIONS,
     analytic_kernel,
     gaussian_kernel,
@@ -144,7 +144,7 @@ def test_kernelgan_convention_round_trip(tmp_path):
     # an x2 blur applied twice = the analytic x4 kernel once (away from the borders)
     rng = np.random.default_rng(0)
     img = rng.random((96, 96))
-    from mzsr.degrade import degrade
+    from mzsr.degradation.degrade import degrade
 
     twice = degrade(degrade(img, k, 2, "direct"), k, 2, "direct")
     once = degrade(img, analytic_kernel(k), 4, "direct")
@@ -159,7 +159,7 @@ def _center_offset(k):
 
 
 def test_random_kernel_recipe_and_centre():
-    from mzsr.kernels import analytic_kernel, random_kernel, random_kernel_params
+    from mzsr.degradation.kernels import analytic_kernel, random_kernel, random_kernel_params
 
     rng = np.random.default_rng(3)
     params = [random_kernel_params(rng) for _ in range(300)]
@@ -185,7 +185,7 @@ def test_random_kernel_recipe_and_centre():
 
 def test_random_kernel_gaussian_part_and_noise():
     """Noise factored out: the Gaussian has the drawn eigen-variances and rotation; the noise multiplies it."""
-    from mzsr.kernels import noisy_gaussian_kernel, random_kernel_params
+    from mzsr.degradation.kernels import noisy_gaussian_kernel, random_kernel_params
 
     rng = np.random.default_rng(11)
     for _ in range(20):
@@ -210,7 +210,7 @@ def test_random_kernel_gaussian_part_and_noise():
 def test_rk_degradation_is_per_image_and_reproducible():
     import zlib
 
-    from mzsr.kernels import random_kernel, random_kernel_seed
+    from mzsr.degradation.kernels import random_kernel, random_kernel_seed
 
     a = resolve_degradation("rk", image="a")
     assert a.subsampling == "direct" and a.name == "rk" and a.kernel.shape == (11, 11)

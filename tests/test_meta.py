@@ -9,11 +9,11 @@ import torch
 from torch.func import functional_call
 
 from mzsr import MZSRError
-from mzsr.checkpoints import load_weights, save_weights
-from mzsr.maml import grouped_forward, inner_loop, meta_loss, query_loss_weights
-from mzsr.meta import meta_train, split_pool, tasks_for_iteration
-from mzsr.model import MZSRNet
-from mzsr.optim import AdamTF1, make_optimizer
+from mzsr.files.checkpoints import load_weights, save_weights
+from mzsr.network.model import MZSRNet
+from mzsr.training.maml import grouped_forward, inner_loop, meta_loss, query_loss_weights
+from mzsr.training.meta import meta_train, split_pool, tasks_for_iteration
+from mzsr.training.optim import AdamTF1, make_optimizer
 from training_helpers import make_training_data
 
 MICRO = {
@@ -133,7 +133,7 @@ def _run_meta(root, init, store, shards, name, cfg, kill_after=None):
     code = textwrap.dedent(f"""
         import os, signal, torch
         torch.set_num_threads(1)
-        from mzsr.meta import meta_train
+        from mzsr.training.meta import meta_train
         def hook(step):
             if step == {kill_after!r}:
                 os.kill(os.getpid(), signal.SIGKILL)
@@ -197,7 +197,7 @@ def test_a_pool_too_small_for_the_run_is_an_error(meta_setup):
 
 
 def test_looped_and_grouped_task_forwards_agree():
-    from mzsr.maml import looped_forward
+    from mzsr.training.maml import looped_forward
 
     theta = tiny_theta()
     fast = [
@@ -276,7 +276,7 @@ def _previous_eager_loop(model, optimizer, batches, cfg):
 def test_meta_step_gives_the_previous_eager_weights_bit_for_bit():
     """make_meta_step on a CPU (cuda_graph true is ignored there) = the earlier meta_loss + backward +
     Adam, float32, across a first-order -> second-order switch and annealed weights."""
-    from mzsr.meta_step import make_meta_step
+    from mzsr.training.meta_step import make_meta_step
 
     cfg = {"inner_steps": 2, "inner_lr": 0.01, "first_order_iterations": 2, "cuda_graph": True}
     batches = _small_meta_batches(4)
@@ -311,8 +311,8 @@ def test_meta_step_gives_the_previous_eager_weights_bit_for_bit():
 def test_meta_step_candidates_give_the_reference_meta_gradient(first_order):
     """vmap, channels_last and the split conv backward, grouped and looped: the per-task loop's
     meta-gradient in float64 (to ~1e-10), through MetaStep.loss as the benchmark times them."""
-    from mzsr.maml import make_forward
-    from mzsr.meta_step import MetaStep
+    from mzsr.training.maml import make_forward
+    from mzsr.training.meta_step import MetaStep
 
     theta, batch = tiny_theta(), tiny_batch(tasks=3)
     weights = [0.3, 0.7]
@@ -345,7 +345,7 @@ def test_meta_step_candidates_give_the_reference_meta_gradient(first_order):
 def test_a_failed_graph_capture_falls_back_to_eager_with_one_warning():
     """Forced into graph mode on a CPU, the capture fails: one warning, theta and Adam state as before
     the warm-up, and the same weights as the eager step."""
-    from mzsr.meta_step import MetaStep
+    from mzsr.training.meta_step import MetaStep
 
     batches = _small_meta_batches(2, dtype=torch.float64)
     results = []
@@ -369,8 +369,8 @@ def test_a_failed_graph_capture_falls_back_to_eager_with_one_warning():
 def test_a_state_saved_under_a_cuda_graph_resumes_on_a_cpu(tmp_path):
     """Adam state saved with capturable=True (a CUDA-graph run) loads into a CPU run: make_meta_step
     turns capturable off and keeps the step counters on the host; the run continues as if never saved."""
-    from mzsr.meta_step import make_meta_step, set_capturable
-    from mzsr.training import load_training_state, save_training_state
+    from mzsr.training.meta_step import make_meta_step, set_capturable
+    from mzsr.training.state import load_training_state, save_training_state
 
     cfg = {"inner_steps": 2, "inner_lr": 0.05}
     batches = _small_meta_batches(3, dtype=torch.float64)
@@ -412,7 +412,7 @@ def test_cuda_graph_key_in_the_schema_configs_and_defaults():
     import jsonschema
     import yaml
 
-    from mzsr.meta import META_DEFAULTS
+    from mzsr.training.meta import META_DEFAULTS
 
     repo = Path(__file__).resolve().parents[1]
     schema = yaml.safe_load((repo / "mzsr/config.schema.yaml").read_text())
@@ -434,7 +434,7 @@ def test_cuda_graph_key_in_the_schema_configs_and_defaults():
 def test_cuda_graph_meta_step_matches_eager_on_cuda(optimizer):
     """CUDA graph replay = the eager capturable step (TF32 off, float32, up to non-deterministic conv
     reductions), across a first-order -> second-order switch; keep_graphs=False keeps one graph."""
-    from mzsr.meta_step import MetaStep
+    from mzsr.training.meta_step import MetaStep
 
     saved = torch.backends.cudnn.allow_tf32
     torch.backends.cudnn.allow_tf32 = False
@@ -466,8 +466,8 @@ def test_cuda_graph_meta_step_matches_eager_on_cuda(optimizer):
 def test_a_cpu_saved_state_resumes_under_a_cuda_graph(tmp_path, optimizer):
     """A CPU run's checkpoint (capturable=False, step counters on the host) resumes on CUDA in graph
     mode: the counters move to the device, the capture works, and the run continues."""
-    from mzsr.meta_step import make_meta_step
-    from mzsr.training import load_training_state, save_training_state
+    from mzsr.training.meta_step import make_meta_step
+    from mzsr.training.state import load_training_state, save_training_state
 
     cfg = {"inner_steps": 2, "inner_lr": 0.01, "cuda_graph": True}
     batches = _small_meta_batches(3)
@@ -492,7 +492,7 @@ def test_a_cpu_saved_state_resumes_under_a_cuda_graph(tmp_path, optimizer):
 def test_graph_warm_up_leaves_no_trace(resumed, optimizer):
     """What the capture does before recording (warm-up steps, then theta and the Adam state put back,
     or zeroed when there was none) leaves the run exactly as if the warm-up had not happened."""
-    from mzsr.meta_step import MetaStep
+    from mzsr.training.meta_step import MetaStep
 
     batches = _small_meta_batches(3, dtype=torch.float64)
     runs = []

@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 from skimage.metrics import structural_similarity
 
-from mzsr.metrics import modcrop, psnr, rgb_to_y, ssim
+from mzsr.evaluation.metrics import modcrop, psnr, rgb_to_y, ssim
 
 
 def test_modcrop():

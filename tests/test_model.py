@@ -1,6 +1,6 @@
 import torch
 
-from mzsr.model import PARAMETER_COUNT, MZSRNet, count_parameters, functional_forward
+from mzsr.network.model import PARAMETER_COUNT, MZSRNet, count_parameters, functional_forward
 
 
 def test_parameter_count_and_layout():

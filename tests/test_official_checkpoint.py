@@ -3,14 +3,14 @@
 import numpy as np
 import pytest
 
-from mzsr.adapt import AdaptOptions, adapt
-from mzsr.checkpoints import import_tf_checkpoint
+from mzsr.adaptation.adapt import AdaptOptions, adapt
 from mzsr.cli import main
-from mzsr.degrade import to_uint8
-from mzsr.images import read_image_uint8
-from mzsr.metrics import modcrop, psnr, ssim
-from mzsr.model import MZSRNet
-from mzsr.resize import imresize
+from mzsr.degradation.degrade import to_uint8
+from mzsr.degradation.resize import imresize
+from mzsr.evaluation.metrics import modcrop, psnr, ssim
+from mzsr.files.checkpoints import import_tf_checkpoint
+from mzsr.files.images import read_image_uint8
+from mzsr.network.model import MZSRNet
 from conftest import SET14, TF_CHECKPOINT
 
 pytestmark = pytest.mark.shared_data

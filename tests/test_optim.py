@@ -1,4 +1,4 @@
-"""TF-1's Adam (mzsr.optim.AdamTF1): the update of TensorFlow 1's documentation, step for step."""
+"""TF-1's Adam (mzsr.training.optim.AdamTF1): the update of TensorFlow 1's documentation, step for step."""
 
 import io
 
@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from mzsr import MZSRError
-from mzsr.optim import AdamTF1, make_optimizer
+from mzsr.training.optim import AdamTF1, make_optimizer
 
 
 def tf1_adam_closed_form(theta0, grads, lr, b1=0.9, b2=0.999, eps=1e-8):
@@ -81,7 +81,7 @@ def test_resumed_state_continues_bit_for_bit():
 
 
 def test_zeroed_state_is_a_fresh_one():
-    """mzsr.meta_step.MetaStep undoes its CUDA-graph warm-up by zeroing the state it created: that must be
+    """mzsr.training.meta_step.MetaStep undoes its CUDA-graph warm-up by zeroing the state it created: that must be
     the state of an optimizer that never stepped."""
     theta0, grads = np.ones(5), _gradients(3, (5,), 4)
     want, _ = _run(AdamTF1, theta0, grads[1:], lr=1e-3)

@@ -23,10 +23,11 @@ import pytest
 import torch
 import yaml
 
-from mzsr.checkpoints import save_weights
-from mzsr.cli import build_parser, main
-from mzsr.images import write_png
-from mzsr.model import MZSRNet
+from mzsr.cli import main
+from mzsr.cli.parser import build_parser
+from mzsr.files.checkpoints import save_weights
+from mzsr.files.images import write_png
+from mzsr.network.model import MZSRNet
 from conftest import run_snakemake, smooth_image
 
 REPO = Path(__file__).resolve().parents[1]

@@ -9,13 +9,15 @@ import pytest
 import torch
 
 from mzsr import MZSRError
-from mzsr.checkpoints import load_weights
-from mzsr.data import PatchDataset, StepBatchSampler, grid_patches, write_patch_store
-from mzsr.images import read_image_uint8, write_png
-from mzsr.model import MZSRNet, init_release_
-from mzsr.pretrain import network_input
-from mzsr.resize import imresize
-from mzsr.training import step_lr
+from mzsr.data.datasets import PatchDataset, StepBatchSampler
+from mzsr.data.patches import grid_patches
+from mzsr.data.stores import write_patch_store
+from mzsr.degradation.resize import imresize
+from mzsr.files.checkpoints import load_weights
+from mzsr.files.images import read_image_uint8, write_png
+from mzsr.network.model import MZSRNet, init_release_
+from mzsr.training.pretrain import network_input
+from mzsr.training.state import step_lr
 from conftest import smooth_image
 from training_helpers import make_training_data
 
@@ -135,7 +137,7 @@ def _run(root, store, name, kill_after=None, cfg=MICRO):
     code = textwrap.dedent(f"""
         import os, signal, torch
         torch.set_num_threads(1)
-        from mzsr.pretrain import pretrain
+        from mzsr.training.pretrain import pretrain
         def hook(step):
             if step == {kill_after!r}:
                 os.kill(os.getpid(), signal.SIGKILL)
@@ -212,7 +214,7 @@ def test_pretraining_steps_are_the_release_step_restated(tmp_path):
     PyTorch's Adam on the same data is another update."""
     store, _, _ = make_training_data(tmp_path, shards=1, tasks=2)
     cfg = {**MICRO, "steps": 3, "checkpoint_every": 3, "lr_halve_every": 2}
-    from mzsr.pretrain import pretrain
+    from mzsr.training.pretrain import pretrain
 
     pretrain(store, tmp_path / "w.safetensors", cfg, tmp_path / "work", tmp_path / "log.csv", device="cpu")
     got, _ = load_weights(tmp_path / "w.safetensors")

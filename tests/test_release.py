@@ -13,9 +13,9 @@ import pytest
 
 from mzsr import MZSRError
 from mzsr.cli import main
-from mzsr.data import write_patch_store
-from mzsr.images import list_images, read_image_uint8, write_png
-from mzsr.released import MODELS_ENV, describe_weights, release_info, released_weights
+from mzsr.data.stores import write_patch_store
+from mzsr.files.images import list_images, read_image_uint8, write_png
+from mzsr.files.released import MODELS_ENV, describe_weights, release_info, released_weights
 from conftest import REPO, SHARED_DATA, smooth_image
 
 
@@ -131,7 +131,7 @@ def test_two_slots_extend_one_run_and_the_better_model_is_adopted(tmp_path):
 
 
 def test_provenance_is_read_without_torch_for_the_report_environment(tmp_path):
-    from mzsr.released import header_metadata
+    from mzsr.files.released import header_metadata
 
     meta = header_metadata(REPO / "models" / "direct_x2.safetensors")
     assert meta["released"] == release_info(REPO / "models" / "direct_x2.safetensors") and meta["scale"] == 2

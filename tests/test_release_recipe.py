@@ -5,9 +5,9 @@ import numpy as np
 import scipy.ndimage
 import torch
 
-from mzsr.kernels import gaussian_kernel, gaussian_kernels_torch, sample_training_params
-from mzsr.meta import synthesise
-from mzsr.resize import imresize
+from mzsr.degradation.kernels import gaussian_kernel, gaussian_kernels_torch, sample_training_params
+from mzsr.degradation.resize import imresize
+from mzsr.training.meta import synthesise
 
 
 def release_gaussian_kernel(size, theta, l1, l2):

@@ -2,7 +2,7 @@ import numpy as np
 import pytest
 import torch
 
-from mzsr.resize import contributions, imresize, imresize_torch, output_shape_for
+from mzsr.degradation.resize import contributions, imresize, imresize_torch, output_shape_for
 
 
 def ramp(h, w):

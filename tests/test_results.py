@@ -1,4 +1,4 @@
-"""mzsr.results: a job's scored rows on small synthetic images (numbers checked against an
+"""mzsr.evaluation.tables: a job's scored rows on small synthetic images (numbers checked against an
 independent computation), and the tables of scripts/aggregate.py on hand-made rows: order, means,
 labels, columns, the Markdown text."""
 
@@ -12,9 +12,9 @@ import pytest
 from skimage.color import rgb2ycbcr
 from skimage.metrics import peak_signal_noise_ratio
 
-from mzsr.degrade import degrade, to_uint8
-from mzsr.kernels import resolve_degradation
-from mzsr.results import (
+from mzsr.degradation.degrade import degrade, to_uint8
+from mzsr.degradation.kernels import resolve_degradation
+from mzsr.evaluation.tables import (
     JOB_COLUMNS,
     in_config_order,
     kernel_means,

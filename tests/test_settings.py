@@ -16,10 +16,13 @@ import pytest
 import yaml
 
 from mzsr import settings
-from mzsr.adapt import ADAPT_DEFAULTS, AdaptOptions, make_son
-from mzsr.cli import _estimate_settings, build_parser
-from mzsr.data import FLAT_THRESHOLD, write_task_shard
-from mzsr.estimate import (
+from mzsr.adaptation.adapt import ADAPT_DEFAULTS, AdaptOptions, make_son
+from mzsr.adaptation.zssr import AUGMENT_DEFAULTS, ZSSR_DEFAULTS, random_augment, stalled, zssr
+from mzsr.cli.commands import _estimate_settings
+from mzsr.cli.parser import build_parser
+from mzsr.data.patches import FLAT_THRESHOLD
+from mzsr.data.tasks import write_task_shard
+from mzsr.estimation.estimate import (
     KERNELGAN_DEFAULTS,
     Discriminator,
     Generator,
@@ -27,11 +30,10 @@ from mzsr.estimate import (
     estimate_kernel,
     significant_kernel,
 )
-from mzsr.maml import query_loss_weights
-from mzsr.meta import META_DEFAULTS
-from mzsr.model import init_zssr_
-from mzsr.pretrain import PRETRAIN_DEFAULTS
-from mzsr.zssr import AUGMENT_DEFAULTS, ZSSR_DEFAULTS, random_augment, stalled, zssr
+from mzsr.network.model import init_zssr_
+from mzsr.training.maml import query_loss_weights
+from mzsr.training.meta import META_DEFAULTS
+from mzsr.training.pretrain import PRETRAIN_DEFAULTS
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -271,9 +273,9 @@ def test_the_paper_config_spells_out_the_schemas_defaults():
 def test_a_stage_refuses_a_setting_it_does_not_know(tmp_path):
     """A typo in a stage's settings is an error before any work, not a silent default."""
     from mzsr import MZSRError
-    from mzsr.estimate import estimate_kernel
-    from mzsr.meta import meta_train
-    from mzsr.pretrain import pretrain
+    from mzsr.estimation.estimate import estimate_kernel
+    from mzsr.training.meta import meta_train
+    from mzsr.training.pretrain import pretrain
 
     with pytest.raises(MZSRError, match=r"pre-training: unknown setting\(s\) \['stepz'\]; known: \['amp', "):
         pretrain(

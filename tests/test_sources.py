@@ -1,4 +1,4 @@
-"""mzsr.sources: what a config's image source names, resolved and checked before anything is
+"""mzsr.data.sources: what a config's image source names, resolved and checked before anything is
 downloaded or written (scripts/images.py writes the result)."""
 
 from __future__ import annotations
@@ -8,8 +8,8 @@ import pytest
 import skimage.data
 
 from mzsr import MZSRError
-from mzsr.download import DIV2K_URLS
-from mzsr.sources import resolve_source, skimage_names, skimage_photos
+from mzsr.data.download import DIV2K_URLS
+from mzsr.data.sources import resolve_source, skimage_names, skimage_photos
 from script_runner import run_script
 
 

@@ -19,8 +19,10 @@ import pytest
 import torch
 
 from mzsr import MZSRError, MZSRWarning, error_line
-from mzsr.data import PatchDataset, TaskPool, write_patch_store, write_task_shard
-from mzsr.training import bind_settings, latest_checkpoint, save_training_state
+from mzsr.data.datasets import PatchDataset
+from mzsr.data.stores import write_patch_store
+from mzsr.data.tasks import TaskPool, write_task_shard
+from mzsr.training.state import bind_settings, latest_checkpoint, save_training_state
 from training_helpers import make_training_data
 
 
@@ -117,7 +119,7 @@ def test_the_stores_record_their_settings(data):
 
 
 def _checkpoint(work: Path) -> None:
-    from mzsr.model import MZSRNet
+    from mzsr.network.model import MZSRNet
 
     torch.manual_seed(0)
     model = MZSRNet()
@@ -161,8 +163,8 @@ def test_bad_checkpoint_is_set_aside_with_a_warning_and_training_starts_over(tmp
 
 
 def test_pretraining_restarts_after_a_truncated_checkpoint_to_the_same_weights(tmp_path):
-    from mzsr.checkpoints import load_weights
-    from mzsr.pretrain import pretrain
+    from mzsr.files.checkpoints import load_weights
+    from mzsr.training.pretrain import pretrain
 
     store, _, _ = make_training_data(tmp_path, shards=0)
     cfg = {"steps": 3, "batch_size": 2, "patch_size": 24, "checkpoint_every": 1, "log_every": 1, "num_workers": 0}
@@ -178,8 +180,8 @@ def test_pretraining_restarts_after_a_truncated_checkpoint_to_the_same_weights(t
 def test_meta_training_script_names_a_bit_flipped_shard_and_leaves_it_for_the_rerun(data, tmp_path, monkeypatch):
     """The rule script, in-process: one error line naming the shard, and the shard out of the way so
     that Snakemake's rerun (the same command) makes it again before meta-training."""
-    from mzsr.checkpoints import save_weights
-    from mzsr.model import MZSRNet
+    from mzsr.files.checkpoints import save_weights
+    from mzsr.network.model import MZSRNet
     from script_runner import run_script
 
     _, meta_store, shards = data

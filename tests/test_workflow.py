@@ -326,9 +326,9 @@ def test_pipeline_from_the_released_models_trains_nothing_and_names_them(tmp_pat
     MZSR (mzsr_kgan) and ZSSR (zssr_kgan) then use, always with direct subsampling."""
     import scipy.ndimage
 
-    from mzsr.degrade import degrade, to_uint8
-    from mzsr.kernels import random_kernel, random_kernel_rng
-    from mzsr.metrics import modcrop
+    from mzsr.degradation.degrade import degrade, to_uint8
+    from mzsr.degradation.kernels import random_kernel, random_kernel_rng
+    from mzsr.evaluation.metrics import modcrop
 
     write_test_image(tmp_path / "test_images" / "tiny" / "a.png", seed=3, size=128)
     cfg = _released_config(tmp_path, ["g2.0", "rk"], estimate={"method": "learned"})
@@ -411,7 +411,7 @@ def test_pipeline_from_the_released_models_trains_nothing_and_names_them(tmp_pat
 def test_estimate_defaults_are_the_kernelgan_release():
     """The config's estimate section defaults to the learned estimator and, for KernelGAN, to the release's
     settings (and the paper config spells them out)."""
-    from mzsr.estimate import KERNELGAN_DEFAULTS
+    from mzsr.estimation.estimate import KERNELGAN_DEFAULTS
 
     schema = yaml.safe_load((REPO / "mzsr" / "config.schema.yaml").read_text())
     defaults = {k: v["default"] for k, v in schema["properties"]["estimate"]["properties"].items()}

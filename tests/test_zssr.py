@@ -8,13 +8,22 @@ import pytest
 import torch
 import yaml
 
-from mzsr.adapt import to_tensor, to_uint8_image, upscale
-from mzsr.degrade import degrade, to_uint8
-from mzsr.kernels import named_degradation
-from mzsr.metrics import psnr
-from mzsr.model import PARAMETER_COUNT, MZSRNet, count_parameters, init_zssr_
-from mzsr.resize import imresize
-from mzsr.zssr import ZSSR_DEFAULTS, LrPolicy, random_augment, resolve_config, stalled, train_zssr, warp, zssr
+from mzsr.adaptation.inference import to_tensor, to_uint8_image, upscale
+from mzsr.adaptation.zssr import (
+    ZSSR_DEFAULTS,
+    LrPolicy,
+    random_augment,
+    resolve_config,
+    stalled,
+    train_zssr,
+    warp,
+    zssr,
+)
+from mzsr.degradation.degrade import degrade, to_uint8
+from mzsr.degradation.kernels import named_degradation
+from mzsr.degradation.resize import imresize
+from mzsr.evaluation.metrics import psnr
+from mzsr.network.model import PARAMETER_COUNT, MZSRNet, count_parameters, init_zssr_
 from conftest import REPO, smooth_image
 
 

@@ -1,5 +1,5 @@
 """A TensorFlow tensor bundle (SSTable + protobuf) written by hand, so that the tests of
-mzsr.tf_bundle and of the checkpoint import need no TensorFlow: byte for byte what TF writes."""
+mzsr.files.tf_bundle and of the checkpoint import need no TensorFlow: byte for byte what TF writes."""
 
 from __future__ import annotations
 
@@ -8,8 +8,8 @@ from pathlib import Path
 
 import numpy as np
 
-from mzsr.checkpoints import expected_shapes
-from mzsr.tf_bundle import masked_crc32c
+from mzsr.files.checkpoints import expected_shapes
+from mzsr.files.tf_bundle import masked_crc32c
 
 
 def _varint(n: int) -> bytes:

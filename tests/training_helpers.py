@@ -4,8 +4,9 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from mzsr.data import write_patch_store, write_task_shard
-from mzsr.images import write_png
+from mzsr.data.stores import write_patch_store
+from mzsr.data.tasks import write_task_shard
+from mzsr.files.images import write_png
 from conftest import smooth_image
 
 

@@ -1,5 +1,5 @@
 """Blind x2 SR with the DIV2KRK-style random kernels (degradation rk), on Set14 or on 12 large photo
-crops: how MZSR(10) does with the true kernel, with the learned estimator's kernel (mzsr.kernel_net,
+crops: how MZSR(10) does with the true kernel, with the learned estimator's kernel (mzsr.estimation,
 the default of `--degradation estimate`), with KernelGAN's and with the best fixed guess, beside
 KernelGAN + ZSSR and bicubic; the kernel error of each estimate and of the guess; seconds per image.
 
@@ -36,15 +36,16 @@ import torch
 
 from benchmarks.harness import REPO, SET14, SHARED, paper_lr, set14
 from mzsr import kernel_net
-from mzsr.adapt import AdaptOptions, adapt, resolve_schedule, weights_subsampling
-from mzsr.checkpoints import load_model
-from mzsr.degrade import to_uint8
-from mzsr.estimate import estimate_kernel, kernel_error
-from mzsr.images import read_image_uint8
-from mzsr.kernels import random_kernel, random_kernel_rng, resolve_degradation
-from mzsr.metrics import psnr, ssim
-from mzsr.resize import imresize
-from mzsr.zssr import zssr
+from mzsr.adaptation.adapt import AdaptOptions, adapt
+from mzsr.adaptation.schedules import resolve_schedule, weights_subsampling
+from mzsr.adaptation.zssr import zssr
+from mzsr.degradation.degrade import to_uint8
+from mzsr.degradation.kernels import random_kernel, random_kernel_rng, resolve_degradation
+from mzsr.degradation.resize import imresize
+from mzsr.estimation.estimate import estimate_kernel, kernel_error
+from mzsr.evaluation.metrics import psnr, ssim
+from mzsr.files.checkpoints import load_model
+from mzsr.files.images import read_image_uint8
 
 
 def mean_rk_kernel(draws: int = 4000) -> np.ndarray:
@@ -236,7 +237,7 @@ def table(state: dict, stems: list[str], zssr_iterations: int) -> str:
     rows = [
         ("Bicubic", "bicubic"),
         ("MZSR(10), true kernel", "mzsr_true"),
-        ("MZSR(10), learned estimator's kernel (mzsr.kernel_net)", "mzsr_learned"),
+        ("MZSR(10), learned estimator's kernel (mzsr.estimation)", "mzsr_learned"),
         ("MZSR(10), KernelGAN kernel", "mzsr_kgan"),
         ("MZSR(10), best fixed guess (mean rk kernel)", "mzsr_guess"),
         (f"KernelGAN + ZSSR ({zssr_iterations}-iteration cap)", f"zssr_kgan_{zssr_iterations}"),

@@ -19,10 +19,11 @@ import torch
 
 from benchmarks.evaluation.set14_official import evaluate
 from benchmarks.harness import SHARED, set14, write_result
-from mzsr.checkpoints import import_tf_checkpoint, load_model, save_weights
-from mzsr.data import write_patch_store, write_task_shard
-from mzsr.images import list_images
-from mzsr.meta import meta_train
+from mzsr.data.stores import write_patch_store
+from mzsr.data.tasks import write_task_shard
+from mzsr.files.checkpoints import import_tf_checkpoint, load_model, save_weights
+from mzsr.files.images import list_images
+from mzsr.training.meta import meta_train
 
 
 def _shard(args):

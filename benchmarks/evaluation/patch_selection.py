@@ -1,7 +1,7 @@
 """How many grid patches the authors' flat-patch test drops, per patch size and stride.
 
 For each (patch size, stride) setting, cuts every training image on the grid (as write_patch_store
-does) and counts the patches with log(gradient energy + 1e-10) < threshold (mzsr.data.is_flat).
+does) and counts the patches with log(gradient energy + 1e-10) < threshold (mzsr.data.patches.is_flat).
 Defaults: T91 + BSD200 of the shared data folder; the release's settings (64 px and 96 px, stride 120)
 and config/config.yaml's earlier ones (stride = patch size).
 
@@ -16,8 +16,8 @@ from pathlib import Path
 import numpy as np
 
 from benchmarks.harness import TRAIN_FOLDERS
-from mzsr.data import FLAT_THRESHOLD, grid_patches, is_flat
-from mzsr.images import list_images, read_image_uint8
+from mzsr.data.patches import FLAT_THRESHOLD, grid_patches, is_flat
+from mzsr.files.images import list_images, read_image_uint8
 
 
 def main() -> None:

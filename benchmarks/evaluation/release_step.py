@@ -6,7 +6,7 @@ From the authors' theta_T, on fixed meta-batches at the paper's sizes (5 tasks x
 - release: per task, 5 SGD steps on the support L1 (fast weights), query L1 after each; total_losses2[j]
   = the tasks' mean; meta-loss = reduce_mean_j(w_j total_losses2[j]); its gradient (second order) in
   float64, then TF-1's Adam in float64 numpy (lr_t = lr sqrt(1 - b2^t) / (1 - b1^t), eps after it);
-- project: mzsr.meta_step.make_meta_step with the config defaults (float32), as meta_train runs it;
+- project: mzsr.training.meta_step.make_meta_step with the config defaults (float32), as meta_train runs it;
 - previous recipe: the sum over j and PyTorch's Adam (float32), what the project did before;
 - the release's step with float32 meta-gradients, as TensorFlow computes them: how far float32
   arithmetic alone moves the update (the floor for any float32 implementation).
@@ -29,15 +29,15 @@ import torch
 import torch.nn.functional as F
 
 from benchmarks.harness import SHARED, write_result
-from mzsr.checkpoints import import_tf_checkpoint
-from mzsr.data import grid_patches
-from mzsr.images import list_images, read_image_uint8
-from mzsr.kernels import gaussian_kernels_torch, sample_training_params
-from mzsr.maml import meta_loss, query_loss_weights
-from mzsr.meta import META_DEFAULTS, synthesise
-from mzsr.meta_step import make_meta_step
-from mzsr.model import MZSRNet
-from mzsr.optim import make_optimizer
+from mzsr.data.patches import grid_patches
+from mzsr.degradation.kernels import gaussian_kernels_torch, sample_training_params
+from mzsr.files.checkpoints import import_tf_checkpoint
+from mzsr.files.images import list_images, read_image_uint8
+from mzsr.network.model import MZSRNet
+from mzsr.training.maml import meta_loss, query_loss_weights
+from mzsr.training.meta import META_DEFAULTS, synthesise
+from mzsr.training.meta_step import make_meta_step
+from mzsr.training.optim import make_optimizer
 
 
 def meta_batches(n: int, tasks: int, per_task: int, patch: int, seed: int = 0):

@@ -18,9 +18,9 @@ import numpy as np
 import torch
 
 from benchmarks.harness import SET14, paper_lr, score, set14, write_result
-from mzsr.adapt import AdaptOptions, adapt
-from mzsr.checkpoints import load_model
-from mzsr.kernels import named_degradation
+from mzsr.adaptation.adapt import AdaptOptions, adapt
+from mzsr.degradation.kernels import named_degradation
+from mzsr.files.checkpoints import load_model
 
 
 def score_rows(
@@ -43,7 +43,7 @@ def score_rows(
             lr = paper_lr(hr, deg.kernel, deg.subsampling)
             sched = schedule
             if sched == "weights":
-                from mzsr.adapt import resolve_schedule, weights_subsampling
+                from mzsr.adaptation.schedules import resolve_schedule, weights_subsampling
 
                 sched = resolve_schedule("auto", weights_subsampling(meta, deg.subsampling), 2)
             for out in adapt(

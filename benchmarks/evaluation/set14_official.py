@@ -16,12 +16,12 @@ import numpy as np
 import torch
 
 from benchmarks.harness import SET14, TF_CHECKPOINT, paper_lr, score, set14
-from mzsr.adapt import AdaptOptions, adapt
-from mzsr.checkpoints import import_tf_checkpoint, load_model
-from mzsr.degrade import to_uint8
-from mzsr.kernels import named_degradation
-from mzsr.model import MZSRNet
-from mzsr.resize import imresize
+from mzsr.adaptation.adapt import AdaptOptions, adapt
+from mzsr.degradation.degrade import to_uint8
+from mzsr.degradation.kernels import named_degradation
+from mzsr.degradation.resize import imresize
+from mzsr.files.checkpoints import import_tf_checkpoint, load_model
+from mzsr.network.model import MZSRNet
 
 
 def evaluate(model, images, deg_name: str, steps, schedule: str, device: str) -> dict:

@@ -21,13 +21,14 @@ import numpy as np
 import torch
 
 from benchmarks.harness import REPO, paper_lr, set14
-from mzsr.adapt import AdaptOptions, adapt, to_tensor, to_uint8_image
-from mzsr.checkpoints import load_model
-from mzsr.degrade import to_uint8
-from mzsr.kernels import named_degradation
-from mzsr.metrics import psnr
-from mzsr.resize import imresize
-from mzsr.zssr import final_output, resolve_config, train_zssr
+from mzsr.adaptation.adapt import AdaptOptions, adapt
+from mzsr.adaptation.inference import to_tensor, to_uint8_image
+from mzsr.adaptation.zssr import final_output, resolve_config, train_zssr
+from mzsr.degradation.degrade import to_uint8
+from mzsr.degradation.kernels import named_degradation
+from mzsr.degradation.resize import imresize
+from mzsr.evaluation.metrics import psnr
+from mzsr.files.checkpoints import load_model
 
 WEIGHTS = REPO / "models" / "direct_x2.safetensors"
 METHODS = (

@@ -22,12 +22,12 @@ import torch.nn.functional as F
 from skimage import data
 
 from benchmarks.harness import SHARED, paper_lr, score, set14
-from mzsr.adapt import AdaptOptions, adapt
-from mzsr.checkpoints import import_tf_checkpoint, load_model
-from mzsr.degrade import degrade, to_uint8
-from mzsr.kernels import named_degradation
-from mzsr.model import MZSRNet
-from mzsr.zssr import zssr
+from mzsr.adaptation.adapt import AdaptOptions, adapt
+from mzsr.adaptation.zssr import zssr
+from mzsr.degradation.degrade import degrade, to_uint8
+from mzsr.degradation.kernels import named_degradation
+from mzsr.files.checkpoints import import_tf_checkpoint, load_model
+from mzsr.network.model import MZSRNet
 
 CONV_FLOPS_PER_PIXEL = 2 * 9 * (3 * 64 + 6 * 64 * 64 + 64 * 3)  # one forward pass of the 8 layers
 

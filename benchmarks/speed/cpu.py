@@ -1,10 +1,10 @@
-"""The CPU path (mzsr/conv.py) against the code as it was, in one run: seconds and peak memory.
+"""The CPU path (mzsr/network/conv.py) against the code as it was, in one run: seconds and peak memory.
 
 Each measurement runs in a fresh child process (so its peak RSS is its own), the paths alternating
 within every repeat, in an order that turns from repeat to repeat, so that the machine's load and
 any advantage of running second fall on all alike:
 
-- today: `mzsr.conv.plain_path()`, NCHW activations and PyTorch's own convolution backward, i.e. the
+- today: `mzsr.network.conv.plain_path()`, NCHW activations and PyTorch's own convolution backward, i.e. the
   code before the CPU path;
 - new: the default (channels-last, the written-out double backward), float32;
 - new bf16: the same with `gradient_precision("bfloat16")` (opt-in; only on CPUs with AMX or
@@ -43,7 +43,7 @@ WORKLOADS = ("meta", "adapt", "zssr", "kernelgan")
 
 
 def path_context(path: str):
-    from mzsr import conv
+    from mzsr.network import conv
 
     if path == "today":
         return conv.plain_path()
@@ -56,8 +56,8 @@ def astronaut_lr(side: int = 256):
     """Astronaut under g2.0 at x2, as the paper makes LR inputs, cropped to `side` x `side`."""
     from skimage import data
 
-    from mzsr.degrade import degrade, to_uint8
-    from mzsr.kernels import named_degradation
+    from mzsr.degradation.degrade import degrade, to_uint8
+    from mzsr.degradation.kernels import named_degradation
 
     deg = named_degradation("g2.0")
     hr = data.astronaut()[: 2 * side, : 2 * side]
@@ -78,9 +78,9 @@ def _rss_mib() -> float:
 
 def _meta_step(size: int, inner_steps: int, dtype=torch.float32, seed: int = 0):
     """A meta-step as meta_train runs it, on a seeded theta and batch; returns (step, batch, weights)."""
-    from mzsr.meta_step import make_meta_step
-    from mzsr.model import MZSRNet, init_release_
-    from mzsr.optim import make_optimizer
+    from mzsr.network.model import MZSRNet, init_release_
+    from mzsr.training.meta_step import make_meta_step
+    from mzsr.training.optim import make_optimizer
 
     torch.manual_seed(seed)
     theta = list(init_release_(MZSRNet()).to(dtype).parameters())
@@ -97,8 +97,8 @@ def warmed_run(workload: str, path: str, size: int):
         warm(batch, weights, False)  # every convolution shape once
         step, batch, weights = _meta_step(size, 5)
         return lambda: step(batch, weights, False)
-    from mzsr.adapt import AdaptOptions, adapt
-    from mzsr.checkpoints import load_model
+    from mzsr.adaptation.adapt import AdaptOptions, adapt
+    from mzsr.files.checkpoints import load_model
 
     lr, deg = astronaut_lr(size)
     model = load_model(REPO / "models" / "direct_x2.safetensors", expected_scale=2)[0]
@@ -115,12 +115,12 @@ def child(workload: str, path: str, size: int, iterations: int) -> dict:
         if workload in ("meta", "adapt"):
             run = warmed_run(workload, path, size)
         elif workload == "zssr":
-            from mzsr.zssr import zssr
+            from mzsr.adaptation.zssr import zssr
 
             lr, deg = astronaut_lr(size)
             run = lambda: zssr(lr, deg.kernel, 2, deg.subsampling, {"iterations": iterations}, "cpu").sr  # noqa: E731
         else:
-            from mzsr.estimate import estimate_kernel
+            from mzsr.estimation.estimate import estimate_kernel
 
             lr, _ = astronaut_lr(size)
             run = lambda: estimate_kernel(lr, 2, {"iterations": iterations}, "cpu").kernel  # noqa: E731
@@ -183,7 +183,7 @@ def main() -> None:
     if args.quick:
         args.threads, args.sizes, args.repeats = [1], [16], 1
         args.adapt_size, args.zssr_iterations, args.kernelgan_iterations = 96, 5, 20
-    from mzsr.conv import native_bfloat16
+    from mzsr.network.conv import native_bfloat16
 
     paths = PATHS if native_bfloat16() else PATHS[:2]
     print(f"paths: {', '.join(paths)}" + ("" if native_bfloat16() else " (no AMX/AVX512-BF16: bfloat16 left out)"))

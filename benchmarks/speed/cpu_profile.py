@@ -56,8 +56,8 @@ SECOND_ORDER = ("ConvolutionBackwardBackward0", "ConvGradBackward")
 def child(workload: str, path: str, size: int) -> dict:
     from torch.profiler import ProfilerActivity, profile
 
-    from mzsr.adapt import make_son
-    from mzsr.resize import imresize_torch
+    from mzsr.adaptation.adapt import make_son
+    from mzsr.degradation.resize import imresize_torch
 
     with path_context(path):
         run = warmed_run(workload, path, size)
@@ -131,7 +131,7 @@ def main() -> None:
         workload, path, size = args.child
         print(json.dumps(child(workload, path, int(size))))
         return
-    from mzsr.conv import native_bfloat16
+    from mzsr.network.conv import native_bfloat16
 
     paths = PATHS if native_bfloat16() else PATHS[:2]
     cases = [("meta", s) for s in args.sizes if "meta" in args.only]

@@ -20,9 +20,9 @@ from benchmarks.harness import SHARED
 CHILD = """
 import resource, sys, time
 import torch
-from mzsr.checkpoints import save_weights
+from mzsr.files.checkpoints import save_weights
 from mzsr.cli import main
-from mzsr.model import MZSRNet
+from mzsr.network.model import MZSRNet
 torch.manual_seed(0)
 save_weights(sys.argv[1], MZSRNet().state_dict(), {"scale": 2, "degradation": "direct", "step": 0})
 base = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss

@@ -1,11 +1,11 @@
 """What making meta-batches at batch time costs, beside the meta-iteration itself.
 
 Meta-training reads each task's HR patches from the patch store and synthesises its LR inputs on
-the training device (mzsr.meta.make_batch). Rows, per size, each the median of --iters after --warmup:
+the training device (mzsr.training.meta.make_batch). Rows, per size, each the median of --iters after --warmup:
   store read      TaskPool.read: the tasks' HR patches from the HDF5 store (one gzip chunk a patch), row by row
   fancy read      the same rows in one h5py fancy-indexing read, for comparison (not used: slower at 80 rows)
   batch           TaskPool.batch: the store read, the patches onto the device, the kernels from (l1, l2, theta)
-  synthesis       mzsr.meta.synthesise: each patch degraded with its task's kernel, then bicubic-upscaled
+  synthesis       mzsr.training.meta.synthesise: each patch degraded with its task's kernel, then bicubic-upscaled
   meta-iteration  meta_loss (second order) + backward + Adam step, as meta_train runs it
 Each cell is wall seconds (process CPU seconds of all threads): on a shared CPU the wall time
 mostly measures the other jobs. Sizes: paper = 5 tasks x (8 + 8) patches of 64 px, 5 inner steps;
@@ -27,12 +27,13 @@ import numpy as np
 import torch
 
 from benchmarks.harness import TRAIN_FOLDERS, run_device
-from mzsr.data import TaskPool, write_patch_store, write_task_shard
-from mzsr.images import list_images
-from mzsr.maml import meta_loss
-from mzsr.meta import synthesise, tasks_for_iteration
-from mzsr.model import MZSRNet
-from mzsr.optim import make_optimizer
+from mzsr.data.stores import write_patch_store
+from mzsr.data.tasks import TaskPool, write_task_shard
+from mzsr.files.images import list_images
+from mzsr.network.model import MZSRNet
+from mzsr.training.maml import meta_loss
+from mzsr.training.meta import synthesise, tasks_for_iteration
+from mzsr.training.optim import make_optimizer
 
 SIZES = {
     "paper": {"tasks": 5, "shots": 8, "patch": 64, "inner_steps": 5},

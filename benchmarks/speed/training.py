@@ -10,10 +10,10 @@ Rows, all measured in one process on random data (speed does not depend on the v
                     8 query) 64x64, 5 inner steps:
     per-task reference loop   the loop public MAML ports write (functional_call + autograd.grad with
                               create_graph, one task after another): the baseline of the speed-ups
-    eager / graph             mzsr.meta_step.MetaStep run eagerly, or captured whole in a CUDA graph (CUDA only;
+    eager / graph             mzsr.training.meta_step.MetaStep run eagerly, or captured whole in a CUDA graph (CUDA only;
                               "graph grouped" is what meta_train runs on a GPU with meta.cuda_graph)
     grouped / looped / vmap   tasks as one grouped convolution, a task loop, or torch.func.vmap
-    split bwd                 conv backward as conv_transpose2d + conv2d_weight (see mzsr.maml.conv3x3)
+    split bwd                 conv backward as conv_transpose2d + conv2d_weight (see mzsr.training.maml.conv3x3)
     channels_last, bf16, TF32 off   memory format, bf16 autocast, TF32 convolutions disabled (CUDA)
 
 The CUDA defaults mirror meta_train (mzsr.device.pick_device: cuDNN autotuning, TF32 on).
@@ -65,12 +65,12 @@ import torch.nn.functional as F
 from torch.func import functional_call
 
 from benchmarks.harness import run_device, write_result
-from mzsr.maml import make_forward, meta_loss, vmap_meta_loss
-from mzsr.meta import META_DEFAULTS
-from mzsr.meta_step import MetaStep
-from mzsr.model import MZSRNet
-from mzsr.optim import make_optimizer
-from mzsr.pretrain import PRETRAIN_DEFAULTS, network_input
+from mzsr.network.model import MZSRNet
+from mzsr.training.maml import make_forward, meta_loss, vmap_meta_loss
+from mzsr.training.meta import META_DEFAULTS
+from mzsr.training.meta_step import MetaStep
+from mzsr.training.optim import make_optimizer
+from mzsr.training.pretrain import PRETRAIN_DEFAULTS, network_input
 
 FULL = {"pre_batch": 32, "pre_patch": 96, "tasks": 5, "shots": 8, "meta_patch": 64, "inner_steps": 5}
 QUICK = {"pre_batch": 4, "pre_patch": 32, "tasks": 2, "shots": 2, "meta_patch": 16, "inner_steps": 2}
@@ -172,7 +172,7 @@ def tf32(enabled: bool | None):
 
 
 def pretrain_step(s: dict, device: torch.device, amp: bool):
-    """One pre-training iteration as `mzsr.pretrain.pretrain` runs it, minus the data loader."""
+    """One pre-training iteration as `mzsr.training.pretrain.pretrain` runs it, minus the data loader."""
     torch.manual_seed(0)
     model = MZSRNet().to(device)
     opt = make_optimizer(PRETRAIN_DEFAULTS["optimizer"], model.parameters(), PRE_LR)
@@ -332,7 +332,7 @@ CUDA_ONLY_NOTE = (
 
 
 def float64_gradient(state: dict, batch, s: dict, device: torch.device, first_order: bool):
-    """Meta-loss and meta-gradient of the batch in float64 on `device` (mzsr.maml.meta_loss, its default
+    """Meta-loss and meta-gradient of the batch in float64 on `device` (mzsr.training.maml.meta_loss, its default
     forward there: the task loop on a CPU), at the same initial weights as every row; the gradient
     comes back on the rows' device."""
     rows_device = batch[0].device

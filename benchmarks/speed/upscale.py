@@ -14,10 +14,10 @@ import numpy as np
 import torch
 from skimage import data
 
-from mzsr.checkpoints import save_weights
 from mzsr.cli import main as mzsr
-from mzsr.images import write_png
-from mzsr.model import MZSRNet
+from mzsr.files.checkpoints import save_weights
+from mzsr.files.images import write_png
+from mzsr.network.model import MZSRNet
 
 
 def main() -> None:

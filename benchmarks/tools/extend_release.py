@@ -37,12 +37,13 @@ import yaml
 from benchmarks.evaluation.set14_fidelity import mean_table, score_rows
 from benchmarks.harness import REPO, SHARED, set14
 from mzsr import MZSRError
-from mzsr.checkpoints import import_tf_checkpoint, save_weights
-from mzsr.data import write_patch_store, write_task_shard
-from mzsr.images import list_images, read_image_uint8, write_png
-from mzsr.meta import META_DEFAULTS, meta_train
-from mzsr.released import config_digest, release_info
-from mzsr.training import bind_settings
+from mzsr.data.stores import write_patch_store
+from mzsr.data.tasks import write_task_shard
+from mzsr.files.checkpoints import import_tf_checkpoint, save_weights
+from mzsr.files.images import list_images, read_image_uint8, write_png
+from mzsr.files.released import config_digest, release_info
+from mzsr.training.meta import META_DEFAULTS, meta_train
+from mzsr.training.state import bind_settings
 
 MODELS = {"direct_x2": ("direct", ["g0.2", "g2.0", "ani"]), "bicubic_x2": ("bicubic", ["gb1.3"])}
 DATA = "T91 + BSD200 (DIV2K stand-in), 64 px meta patches, stride 120, flat ones dropped, 8 flips/rotations"
@@ -224,7 +225,7 @@ def device_name(device: str) -> str:
 
 def set14_means(state: dict, meta: dict, bundle_dir: Path, degradations, device: str) -> dict:
     """{degradation: {steps: [PSNR, SSIM]}} of the weights on the bundle's Set14."""
-    from mzsr.model import MZSRNet
+    from mzsr.network.model import MZSRNet
 
     model = MZSRNet()
     model.load_state_dict(state["model"])

@@ -1,0 +1,1 @@
+"""Per-image blur-kernel estimation: the learned estimator and KernelGAN."""

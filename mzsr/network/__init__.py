@@ -1,0 +1,1 @@
+"""The MZSR network and its 3x3 convolutions (the CPU path with a written-out second-order backward)."""

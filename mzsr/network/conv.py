@@ -1,0 +1,217 @@
+"""MZSRNet's 3x3 convolutions as fast as a CPU runs them: channels-last activations, a written-out
+second-order backward, and (opt-in) bfloat16 gradients.
+
+On a CPU PyTorch runs these convolutions with oneDNN. On NCHW tensors it reorders every activation to
+a blocked layout and back around each call; on channels-last (NHWC) tensors it does not, and its
+forward and input-gradient kernels run at the core's GEMM rate. Second-order MAML also differentiates
+each convolution's backward, and PyTorch's generic double backward computes one of its terms as a
+convolution whose filter is a whole activation, outside oneDNN's 3x3 kernels; `ConvGrad` writes that
+backward out as the three standard kernels (forward, input gradient, weight gradient). Both change
+only the order of floating-point sums: float64 gradients agree with PyTorch's to rounding
+(tests/test_conv.py). benchmarks/speed/cpu.py measures the gain.
+
+`gradient_precision("bfloat16")` computes the gradients' convolutions (all of the backward, first
+and second order) in bfloat16 with float32 accumulation, on CPUs with native bfloat16 (AMX or
+AVX512-BF16); forward passes, losses and weights stay float32. Opt-in: it moves adapted outputs by
+at most a grey level, not to float rounding (docs/results.md). A first-order backward of the whole
+network (`network`, used by MZSRNet: adaptation, ZSSR) then keeps its gradients in bfloat16 from
+layer to layer; per layer, autograd would cast each one to float32 and back, a quarter of the time.
+
+GPUs keep NCHW and PyTorch's own backward (cuDNN, which the CUDA-graph meta-step captures).
+`plain_path()` puts the CPU on that path too: the code as it was, which the benchmark and the tests
+compare against.
+"""
+
+from __future__ import annotations
+
+from contextlib import contextmanager
+
+import torch
+import torch.nn.functional as F
+
+from mzsr import MZSRError
+
+GRADIENT_PRECISIONS = ("float32", "bfloat16")
+
+_fast_cpu = True
+_gradient_dtype: torch.dtype | None = None  # None: the tensors' own
+
+
+@contextmanager
+def plain_path():
+    """Within: NCHW activations and PyTorch's own convolution backward on the CPU too."""
+    global _fast_cpu
+    before, _fast_cpu = _fast_cpu, False
+    try:
+        yield
+    finally:
+        _fast_cpu = before
+
+
+def native_bfloat16() -> bool:
+    """Whether this CPU multiplies bfloat16 in hardware (AMX or AVX512-BF16): elsewhere oneDNN emulates
+    it, slower than float32."""
+    return torch.cpu._is_amx_tile_supported() or torch.cpu._is_avx512_bf16_supported()
+
+
+def check_gradient_precision(name: str, device) -> None:
+    """A clear error for a precision that does not exist or that this device does not run fast."""
+    if name not in GRADIENT_PRECISIONS:
+        raise MZSRError(f"unknown gradient precision {name!r}; use one of {', '.join(GRADIENT_PRECISIONS)}")
+    if name == "bfloat16" and (torch.device(device).type != "cpu" or not native_bfloat16()):
+        raise MZSRError(
+            "gradient precision bfloat16 needs a CPU with AMX or AVX512-BF16 (this one would emulate it, "
+            "slower than float32; GPUs use TF32); use float32"
+        )
+
+
+@contextmanager
+def gradient_precision(name: str = "float32"):
+    """Within: the convolutions of float32 gradients on the CPU path run in `name` ("float32" or
+    "bfloat16", float32 accumulation either way)."""
+    global _gradient_dtype
+    if name not in GRADIENT_PRECISIONS:
+        raise MZSRError(f"unknown gradient precision {name!r}; use one of {', '.join(GRADIENT_PRECISIONS)}")
+    before, _gradient_dtype = _gradient_dtype, torch.bfloat16 if name == "bfloat16" else None
+    try:
+        yield
+    finally:
+        _gradient_dtype = before
+
+
+def fast_path(x: torch.Tensor) -> bool:
+    """Whether `x` takes the fast CPU path (channels-last, written-out double backward)."""
+    return _fast_cpu and x.device.type == "cpu"
+
+
+def activation_layout(x: torch.Tensor) -> torch.Tensor:
+    """`x` in the memory format its convolutions run fastest in: channels-last on the CPU path."""
+    if x.dim() == 4 and fast_path(x):
+        return x.contiguous(memory_format=torch.channels_last)
+    return x
+
+
+def conv3x3(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:
+    """`F.conv2d(x, weight, bias, padding=1)`, with `ConvGrad` as its backward on the CPU path."""
+    if fast_path(x) and torch.is_grad_enabled() and (x.requires_grad or weight.requires_grad):
+        return _Conv3x3.apply(x, weight, bias)
+    return F.conv2d(x, weight, bias, padding=1)
+
+
+def network(x: torch.Tensor, weights: list[torch.Tensor], biases: list[torch.Tensor | None]) -> torch.Tensor:
+    """The plain network: conv3x3 layers with ReLU between them (not after the last)."""
+    wants_grad = torch.is_grad_enabled() and (x.requires_grad or any(w.requires_grad for w in weights))
+    if fast_path(x) and _gradient_dtype is not None and x.dtype == torch.float32 and wants_grad:
+        return _FirstOrderNetwork.apply(x, _gradient_dtype, len(weights), *weights, *biases)
+    relu = torch.relu_ if fast_path(x) else torch.relu  # in place: a fresh activation costs its page faults
+    h = x
+    for i, (weight, bias) in enumerate(zip(weights, biases)):
+        h = conv3x3(h, weight, bias)
+        if i < len(weights) - 1:
+            h = relu(h)
+    return h
+
+
+class _FirstOrderNetwork(torch.autograd.Function):
+    """`network` whose backward runs in `dtype` from the output to the input, the activations saved
+    in `dtype`: the first-order gradients of the per-layer path, without a cast of every gradient to
+    float32 and back between layers. It cannot be differentiated twice (second-order MAML takes the
+    per-layer path: mzsr.training.maml)."""
+
+    @staticmethod
+    def forward(ctx, x, dtype, layers, *params):
+        weights, biases = params[:layers], params[layers:]
+        h, inputs = x, []
+        for i, (weight, bias) in enumerate(zip(weights, biases)):
+            inputs.append(h.to(dtype))
+            h = F.conv2d(h, weight, bias, padding=1)
+            if i < layers - 1:
+                h = torch.relu_(h)
+        ctx.save_for_backward(*inputs, *weights)
+        ctx.dtype, ctx.layers, ctx.has_bias = dtype, layers, [b is not None for b in biases]
+        return h
+
+    @staticmethod
+    @torch.autograd.function.once_differentiable
+    def backward(ctx, grad):
+        layers, dtype = ctx.layers, ctx.dtype
+        inputs, weights = ctx.saved_tensors[:layers], ctx.saved_tensors[layers:]
+        d_weights, d_biases = [None] * layers, [None] * layers
+        grad = grad.to(dtype)
+        for i in reversed(range(layers)):
+            need_x = i > 0 or ctx.needs_input_grad[0]
+            d_x, d_w, d_b = torch.ops.aten.convolution_backward(
+                grad, inputs[i], weights[i].to(dtype), [weights[i].shape[0]], [1, 1], [1, 1], [1, 1], False, [0, 0],
+                1, [need_x, ctx.needs_input_grad[3 + i], ctx.has_bias[i] and ctx.needs_input_grad[3 + layers + i]],
+            )  # fmt: skip
+            d_weights[i] = None if d_w is None else d_w.float()
+            d_biases[i] = None if d_b is None else d_b.float()
+            if i > 0:
+                grad = torch.ops.aten.threshold_backward(d_x, inputs[i], 0)  # ReLU's: where its output was > 0
+        d_input = None if d_x is None else d_x.float()
+        return d_input, None, None, *d_weights, *d_biases
+
+
+def _conv2d(x, weight, dtype):
+    return F.conv2d(x.to(dtype), weight.to(dtype), padding=1).to(x.dtype)
+
+
+def _conv_backward(grad, x, weight, mask, dtype):
+    """oneDNN's backward of a 3x3, stride-1, padding-1 convolution, computed in `dtype`: (input,
+    weight, bias) gradients for the entries of `mask` (in the tensors' own dtype), None for the others."""
+    outs = torch.ops.aten.convolution_backward(
+        grad.to(dtype), x.to(dtype), weight.to(dtype), [weight.shape[0]], [1, 1], [1, 1], [1, 1], False, [0, 0], 1, mask
+    )
+    return tuple(None if o is None else o.to(grad.dtype) for o in outs)
+
+
+class _Conv3x3(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, x, weight, bias):
+        ctx.save_for_backward(x, weight)
+        ctx.has_bias = bias is not None
+        ctx.dtype = _gradient_dtype if _gradient_dtype is not None and x.dtype == torch.float32 else x.dtype
+        return F.conv2d(x, weight, bias, padding=1)
+
+    @staticmethod
+    def backward(ctx, grad):
+        x, weight = ctx.saved_tensors
+        return ConvGrad.apply(grad, x, weight, ctx.needs_input_grad[0], ctx.has_bias, ctx.dtype)
+
+
+class ConvGrad(torch.autograd.Function):
+    """The gradients (input, weight, bias) of a 3x3 convolution, as a differentiable function of the
+    output gradient, the input and the weight, computed in `dtype`. Its own backward (the
+    second-order pass), in `dtype` too:
+
+        d grad   = conv(gg_x, weight) + conv(x, gg_weight) + gg_bias
+        d x      = input gradient of conv(., gg_weight) at `grad`
+        d weight = weight gradient of conv(gg_x, .) at `grad`
+    """
+
+    @staticmethod
+    def forward(ctx, grad, x, weight, need_x: bool, has_bias: bool, dtype: torch.dtype):
+        ctx.save_for_backward(grad, x, weight)
+        ctx.dtype = dtype
+        ctx.set_materialize_grads(False)  # an unused output's gradient stays None: no convolution of zeros
+        return _conv_backward(grad, x, weight, [need_x, True, has_bias], dtype)
+
+    @staticmethod
+    def backward(ctx, gg_x, gg_w, gg_b):
+        grad, x, weight = ctx.saved_tensors
+        need_grad, need_x, need_w = ctx.needs_input_grad[:3]
+        d_grad = d_x = d_w = None
+        if need_grad:
+            terms = []
+            if gg_x is not None:
+                terms.append(_conv2d(gg_x, weight, ctx.dtype))
+            if gg_w is not None:
+                terms.append(_conv2d(x, gg_w, ctx.dtype))
+            if gg_b is not None:
+                terms.append(gg_b.view(1, -1, 1, 1).expand_as(grad))
+            d_grad = sum(terms[1:], terms[0]) if terms else None
+        if need_x and gg_w is not None:
+            d_x = _conv_backward(grad, x, gg_w, [True, False, False], ctx.dtype)[0]
+        if need_w and gg_x is not None:
+            d_w = _conv_backward(grad, gg_x, weight, [False, True, False], ctx.dtype)[1]
+        return d_grad, d_x, d_w, None, None, None

@@ -1,0 +1,225 @@
+"""The meta-step that meta_train calls once per iteration: the inner loop, the meta-loss, its backward
+and the optimizer step, run eagerly, or on CUDA captured whole into a CUDA graph.
+
+With `meta.cuda_graph` (default true) on a CUDA device the step is captured once per
+`first_order` value (and batch shape): a few warm-up steps on a side stream (their effect on theta and
+the optimizer state undone), the capture, then one replay per iteration with the batch and loss
+weights copied into static tensors. The thousands of kernel launches of a second-order step become
+one graph launch, which removes the CPU's launch and autograd overhead. TF-1's Adam
+(mzsr.training.optim.AdamTF1) keeps its whole state on the device and is capturable as it is; PyTorch's Adam
+runs with `capturable=True` there (`set_capturable`). If the capture fails the step warns once and
+runs eagerly. In graph mode the NaN check comes after the optimizer step (the step is one unit):
+training still stops at the same iteration and the last good checkpoint stays on disk.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import warnings
+
+import torch
+
+from mzsr import settings
+from mzsr.training.maml import FORWARDS, make_forward, meta_loss, vmap_meta_loss
+
+
+def set_capturable(optimizer: torch.optim.Optimizer, capturable: bool) -> None:
+    """Switch PyTorch's Adam between eager and CUDA-graph-capturable mode, its state included (a no-op
+    for optimizers without the flag, such as AdamTF1, whose state always lives on the device).
+
+    `load_state_dict` takes `capturable` from the saved groups and keeps the step counters where the
+    flag says (on the host when false, on the parameters' device when true). A state saved by a
+    CPU run (false) resumed on a GPU, or saved under a CUDA graph (true) resumed on a CPU, would
+    then fail to capture or to step; this sets the flag and moves the counters (float32, exact for
+    integer counts) to where it needs them. A no-op when they already agree.
+    """
+    for group in optimizer.param_groups:
+        if "capturable" not in group:
+            continue
+        group["capturable"] = capturable
+        for p in group["params"]:
+            state = optimizer.state.get(p)
+            step = state.get("step") if state else None
+            if torch.is_tensor(step):
+                state["step"] = step.to(dtype=torch.float32, device=p.device) if capturable else step.to("cpu")
+
+
+class _Graph:
+    """One captured meta-step: the graph and its static inputs and output."""
+
+    def __init__(self, graph, batch, weights, loss):
+        self.graph, self.batch, self.weights, self.loss = graph, batch, weights, loss
+
+
+class MetaStep:
+    """One meta-iteration per call: inner loop, meta-loss, backward, optimizer step; returns the loss.
+
+    `step(batch, weights, first_order=False, check=None)`: batch = (support_x, support_y, query_x,
+    query_y), weights = the J query-loss weights; `check(loss)` (the NaN guard) runs before the
+    backward when eager, after the replay when graphed.
+
+    Eager: `meta_loss` (or the chosen candidate) + `zero_grad(set_to_none=True)` + `backward` +
+    `step`, exactly what `meta_train` did before. With `cuda_graph` on a CUDA device: on the first
+    call for a (first_order, shapes) key, `warmup` eager steps on a side stream (cuDNN autotuning,
+    Adam's lazy state, the allocator), theta and the optimizer state put back as they were, the step
+    captured into a `torch.cuda.CUDAGraph`, then replayed; later calls copy the inputs into the
+    static tensors and replay. `keep_graphs=False` drops the other graphs before capturing a new one
+    (meta_train switches first_order once, from true to false). A failed capture warns once and the
+    step runs eagerly from then on (`fallback_reason` says why).
+
+    The optimizer must be one whose fresh state is zeros (both Adams): the warm-up's state is reset to
+    zero when there was none before it.
+    """
+
+    def __init__(
+        self,
+        theta,
+        optimizer,
+        inner_steps: int,
+        inner_lr: float,
+        device=None,
+        *,
+        cuda_graph: bool = False,
+        forward: str = "auto",
+        channels_last: bool = False,
+        split_backward: bool = False,
+        autocast_dtype: torch.dtype | None = None,
+        warmup: int = 3,
+        keep_graphs: bool = True,
+    ):
+        self.theta, self.optimizer = list(theta), optimizer
+        self.inner_steps, self.inner_lr = inner_steps, inner_lr
+        self.device = torch.device(device) if device is not None else self.theta[0].device
+        if forward not in FORWARDS:
+            raise ValueError(f"unknown task forward {forward!r}; use one of {', '.join(FORWARDS)}")
+        if forward == "vmap" and (channels_last or split_backward):
+            raise ValueError("the vmap forward takes neither channels_last nor split_backward")
+        self.forward_kind = forward
+        self._forward = None if forward == "vmap" else make_forward(forward, channels_last, split_backward)
+        self.autocast_dtype = autocast_dtype
+        self.warmup, self.keep_graphs = max(int(warmup), 1), keep_graphs
+        self.graphed = bool(cuda_graph) and self.device.type == "cuda"
+        self.fallback_reason: str | None = None
+        self._graphs: dict[tuple, _Graph] = {}
+        set_capturable(optimizer, self.graphed)
+
+    def loss(self, batch, weights, first_order: bool) -> torch.Tensor:
+        """The meta-loss alone (forward, inner loop included), with this step's candidate options."""
+        amp = (
+            torch.autocast(self.device.type, dtype=self.autocast_dtype, cache_enabled=False)
+            if self.autocast_dtype is not None
+            else contextlib.nullcontext()
+        )
+        with amp:
+            if self.forward_kind == "vmap":
+                return vmap_meta_loss(self.theta, batch, self.inner_steps, self.inner_lr, weights, first_order)
+            return meta_loss(
+                self.theta, batch, self.inner_steps, self.inner_lr, weights, first_order, forward=self._forward
+            )
+
+    def _eager(self, batch, weights, first_order: bool, check=None) -> torch.Tensor:
+        loss = self.loss(batch, weights, first_order)
+        if check is not None:
+            check(loss)
+        self.optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        self.optimizer.step()
+        return loss
+
+    def __call__(self, batch, weights, first_order: bool = False, check=None) -> torch.Tensor:
+        if not self.graphed:
+            return self._eager(batch, weights, first_order, check)
+        key = (bool(first_order), len(weights), tuple((tuple(t.shape), t.dtype) for t in batch))
+        entry = self._graphs.get(key)
+        if entry is None:
+            entry = self._capture(key, batch, weights, first_order)
+            if entry is None:
+                return self._eager(batch, weights, first_order, check)
+        for static, new in zip(entry.batch, batch):
+            static.copy_(new)
+        entry.weights.copy_(torch.as_tensor(weights, dtype=entry.weights.dtype))
+        entry.graph.replay()
+        loss = entry.loss.clone()  # the static output is overwritten by the next replay
+        if check is not None:
+            check(loss)
+        return loss
+
+    @property
+    def graph_count(self) -> int:
+        return len(self._graphs)
+
+    def _params(self):
+        return [p for group in self.optimizer.param_groups for p in group["params"]]
+
+    def _snapshot(self):
+        params = self._params()
+        state = {
+            p: {k: v.clone() for k, v in self.optimizer.state[p].items() if torch.is_tensor(v)}
+            for p in params
+            if self.optimizer.state.get(p)
+        }
+        return [p.detach().clone() for p in params], state
+
+    @torch.no_grad()
+    def _restore(self, snapshot) -> None:
+        values, state = snapshot
+        for p, v in zip(self._params(), values):
+            p.copy_(v)
+            current, saved = self.optimizer.state.get(p), state.get(p)
+            for k, t in (current or {}).items():
+                if torch.is_tensor(t):
+                    t.copy_(saved[k]) if saved is not None else t.zero_()
+
+    def _capture(self, key, batch, weights, first_order: bool) -> _Graph | None:
+        if not self.keep_graphs:
+            self._graphs.clear()
+        static_batch = tuple(t.detach().clone() for t in batch)
+        static_weights = torch.as_tensor(weights, dtype=self.theta[0].dtype).to(self.device)
+        snapshot = self._snapshot()
+        try:
+            main, side = torch.cuda.current_stream(self.device), torch.cuda.Stream(self.device)
+            side.wait_stream(main)
+            with torch.cuda.stream(side), warnings.catch_warnings():
+                warnings.filterwarnings("ignore", message=".*capturable=True.*")  # Adam: capturable but not captured
+                for _ in range(self.warmup):
+                    self._eager(static_batch, static_weights, first_order)
+            main.wait_stream(side)
+            self._restore(snapshot)
+            self.optimizer.zero_grad(set_to_none=True)
+            graph = torch.cuda.CUDAGraph()
+            with torch.cuda.graph(graph, stream=side):
+                static_loss = self._eager(static_batch, static_weights, first_order)
+        except Exception as e:  # noqa: BLE001 - any failure: warn and run eagerly
+            self._give_up(e, snapshot)
+            return None
+        entry = self._graphs[key] = _Graph(graph, static_batch, static_weights, static_loss.detach())
+        return entry
+
+    def _give_up(self, error: Exception, snapshot) -> None:
+        with contextlib.suppress(Exception):
+            torch.cuda.synchronize(self.device)
+        self._restore(snapshot)
+        self.optimizer.zero_grad(set_to_none=True)
+        self._graphs.clear()
+        self.graphed = False
+        set_capturable(self.optimizer, False)
+        first_line = (str(error).strip().splitlines() or [""])[0][:200]
+        self.fallback_reason = f"{type(error).__name__}: {first_line}"
+        warnings.warn(
+            f"meta-step: CUDA graph capture failed ({self.fallback_reason}); running the meta-step eagerly",
+            RuntimeWarning,
+            stacklevel=3,
+        )
+
+
+def make_meta_step(theta, optimizer, cfg: dict, device=None, **options) -> MetaStep:
+    """The meta-step of a meta config (inner_steps, inner_lr, cuda_graph; META_DEFAULTS for the rest).
+
+    Call it after resuming the optimizer state: it sets Adam's `capturable` for the mode it runs in.
+    `options` go to `MetaStep` (the benchmark's candidates)."""
+    from mzsr.training.meta import META_DEFAULTS
+
+    cfg = settings.with_defaults(cfg, META_DEFAULTS, "meta-training")
+    return MetaStep(
+        theta, optimizer, cfg["inner_steps"], cfg["inner_lr"], device, cuda_graph=bool(cfg["cuda_graph"]), **options
+    )
