@@ -1,5 +1,5 @@
 # A trained model on one test image: MZSR adapted for each configured step count (the SR after
-# step n goes to output.sr[i] for the i-th smallest n), or the pre-trained model as it is (0 steps).
+# params.steps[i] steps goes to output.sr[i]), or the pre-trained model as it is (0 steps).
 # With input `estimated` (mzsr_kgan) it adapts with KernelGAN's kernel instead of the true one.
 import _util
 
@@ -27,8 +27,9 @@ if max(options.steps) > 0:  # each degradation adapts with its model's schedule 
 # at the mod-cropped ground truth's size, as the release's test.py
 outputs = adapt(model, read_image(snakemake.input.lr_image), kernel, scale, subsampling, options, device, gt.shape[:2])
 paths = [snakemake.output.sr] if isinstance(snakemake.output.sr, str) else list(snakemake.output.sr)
-for out, path in zip(outputs, paths, strict=True):
-    write_png(path, out.sr)
+by_steps = {o.steps: o for o in outputs}
+for steps, path in zip(snakemake.params.steps, paths, strict=True):
+    write_png(path, by_steps[steps].sr)
 _util.write_rows(
     snakemake, snakemake.params.method, [(o.steps, o.sr, o.seconds) for o in outputs], gt, kernel, subsampling
 )

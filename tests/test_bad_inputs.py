@@ -262,7 +262,7 @@ def cli(capsys, *args) -> tuple[int, str]:
 
 
 def lr_of(hr_u8: np.ndarray, kernel=None) -> np.ndarray:
-    """What `mzsr degrade --kernel g2.0` must write for an HR image read as `hr_u8`."""
+    """What `mzsr degrade --degradation g2.0` must write for an HR image read as `hr_u8`."""
     kernel = named_degradation("g2.0").kernel if kernel is None else kernel
     return to_uint8(degrade(modcrop(hr_u8, 2) / 255.0, kernel, 2, "direct"))
 
@@ -275,7 +275,7 @@ def lr_of(hr_u8: np.ndarray, kernel=None) -> np.ndarray:
 def test_bad_image_cli(files, tmp_path, capsys, case, command):
     path, out = files / "images" / case.file, tmp_path / "out"
     if command == "degrade":
-        rc, err = cli(capsys, "degrade", path, "--out", out, "--kernel", "g2.0")
+        rc, err = cli(capsys, "degrade", path, "--out", out, "--degradation", "g2.0")
     else:
         rc, err = cli(
             capsys,
@@ -285,7 +285,7 @@ def test_bad_image_cli(files, tmp_path, capsys, case, command):
             out,
             "--weights",
             files / "weights.safetensors",
-            "--kernel",
+            "--degradation",
             "g2.0",
             "--steps",
             "1",
@@ -301,7 +301,7 @@ def test_one_bad_image_in_a_folder_stops_before_anything_is_written(files, tmp_p
     folder.mkdir()
     shutil.copy(files / "images" / "base.png", folder / "a_good.png")
     shutil.copy(files / "images" / "truncated.png", folder / "b_bad.png")
-    rc, err = cli(capsys, "degrade", folder, "--out", tmp_path / "out", "--kernel", "g2.0")
+    rc, err = cli(capsys, "degrade", folder, "--out", tmp_path / "out", "--degradation", "g2.0")
     assert_one_line_error(rc, err, folder / "b_bad.png", "truncated")
     assert_nothing_written(tmp_path / "out")  # not even the good image before it
 
@@ -316,7 +316,7 @@ def test_image_conversion_cli(files, tmp_path, capsys, case):
         assert diff.mean() < case.tolerance, diff.mean()
     else:
         np.testing.assert_array_equal(got, case.expected)
-    rc, err = cli(capsys, "degrade", path, "--out", out, "--kernel", "g2.0")
+    rc, err = cli(capsys, "degrade", path, "--out", out, "--degradation", "g2.0")
     assert rc == 0 and err == ""
     lr = read_image_uint8(out / f"{path.stem}.png")
     np.testing.assert_array_equal(lr, lr_of(got))
@@ -336,7 +336,7 @@ def test_bad_kernel_cli(files, tmp_path, capsys, case, command):
     kernel, out = files / "kernels" / case.file, tmp_path / "out"
     image = files / "images" / "base.png"
     if command == "degrade":
-        rc, err = cli(capsys, "degrade", image, "--out", out, "--kernel", kernel)
+        rc, err = cli(capsys, "degrade", image, "--out", out, "--degradation", kernel)
     else:  # the kernel must fit the LR image given to upscale: 48x40 here too
         rc, err = cli(
             capsys,
@@ -346,7 +346,7 @@ def test_bad_kernel_cli(files, tmp_path, capsys, case, command):
             out,
             "--weights",
             files / "weights.safetensors",
-            "--kernel",
+            "--degradation",
             kernel,
             "--steps",
             "1",
@@ -362,7 +362,7 @@ def test_bad_kernel_cli(files, tmp_path, capsys, case, command):
 
 def test_unnormalised_kernel_is_normalised_with_a_one_line_warning(files, tmp_path, capsys):
     kernel = files / "kernels" / "unnormalised.npy"
-    rc, err = cli(capsys, "degrade", files / "images" / "base.png", "--out", tmp_path / "out", "--kernel", kernel)
+    rc, err = cli(capsys, "degrade", files / "images" / "base.png", "--out", tmp_path / "out", "--degradation", kernel)
     assert rc == 0
     assert err.strip().splitlines() == [f"mzsr: warning: {kernel}: kernel sums to 3, normalised to 1"]
     np.testing.assert_array_equal(read_image_uint8(tmp_path / "out" / "base.png"), lr_of(SOURCE, K))
@@ -460,7 +460,7 @@ def test_bad_weights_cli(files, tmp_path, capsys, name, file, write, problem):
         out,
         "--weights",
         path,
-        "--kernel",
+        "--degradation",
         "g2.0",
         "--steps",
         "1",
@@ -481,7 +481,7 @@ def test_constant_colour_image_adapts_and_scores_infinite_psnr(files, tmp_path, 
     write_png(tmp_path / "hr" / "flat.png", flat)
     with warnings.catch_warnings(), np.errstate(all="raise"):
         warnings.simplefilter("error")
-        assert main(["degrade", str(tmp_path / "hr"), "--out", str(tmp_path / "lr"), "--kernel", "g2.0"]) == 0
+        assert main(["degrade", str(tmp_path / "hr"), "--out", str(tmp_path / "lr"), "--degradation", "g2.0"]) == 0
         assert (
             main(
                 [
@@ -491,7 +491,7 @@ def test_constant_colour_image_adapts_and_scores_infinite_psnr(files, tmp_path, 
                     str(tmp_path / "sr"),
                     "--weights",
                     str(files / "weights.safetensors"),
-                    "--kernel",
+                    "--degradation",
                     "g2.0",
                     "--steps",
                     "3",
@@ -683,7 +683,7 @@ def test_image_too_small_for_kernelgan(files, tmp_path, capsys, command):
     write_png(folder / "a_good.png", to_uint8(smooth_image(100, 100, seed=4)))
     shutil.copy(files / "images" / "base.png", folder / "b_small.png")  # 48x40
     extra = (
-        ["--weights", files / "weights.safetensors", "--kernel", "estimate", "--steps", "1"]
+        ["--weights", files / "weights.safetensors", "--degradation", "estimate", "--steps", "1"]
         if command == "upscale"
         else []
     )

@@ -24,7 +24,7 @@ def hr_dir(tmp_path):
 
 def test_round_trip_degrade_upscale_evaluate(tmp_path, hr_dir, capsys):
     lr_dir, sr_dir, mz_dir = tmp_path / "lr", tmp_path / "sr", tmp_path / "mz"
-    assert main(["degrade", str(hr_dir), "--out", str(lr_dir), "--kernel", "g2.0", "--scale", "2"]) == 0
+    assert main(["degrade", str(hr_dir), "--out", str(lr_dir), "--degradation", "g2.0", "--scale", "2"]) == 0
     assert read_image_uint8(lr_dir / "a.png").shape == (20, 25, 3)
     assert main(["upscale", str(lr_dir), "--out", str(sr_dir), "--method", "bicubic"]) == 0
     assert read_image_uint8(sr_dir / "a.png").shape == (40, 50, 3)
@@ -40,7 +40,7 @@ def test_round_trip_degrade_upscale_evaluate(tmp_path, hr_dir, capsys):
                 str(mz_dir),
                 "--weights",
                 str(weights),
-                "--kernel",
+                "--degradation",
                 "g2.0",
                 "--steps",
                 "2",
@@ -64,7 +64,7 @@ def test_errors_are_one_line_with_the_file(tmp_path, hr_dir):
     bad = tmp_path / "bad.png"
     bad.write_text("this is not a png")
     r = subprocess.run(
-        [sys.executable, "-m", "mzsr.cli", "degrade", str(bad), "--out", str(tmp_path / "o"), "--kernel", "g2.0"],
+        [sys.executable, "-m", "mzsr.cli", "degrade", str(bad), "--out", str(tmp_path / "o"), "--degradation", "g2.0"],
         capture_output=True,
         text=True,
     )
@@ -72,7 +72,7 @@ def test_errors_are_one_line_with_the_file(tmp_path, hr_dir):
     assert r.stderr.strip().count("\n") == 0 and "bad.png" in r.stderr and "Traceback" not in r.stderr
     assert not (tmp_path / "o").exists() or not any((tmp_path / "o").iterdir())
     assert main(["upscale", str(hr_dir), "--out", str(tmp_path / "x"), "--method", "mzsr"]) == 1
-    assert main(["degrade", str(hr_dir), "--out", str(tmp_path / "y"), "--kernel", "nonsense"]) == 1
+    assert main(["degrade", str(hr_dir), "--out", str(tmp_path / "y"), "--degradation", "nonsense"]) == 1
     assert main(["evaluate", str(tmp_path / "missing"), str(hr_dir)]) == 1
 
 
@@ -114,7 +114,7 @@ def test_per_image_kernels_zssr_and_redegradation(tmp_path):
                 str(out),
                 "--method",
                 "zssr",
-                "--kernel",
+                "--degradation",
                 "per-image",
                 "--zssr-iterations",
                 "20",
@@ -135,14 +135,27 @@ def test_per_image_kernels_zssr_and_redegradation(tmp_path):
     # Without a kernel file for the image, a clear error names it.
     write_png(tmp_path / "c" / "c.png", hr)
     assert (
-        main(["upscale", str(tmp_path / "c" / "c.png"), "--out", str(out), "--method", "zssr", "--kernel", "per-image"])
+        main(
+            [
+                "upscale",
+                str(tmp_path / "c" / "c.png"),
+                "--out",
+                str(out),
+                "--method",
+                "zssr",
+                "--degradation",
+                "per-image",
+            ]
+        )
         == 1
     )
 
 
 def test_scale_4_needs_x4_weights(tmp_path, hr_dir):
     lr_dir = tmp_path / "lr4"
-    assert main(["degrade", str(hr_dir / "b.png"), "--out", str(lr_dir), "--kernel", "bicubic", "--scale", "4"]) == 0
+    assert (
+        main(["degrade", str(hr_dir / "b.png"), "--out", str(lr_dir), "--degradation", "bicubic", "--scale", "4"]) == 0
+    )
     assert read_image_uint8(lr_dir / "b.png").shape == (12, 13, 3)
     w2, w4 = tmp_path / "x2.safetensors", tmp_path / "x4.safetensors"
     save_weights(w2, MZSRNet().state_dict(), {"scale": 2, "degradation": "bicubic", "step": 0})
@@ -156,7 +169,7 @@ def test_scale_4_needs_x4_weights(tmp_path, hr_dir):
         str(out),
         "--weights",
         str(w4),
-        "--kernel",
+        "--degradation",
         "bicubic",
         "--steps",
         "1",
@@ -171,8 +184,8 @@ def test_scale_4_needs_x4_weights(tmp_path, hr_dir):
 
 
 def test_degrade_with_random_per_image_kernels_writes_them_for_per_image(tmp_path, hr_dir):
-    """`degrade --kernel rk`: every image its own kernel, written beside the LR images with key "kernel";
-    `--kernel per-image` reads exactly that kernel back, and it reproduces the LR PNG from the HR."""
+    """`degrade --degradation rk`: every image its own kernel, written beside the LR images with key "kernel";
+    `--degradation per-image` reads exactly that kernel back, and it reproduces the LR PNG from the HR."""
     import argparse
 
     import scipy.io
@@ -183,7 +196,7 @@ def test_degrade_with_random_per_image_kernels_writes_them_for_per_image(tmp_pat
     from mzsr.evaluation.metrics import modcrop
 
     lr_dir = tmp_path / "lr"
-    assert main(["degrade", str(hr_dir), "--out", str(lr_dir), "--kernel", "rk", "--scale", "2"]) == 0
+    assert main(["degrade", str(hr_dir), "--out", str(lr_dir), "--degradation", "rk", "--scale", "2"]) == 0
     assert sorted(p.name for p in (lr_dir / "kernels").iterdir()) == ["a_kernel_x2.mat", "b_kernel_x2.mat"]
     kernels = {}
     for stem in ("a", "b"):
@@ -210,7 +223,7 @@ def test_degrade_with_random_per_image_kernels_writes_them_for_per_image(tmp_pat
                 str(out),
                 "--weights",
                 str(weights),
-                "--kernel",
+                "--degradation",
                 "per-image",
                 "--steps",
                 "1",
@@ -221,7 +234,7 @@ def test_degrade_with_random_per_image_kernels_writes_them_for_per_image(tmp_pat
         == 0
     )
     assert sorted(p.name for p in out.iterdir()) == ["a.png", "b.png"]
-    assert main(["degrade", str(hr_dir), "--out", str(tmp_path / "x3"), "--kernel", "rk", "--scale", "3"]) == 1
+    assert main(["degrade", str(hr_dir), "--out", str(tmp_path / "x3"), "--degradation", "rk", "--scale", "3"]) == 1
 
 
 # ------------------------------------------------------------------------------ kernel estimation
@@ -358,7 +371,7 @@ def test_upscale_with_estimated_kernels(tmp_path, estimated):
                 str(sr),
                 "--weights",
                 str(weights),
-                "--kernel",
+                "--degradation",
                 "estimate",
                 "--estimator",
                 "kernelgan",
@@ -424,11 +437,21 @@ def test_estimate_kernel_refusals(tmp_path, texture_dir, capsys):
     )
     assert "--scale 3" in err("estimate-kernel", texture_dir, "--out", out, "--scale", "3")
     assert "--degradation estimate only" in err(
-        "upscale", texture_dir, "--out", out, "--kernel", "g2.0", "--iterations", "5"
+        "upscale", texture_dir, "--out", out, "--degradation", "g2.0", "--iterations", "5"
     )
-    assert "degrade needs a known kernel" in err("degrade", texture_dir, "--out", out, "--kernel", "estimate")
+    assert "degrade needs a known kernel" in err("degrade", texture_dir, "--out", out, "--degradation", "estimate")
     assert "--iterations must be >= 1" in err(
-        "upscale", texture_dir, "--out", out, "--kernel", "estimate", *kgan, "--iterations", "0", "--method", "zssr"
+        "upscale",
+        texture_dir,
+        "--out",
+        out,
+        "--degradation",
+        "estimate",
+        *kgan,
+        "--iterations",
+        "0",
+        "--method",
+        "zssr",
     )
     assert not out.exists()
     # an output that would overwrite an input (here a.png's picture, a_kernel_x2.png, is an input too)

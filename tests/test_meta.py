@@ -13,6 +13,7 @@ from mzsr.files.checkpoints import load_weights, save_weights
 from mzsr.network.model import MZSRNet
 from mzsr.training.maml import grouped_forward, inner_loop, meta_loss, query_loss_weights
 from mzsr.training.meta import meta_train, split_pool, tasks_for_iteration
+from mzsr.training.meta_step import MetaStep
 from mzsr.training.optim import AdamTF1, make_optimizer
 from training_helpers import make_training_data
 
@@ -273,10 +274,16 @@ def _previous_eager_loop(model, optimizer, batches, cfg):
     return losses
 
 
+def _meta_step(theta, optimizer, cfg, device):
+    """The meta-step meta_train builds for a meta config."""
+    return MetaStep(
+        theta, optimizer, cfg["inner_steps"], cfg["inner_lr"], device, cuda_graph=cfg.get("cuda_graph", False)
+    )
+
+
 def test_meta_step_gives_the_previous_eager_weights_bit_for_bit():
-    """make_meta_step on a CPU (cuda_graph true is ignored there) = the earlier meta_loss + backward +
+    """MetaStep on a CPU (cuda_graph true is ignored there) = the earlier meta_loss + backward +
     Adam, float32, across a first-order -> second-order switch and annealed weights."""
-    from mzsr.training.meta_step import make_meta_step
 
     cfg = {"inner_steps": 2, "inner_lr": 0.01, "first_order_iterations": 2, "cuda_graph": True}
     batches = _small_meta_batches(4)
@@ -286,7 +293,7 @@ def test_meta_step_gives_the_previous_eager_weights_bit_for_bit():
         model = MZSRNet(width=16, layers=4)
         opt = torch.optim.Adam(model.parameters(), lr=1e-3)
         if new:
-            step = make_meta_step(list(model.parameters()), opt, cfg, "cpu")
+            step = _meta_step(list(model.parameters()), opt, cfg, "cpu")
             assert not step.graphed and step.graph_count == 0
             seen = []
             losses = [
@@ -308,44 +315,29 @@ def test_meta_step_gives_the_previous_eager_weights_bit_for_bit():
 
 
 @pytest.mark.parametrize("first_order", [False, True])
-def test_meta_step_candidates_give_the_reference_meta_gradient(first_order):
-    """vmap, channels_last and the split conv backward, grouped and looped: the per-task loop's
-    meta-gradient in float64 (to ~1e-10), through MetaStep.loss as the benchmark times them."""
-    from mzsr.training.maml import make_forward
-    from mzsr.training.meta_step import MetaStep
+def test_meta_step_loss_is_the_meta_loss_of_either_task_forward(first_order):
+    """MetaStep.loss (the one the trainer runs) gives the per-task loop's meta-gradient in float64, and so
+    does the grouped forward that GPUs run; second order really differs from first order."""
+    from mzsr.training.maml import grouped_forward, looped_forward
 
     theta, batch = tiny_theta(), tiny_batch(tasks=3)
     weights = [0.3, 0.7]
-    ref = torch.autograd.grad(
-        meta_loss(theta, batch, 2, 0.05, weights, first_order, forward=make_forward("looped")), theta
+    ref = torch.autograd.grad(meta_loss(theta, batch, 2, 0.05, weights, first_order, forward=looped_forward), theta)
+    step = MetaStep(theta, torch.optim.Adam(theta), 2, 0.05, "cpu")
+    grouped = torch.autograd.grad(
+        meta_loss(theta, batch, 2, 0.05, weights, first_order, forward=grouped_forward), theta
     )
-    options = [
-        dict(forward="grouped"),
-        dict(forward="vmap"),
-        dict(forward="looped", channels_last=True),
-        dict(forward="grouped", channels_last=True),
-        dict(forward="looped", split_backward=True),
-        dict(forward="grouped", split_backward=True),
-        dict(forward="grouped", split_backward=True, channels_last=True),
-    ]
-    for opts in options:
-        step = MetaStep(theta, torch.optim.Adam(theta), 2, 0.05, "cpu", **opts)
-        grads = torch.autograd.grad(step.loss(batch, weights, first_order), theta)
+    for grads in (torch.autograd.grad(step.loss(batch, weights, first_order), theta), grouped):
         for g, r in zip(grads, ref):
-            torch.testing.assert_close(g, r, rtol=1e-10, atol=1e-13, msg=lambda m, o=opts: f"{o}: {m}")
-    if not first_order:  # the candidates really are second order
-        first = torch.autograd.grad(
-            MetaStep(theta, torch.optim.Adam(theta), 2, 0.05, forward="vmap").loss(batch, weights, True), theta
-        )
+            torch.testing.assert_close(g, r, rtol=1e-10, atol=1e-13)
+    if not first_order:
+        first = torch.autograd.grad(step.loss(batch, weights, True), theta)
         assert max(float((a - b).abs().max()) for a, b in zip(first, ref)) > 1e-8
-    with pytest.raises(ValueError, match="unknown task forward"):
-        MetaStep(theta, torch.optim.Adam(theta), 2, 0.05, forward="scan")
 
 
 def test_a_failed_graph_capture_falls_back_to_eager_with_one_warning():
     """Forced into graph mode on a CPU, the capture fails: one warning, theta and Adam state as before
     the warm-up, and the same weights as the eager step."""
-    from mzsr.training.meta_step import MetaStep
 
     batches = _small_meta_batches(2, dtype=torch.float64)
     results = []
@@ -367,9 +359,9 @@ def test_a_failed_graph_capture_falls_back_to_eager_with_one_warning():
 
 
 def test_a_state_saved_under_a_cuda_graph_resumes_on_a_cpu(tmp_path):
-    """Adam state saved with capturable=True (a CUDA-graph run) loads into a CPU run: make_meta_step
+    """Adam state saved with capturable=True (a CUDA-graph run) loads into a CPU run: MetaStep
     turns capturable off and keeps the step counters on the host; the run continues as if never saved."""
-    from mzsr.training.meta_step import make_meta_step, set_capturable
+    from mzsr.training.meta_step import set_capturable
     from mzsr.training.state import load_training_state, save_training_state
 
     cfg = {"inner_steps": 2, "inner_lr": 0.05}
@@ -381,19 +373,19 @@ def test_a_state_saved_under_a_cuda_graph_resumes_on_a_cpu(tmp_path):
         return model, torch.optim.Adam(model.parameters(), lr=1e-2)
 
     model, opt = fresh()
-    step = make_meta_step(list(model.parameters()), opt, cfg, "cpu")
+    step = _meta_step(list(model.parameters()), opt, cfg, "cpu")
     for b in batches:
         step(b, [0.5, 0.5], False)
     straight = [p.detach().clone() for p in model.parameters()]
 
     model, opt = fresh()
-    make_meta_step(list(model.parameters()), opt, cfg, "cpu")(batches[0], [0.5, 0.5], False)
+    _meta_step(list(model.parameters()), opt, cfg, "cpu")(batches[0], [0.5, 0.5], False)
     opt.param_groups[0]["capturable"] = True  # as a CUDA-graph run saves it
     save_training_state(tmp_path, 1, model, opt)
     model, opt = fresh()
     load_training_state(tmp_path / "last.pt", model, opt)
     assert opt.param_groups[0]["capturable"] is True
-    step = make_meta_step(list(model.parameters()), opt, cfg, "cpu")
+    step = _meta_step(list(model.parameters()), opt, cfg, "cpu")
     assert opt.param_groups[0]["capturable"] is False
     assert all(s["step"].device.type == "cpu" and s["step"].dtype == torch.float32 for s in opt.state.values())
     for b in batches[1:]:
@@ -434,7 +426,6 @@ def test_cuda_graph_key_in_the_schema_configs_and_defaults():
 def test_cuda_graph_meta_step_matches_eager_on_cuda(optimizer):
     """CUDA graph replay = the eager capturable step (TF32 off, float32, up to non-deterministic conv
     reductions), across a first-order -> second-order switch; keep_graphs=False keeps one graph."""
-    from mzsr.training.meta_step import MetaStep
 
     saved = torch.backends.cudnn.allow_tf32
     torch.backends.cudnn.allow_tf32 = False
@@ -466,7 +457,6 @@ def test_cuda_graph_meta_step_matches_eager_on_cuda(optimizer):
 def test_a_cpu_saved_state_resumes_under_a_cuda_graph(tmp_path, optimizer):
     """A CPU run's checkpoint (capturable=False, step counters on the host) resumes on CUDA in graph
     mode: the counters move to the device, the capture works, and the run continues."""
-    from mzsr.training.meta_step import make_meta_step
     from mzsr.training.state import load_training_state, save_training_state
 
     cfg = {"inner_steps": 2, "inner_lr": 0.01, "cuda_graph": True}
@@ -474,12 +464,12 @@ def test_a_cpu_saved_state_resumes_under_a_cuda_graph(tmp_path, optimizer):
     torch.manual_seed(0)
     model = MZSRNet()
     opt = make_optimizer(optimizer, model.parameters(), 1e-3)
-    make_meta_step(list(model.parameters()), opt, cfg, "cpu")(batches[0], [0.5, 0.5], False)
+    _meta_step(list(model.parameters()), opt, cfg, "cpu")(batches[0], [0.5, 0.5], False)
     save_training_state(tmp_path, 1, model, opt)
     model = MZSRNet().cuda()
     opt = make_optimizer(optimizer, model.parameters(), 1e-3)
     load_training_state(tmp_path / "last.pt", model, opt)
-    step = make_meta_step(list(model.parameters()), opt, cfg, "cuda")
+    step = _meta_step(list(model.parameters()), opt, cfg, "cuda")
     assert opt.param_groups[0].get("capturable", True) is True
     for b in batches[1:]:
         loss = step(tuple(t.cuda() for t in b), [0.5, 0.5], False)
@@ -492,7 +482,6 @@ def test_a_cpu_saved_state_resumes_under_a_cuda_graph(tmp_path, optimizer):
 def test_graph_warm_up_leaves_no_trace(resumed, optimizer):
     """What the capture does before recording (warm-up steps, then theta and the Adam state put back,
     or zeroed when there was none) leaves the run exactly as if the warm-up had not happened."""
-    from mzsr.training.meta_step import MetaStep
 
     batches = _small_meta_batches(3, dtype=torch.float64)
     runs = []

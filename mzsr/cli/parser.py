@@ -46,8 +46,6 @@ FORMATS = {
 def _kernel_args(p: argparse.ArgumentParser, required: bool, estimate: bool = False) -> None:
     p.add_argument(
         "--degradation",
-        "--kernel",  # the old name, from before the config's `degradations` was matched
-        dest="degradation",
         required=required,
         help="named degradation (g0.2, g2.0, ani, gb1.3, bicubic), rk or rk<seed> (a random DIV2KRK-style "
         "kernel of its own for every image, drawn from the seed and the image's stem; degrade writes it to "

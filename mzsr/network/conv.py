@@ -8,23 +8,20 @@ each convolution's backward, and PyTorch's generic double backward computes one 
 convolution whose filter is a whole activation, outside oneDNN's 3x3 kernels; `ConvGrad` writes that
 backward out as the three standard kernels (forward, input gradient, weight gradient). Both change
 only the order of floating-point sums: float64 gradients agree with PyTorch's to rounding
-(tests/test_conv.py). benchmarks/speed/cpu.py measures the gain.
+(tests/test_conv.py checks them against plain `F.conv2d`).
 
-`gradient_precision("bfloat16")` computes the gradients' convolutions (all of the backward, first
-and second order) in bfloat16 with float32 accumulation, on CPUs with native bfloat16 (AMX or
-AVX512-BF16); forward passes, losses and weights stay float32. Opt-in: it moves adapted outputs by
-at most a grey level, not to float rounding (docs/results.md). A first-order backward of the whole
-network (`network`, used by MZSRNet: adaptation, ZSSR) then keeps its gradients in bfloat16 from
+`grad_dtype=torch.bfloat16` computes the gradients' convolutions (all of the backward, first and
+second order) in bfloat16 with float32 accumulation, on CPUs with native bfloat16 (AMX or
+AVX512-BF16); forward passes, losses and weights stay float32. Opt-in (config `grad_precision`): it
+moves adapted outputs by at most a grey level, not to float rounding (docs/results.md). A first-order
+backward of the whole network (`network`: adaptation, ZSSR) then keeps its gradients in bfloat16 from
 layer to layer; per layer, autograd would cast each one to float32 and back, a quarter of the time.
+The precision is an argument of each call, never a module-wide setting.
 
 GPUs keep NCHW and PyTorch's own backward (cuDNN, which the CUDA-graph meta-step captures).
-`plain_path()` puts the CPU on that path too: the code as it was, which the benchmark and the tests
-compare against.
 """
 
 from __future__ import annotations
-
-from contextlib import contextmanager
 
 import torch
 import torch.nn.functional as F
@@ -33,20 +30,6 @@ from mzsr import MZSRError
 
 GRADIENT_PRECISIONS = ("float32", "bfloat16")
 
-_fast_cpu = True
-_gradient_dtype: torch.dtype | None = None  # None: the tensors' own
-
-
-@contextmanager
-def plain_path():
-    """Within: NCHW activations and PyTorch's own convolution backward on the CPU too."""
-    global _fast_cpu
-    before, _fast_cpu = _fast_cpu, False
-    try:
-        yield
-    finally:
-        _fast_cpu = before
-
 
 def native_bfloat16() -> bool:
     """Whether this CPU multiplies bfloat16 in hardware (AMX or AVX512-BF16): elsewhere oneDNN emulates
@@ -54,34 +37,25 @@ def native_bfloat16() -> bool:
     return torch.cpu._is_amx_tile_supported() or torch.cpu._is_avx512_bf16_supported()
 
 
-def check_gradient_precision(name: str, device) -> None:
-    """A clear error for a precision that does not exist or that this device does not run fast."""
-    if name not in GRADIENT_PRECISIONS:
-        raise MZSRError(f"unknown gradient precision {name!r}; use one of {', '.join(GRADIENT_PRECISIONS)}")
-    if name == "bfloat16" and (torch.device(device).type != "cpu" or not native_bfloat16()):
+def grad_dtype(precision: str, device) -> torch.dtype | None:
+    """The dtype of the gradients' convolutions for a `grad_precision` setting on `device`: None (the
+    tensors' own, float32) or torch.bfloat16; a clear error for a precision that does not exist or
+    that this device does not run fast."""
+    if precision not in GRADIENT_PRECISIONS:
+        raise MZSRError(f"unknown gradient precision {precision!r}; use one of {', '.join(GRADIENT_PRECISIONS)}")
+    if precision == "float32":
+        return None
+    if torch.device(device).type != "cpu" or not native_bfloat16():
         raise MZSRError(
             "gradient precision bfloat16 needs a CPU with AMX or AVX512-BF16 (this one would emulate it, "
             "slower than float32; GPUs use TF32); use float32"
         )
-
-
-@contextmanager
-def gradient_precision(name: str = "float32"):
-    """Within: the convolutions of float32 gradients on the CPU path run in `name` ("float32" or
-    "bfloat16", float32 accumulation either way)."""
-    global _gradient_dtype
-    if name not in GRADIENT_PRECISIONS:
-        raise MZSRError(f"unknown gradient precision {name!r}; use one of {', '.join(GRADIENT_PRECISIONS)}")
-    before, _gradient_dtype = _gradient_dtype, torch.bfloat16 if name == "bfloat16" else None
-    try:
-        yield
-    finally:
-        _gradient_dtype = before
+    return torch.bfloat16
 
 
 def fast_path(x: torch.Tensor) -> bool:
-    """Whether `x` takes the fast CPU path (channels-last, written-out double backward)."""
-    return _fast_cpu and x.device.type == "cpu"
+    """Whether `x` takes the CPU path (channels-last, written-out double backward): on a CPU."""
+    return x.device.type == "cpu"
 
 
 def activation_layout(x: torch.Tensor) -> torch.Tensor:
@@ -91,18 +65,28 @@ def activation_layout(x: torch.Tensor) -> torch.Tensor:
     return x
 
 
-def conv3x3(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:
-    """`F.conv2d(x, weight, bias, padding=1)`, with `ConvGrad` as its backward on the CPU path."""
+def conv3x3(
+    x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None, grad_dtype: torch.dtype | None = None
+) -> torch.Tensor:
+    """`F.conv2d(x, weight, bias, padding=1)`, with `ConvGrad` as its backward on the CPU path, its
+    float32 gradients computed in `grad_dtype` (None: float32)."""
     if fast_path(x) and torch.is_grad_enabled() and (x.requires_grad or weight.requires_grad):
-        return _Conv3x3.apply(x, weight, bias)
+        dtype = grad_dtype if grad_dtype is not None and x.dtype == torch.float32 else x.dtype
+        return _Conv3x3.apply(x, weight, bias, dtype)
     return F.conv2d(x, weight, bias, padding=1)
 
 
-def network(x: torch.Tensor, weights: list[torch.Tensor], biases: list[torch.Tensor | None]) -> torch.Tensor:
-    """The plain network: conv3x3 layers with ReLU between them (not after the last)."""
+def network(
+    x: torch.Tensor,
+    weights: list[torch.Tensor],
+    biases: list[torch.Tensor | None],
+    grad_dtype: torch.dtype | None = None,
+) -> torch.Tensor:
+    """The plain network: conv3x3 layers with ReLU between them (not after the last); float32
+    gradients computed in `grad_dtype` (None: float32) on the CPU path."""
     wants_grad = torch.is_grad_enabled() and (x.requires_grad or any(w.requires_grad for w in weights))
-    if fast_path(x) and _gradient_dtype is not None and x.dtype == torch.float32 and wants_grad:
-        return _FirstOrderNetwork.apply(x, _gradient_dtype, len(weights), *weights, *biases)
+    if fast_path(x) and grad_dtype is not None and x.dtype == torch.float32 and wants_grad:
+        return _FirstOrderNetwork.apply(x, grad_dtype, len(weights), *weights, *biases)
     relu = torch.relu_ if fast_path(x) else torch.relu  # in place: a fresh activation costs its page faults
     h = x
     for i, (weight, bias) in enumerate(zip(weights, biases)):
@@ -167,16 +151,15 @@ def _conv_backward(grad, x, weight, mask, dtype):
 
 class _Conv3x3(torch.autograd.Function):
     @staticmethod
-    def forward(ctx, x, weight, bias):
+    def forward(ctx, x, weight, bias, dtype):
         ctx.save_for_backward(x, weight)
-        ctx.has_bias = bias is not None
-        ctx.dtype = _gradient_dtype if _gradient_dtype is not None and x.dtype == torch.float32 else x.dtype
+        ctx.has_bias, ctx.dtype = bias is not None, dtype
         return F.conv2d(x, weight, bias, padding=1)
 
     @staticmethod
     def backward(ctx, grad):
         x, weight = ctx.saved_tensors
-        return ConvGrad.apply(grad, x, weight, ctx.needs_input_grad[0], ctx.has_bias, ctx.dtype)
+        return (*ConvGrad.apply(grad, x, weight, ctx.needs_input_grad[0], ctx.has_bias, ctx.dtype), None)
 
 
 class ConvGrad(torch.autograd.Function):

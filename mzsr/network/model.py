@@ -34,9 +34,11 @@ class MZSRNet(nn.Module):
             for cin, cout in zip(sizes[:-1], sizes[1:])
         )
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        h = conv_path.activation_layout(x)  # channels-last on a CPU (mzsr.network.conv)
-        return x + conv_path.network(h, [c.weight for c in self.convs], [c.bias for c in self.convs])
+    def forward(self, x: torch.Tensor, grad_dtype: torch.dtype | None = None) -> torch.Tensor:
+        """x + net(x); `grad_dtype` that of the gradients' convolutions on a CPU (mzsr.network.conv)."""
+        h = conv_path.activation_layout(x)  # channels-last on a CPU
+        weights, biases = [c.weight for c in self.convs], [c.bias for c in self.convs]
+        return x + conv_path.network(h, weights, biases, grad_dtype)
 
 
 @torch.no_grad()

@@ -24,10 +24,10 @@ from mzsr.degradation.degrade import degrade_torch
 from mzsr.degradation.resize import imresize_torch
 from mzsr.device import pick_device
 from mzsr.files.checkpoints import load_weights, save_weights
-from mzsr.network.conv import check_gradient_precision, gradient_precision
+from mzsr.network.conv import grad_dtype
 from mzsr.network.model import MZSRNet
 from mzsr.training.maml import per_task_l1, query_loss_weights, tasks_forward
-from mzsr.training.meta_step import make_meta_step
+from mzsr.training.meta_step import MetaStep
 from mzsr.training.optim import make_optimizer
 from mzsr.training.state import CsvLog, check_finite, latest_checkpoint, load_training_state, save_training_state
 
@@ -119,7 +119,7 @@ def meta_train(
     work_dir = Path(work_dir)
     work_dir.mkdir(parents=True, exist_ok=True)
     device = pick_device(device)
-    check_gradient_precision(cfg["grad_precision"], device)
+    gradients = grad_dtype(cfg["grad_precision"], device)
     torch.manual_seed(cfg["seed"])
     pool = TaskPool(shard_paths, patch_store)
     if pool.scale != cfg["scale"]:
@@ -132,7 +132,16 @@ def meta_train(
     if (ckpt := latest_checkpoint(work_dir)) is not None:
         start = load_training_state(ckpt, model, optimizer)["step"]
     # after resuming: it sets Adam's `capturable` (and where its step counters live) for this device and mode
-    meta_step = make_meta_step(theta, optimizer, cfg, device, keep_graphs=False)
+    meta_step = MetaStep(
+        theta,
+        optimizer,
+        cfg["inner_steps"],
+        cfg["inner_lr"],
+        device,
+        cuda_graph=cfg["cuda_graph"],
+        grad_dtype=gradients,
+        keep_graphs=False,
+    )
     val_ids, train_ids = split_pool(len(pool), cfg["validation_tasks"], cfg["seed"])
     check_pool_size(len(pool), len(val_ids), cfg)
     val_batch = make_batch(pool, val_ids, device, cfg["subsampling"]) if len(val_ids) else None
@@ -145,8 +154,7 @@ def meta_train(
             cfg["loss_weights"], cfg["inner_steps"], it, cfg["anneal_steps"], cfg["final_weight_floor"]
         )
         first_order = cfg["first_order"] or it < cfg["first_order_iterations"]
-        with gradient_precision(cfg["grad_precision"]):
-            loss = meta_step(batch, weights, first_order, check=lambda value: check_finite(value, it, work_dir))
+        loss = meta_step(batch, weights, first_order, check=lambda value: check_finite(value, it, work_dir))
         step = it + 1
         bar.update(1)
         row = {}

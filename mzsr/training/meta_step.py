@@ -19,8 +19,7 @@ import warnings
 
 import torch
 
-from mzsr import settings
-from mzsr.training.maml import FORWARDS, make_forward, meta_loss, vmap_meta_loss
+from mzsr.training.maml import meta_loss
 
 
 def set_capturable(optimizer: torch.optim.Optimizer, capturable: bool) -> None:
@@ -58,8 +57,7 @@ class MetaStep:
     query_y), weights = the J query-loss weights; `check(loss)` (the NaN guard) runs before the
     backward when eager, after the replay when graphed.
 
-    Eager: `meta_loss` (or the chosen candidate) + `zero_grad(set_to_none=True)` + `backward` +
-    `step`, exactly what `meta_train` did before. With `cuda_graph` on a CUDA device: on the first
+    Eager: `meta_loss` + `zero_grad(set_to_none=True)` + `backward` + `step`. With `cuda_graph` on a CUDA device: on the first
     call for a (first_order, shapes) key, `warmup` eager steps on a side stream (cuDNN autotuning,
     Adam's lazy state, the allocator), theta and the optimizer state put back as they were, the step
     captured into a `torch.cuda.CUDAGraph`, then replayed; later calls copy the inputs into the
@@ -80,23 +78,14 @@ class MetaStep:
         device=None,
         *,
         cuda_graph: bool = False,
-        forward: str = "auto",
-        channels_last: bool = False,
-        split_backward: bool = False,
-        autocast_dtype: torch.dtype | None = None,
+        grad_dtype: torch.dtype | None = None,
         warmup: int = 3,
         keep_graphs: bool = True,
     ):
         self.theta, self.optimizer = list(theta), optimizer
         self.inner_steps, self.inner_lr = inner_steps, inner_lr
         self.device = torch.device(device) if device is not None else self.theta[0].device
-        if forward not in FORWARDS:
-            raise ValueError(f"unknown task forward {forward!r}; use one of {', '.join(FORWARDS)}")
-        if forward == "vmap" and (channels_last or split_backward):
-            raise ValueError("the vmap forward takes neither channels_last nor split_backward")
-        self.forward_kind = forward
-        self._forward = None if forward == "vmap" else make_forward(forward, channels_last, split_backward)
-        self.autocast_dtype = autocast_dtype
+        self.grad_dtype = grad_dtype
         self.warmup, self.keep_graphs = max(int(warmup), 1), keep_graphs
         self.graphed = bool(cuda_graph) and self.device.type == "cuda"
         self.fallback_reason: str | None = None
@@ -104,18 +93,10 @@ class MetaStep:
         set_capturable(optimizer, self.graphed)
 
     def loss(self, batch, weights, first_order: bool) -> torch.Tensor:
-        """The meta-loss alone (forward, inner loop included), with this step's candidate options."""
-        amp = (
-            torch.autocast(self.device.type, dtype=self.autocast_dtype, cache_enabled=False)
-            if self.autocast_dtype is not None
-            else contextlib.nullcontext()
+        """The meta-loss alone (forward, inner loop included)."""
+        return meta_loss(
+            self.theta, batch, self.inner_steps, self.inner_lr, weights, first_order, grad_dtype=self.grad_dtype
         )
-        with amp:
-            if self.forward_kind == "vmap":
-                return vmap_meta_loss(self.theta, batch, self.inner_steps, self.inner_lr, weights, first_order)
-            return meta_loss(
-                self.theta, batch, self.inner_steps, self.inner_lr, weights, first_order, forward=self._forward
-            )
 
     def _eager(self, batch, weights, first_order: bool, check=None) -> torch.Tensor:
         loss = self.loss(batch, weights, first_order)
@@ -210,16 +191,3 @@ class MetaStep:
             RuntimeWarning,
             stacklevel=3,
         )
-
-
-def make_meta_step(theta, optimizer, cfg: dict, device=None, **options) -> MetaStep:
-    """The meta-step of a meta config (inner_steps, inner_lr, cuda_graph; META_DEFAULTS for the rest).
-
-    Call it after resuming the optimizer state: it sets Adam's `capturable` for the mode it runs in.
-    `options` go to `MetaStep` (the benchmark's candidates)."""
-    from mzsr.training.meta import META_DEFAULTS
-
-    cfg = settings.with_defaults(cfg, META_DEFAULTS, "meta-training")
-    return MetaStep(
-        theta, optimizer, cfg["inner_steps"], cfg["inner_lr"], device, cuda_graph=bool(cfg["cuda_graph"]), **options
-    )
