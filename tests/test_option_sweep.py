@@ -87,7 +87,7 @@ def base(tmp_path_factory):
 def _command(root: Path, command: str) -> list[str]:
     out = str(root / "out")
     return {
-        "degrade": ["degrade", str(root / "lr"), "--out", out, "--kernel", "g0.2"],
+        "degrade": ["degrade", str(root / "lr"), "--out", out, "--degradation", "g0.2"],
         "upscale": [
             "upscale",
             str(root / "lr"),
@@ -95,7 +95,7 @@ def _command(root: Path, command: str) -> list[str]:
             out,
             "--weights",
             str(root / "w.safetensors"),
-            "--kernel",
+            "--degradation",
             "g0.2",
             "--steps",
             "1",
@@ -131,7 +131,7 @@ def test_the_sweep_covers_every_numeric_and_choice_option():
         ("upscale", "--grid"),
         ("upscale", "--preset"),
         ("upscale", "--method"),
-        ("import-tf", "--degradation"),
+        ("import-tf", "--subsampling"),
         ("evaluate", "--scale"),
     } <= options
 

@@ -60,8 +60,6 @@ def _kernel_args(p: argparse.ArgumentParser, required: bool, estimate: bool = Fa
     )
     p.add_argument(
         "--subsampling",
-        "--subsample",
-        dest="subsampling",
         choices=("direct", "bicubic"),
         help="subsampling for a kernel file" + (" or an estimated kernel" if estimate else "") + " (default direct)",
     )
@@ -109,12 +107,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("out", type=Path, help="output weights file: .safetensors, or .pt/.pth (a plain-tensor torch file)")
     p.add_argument(
         "--subsampling",
-        "--degradation",
-        dest="subsampling",
         default="bicubic",
         choices=("bicubic", "direct"),
-        help="subsampling the model was trained for (default bicubic: the authors' theta_T; --degradation is"
-        " the old name)",
+        help="subsampling the model was trained for (default bicubic: the authors' theta_T)",
     )
     _add_common(p)
     p.set_defaults(command="import-tf")
