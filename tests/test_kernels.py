@@ -9,6 +9,7 @@ import scipy.ndimage
 from mzsr import MZSRError
 from mzsr.degradation.kernels import (
     NAMED_DEGRADATIONS,
+    TRAIN_KERNEL_SIZE,
     analytic_kernel,
     gaussian_kernel,
     kernelgan_center,
@@ -17,10 +18,16 @@ from mzsr.degradation.kernels import (
     mzsr_to_kernelgan,
     named_degradation,
     resolve_degradation,
-    sample_training_kernel,
+    sample_training_params,
     validate_kernel,
 )
 from conftest import SHARED_DATA
+
+
+def sample_training_kernel(rng: np.random.Generator, scale: int) -> np.ndarray:
+    """One task kernel of MZSR's training distribution, as task shards draw it."""
+    l1, l2, theta = sample_training_params(rng, scale, 1)[0]
+    return gaussian_kernel(l1, l2, theta, TRAIN_KERNEL_SIZE)
 
 
 def moments(k):

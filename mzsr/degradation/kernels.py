@@ -58,12 +58,6 @@ def sample_training_params(rng: np.random.Generator, scale: int, n: int) -> np.n
     return np.stack([l1, l2, theta], axis=1)
 
 
-def sample_training_kernel(rng: np.random.Generator, scale: int, size: int = TRAIN_KERNEL_SIZE) -> np.ndarray:
-    """One task kernel of MZSR's training distribution (see `sample_training_params`)."""
-    l1, l2, theta = sample_training_params(rng, scale, 1)[0]
-    return gaussian_kernel(l1, l2, theta, size)
-
-
 @dataclass(frozen=True)
 class Degradation:
     """A named test degradation: its kernel (None = plain bicubic) and subsampling."""

@@ -32,7 +32,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from mzsr import MZSRError, settings
-from mzsr.degradation.kernels import analytic_kernel, kernelgan_center, mzsr_center, recenter_kernel
+from mzsr.degradation.kernels import analytic_kernel, kernelgan_center, mzsr_center, mzsr_to_kernelgan, recenter_kernel
 
 # The config's estimate section (mzsr/config.schema.yaml) less seed (an argument of
 # `estimate_kernel`): iterations and real_image, the ones the release's command line changes, and
@@ -333,7 +333,7 @@ def _learned_estimate(lr_image: np.ndarray, scale: int, source: str) -> KernelEs
     start = time.perf_counter()
     check_estimable(np.shape(lr_image), True, source, method="learned")
     k2 = kernel_net.estimate(lr_image)
-    release_k2 = recenter_kernel(k2, kernelgan_center(k2.shape, 2), clip=False)
+    release_k2 = mzsr_to_kernelgan(k2, 2)
     if scale == 4:
         k2, release_k2 = analytic_kernel(k2), analytic_kernel(release_k2)
     return KernelEstimate(k2, release_k2, scale, 0, time.perf_counter() - start, "learned")
@@ -399,7 +399,7 @@ def _kernelgan_estimate(lr_image, scale, cfg, device, seed, progress, source) ->
         raise MZSRError(f"{source}: kernel estimation diverged (non-finite or zero kernel)")
     k2 = significant_kernel(raw, int(cfg["n_filtering"]))
     mzsr_k2 = recenter_kernel(k2, mzsr_center(k2.shape))
-    release_k2 = recenter_kernel(k2, kernelgan_center(k2.shape, 2), clip=False)
+    release_k2 = mzsr_to_kernelgan(k2, 2)
     if scale == 4:
         mzsr_k, release_k = analytic_kernel(mzsr_k2), analytic_kernel(release_k2)
     else:

@@ -10,7 +10,6 @@ import math
 
 import torch
 from torch import nn
-from torch.func import functional_call
 
 from mzsr.network import conv as conv_path
 
@@ -72,12 +71,3 @@ def init_release_(model: MZSRNet) -> MZSRNet:
         if conv.bias is not None:
             conv.bias.zero_()
     return model
-
-
-def functional_forward(model: nn.Module, params: dict[str, torch.Tensor], x: torch.Tensor) -> torch.Tensor:
-    """Run `model` with the weights in `params` (fast weights of meta-learning) instead of its own."""
-    return functional_call(model, params, (x,))
-
-
-def count_parameters(model: nn.Module) -> int:
-    return sum(p.numel() for p in model.parameters())
