@@ -19,9 +19,13 @@ RANDOM_KERNEL_SCALES = (2, 4)
 
 KERNEL_FILE_SUFFIXES = (".mat", ".npy")
 
-# The learned kernel estimator's shipped weights, inside the mzsr package (mzsr.estimation; an input of
-# the workflow's rule estimate_kernel, so that retrained weights rerun the estimates).
-KERNEL_NET_WEIGHTS = "weights/kernel_net_x2.safetensors"
+# The learned kernel estimator's released weights, relative to the repository (the models folder of
+# mzsr.files.released; mzsr.estimation.kernel_net): an input of the workflow's rule estimate_kernel,
+# so that new weights rerun the estimates. Rule train_kernel_estimator retrains them.
+KERNEL_NET_WEIGHTS = "models/kernel_net_x2.safetensors"
+# The file stem of a released SR model, <subsampling>_x<scale> (direct_x2, bicubic_x2, direct_x4): the
+# models folder also holds the kernel estimator's kernel_net_x2, which is none.
+SR_MODEL_NAME = re.compile(r"(direct|bicubic)_x[0-9]+")
 
 SKIMAGE = "skimage:"
 DIV2K = "div2k:"
@@ -38,6 +42,18 @@ GPU_RULES = (
     "sr_mzsr_kgan",
     "sr_zssr_kgan",
 )
+
+
+# The settings of a training stage that say how it runs, not what it learns. Everything else in the
+# stage's settings identifies the run: its work folder's name (workflow/rules/common.smk) and the
+# settings its checkpoints are bound to (scripts/pretrain.py, scripts/meta_train.py) leave these out,
+# so that changing one of them resumes the run instead of starting it over.
+HOW_A_RUN_RUNS = {"pretrain": (), "meta": ("cuda_graph",)}
+
+
+def training_run_key(stage: str, settings: dict) -> dict:
+    """The settings that identify a training run of `stage` ("pretrain" or "meta")."""
+    return {k: v for k, v in settings.items() if k not in HOW_A_RUN_RUNS[stage]}
 
 
 def degradation_subsampling(spec: str) -> str:

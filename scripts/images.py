@@ -10,6 +10,7 @@ from pathlib import Path
 from mzsr import MZSRError
 from mzsr.data.download import prepare_images
 from mzsr.data.sources import SKIMAGE, resolve_source, skimage_photos
+from mzsr.facts import IMAGE_SUFFIXES
 from mzsr.files.atomic import atomic_folder
 from mzsr.files.images import write_png
 
@@ -30,5 +31,5 @@ if source.startswith(SKIMAGE):
                 print(f"{SKIMAGE}{name} -> {out / f'{name}.png'} ({img.shape[1]}x{img.shape[0]})", file=sys.stderr)
 else:
     location, expected = resolve_source(source, data.get("expected_count"))
-    images = prepare_images(location, out, expected_count=expected, sha256=data.get("sha256"))
+    images = prepare_images(location, out, expected_count=expected, sha256=data.get("sha256"), suffixes=IMAGE_SUFFIXES)
     print(f"{len(images)} images in {out}", file=sys.stderr)

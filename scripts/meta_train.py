@@ -7,6 +7,7 @@ _util.start(snakemake)  # stderr to the job's log, mzsr importable, one-line err
 
 from pathlib import Path
 
+from mzsr.facts import training_run_key
 from mzsr.files.atomic import atomic_copy
 from mzsr.training.meta import meta_train
 from mzsr.training.state import bind_settings
@@ -14,12 +15,11 @@ from mzsr.training.state import bind_settings
 device = _util.torch_setup(snakemake)
 work_dir = Path(snakemake.params.work_dir)
 # a checkpoint made from another theta_T, patch store or shards is stale: set aside, not resumed
-learns = {k: v for k, v in snakemake.params.meta.items() if k != "cuda_graph"}  # a graph or not: the same run
 bind_settings(
     work_dir,
     {
         "stage": "meta",
-        "config": learns,
+        "config": training_run_key("meta", snakemake.params.meta),
         "inputs": _util.input_digests(snakemake.input.weights, snakemake.input.patches, list(snakemake.input.shards)),
     },
 )

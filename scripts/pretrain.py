@@ -6,6 +6,7 @@ _util.start(snakemake)  # stderr to the job's log, mzsr importable, one-line err
 
 from pathlib import Path
 
+from mzsr.facts import training_run_key
 from mzsr.files.atomic import atomic_copy
 from mzsr.training.pretrain import pretrain
 from mzsr.training.state import bind_settings
@@ -17,7 +18,7 @@ bind_settings(
     work_dir,
     {
         "stage": "pretrain",
-        "config": dict(snakemake.params.pretrain),
+        "config": training_run_key("pretrain", snakemake.params.pretrain),
         "inputs": _util.input_digests(patches=snakemake.input[0]),
     },
 )

@@ -221,14 +221,14 @@ COMMANDS = {
         str(out),
         "--weights",
         str(inp / "w.safetensors"),
-        "--kernel",
+        "--degradation",
         "g0.2",
         "--steps",
         "1",
         "--device",
         "cpu",
     ],
-    "degrade": lambda inp, out: ["degrade", str(inp / "lr"), "--out", str(out), "--kernel", "g0.2"],
+    "degrade": lambda inp, out: ["degrade", str(inp / "lr"), "--out", str(out), "--degradation", "g0.2"],
     "import-tf": lambda inp, out: ["import-tf", str(inp / "tf" / "Pretrained"), str(out / "w.safetensors")],
     "evaluate --csv": lambda inp, out: ["evaluate", str(inp / "lr"), str(inp / "lr"), "--csv", str(out / "m.csv")],
 }
@@ -469,7 +469,7 @@ def test_out_of_memory_in_adaptation_retries_with_smaller_crops(inputs, capsys, 
             str(tmp_path / "sr"),
             "--weights",
             str(inputs / "w.safetensors"),
-            "--kernel",
+            "--degradation",
             "g0.2",
             "--steps",
             "2",
@@ -523,7 +523,7 @@ def test_two_inputs_with_one_stem_are_refused_before_any_work(inputs, tmp_path, 
 
     Image.fromarray(read_image_uint8(folder / "a.png")).save(folder / "a.jpg", quality=95)
     for command in (
-        ["degrade", str(folder), "--out", str(tmp_path / "o1"), "--kernel", "g0.2"],
+        ["degrade", str(folder), "--out", str(tmp_path / "o1"), "--degradation", "g0.2"],
         ["upscale", str(folder), "--out", str(tmp_path / "o2"), "--method", "bicubic"],
     ):
         rc = main(command)

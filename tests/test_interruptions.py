@@ -195,7 +195,7 @@ def adapt_inputs(tmp_path_factory):
         str(root / "lr"),
         "--weights",
         str(root / "w.safetensors"),
-        "--kernel",
+        "--degradation",
         "g0.2",
         "--steps",
         "3",
@@ -286,7 +286,8 @@ def test_pipeline_killed_during_a_job_reruns_it(tmp_path):
     assert done.returncode == 0, (done.stdout + done.stderr)[-3000:]
     # the uninterrupted result: the same LR and bicubic SR as the `mzsr` command makes
     assert (
-        main(["degrade", str(workdir / "test_images" / "tiny"), "--out", str(tmp_path / "lr"), "--kernel", "g2.0"]) == 0
+        main(["degrade", str(workdir / "test_images" / "tiny"), "--out", str(tmp_path / "lr"), "--degradation", "g2.0"])
+        == 0
     )
     assert main(["upscale", str(tmp_path / "lr"), "--out", str(tmp_path / "sr"), "--method", "bicubic"]) == 0
     assert filecmp.cmp(workdir / sr, tmp_path / "sr" / "b.png", shallow=False)

@@ -1,9 +1,8 @@
-"""The learned kernel estimator (mzsr.estimation): its Gaussian convention, the shipped weights on
-images it never saw, the estimate_kernel path, and the training command."""
+"""The learned kernel estimator (mzsr.estimation.kernel_net): its Gaussian convention, the released
+weights (models/kernel_net_x2.safetensors) on images it never saw and their provenance, the
+estimate_kernel path, and its training (mzsr.training.kernel_net, rule train_kernel_estimator)."""
 
 from __future__ import annotations
-
-import json
 
 import numpy as np
 import pytest
@@ -22,8 +21,11 @@ from mzsr.degradation.kernels import (
 )
 from mzsr.estimation import kernel_net
 from mzsr.estimation.estimate import estimate_kernel, kernel_error
+from mzsr.facts import KERNEL_NET_WEIGHTS
 from mzsr.files.images import write_png
+from mzsr.files.released import MODELS_ENV, available, header_metadata, release_info
 from mzsr.training import kernel_net as kernel_net_training
+from conftest import REPO, SHARED_DATA, run_snakemake
 
 
 def test_covariance_renders_as_gaussian_kernel():
@@ -75,25 +77,24 @@ def test_estimate_kernel_learned_conventions():
     np.testing.assert_allclose(x4.kernel, analytic_kernel(k), atol=1e-12)
 
 
-def test_training_command_writes_loadable_weights_with_provenance(tmp_path):
+def test_training_writes_loadable_weights_with_provenance(tmp_path):
     rng = np.random.default_rng(0)
     images = tmp_path / "train"
     images.mkdir()
     for i in range(3):
         write_png(images / f"img{i}.png", (rng.random((40, 48, 3)) * 255).astype(np.uint8))
     out = tmp_path / "net.safetensors"
-    kernel_net_training.main(
-        ["--images", str(images), "--out", str(out), "--iterations", "2", "--batch", "2", "--lr-size", "16"]
-        + ["--seed", "0", "--soft-content", "0.0", "0.5"]
-    )
-    from safetensors import safe_open
-
-    with safe_open(str(out), "pt") as f:
-        provenance = json.loads(f.metadata()["provenance"])
-    assert provenance["images"] == 3 and "--iterations 2 " in provenance["command"]
-    assert provenance["command"].endswith("--seed 0 --soft-content 0.0 0.5")
+    cfg = {"iterations": 2, "batch": 2, "lr_size": 16, "seed": 0, "soft_content": [0.0, 0.5]}
+    metadata = kernel_net_training.train(images, out, cfg, log=lambda line: None)
+    assert header_metadata(out) == metadata
+    provenance = metadata["provenance"]
+    assert provenance["images"] == 3 and metadata["config"]["iterations"] == 2 and metadata["step"] == 2
+    assert metadata["config"] == {**kernel_net_training.KERNEL_ESTIMATOR_DEFAULTS, **cfg}  # the settings, all
+    assert metadata["source"] == "kernel_estimator" and metadata["scale"] == 2
+    assert provenance["images_sha256"] == kernel_net_training.image_digest(sorted(images.glob("*.png")))
     assert [(m["seed"], m["soft_content"]) for m in provenance["members"]] == [(0, 0.0), (0, 0.5)]
     assert all(np.isfinite(m["final_training_kernel_error"]) for m in provenance["members"])
+    assert torch.get_num_threads() == 2  # kernel_estimator.threads (1) holds while training only
     nets = kernel_net.load(out)
     assert len(nets) == 2
     for net in nets:
@@ -146,8 +147,14 @@ def test_soft_content_blurs_the_crop_by_a_gaussian_of_the_stated_range():
 
 def test_training_and_loading_refuse_what_is_missing(tmp_path):
     with pytest.raises(MZSRError, match="no training images"):
-        kernel_net_training.main(["--images", str(tmp_path), "--out", str(tmp_path / "x.safetensors")])
-    with pytest.raises(MZSRError, match="no kernel-estimator weights"):
+        kernel_net_training.train(tmp_path, tmp_path / "x.safetensors")
+    with pytest.raises(MZSRError, match=r"kernel-estimator training: unknown setting\(s\) \['iteration'\]"):
+        kernel_net_training.train(tmp_path, tmp_path / "x.safetensors", {"iteration": 3})
+    with pytest.raises(
+        MZSRError,
+        match=r"missing.safetensors: no kernel-estimator weights .*retrain them from the repository's root: "
+        r"snakemake train_kernel_estimator --cores 2 --configfile config/kernel_estimator.yaml",
+    ):
         kernel_net.load(tmp_path / "missing.safetensors")
 
 
@@ -164,3 +171,101 @@ def test_large_images_are_estimated_tile_by_tile(monkeypatch):
     monkeypatch.setattr(kernel_net, "TILE", 64)  # 3 x 3 tiles, the last ones 32 px
     tiled = kernel_net.estimate(lr, net)
     assert np.abs(tiled - whole[0].numpy()).max() < 5e-3 and tiled.sum() == pytest.approx(1.0)
+
+
+# ------------------------------------------------------------------------------------ the released weights
+
+
+def test_the_released_weights_say_where_they_come_from_and_how_to_make_them_again():
+    """models/kernel_net_x2.safetensors carries its provenance as direct_x2 does (a "released" entry),
+    with the command that retrains it; the SR models' listings leave it out."""
+    path = REPO / KERNEL_NET_WEIGHTS
+    assert kernel_net.weights_path() == path == kernel_net.WEIGHTS
+    info = release_info(path)
+    assert info["name"] == "kernel_net_x2" and info["iterations"] == 6000
+    said = {"what", "data", "device", "machine", "recipe", "seconds", "date", "config_digest", "images_sha256"}
+    assert said <= set(info)
+    assert info["command"] == kernel_net.RETRAIN_COMMAND
+    assert info["command"] == "snakemake train_kernel_estimator --cores 2 --configfile config/kernel_estimator.yaml"
+    assert (REPO / "config" / "kernel_estimator.yaml").is_file()
+    meta = header_metadata(path)
+    assert meta["config"] == kernel_net_training.KERNEL_ESTIMATOR_DEFAULTS  # the schema's defaults are its recipe
+    assert [(m["seed"], m["soft_content"]) for m in info["members"]] == [(0, 0.3), (0, 0.5)]
+    assert available() == ["direct_x2"] and available(REPO / "models") == ["direct_x2"]  # SR models only
+    assert not (REPO / "mzsr" / "weights").exists()
+
+
+def test_the_weights_are_found_in_the_models_folder_when_asked(tmp_path, monkeypatch):
+    monkeypatch.setenv(MODELS_ENV, str(tmp_path))
+    assert kernel_net.weights_path() == tmp_path / "kernel_net_x2.safetensors" == kernel_net.WEIGHTS
+    with pytest.raises(MZSRError, match="kernel_net_x2.safetensors: no kernel-estimator weights"):
+        kernel_net.load()
+
+
+# ------------------------------------------------------------------------------------ rule train_kernel_estimator
+
+
+def test_the_rule_trains_on_every_image_of_a_folder_as_the_training_function_does(tmp_path):
+    """A folder source is read where it is, BMPs included (rule train_images copies a folder's PNGs
+    only); the rule writes what `train` writes for the same settings, tensor for tensor."""
+    import yaml
+    from PIL import Image
+    from safetensors.torch import load_file
+
+    rng = np.random.default_rng(0)
+    images = tmp_path / "images"
+    (images / "T91").mkdir(parents=True)
+    (images / "BSD").mkdir()
+    Image.fromarray((rng.random((40, 36, 3)) * 255).astype(np.uint8)).save(images / "T91" / "a.bmp")
+    write_png(images / "BSD" / "b.png", (rng.random((36, 44, 3)) * 255).astype(np.uint8))
+    cfg = {"iterations": 2, "batch": 2, "lr_size": 16, "seed": 0, "soft_content": [0.3, 0.5], "threads": 1}
+    config = {"data": {"train": {"source": str(images)}}, "test_sets": {"photos": "skimage:chelsea"}}
+    (tmp_path / "run").mkdir()
+    (tmp_path / "run" / "cfg.yaml").write_text(yaml.safe_dump({**config, "kernel_estimator": cfg}))
+    run_snakemake(tmp_path / "run", "train_kernel_estimator", "--cores", "1", "--configfile", "cfg.yaml", check=True)
+    out = tmp_path / "run" / "results" / "models" / "kernel_net_x2.safetensors"
+    metadata = header_metadata(out)
+    assert metadata["config"] == cfg and metadata["provenance"]["images"] == 2
+    assert metadata["provenance"]["images_sha256"] == kernel_net_training.image_digest(
+        [images / "BSD" / "b.png", images / "T91" / "a.bmp"]
+    )
+    log = (tmp_path / "run" / "logs" / "train_kernel_estimator.log").read_text()
+    assert "other images than the released weights" in log and (tmp_path / "run" / "logs" / "benchmarks").is_dir()
+    kernel_net_training.train(images, tmp_path / "direct.safetensors", cfg, log=lambda line: None)
+    ours, direct = load_file(str(out)), load_file(str(tmp_path / "direct.safetensors"))
+    assert ours.keys() == direct.keys() and all(torch.equal(ours[k], direct[k]) for k in ours)
+    assert len(kernel_net.load(out)) == 2
+
+
+def _plan(tmp_path, *targets) -> str:
+    """A dry run with config/kernel_estimator.yaml in tmp_path/run, beside a link to the shared folder."""
+    (tmp_path / "shared").symlink_to(SHARED_DATA.parent, target_is_directory=True)
+    (tmp_path / "run").mkdir()
+    args = ("-n", "--cores", "2", "--configfile", str(REPO / "config" / "kernel_estimator.yaml"))
+    proc = run_snakemake(tmp_path / "run", *targets, *args, check=True)
+    return proc.stdout + proc.stderr
+
+
+@pytest.mark.shared_data
+def test_the_reproducing_config_trains_on_the_shared_folder(tmp_path):
+    """config/kernel_estimator.yaml: the shared folder (../shared/data/train, relative to the run's folder)
+    copied by train_images, every image suffix, then the rule on that copy."""
+    out = _plan(tmp_path, "train_kernel_estimator")
+    assert "rule train_images:" in out and "rule train_kernel_estimator:" in out, out[-3000:]
+    assert "input: resources/data/train" in out
+    assert "output: results/models/kernel_net_x2.safetensors" in out
+
+
+def test_a_normal_run_does_not_train_the_kernel_estimator(tmp_path):
+    out = _plan(tmp_path)
+    assert "train_images" in out and "train_kernel_estimator" not in out, out[-3000:]
+
+
+@pytest.mark.shared_data
+def test_the_shared_folder_is_what_the_released_weights_read():
+    """The released weights' images digest is the shared T91 + BSD200 folder's (every image, BMPs too)."""
+    folder = SHARED_DATA / "train"
+    files = sorted(p for p in folder.rglob("*") if p.suffix.lower() in (".png", ".bmp") and p.is_file())
+    info = release_info(REPO / KERNEL_NET_WEIGHTS)
+    assert len(files) == info["images"] == 291
+    assert kernel_net_training.image_digest(files) == info["images_sha256"]

@@ -52,7 +52,7 @@ def test_imported_model_beats_bicubic_by_2db(imported, set14):
 def test_cli_import_and_upscale(tmp_path, set14):
     weights = tmp_path / "pretrained.safetensors"
     assert main(["import-tf", str(TF_CHECKPOINT), str(weights)]) == 0
-    assert main(["degrade", str(SET14 / "face.png"), "--out", str(tmp_path / "lr"), "--kernel", "bicubic"]) == 0
+    assert main(["degrade", str(SET14 / "face.png"), "--out", str(tmp_path / "lr"), "--degradation", "bicubic"]) == 0
     assert (
         main(
             [

@@ -183,7 +183,7 @@ def test_the_commands_defaults_are_the_schemas():
         ),
     }
     for command in ("degrade", "import-tf", "evaluate"):
-        args = ["in", "--out", "o", "--kernel", "g2.0"] if command == "degrade" else ["a", "b"]
+        args = ["in", "--out", "o", "--degradation", "g2.0"] if command == "degrade" else ["a", "b"]
         checks[f"{command} --scale"] = (build_parser().parse_args([command, *args]).scale, d("scale"))
     wrong = [
         f"{name}: {value!r}, the schema {setting!r}" for name, (value, setting) in checks.items() if value != setting

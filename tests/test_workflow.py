@@ -280,7 +280,7 @@ def _changed_config(workdir: Path, section: str, key: str, value) -> str:
         ("meta", "outer_lr", 0.001, {"meta_train", "sr_mzsr", "aggregate", "crop", "plot_steps", "all"}),
         ("zssr", "iterations", 6, {"sr_zssr", "aggregate", "crop", "plot_steps", "all"}),
         ("tasks", "seed", 1, {"task_shard", "meta_train", "sr_mzsr", "aggregate", "crop", "plot_steps", "all"}),
-        # added after results existed (common.smk's ADDED_LATER): its default, spelled out, changes nothing
+        # a default spelled out changes nothing (the schema fills it in either way)
         ("adapt", "grad_precision", "float32", set()),
         ("adapt", "grad_precision", "bfloat16", {"sr_mzsr", "aggregate", "crop", "plot_steps", "all"}),
         ("meta", "grad_precision", "bfloat16", {"meta_train", "sr_mzsr", "aggregate", "crop", "plot_steps", "all"}),

@@ -23,9 +23,14 @@ where softness may be the scene's. The shipped weights are an ensemble of two ne
 fractions 0.3 and 0.5) whose covariances are averaged: single networks trained alike differ by tenths
 of a dB on the benchmarks (docs/results.md, "Blind SR").
 
-    python -m mzsr.estimation --images ../shared/data/train --out mzsr/weights/kernel_net_x2.safetensors
+They are a released model, `models/kernel_net_x2.safetensors` (the folder of
+`mzsr.files.released.models_folder()`, $MZSR_MODELS where set), with their provenance in the file's
+"released" metadata. Its training (`mzsr.training.kernel_net`) is the pipeline's rule
+train_kernel_estimator (config section kernel_estimator); from the repository's root
 
-trains the shipped weights (their provenance is in the file's metadata and `kernel_net_x2.json`)."""
+    snakemake train_kernel_estimator --cores 2 --configfile config/kernel_estimator.yaml
+
+retrains them from the shared training images into results/models/kernel_net_x2.safetensors."""
 
 from __future__ import annotations
 
@@ -39,7 +44,7 @@ from mzsr import MZSRError
 from mzsr.degradation.kernels import RANDOM_KERNEL_SIZE
 from mzsr.facts import KERNEL_NET_WEIGHTS
 
-WEIGHTS = Path(__file__).parents[1] / KERNEL_NET_WEIGHTS
+RETRAIN_COMMAND = "snakemake train_kernel_estimator --cores 2 --configfile config/kernel_estimator.yaml"
 MIN_SIDE = 16  # LR pixels: the trunk's two stride-2 stages leave a 4x4 map
 
 
@@ -90,13 +95,33 @@ def gaussian_from_covariance(sigma: torch.Tensor, size: int = RANDOM_KERNEL_SIZE
     return k / k.sum(dim=(-2, -1), keepdim=True)
 
 
-def load(path: Path = WEIGHTS) -> list[KernelNet]:
-    """The networks of a weights file: an ensemble whose members' tensors are named "<member>.<name>"
-    (what training writes), or one network's plain state dict."""
+def weights_path() -> Path:
+    """The released weights, models/kernel_net_x2.safetensors of the models folder (the checkout's
+    models/, or $MZSR_MODELS), looked up when called."""
+    from mzsr.files.released import models_folder
+
+    return models_folder() / Path(KERNEL_NET_WEIGHTS).name
+
+
+def __getattr__(name: str):
+    if name == "WEIGHTS":  # the released weights' path, as `weights_path()` finds it now
+        return weights_path()
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
+
+def load(path: str | Path | None = None) -> list[KernelNet]:
+    """The networks of a weights file (default: the released weights, `weights_path()`): an ensemble
+    whose members' tensors are named "<member>.<name>" (what training writes), or one network's plain
+    state dict."""
     from safetensors.torch import load_file
 
-    if not Path(path).is_file():
-        raise MZSRError(f"{path}: no kernel-estimator weights (train them: python -m mzsr.estimation)")
+    path = weights_path() if path is None else Path(path)
+    if not path.is_file():
+        raise MZSRError(
+            f"{path}: no kernel-estimator weights (the released ones are models/{Path(KERNEL_NET_WEIGHTS).name}; "
+            f"retrain them from the repository's root: {RETRAIN_COMMAND}, then copy "
+            f"results/models/{Path(KERNEL_NET_WEIGHTS).name} there or give the file)"
+        )
     tensors = load_file(str(path))
     members: dict[str, dict] = {}
     for name, value in tensors.items():

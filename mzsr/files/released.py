@@ -1,5 +1,7 @@
 """The released models: meta-trained weights that ship with the code in `models/`, one per
-subsampling and scale (`direct_x2`, `bicubic_x2`, `direct_x4`), as the authors released theirs.
+subsampling and scale (`direct_x2`, `bicubic_x2`, `direct_x4`), as the authors released theirs;
+and beside them the learned kernel estimator's weights (`kernel_net_x2`, mzsr.estimation.kernel_net),
+which is no SR model. Each file's provenance is its "released" metadata.
 
 `mzsr upscale` without `--weights` and the pipeline with `meta.weights_folder` take them from here.
 The folder is the repository's `models/`, or the one that the environment variable MZSR_MODELS
@@ -14,6 +16,7 @@ import os
 from pathlib import Path
 
 from mzsr import MZSRError
+from mzsr.facts import SR_MODEL_NAME
 
 MODELS_ENV = "MZSR_MODELS"
 SUBSAMPLINGS = ("direct", "bicubic")
@@ -32,9 +35,11 @@ def released_name(subsampling: str, scale: int) -> str:
 
 
 def available(folder: str | Path | None = None) -> list[str]:
-    """Stems of the models that the folder holds."""
+    """Stems of the SR models (<subsampling>_x<scale>) that the folder holds; not the kernel estimator."""
     folder = Path(folder) if folder is not None else models_folder()
-    return sorted(p.stem for p in folder.glob("*_x*.safetensors")) if folder.is_dir() else []
+    if not folder.is_dir():
+        return []
+    return sorted(p.stem for p in folder.glob("*_x*.safetensors") if SR_MODEL_NAME.fullmatch(p.stem))
 
 
 def released_weights(subsampling: str, scale: int, folder: str | Path | None = None) -> Path:
@@ -73,7 +78,11 @@ def write_release(weights: str | Path, out: str | Path, info: dict) -> Path:
 
 
 def release_info(path: str | Path) -> dict:
-    """The "released" metadata of a model file ({} for a file that was never released)."""
+    """The "released" metadata of a model file ({} for a file that was never released): an SR model's
+    or the kernel estimator's (`header_metadata`: read for any safetensors file, whatever network its
+    tensors are); a .pt/.pth file's through `load_weights`."""
+    if Path(path).suffix.lower() == ".safetensors":
+        return header_metadata(path).get("released") or {}
     from mzsr.files.checkpoints import load_weights
 
     return load_weights(path)[1].get("released") or {}
@@ -104,8 +113,9 @@ def describe_weights(path: str | Path) -> str:
     meta = header_metadata(path)
     info = meta.get("released") or {}
     if info:
+        steps = "meta-iterations" if meta.get("source", "meta") == "meta" else "iterations"
         return (
-            f"released {info.get('name', Path(path).stem)}, {info.get('iterations', '?')} meta-iterations"
+            f"released {info.get('name', Path(path).stem)}, {info.get('iterations', '?')} {steps}"
             f" on {info.get('device', '?')} ({info.get('data', '?')})"
         )
     return f"{path}: {meta.get('source', 'unknown')} weights, step {meta.get('step', '?')}"

@@ -1,22 +1,32 @@
 """Training of the learned kernel estimator (mzsr.estimation.kernel_net): crops of HR images, some
-softened first, degraded with fresh random kernels; the network learns each kernel's covariance."""
+softened first, degraded with fresh random kernels; the network learns each kernel's covariance.
+
+The pipeline's rule train_kernel_estimator runs `train` with its config section kernel_estimator
+(mzsr/config.schema.yaml, whose defaults are the recipe of the released models/kernel_net_x2.safetensors):
+
+    snakemake train_kernel_estimator --cores 2 --configfile config/kernel_estimator.yaml
+"""
 
 from __future__ import annotations
 
-import argparse
 import hashlib
-import json
+import platform
 import time
+from datetime import date
 from pathlib import Path
 
 import numpy as np
 import torch
 
-from mzsr import MZSRError
+from mzsr import MZSRError, settings
 from mzsr.degradation.degrade import degrade_torch
 from mzsr.degradation.kernels import gaussian_kernel, noisy_gaussian_kernel, random_kernel_params
-from mzsr.estimation.kernel_net import WEIGHTS, KernelNet, gaussian_from_covariance
+from mzsr.estimation.kernel_net import KernelNet, gaussian_from_covariance
 from mzsr.facts import IMAGE_SUFFIXES
+
+# The settings of `train`: config section kernel_estimator (mzsr/config.schema.yaml), its defaults the
+# released weights' recipe ("threads": torch's thread count while training; null leaves it as it is).
+KERNEL_ESTIMATOR_DEFAULTS = settings.defaults("kernel_estimator")
 
 # ------------------------------------------------------------------------------------------ training
 
@@ -31,7 +41,9 @@ def _read_images(folder: Path) -> tuple[list[torch.Tensor], list[Path]]:
     return [torch.as_tensor(read_image(p), dtype=torch.float32).permute(2, 0, 1) for p in files], files
 
 
-SOFT_CONTENT = (0.3, 0.5)  # the shipped ensemble's members: fractions of soft training crops
+SOFT_CONTENT = tuple(
+    KERNEL_ESTIMATOR_DEFAULTS["soft_content"]
+)  # the shipped ensemble's members: fractions of soft training crops
 SOFT_CONTENT_VARIANCE = 5.0  # HR pixels^2: the widest blur already in a "soft" training image
 SOFT_CONTENT_SIZE = 15
 
@@ -103,68 +115,105 @@ def train_member(images, iterations: int, batch: int, lr_size: int, seed: int, s
     return net, running
 
 
-def train(
-    folder: Path,
-    out: Path,
-    iterations: int,
-    batch: int,
-    lr_size: int,
-    seeds: list[int],
-    soft_contents: list[float],
-    log=print,
-) -> dict:
-    """Trains one network per (soft-content fraction, seed) and writes them as one ensemble file, with
-    the command that made it in its metadata and beside it (.json)."""
-    images, files = _read_images(folder)
+def image_digest(files: list[Path]) -> str:
+    """SHA-256 of the training images: of their files' SHA-256s, in sorted order (the released weights
+    record it, so that a retraining can tell whether it read the same images)."""
+    return hashlib.sha256(b"".join(hashlib.sha256(Path(p).read_bytes()).digest() for p in files)).hexdigest()
+
+
+def machine() -> str:
+    """The CPU and torch that trained: one line for the provenance."""
+    cpu = platform.processor() or platform.machine()
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    return f"{cpu}, {torch.get_num_threads()} torch thread(s), torch {torch.__version__}"
+
+
+def train(folder: str | Path, out: str | Path, cfg: dict | None = None, log=print) -> dict:
+    """Trains one network per (soft-content fraction, seed) on the CPU, each from its own seed, and
+    writes them as one ensemble file (tensors "<member>.<name>", `mzsr.estimation.kernel_net.load`)
+    with its settings and provenance in the file's metadata: "config" (the settings, kernel_estimator
+    of the config), "provenance" (images, their digest, each member's final training kernel error,
+    seconds, date, machine, torch). `cfg`: the settings, the section's defaults for what it leaves out
+    ("seed": one seed or a list; "threads": torch's thread count while training, null = as it is).
+    Returns the metadata."""
+    from mzsr.files.checkpoints import save_weights
+
+    cfg = settings.with_defaults(cfg, KERNEL_ESTIMATOR_DEFAULTS, "kernel-estimator training")
+    seeds = [cfg["seed"]] if isinstance(cfg["seed"], int) else list(cfg["seed"])
+    iterations, batch, lr_size = int(cfg["iterations"]), int(cfg["batch"]), int(cfg["lr_size"])
+    images, files = _read_images(Path(folder))
     images = [im for im in images if min(im.shape[1:]) >= 2 * lr_size]
     if not images:
-        raise MZSRError(f"{folder}: no training image has {2 * lr_size} pixels on each side (--lr-size {lr_size} x 2)")
+        raise MZSRError(
+            f"{folder}: no training image has {2 * lr_size} pixels on each side (kernel_estimator.lr_size {lr_size} x 2)"
+        )
+    threads = torch.get_num_threads()
+    if cfg["threads"] is not None:
+        torch.set_num_threads(int(cfg["threads"]))
+    try:
+        tensors, provenance = _train_members(folder, images, files, iterations, batch, lr_size, seeds, cfg, log)
+    finally:
+        torch.set_num_threads(threads)
+    metadata = {"source": "kernel_estimator", "scale": 2, "step": iterations, "config": cfg, "provenance": provenance}
+    save_weights(out, tensors, metadata)
+    return metadata
+
+
+def _train_members(folder, images, files, iterations, batch, lr_size, seeds, cfg, log) -> tuple[dict, dict]:
+    """The members' tensors, one after another, and their provenance."""
     start, tensors, members = time.perf_counter(), {}, []
-    for soft_content in soft_contents:
+    for soft_content in cfg["soft_content"]:
         for seed in seeds:
+            begun = time.perf_counter()
             net, error = train_member(images, iterations, batch, lr_size, seed, soft_content, log)
             tensors.update({f"{len(members)}.{k}": v.contiguous() for k, v in net.state_dict().items()})
-            members.append({"seed": seed, "soft_content": soft_content, "final_training_kernel_error": round(error, 6)})
-    digest = hashlib.sha256(b"".join(hashlib.sha256(p.read_bytes()).digest() for p in files)).hexdigest()
+            members.append(
+                {
+                    "seed": seed,
+                    "soft_content": soft_content,
+                    "final_training_kernel_error": round(error, 6),
+                    "seconds": round(time.perf_counter() - begun),
+                }
+            )
     provenance = {
-        "command": f"python -m mzsr.estimation --images {folder} --iterations {iterations} --batch {batch} "
-        f"--lr-size {lr_size} --seed {' '.join(map(str, seeds))} --soft-content {' '.join(map(str, soft_contents))}",
+        "images_folder": str(folder),
         "images": len(files),
-        "images_sha256": digest,
+        "images_used": len(images),
+        "images_sha256": image_digest(files),
         "members": members,
         "seconds": round(time.perf_counter() - start),
+        "date": date.today().isoformat(),
+        "machine": machine(),
         "torch": torch.__version__,
     }
-    from safetensors.torch import save_file
-
-    out.parent.mkdir(parents=True, exist_ok=True)
-    save_file(tensors, str(out), metadata={"provenance": json.dumps(provenance)})
-    out.with_suffix(".json").write_text(json.dumps(provenance, indent=1) + "\n")
-    return provenance
+    return tensors, provenance
 
 
-def main(argv=None) -> None:
-    ap = argparse.ArgumentParser(description="Train the learned x2 kernel estimator (mzsr.estimation).")
-    ap.add_argument("--images", type=Path, required=True, help="folder of HR training images (searched recursively)")
-    ap.add_argument("--out", type=Path, default=WEIGHTS)
-    ap.add_argument("--iterations", type=int, default=6000)
-    ap.add_argument("--batch", type=int, default=24)
-    ap.add_argument("--lr-size", type=int, default=64, help="side of the LR training crops")
-    ap.add_argument("--seed", type=int, nargs="+", default=[0], help="one ensemble member per seed (and fraction)")
-    ap.add_argument(
-        "--soft-content",
-        type=float,
-        nargs="+",
-        default=list(SOFT_CONTENT),
-        help="fractions of crops blurred before the kernel (soft photos): one ensemble member per fraction",
-    )
-    ap.add_argument("--threads", type=int, default=None)
-    args = ap.parse_args(argv)
-    if args.threads:
-        torch.set_num_threads(args.threads)
-    provenance = train(args.images, args.out, args.iterations, args.batch, args.lr_size, args.seed, args.soft_content)
-    print(json.dumps(provenance, indent=1))
+def compare_with_release(path: str | Path, released: str | Path | None = None) -> str:
+    """One line on how trained weights stand to the released ones (default: `weights_path()`): whether
+    they read the same images (the digest in the released metadata) and hold the same tensors (they do
+    where the settings, the images and the kind of CPU are the same)."""
+    from safetensors.torch import load_file
 
+    from mzsr.estimation.kernel_net import weights_path
+    from mzsr.files.released import header_metadata
 
-if __name__ == "__main__":
-    main()
+    released = weights_path() if released is None else Path(released)
+    if not released.is_file():
+        return f"{path}: no released weights at {released} to compare with"
+    digest = (header_metadata(path).get("provenance") or {}).get("images_sha256", "?")
+    same_images = digest == (header_metadata(released).get("released") or {}).get("images_sha256")
+    ours, theirs = load_file(str(path)), load_file(str(released))
+    if ours.keys() != theirs.keys() or any(ours[k].shape != theirs[k].shape for k in ours):
+        tensors = "other networks than theirs"
+    else:
+        largest = max((ours[k] - theirs[k]).abs().max().item() for k in ours)
+        tensors = "the same tensors" if largest == 0 else f"tensors that differ from theirs by up to {largest:.3g}"
+    images = "the released weights' images" if same_images else "other images than the released weights"
+    return f"{path}: trained on {images} (sha256 {digest[:16]}...), {tensors} ({released})"

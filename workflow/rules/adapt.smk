@@ -42,6 +42,7 @@ rule sr_pretrained:
         scale=SCALE,
         degradation=lambda w: DEGRADATIONS[w.degradation],
         method="pretrained",
+        steps=[0],
         adapt={"steps": [0]},
     log:
         log_path("sr_pretrained", JOB),
@@ -71,7 +72,8 @@ rule sr_mzsr:
         scale=SCALE,
         degradation=lambda w: DEGRADATIONS[w.degradation],
         method="mzsr",
-        adapt=made_with(config["adapt"]),
+        steps=ADAPT_STEPS,
+        adapt=section(config["adapt"]),
     log:
         log_path("sr_mzsr", JOB),
     benchmark:

@@ -171,7 +171,7 @@ def estimator_weights(wildcards):
     """The learned kernel estimator's weights (an input, so retrained weights rerun the estimates)."""
     if config["estimate"]["method"] != "learned":
         return []
-    return [str(WORKFLOW_DIR / "mzsr" / facts.KERNEL_NET_WEIGHTS)]
+    return [str(WORKFLOW_DIR / facts.KERNEL_NET_WEIGHTS)]
 
 
 # ------------------------------------------------------------------------------------ config sections
@@ -187,16 +187,6 @@ def section(value):
     return value
 
 
-# Settings added after results existed, with the value those results were made with: a section
-# names one only when it differs, so that adding the setting did not put earlier results out of date.
-ADDED_LATER = {"grad_precision": "float32"}
-
-
-def made_with(cfg):
-    """A stage's settings as its params and work folder name them (without ADDED_LATER defaults)."""
-    return section({k: v for k, v in cfg.items() if ADDED_LATER.get(k, object()) != v})
-
-
 def pretrain_cfg():
     cfg = {k: v for k, v in config["pretrain"].items() if k != "tf_checkpoint"}
     return section({**cfg, "patch_size": config["patches"]["pretrain"]["patch_size"], "scale": SCALE})
@@ -204,7 +194,7 @@ def pretrain_cfg():
 
 def meta_cfg(subsampling):
     cfg = {k: v for k, v in config["meta"].items() if k != "weights_folder"}  # where models come from, not how
-    return made_with({**cfg, "scale": SCALE, "subsampling": subsampling})
+    return section({**cfg, "scale": SCALE, "subsampling": subsampling})
 
 
 def task_count():
@@ -230,12 +220,13 @@ def tasks_cfg(shard):
 
 def pretrain_work_dir():
     """Pre-training resumes only on the same patches: the patch settings name its folder too."""
-    return work_dir("pretrain", {"pretrain": pretrain_cfg(), "patches": section(config["patches"]["pretrain"])})
+    key = {"pretrain": facts.training_run_key("pretrain", pretrain_cfg())}
+    return work_dir("pretrain", {**key, "patches": section(config["patches"]["pretrain"])})
 
 
 def meta_work_dir(subsampling):
     """Meta-training resumes only on the same tasks: the task and meta-patch settings name its folder too."""
-    meta = {k: v for k, v in meta_cfg(subsampling).items() if k != "cuda_graph"}  # how it runs, not what it learns
+    meta = facts.training_run_key("meta", meta_cfg(subsampling))
     key = {"meta": meta, "tasks": section(config["tasks"]), "patches": section(config["patches"]["meta"])}
     return work_dir(f"meta_{subsampling}", key)
 
@@ -273,7 +264,8 @@ def meta_model(subsampling):
         return f"resources/models/meta_{subsampling}.safetensors"
     path = Path(RELEASED_FOLDER) / f"{subsampling}_x{SCALE}.safetensors"
     if not path.is_file():
-        have = ", ".join(sorted(p.stem for p in Path(RELEASED_FOLDER).glob("*_x*.safetensors"))) or "none"
+        stems = sorted(p.stem for p in Path(RELEASED_FOLDER).glob("*_x*.safetensors"))
+        have = ", ".join(s for s in stems if facts.SR_MODEL_NAME.fullmatch(s)) or "none"  # not kernel_net_x2
         users = ", ".join(d for d, s in SUBSAMPLING.items() if s == subsampling)
         raise WorkflowError(
             f"meta.weights_folder {RELEASED_FOLDER}: no {path.name} for degradation(s) {users} "
