@@ -96,7 +96,7 @@ class AdaptOptions:
     schedule: str = ADAPT_DEFAULTS["schedule"]
     preset: str = ADAPT_DEFAULTS["preset"]
     grid: str = ADAPT_DEFAULTS["grid"]
-    noise_level: float = float(ADAPT_DEFAULTS["noise_level"])
+    noise_level: float = ADAPT_DEFAULTS["noise_level"]
     seed: int = 0
     tile: int | None = DEFAULT_TILE
     max_adapt_pixels: int | None = DEFAULT_MAX_ADAPT_PIXELS
@@ -104,6 +104,7 @@ class AdaptOptions:
 
     def __post_init__(self):
         object.__setattr__(self, "steps", tuple(sorted(set(int(n) for n in self.steps))))
+        object.__setattr__(self, "noise_level", float(self.noise_level))
         if self.steps and self.steps[0] < 0:
             raise ValueError("step counts must be >= 0")
         if self.preset not in PRESETS:
@@ -113,17 +114,9 @@ class AdaptOptions:
 
     @classmethod
     def from_config(cls, section: dict, **more) -> AdaptOptions:
-        """From a config's adapt section (what it leaves out takes the schema's defaults)."""
-        cfg = {**ADAPT_DEFAULTS, **section}
-        return cls(
-            steps=tuple(cfg["steps"]),
-            schedule=cfg["schedule"],
-            preset=cfg["preset"],
-            grid=cfg["grid"],
-            noise_level=float(cfg["noise_level"]),
-            grad_precision=cfg["grad_precision"],
-            **more,
-        )
+        """From a config's adapt section; what it leaves out keeps the defaults above (the schema's)."""
+        keys = ("steps", "schedule", "preset", "grid", "noise_level", "grad_precision")
+        return cls(**{k: section[k] for k in keys if k in section}, **more)
 
 
 def adapt(
