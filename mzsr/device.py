@@ -3,6 +3,9 @@ and both trainers, so that a device that does not exist is the same clear error 
 
 from __future__ import annotations
 
+import platform
+from pathlib import Path
+
 import torch
 
 from mzsr import MZSRError
@@ -47,3 +50,14 @@ def synchronize(device: torch.device) -> None:
     """Wait for the device's queued work (for wall-clock timings); nothing to wait for on a CPU."""
     if device.type == "cuda":
         torch.cuda.synchronize(device)
+
+
+def cpu_name() -> str:
+    """The CPU's model name (Linux's /proc/cpuinfo, else what the platform says), for provenance."""
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()

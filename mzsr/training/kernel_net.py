@@ -10,7 +10,6 @@ The pipeline's rule train_kernel_estimator runs `train` with its config section 
 from __future__ import annotations
 
 import hashlib
-import platform
 import time
 from datetime import date
 from pathlib import Path
@@ -21,6 +20,7 @@ import torch
 from mzsr import MZSRError, settings
 from mzsr.degradation.degrade import degrade_torch
 from mzsr.degradation.kernels import gaussian_kernel, noisy_gaussian_kernel, random_kernel_params
+from mzsr.device import cpu_name
 from mzsr.estimation.kernel_net import KernelNet, gaussian_from_covariance
 from mzsr.facts import IMAGE_SUFFIXES
 
@@ -123,15 +123,7 @@ def image_digest(files: list[Path]) -> str:
 
 def machine() -> str:
     """The CPU and torch that trained: one line for the provenance."""
-    cpu = platform.processor() or platform.machine()
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
-    return f"{cpu}, {torch.get_num_threads()} torch thread(s), torch {torch.__version__}"
+    return f"{cpu_name()}, {torch.get_num_threads()} torch thread(s), torch {torch.__version__}"
 
 
 def train(folder: str | Path, out: str | Path, cfg: dict | None = None, log=print) -> dict:
