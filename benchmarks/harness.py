@@ -1,5 +1,5 @@
 """What the benchmarks share: where the development data is, the device, Set14 made into the paper's LR
-inputs and scored, the machine a figure comes from, and one result format.
+inputs and scored, peak memory, the machine a figure comes from, and one result format.
 
 Every script runs from the repository root as a module (`python -m benchmarks.speed.adapt`, ...) and,
 with --json, writes `write_result`'s format: {"command", "machine", "date", "results"}.
@@ -7,7 +7,10 @@ with --json, writes `write_result`'s format: {"command", "machine", "date", "res
 
 from __future__ import annotations
 
+import contextlib
+import ctypes
 import datetime
+import gc
 import json
 import os
 import platform
@@ -58,6 +61,35 @@ def paper_lr(hr_u8: np.ndarray, kernel, subsampling: str, scale: int = 2) -> np.
 def score(sr_u8: np.ndarray, hr_u8: np.ndarray, scale: int = 2) -> tuple[float, float]:
     """(PSNR, SSIM) on the Y channel, `scale` pixels shaved: the paper's protocol."""
     return psnr(sr_u8, hr_u8, scale), ssim(sr_u8, hr_u8, scale)
+
+
+def _status_kib(key: str) -> int:
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith(key + ":"):
+            return int(line.split()[1])
+    raise OSError(f"no {key} in /proc/self/status")
+
+
+@contextlib.contextmanager
+def peak_memory(device="cpu"):
+    """Peak memory of the code inside, in bytes, in the dict it yields (set on exit): CUDA's allocator
+    peak on a GPU; on a CPU the growth of this process's peak RSS (VmHWM, reset to the current RSS
+    on entry through /proc/self/clear_refs, after freed heap is handed back)."""
+    out = {"bytes": None}
+    gc.collect()
+    if torch.device(device).type == "cuda":
+        torch.cuda.empty_cache()
+        torch.cuda.reset_peak_memory_stats(device)
+        yield out
+        out["bytes"] = torch.cuda.max_memory_allocated(device)
+        return
+    with contextlib.suppress(OSError):
+        ctypes.CDLL("libc.so.6").malloc_trim(0)
+    with contextlib.suppress(OSError):
+        Path("/proc/self/clear_refs").write_text("5")
+    base = _status_kib("VmRSS")
+    yield out
+    out["bytes"] = (_status_kib("VmHWM") - base) * 1024
 
 
 def machine() -> dict:

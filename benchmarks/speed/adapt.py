@@ -1,48 +1,38 @@
-"""Per-image cost and quality of MZSR(1), MZSR(10) and ZSSR on this machine, in one run.
+"""Seconds per image of MZSR(1), MZSR(10) and ZSSR on this CPU, and MZSR(10)'s convolution throughput
+against a plain forward/backward loop of the same sizes.
 
-1. Seconds per image on the same 256x256 LR image (astronaut, g2.0): MZSR(1), MZSR(10), ZSSR, and
-   the ratios ZSSR / MZSR(n).
-2. MZSR(10)'s achieved GFLOP/s against a plain conv forward/backward loop of the same sizes run in
-   this script (the floor: adaptation should add nothing beyond its convolutions).
-3. Optionally Set14 Y-PSNR/SSIM under g2.0 for each method, with the imported pre-trained model and
-   with meta weights (--weights), and the effect of the "best" preset.
+One LR image (astronaut under g2.0, --size x --size, x2), the released Direct x2 model; MZSR(n) is the
+median of --repeats runs of `mzsr.adaptation.adapt.adapt` (son, n steps, inference), ZSSR one run of
+`mzsr.adaptation.zssr.zssr` capped at --zssr-iterations. FLOPs count the 3x3 convolutions: n x
+(forward + backward) at LR size and one forward at HR size.
 
-    python -m benchmarks.speed.adapt [--zssr-iterations 3000] [--weights META.safetensors] [--set14]
+    python -m benchmarks.speed.adapt --threads 1 --zssr-iterations 300 --json out.json
 """
 
 from __future__ import annotations
 
 import argparse
+import os
 import time
-from pathlib import Path
 
 import numpy as np
 import torch
 import torch.nn.functional as F
-from skimage import data
 
-from benchmarks.harness import SHARED, paper_lr, score, set14
+from benchmarks.harness import REPO, write_result
+from benchmarks.speed.cpu import astronaut_lr
 from mzsr.adaptation.adapt import AdaptOptions, adapt
 from mzsr.adaptation.zssr import zssr
-from mzsr.degradation.degrade import degrade, to_uint8
-from mzsr.degradation.kernels import named_degradation
-from mzsr.files.checkpoints import import_tf_checkpoint, load_model
+from mzsr.files.checkpoints import load_model
 from mzsr.network.model import MZSRNet
 
-CONV_FLOPS_PER_PIXEL = 2 * 9 * (3 * 64 + 6 * 64 * 64 + 64 * 3)  # one forward pass of the 8 layers
+FLOPS_PER_PIXEL = 2 * 9 * (3 * 64 + 6 * 64 * 64 + 64 * 3)  # one forward pass of the 8 layers
 
 
-def adaptation_flops(lr_hw, scale: int, steps: int) -> float:
-    """Analytic conv FLOPs of MZSR(steps): steps x (forward + 2x backward) at LR size + one HR forward."""
-    lr_px = lr_hw[0] * lr_hw[1]
-    return CONV_FLOPS_PER_PIXEL * (3 * steps * lr_px + scale * scale * lr_px)
-
-
-def floor_seconds(lr_hw, scale: int, steps: int, repeats: int) -> float:
-    """The same convolutions as plain module calls: steps x fwd+bwd at LR size, one HR forward."""
+def floor_seconds(side: int, steps: int, repeats: int) -> float:
+    """The same convolutions as plain module calls: `steps` x forward + backward at LR size, one HR forward."""
     net = MZSRNet()
-    x = torch.rand(1, 3, *lr_hw)
-    y = torch.rand(1, 3, lr_hw[0] * scale, lr_hw[1] * scale)
+    x, y = torch.rand(1, 3, side, side), torch.rand(1, 3, 2 * side, 2 * side)
     times = []
     for _ in range(repeats):
         start = time.perf_counter()
@@ -57,88 +47,46 @@ def floor_seconds(lr_hw, scale: int, steps: int, repeats: int) -> float:
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument(
-        "--checkpoint", type=Path, default=SHARED / "checkpoints" / "mzsr-official-pretrained" / "Pretrained"
-    )
-    ap.add_argument("--weights", type=Path, help="meta weights to compare with the imported pre-trained model")
+    ap.add_argument("--weights", default=str(REPO / "models" / "direct_x2.safetensors"))
+    ap.add_argument("--size", type=int, default=256, help="LR side")
     ap.add_argument("--zssr-iterations", type=int, default=3000)
     ap.add_argument("--repeats", type=int, default=3)
-    ap.add_argument("--set14", action="store_true", help="also score Set14 under g2.0 (slow on a CPU)")
-    ap.add_argument("--skip-timing", action="store_true", help="only the Set14 part")
-    ap.add_argument("--only-weights", action="store_true", help="Set14 for --weights alone, not the imported model")
-    ap.add_argument("--set14-zssr-iterations", type=int, default=0, help="ZSSR on Set14 too, with this cap (0 = skip)")
+    ap.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's own)")
+    ap.add_argument("--json", default=None, metavar="OUT", help="write all numbers here")
     args = ap.parse_args()
-    models = {}
-    if args.checkpoint.with_suffix(".index").exists():
-        m = MZSRNet()
-        m.load_state_dict(import_tf_checkpoint(args.checkpoint))
-        models["pre-trained (authors)"] = m
-    else:
-        models["random init"] = MZSRNet()
-    if args.weights:
-        models["meta"] = load_model(args.weights, expected_scale=2)[0]
-    deg = named_degradation("g2.0")
-    hr = data.astronaut()  # 512x512 -> 256x256 LR
-    lr = to_uint8(degrade(hr / 255.0, deg.kernel, 2, deg.subsampling)) / 255.0
-    model = next(iter(models.values()))
-    print(f"CPU threads {torch.get_num_threads()}; LR {lr.shape[1]}x{lr.shape[0]} (astronaut, g2.0)")
-
-    if args.only_weights and args.weights:
-        models = {"meta": models["meta"]}
-    timing = {}
-    for steps in (1, 10) if not args.skip_timing else ():
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    model = load_model(args.weights, expected_scale=2)[0]
+    lr, deg = astronaut_lr(args.size)
+    print(f"CPU threads {torch.get_num_threads()}; LR {args.size}x{args.size} (astronaut, g2.0)", flush=True)
+    seconds = {}
+    adapt(model, lr, deg.kernel, 2, deg.subsampling, AdaptOptions(steps=(1,)), device="cpu")  # warm-up
+    for steps in (1, 10):
         runs = [
             adapt(model, lr, deg.kernel, 2, deg.subsampling, AdaptOptions(steps=(steps,)), device="cpu")[0].seconds
             for _ in range(args.repeats)
         ]
-        timing[f"MZSR({steps})"] = float(np.median(runs))
-    if not args.skip_timing:
-        z = zssr(lr, deg.kernel, 2, deg.subsampling, {"iterations": args.zssr_iterations}, device="cpu")
-        timing[f"ZSSR ({z.steps} iterations)"] = z.seconds
-        floor = floor_seconds(lr.shape[:2], 2, 10, args.repeats)
-        flops = adaptation_flops(lr.shape[:2], 2, 10)
-        print("\n| method | seconds per image | ZSSR / method |\n|---|---|---|")
-        for name, sec in timing.items():
-            print(f"| {name} | {sec:.2f} | {z.seconds / sec:.1f} |")
-        print(
-            f"\nMZSR(10): {flops / 1e9:.0f} GFLOP of convolutions; {flops / timing['MZSR(10)'] / 1e9:.1f} GFLOP/s achieved, "
-            f"floor (plain conv fwd/bwd loop, same sizes) {flops / floor / 1e9:.1f} GFLOP/s "
-            f"-> {100 * floor / timing['MZSR(10)']:.0f}% of the floor"
-        )
-
-    if args.set14:
-        images = [hr for _, hr in set14()]
-        print(
-            "\nSet14 x2, g2.0 (Y-PSNR/SSIM, paper protocol)\n| model | method | preset | PSNR | SSIM |\n|---|---|---|---|---|"
-        )
-        for name, m in models.items():
-            for preset in ("paper", "best"):
-                scores: dict[int, list] = {}
-                for hr_img in images:
-                    lr_img = paper_lr(hr_img, deg.kernel, deg.subsampling)
-                    for out in adapt(
-                        m,
-                        lr_img,
-                        deg.kernel,
-                        2,
-                        deg.subsampling,
-                        AdaptOptions(steps=(0, 1, 10), preset=preset),
-                        device="cpu",
-                    ):
-                        scores.setdefault(out.steps, []).append(score(out.sr, hr_img))
-                for steps, v in scores.items():
-                    p, s = np.mean(v, axis=0)
-                    print(f"| {name} | MZSR({steps}) | {preset} | {p:.2f} | {s:.4f} |", flush=True)
-        if args.set14_zssr_iterations:
-            v = []
-            for hr_img in images:
-                lr_img = paper_lr(hr_img, deg.kernel, deg.subsampling)
-                out = zssr(
-                    lr_img, deg.kernel, 2, deg.subsampling, {"iterations": args.set14_zssr_iterations}, device="cpu"
-                )
-                v.append(score(out.sr, hr_img))
-            p, s = np.mean(v, axis=0)
-            print(f"| - | ZSSR (cap {args.set14_zssr_iterations}) | paper | {p:.2f} | {s:.4f} |")
+        seconds[f"MZSR({steps})"] = float(np.median(runs))
+    z = zssr(lr, deg.kernel, 2, deg.subsampling, {"iterations": args.zssr_iterations}, device="cpu")
+    seconds[f"ZSSR ({z.steps} iterations)"] = z.seconds
+    floor = floor_seconds(args.size, 10, args.repeats)
+    gflop = FLOPS_PER_PIXEL * args.size**2 * (3 * 10 + 4) / 1e9
+    results = {
+        "seconds": seconds,
+        "zssr_seconds_per_iteration": z.seconds / z.steps,
+        "mzsr10_gflop": gflop,
+        "mzsr10_gflops": gflop / seconds["MZSR(10)"],
+        "floor_gflops": gflop / floor,
+        "loadavg_1min": os.getloadavg()[0],
+    }
+    print("\n| method | seconds per image | ZSSR / method |\n|---|---|---|")
+    for name, sec in seconds.items():
+        print(f"| {name} | {sec:.2f} | {z.seconds / sec:.1f} |")
+    print(
+        f"\nMZSR(10): {gflop:.0f} GFLOP of convolutions at {results['mzsr10_gflops']:.1f} GFLOP/s; plain conv "
+        f"forward/backward loop of the same sizes {results['floor_gflops']:.1f} GFLOP/s"
+    )
+    write_result(args.json, results)
 
 
 if __name__ == "__main__":

@@ -163,7 +163,8 @@ class TaskPool:
 
     def read(self, rows: np.ndarray) -> np.ndarray:
         """HR patches (len(rows), P, P, 3) uint8 of store rows, one read a row: one h5py fancy-indexing
-        read of 80 rows costs 7-11x more (benchmarks/speed/tasks.py)."""
+        read of 80 rows costs 7-11x more (benchmarks/speed/tasks.py, last in
+        commit 43a7979)."""
         try:
             return np.stack([self.patches[r] for r in np.asarray(rows).tolist()])
         except OSError as e:
