@@ -22,7 +22,7 @@ import torch
 
 from mzsr import MZSRError
 from mzsr.degradation.degrade import degrade, to_uint8
-from mzsr.device import pick_device
+from mzsr.device import cpu_name, pick_device
 from mzsr.evaluation.metrics import modcrop, psnr, ssim
 from mzsr.files.atomic import atomic_write_text
 from mzsr.files.images import read_image_uint8
@@ -94,16 +94,8 @@ def peak_memory(device="cpu"):
 
 def machine() -> dict:
     """The machine a figure comes from: CPU, threads, torch, and the GPU when one is used."""
-    cpu = platform.processor() or platform.machine()
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
     info = {
-        "cpu": cpu,
+        "cpu": cpu_name(),
         "cpu_count": os.cpu_count(),
         "torch_threads": torch.get_num_threads(),
         "torch": torch.__version__,
