@@ -338,7 +338,13 @@ SCRIPTS = {  # rule script -> (its input, output and params, given the inputs' f
     "sr_mzsr": lambda i, root, out: dict(
         input={"lr_image": str(i / "lr" / "a.png"), "gt": str(root / "gt.png"), "weights": str(i / "w.safetensors")},
         output={"sr": str(out / "sr.png"), "csv": str(out / "sr.csv")},
-        params={"scale": 2, "degradation": "g2.0", "method": "mzsr", "adapt": {"steps": [1], "schedule": "auto"}},
+        params={
+            "scale": 2,
+            "degradation": "g2.0",
+            "method": "mzsr",
+            "steps": [1],
+            "adapt": {"steps": [1], "schedule": "auto"},
+        },
         wildcards=SR_WILDCARDS,
     ),
     "patches": lambda i, root, out: dict(

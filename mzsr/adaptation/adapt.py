@@ -192,7 +192,8 @@ def _adapt_once(
                 group["lr"] = learning_rate(schedule, len(step_seconds))
             x, y = _training_pair(son_up, father, options.max_adapt_pixels, rng)
             optimizer.zero_grad(set_to_none=True)
-            F.l1_loss(net(x, grad_dtype=gradients), y).backward()
+            out = net(x) if gradients is None else net(x, grad_dtype=gradients)  # any module in float32
+            F.l1_loss(out, y).backward()
             optimizer.step()
             synchronize(device)
             step_seconds.append(time.perf_counter() - start)
