@@ -1,5 +1,5 @@
 """Released models: where they are found, what `mzsr upscale` takes without --weights, their
-metadata, and the script that extends their training run by one slot of GPU time (tiny, on the CPU)."""
+metadata, and the tool that extends their training run for a time budget (tiny, on the CPU)."""
 
 from __future__ import annotations
 
@@ -8,13 +8,11 @@ import subprocess
 import sys
 
 import h5py
-import numpy as np
 import pytest
 
 from mzsr import MZSRError
 from mzsr.cli import main
-from mzsr.data.stores import write_patch_store
-from mzsr.files.images import list_images, read_image_uint8, write_png
+from mzsr.files.images import read_image_uint8, write_png
 from mzsr.files.released import MODELS_ENV, describe_weights, release_info, released_weights
 from conftest import REPO, SHARED_DATA, smooth_image
 
@@ -54,7 +52,7 @@ def test_upscale_without_weights_takes_the_released_model(tmp_path, capsys):
                 str(tmp_path / "lr"),
                 "--out",
                 str(tmp_path / "sr"),
-                "--kernel",
+                "--degradation",
                 "g2.0",
                 "--steps",
                 "1",
@@ -66,7 +64,7 @@ def test_upscale_without_weights_takes_the_released_model(tmp_path, capsys):
     )
     assert read_image_uint8(tmp_path / "sr" / "a.png").shape == (60, 52, 3)
     assert f"mzsr: weights {REPO / 'models' / 'direct_x2.safetensors'}" in capsys.readouterr().err
-    assert main(["upscale", str(tmp_path / "lr"), "--out", str(tmp_path / "sr2"), "--kernel", "gb1.3"]) == 1
+    assert main(["upscale", str(tmp_path / "lr"), "--out", str(tmp_path / "sr2"), "--degradation", "gb1.3"]) == 1
     assert "mzsr: error: no released model bicubic_x2 (for bicubic subsampling at x2)" in capsys.readouterr().err
     assert not (tmp_path / "sr2").exists()
 
@@ -86,38 +84,20 @@ def _extend(*args):
 
 @pytest.mark.slow
 @pytest.mark.shared_data
-def test_two_slots_extend_one_run_and_the_better_model_is_adopted(tmp_path):
-    bundle, state, models = tmp_path / "bundle", tmp_path / "state", tmp_path / "models"
-    _extend("bundle", "--out", bundle, "--tiny")
-    # the store rebuilt from the bundle's PNGs is the one cut from the images, 8 flips/rotations each
-    images = list_images([SHARED_DATA / "train" / "T91", SHARED_DATA / "train" / "BSD200"])[:3]
-    direct = tmp_path / "direct.h5"
-    write_patch_store(images, direct, 32, 32, None, seed=0, reject_flat=True, store_augmented=True)
-    slot = lambda n, minutes: (
-        "train",
-        "--bundle",
-        bundle,
-        "--tiny",
-        "--minutes",
-        minutes,
-        "--device",
-        "cpu",  # noqa: E731
-        "--work",
-        tmp_path / f"work{n}",
-        "--state-dir",
-        state,
-        "--out",
-        tmp_path / f"out{n}",
+def test_two_sessions_extend_one_run_and_the_better_model_is_adopted(tmp_path):
+    state, models = tmp_path / "state", tmp_path / "models"
+    session = lambda n, minutes: (  # noqa: E731
+        *("train", "--tiny", "--budget-minutes", minutes, "--device", "cpu", "--data", SHARED_DATA),
+        *("--work", tmp_path / f"work{n}", "--state-dir", state, "--out", tmp_path / f"out{n}"),
     )
-    _extend(*slot(1, 1e-4))  # a budget that ends the slot at its first checkpoint (step 2 of 4)
-    with h5py.File(direct, "r") as a, h5py.File(tmp_path / "work1" / "meta.h5", "r") as b:
-        np.testing.assert_array_equal(a["patches"][:], b["patches"][:])
-        assert a["patches"].shape[0] % 8 == 0 and a["patches"].shape[0] > 8
+    _extend(*session(1, 1e-4))  # a budget that ends the session at its first checkpoint (step 2 of 4)
+    with h5py.File(tmp_path / "work1" / "meta.h5", "r") as f:  # 8 flips/rotations of each grid patch
+        assert f["patches"].shape[0] % 8 == 0 and f["patches"].shape[0] > 8
     first = json.loads((tmp_path / "out1" / "slot.json").read_text())
     assert (first["start_step"], first["end_step"], first["device"]) == (0, 2, "cpu")
     assert "steps 0 -> 2 on cpu" in _extend("adopt", tmp_path / "out1", "--state-dir", state, "--models-dir", models)
     assert (models / "direct_x2.safetensors").is_file() and (state / "last.pt").is_file()
-    _extend(*slot(2, 30))  # the next slot resumes at step 2 and finishes the 4 iterations
+    _extend(*session(2, 30))  # another machine's session resumes from the state at step 2 and finishes the 4
     second = json.loads((tmp_path / "out2" / "slot.json").read_text())
     assert (second["start_step"], second["end_step"]) == (2, 4)
     log = (tmp_path / "out2" / "log.csv").read_text().splitlines()

@@ -26,7 +26,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import platform
 import time
 from pathlib import Path
@@ -34,14 +33,14 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from benchmarks.harness import REPO, SET14, SHARED, paper_lr, set14
-from mzsr import kernel_net
+from benchmarks.harness import REPO, SET14, SHARED, paper_lr, set14, write_result
 from mzsr.adaptation.adapt import AdaptOptions, adapt
 from mzsr.adaptation.schedules import resolve_schedule, weights_subsampling
 from mzsr.adaptation.zssr import zssr
 from mzsr.degradation.degrade import to_uint8
 from mzsr.degradation.kernels import random_kernel, random_kernel_rng, resolve_degradation
 from mzsr.degradation.resize import imresize
+from mzsr.estimation import kernel_net
 from mzsr.estimation.estimate import estimate_kernel, kernel_error
 from mzsr.evaluation.metrics import psnr, ssim
 from mzsr.files.checkpoints import load_model
@@ -122,9 +121,9 @@ def main() -> None:
     args.json = args.json or REPO / "benchmarks" / "results" / f"blind_{args.set}{deg}_cpu.json"
     torch.set_num_threads(args.threads)
     device = torch.device(args.device)
-    state = json.loads(args.json.read_text()) if args.json.exists() else {"images": {}}
+    state = _load(args.json) if args.json.exists() else {"images": {}}
     for other in args.merge:
-        for stem, rec in json.loads(other.read_text())["images"].items():
+        for stem, rec in _load(other)["images"].items():
             state["images"].setdefault(stem, {}).update(
                 {k: v for k, v in rec.items() if k not in state["images"].get(stem, {})}
             )
@@ -140,9 +139,7 @@ def main() -> None:
     }
 
     def save():
-        tmp = args.json.with_suffix(".tmp")
-        tmp.write_text(json.dumps(state, indent=1))
-        os.replace(tmp, args.json)
+        write_result(args.json, state)
 
     model, meta = load_model(args.weights, expected_scale=2, device=device)
     schedule = resolve_schedule("auto", weights_subsampling(meta, "direct"), 2)
@@ -218,6 +215,11 @@ def main() -> None:
     if args.merge:
         save()
     print(table(state, [stem for stem, _ in images], args.zssr_iterations))
+
+
+def _load(path: Path) -> dict:
+    """The results of a --json file ({"setup", "images"})."""
+    return json.loads(path.read_text())["results"]
 
 
 def _estimate_summary(about: str, estimates: list[dict]) -> list[str]:

@@ -6,7 +6,7 @@ From the authors' theta_T, on fixed meta-batches at the paper's sizes (5 tasks x
 - release: per task, 5 SGD steps on the support L1 (fast weights), query L1 after each; total_losses2[j]
   = the tasks' mean; meta-loss = reduce_mean_j(w_j total_losses2[j]); its gradient (second order) in
   float64, then TF-1's Adam in float64 numpy (lr_t = lr sqrt(1 - b2^t) / (1 - b1^t), eps after it);
-- project: mzsr.training.meta_step.make_meta_step with the config defaults (float32), as meta_train runs it;
+- project: mzsr.training.meta_step.MetaStep with the config defaults (float32), as meta_train runs it on a CPU;
 - previous recipe: the sum over j and PyTorch's Adam (float32), what the project did before;
 - the release's step with float32 meta-gradients, as TensorFlow computes them: how far float32
   arithmetic alone moves the update (the floor for any float32 implementation).
@@ -36,7 +36,7 @@ from mzsr.files.images import list_images, read_image_uint8
 from mzsr.network.model import MZSRNet
 from mzsr.training.maml import meta_loss, query_loss_weights
 from mzsr.training.meta import META_DEFAULTS, synthesise
-from mzsr.training.meta_step import make_meta_step
+from mzsr.training.meta_step import MetaStep
 from mzsr.training.optim import make_optimizer
 
 
@@ -123,7 +123,7 @@ def project_run(state: dict, batches, cfg, previous: bool = False) -> list[tuple
             out.append(([p.detach().double().numpy().copy() for p in theta], loss.item()))
         return out
     opt = make_optimizer(cfg["optimizer"], theta, cfg["outer_lr"])
-    step = make_meta_step(theta, opt, cfg, "cpu")
+    step = MetaStep(theta, opt, cfg["inner_steps"], cfg["inner_lr"], "cpu")
     for batch in batches:
         loss = step(tuple(t.float() for t in batch), query_loss_weights("uniform", cfg["inner_steps"], 0, 1))
         out.append(([p.detach().double().numpy().copy() for p in theta], loss.item()))

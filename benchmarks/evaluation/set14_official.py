@@ -4,7 +4,7 @@ Prints Y-PSNR/SSIM (paper protocol) for plain bicubic degradation (no adaptation
 kernel degradation after 0, 1 and 10 adaptation steps. Optional --weights evaluates another model
 (e.g. the project's meta weights) the same way.
 
-    python -m benchmarks.evaluation.set14_official [--degradation g2.0] [--weights W.safetensors]
+    python -m benchmarks.evaluation.set14_official [--degradation g2.0] [--weights W.safetensors] [--json FILE]
 """
 
 from __future__ import annotations
@@ -15,7 +15,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from benchmarks.harness import SET14, TF_CHECKPOINT, paper_lr, score, set14
+from benchmarks.harness import SET14, TF_CHECKPOINT, paper_lr, score, set14, write_result
 from mzsr.adaptation.adapt import AdaptOptions, adapt
 from mzsr.degradation.degrade import to_uint8
 from mzsr.degradation.kernels import named_degradation
@@ -46,6 +46,7 @@ def main() -> None:
     ap.add_argument("--degradation", default="g2.0")
     ap.add_argument("--schedule", default="direct_x2")
     ap.add_argument("--device", default="cpu")
+    ap.add_argument("--json", type=Path)
     args = ap.parse_args()
     torch.set_num_threads(max(1, torch.get_num_threads()))
     if args.weights:
@@ -56,10 +57,13 @@ def main() -> None:
     images = [hr for _, hr in set14(args.set14)]
     print(f"Set14 ({len(images)} images), x2, Y channel, paper protocol; model: {args.weights or args.checkpoint}")
     print("| degradation | method | PSNR | SSIM |\n|---|---|---|---|")
+    rows = []
     for name, steps in (("bicubic", (0,)), (args.degradation, (0, 1, 10))):
         for key, (p, s) in evaluate(model, images, name, steps, args.schedule, args.device).items():
             label = key if key == "bicubic" else f"model, {key} steps"
             print(f"| {name} | {label} | {p:.2f} | {s:.4f} |")
+            rows.append({"degradation": name, "method": label, "psnr": p, "ssim": s})
+    write_result(args.json, {"model": str(args.weights or "theta_T (the authors' TF checkpoint)"), "rows": rows})
 
 
 if __name__ == "__main__":

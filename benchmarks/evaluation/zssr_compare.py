@@ -1,26 +1,26 @@
 """ZSSR as first written here (variant simple) against ZSSR as the original runs it with a given
-kernel (variant original) and MZSR(10), on three Set14 images under g2.0 (x2, direct).
+kernel (variant original) and MZSR(10) with the released Direct x2 model, on three Set14 images
+under g2.0 (x2, direct).
 
 Y-PSNR (2-px shave) against the mod-cropped HR, the iterations each ZSSR actually ran (its lr
 policy may stop before the cap) and wall seconds. Each trained ZSSR net is also scored with the
-other back-projection choice (0 or 2 rounds), to separate the training from the post-processing. The table is rewritten after every image, so an
-interrupted run keeps what it finished.
+other back-projection choice (0 or 2 rounds), to separate the training from the post-processing.
+The --json file is rewritten after every image, so an interrupted run keeps what it finished.
 
-    python -m benchmarks.evaluation.zssr_compare [--iterations 3000] [--images face comic foreman] [--threads 1]
+    python -m benchmarks.evaluation.zssr_compare --iterations 500 --threads 1 \
+        --json benchmarks/results/zssr_compare_cpu.json
 """
 
 from __future__ import annotations
 
 import argparse
-import os
-import sys
 import time
 from pathlib import Path
 
 import numpy as np
 import torch
 
-from benchmarks.harness import REPO, paper_lr, set14
+from benchmarks.harness import REPO, paper_lr, set14, write_result
 from mzsr.adaptation.adapt import AdaptOptions, adapt
 from mzsr.adaptation.inference import to_tensor, to_uint8_image
 from mzsr.adaptation.zssr import final_output, resolve_config, train_zssr
@@ -65,9 +65,8 @@ def run_image(name: str, model, kernel, iterations: int, seed: int):
     return hr.shape[:2], rows
 
 
-def table(results: dict, header: list[str]) -> str:
-    lines = header + [
-        "",
+def table(results: dict) -> str:
+    lines = [
         "| image (HR size) | method | Y-PSNR (dB) | iterations run | seconds |",
         "|---|---|---|---|---|",
     ]
@@ -92,27 +91,30 @@ def main() -> None:
     ap.add_argument("--images", nargs="+", default=["face", "comic", "foreman"], help="Set14 image names")
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--seed", type=int, default=0)
-    ap.add_argument("--out", type=Path, default=REPO / "benchmarks" / "results" / "zssr_compare_cpu.txt")
+    ap.add_argument("--json", type=Path, help="the result file (rewritten after every image)")
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
     kernel = named_degradation("g2.0").kernel
     model, _ = load_model(WEIGHTS, expected_scale=2, device="cpu")
-    header = [
-        f"# ZSSR simple vs original vs MZSR(10), Set14 g2.0 (x2, direct), CPU, {args.threads} thread(s), torch {torch.__version__}",
-        f"# command: python -m benchmarks.evaluation.zssr_compare {' '.join(sys.argv[1:])}",
-        f"# ZSSR iteration cap {args.iterations}, seed {args.seed}; MZSR weights {WEIGHTS.name}",
-    ]
     results: dict = {}
-    start = time.perf_counter()
     for name in args.images:
         results[name] = run_image(name, model, kernel, args.iterations, args.seed)
-        done = [
-            f"# {len(results)}/{len(args.images)} images, {time.perf_counter() - start:.0f} s so far, "
-            f"load average {os.getloadavg()[0]:.1f}"
-        ]
-        text = table(results, header + done)
-        args.out.write_text(text)
-        print(text, flush=True)
+        print(table(results), flush=True)
+        write_result(
+            args.json,
+            {
+                "iteration_cap": args.iterations,
+                "seed": args.seed,
+                "weights": str(WEIGHTS.relative_to(REPO)),
+                "images": {
+                    n: {
+                        "hr_size": list(shape),
+                        "rows": [dict(zip(("method", "psnr", "iterations", "seconds"), r)) for r in rows],
+                    }
+                    for n, (shape, rows) in results.items()
+                },
+            },
+        )
 
 
 if __name__ == "__main__":
