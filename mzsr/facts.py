@@ -48,7 +48,10 @@ GPU_RULES = (
 # stage's settings identifies the run: its work folder's name (workflow/rules/common.smk) and the
 # settings its checkpoints are bound to (scripts/pretrain.py, scripts/meta_train.py) leave these out,
 # so that changing one of them resumes the run instead of starting it over.
-HOW_A_RUN_RUNS = {"pretrain": (), "meta": ("cuda_graph",)}
+HOW_A_RUN_RUNS = {
+    "pretrain": ("checkpoint_every", "log_every"),
+    "meta": ("checkpoint_every", "log_every", "validate_every", "cuda_graph"),
+}
 
 
 def training_run_key(stage: str, settings: dict) -> dict:

@@ -44,6 +44,7 @@ from benchmarks.harness import REPO, SHARED, run_device, set14
 from mzsr import MZSRError
 from mzsr.data.stores import write_patch_store
 from mzsr.data.tasks import write_task_shard
+from mzsr.facts import training_run_key
 from mzsr.files.checkpoints import import_tf_checkpoint, save_weights
 from mzsr.files.images import list_images
 from mzsr.files.released import config_digest, release_info
@@ -56,11 +57,11 @@ DATA = "T91 + BSD200 (DIV2K stand-in), 64 px meta patches, stride 120, flat ones
 STEPS = (0, 1, 10)
 SLOT_COLUMNS = ["date", "device", "torch", "start_step", "end_step", "train_seconds", "seconds_per_iteration"]
 SLOT_COLUMNS += ["set14", "adopted"]
-OPERATIONAL = ("checkpoint_every", "log_every", "validate_every", "cuda_graph")  # not part of the recipe's digest
 
 
 def recipe_digest(recipe: dict) -> str:
-    return config_digest({**recipe, "meta": {k: v for k, v in recipe["meta"].items() if k not in OPERATIONAL}})
+    """The digest of what the run learns (how it runs left out: mzsr.facts.training_run_key)."""
+    return config_digest({**recipe, "meta": training_run_key("meta", recipe["meta"])})
 
 
 def paper_recipe(model: str, tiny: bool = False) -> dict:
