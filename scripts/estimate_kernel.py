@@ -24,8 +24,16 @@ scale = int(snakemake.params.scale)
 cfg = dict(snakemake.params.estimate)
 seed = int(cfg.pop("seed", default("estimate.seed")))
 w = snakemake.wildcards
+estimator = getattr(snakemake.input, "estimator", [])  # the learned estimator's weights (none for KernelGAN)
+estimator = [estimator] if isinstance(estimator, str) else list(estimator)
 est = estimate_kernel(
-    read_image(snakemake.input.lr_image), scale, cfg, device=device, seed=seed, source=snakemake.input.lr_image
+    read_image(snakemake.input.lr_image),
+    scale,
+    cfg,
+    device=device,
+    seed=seed,
+    source=snakemake.input.lr_image,
+    weights=estimator[0] if estimator else None,
 )
 truth = resolve_degradation(snakemake.params.degradation, image=w.image, scale=scale).kernel
 error = None if truth is None else kernel_error(est.kernel, truth)

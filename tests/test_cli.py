@@ -355,7 +355,7 @@ def test_kernelgan_format_reads_back_as_the_same_kernel(estimated):
 
 
 def test_upscale_with_estimated_kernels(tmp_path, estimated):
-    """upscale --kernel estimate: each image's kernel estimated (as estimate-kernel does, same seed),
+    """upscale --degradation estimate: each image's kernel estimated (as estimate-kernel does, same seed),
     used to adapt, and written to <out>/kernels/ in the mzsr format."""
     from mzsr.degradation.kernels import load_kernel_file
 
@@ -459,3 +459,16 @@ def test_estimate_kernel_refusals(tmp_path, texture_dir, capsys):
     line = err("estimate-kernel", texture_dir, "--out", texture_dir)
     assert "would overwrite the input" in line and "a_kernel_x2.png" in line
     assert sorted(p.name for p in texture_dir.iterdir()) == ["a.png", "a_kernel_x2.png", "b.png"]
+
+
+def test_a_gradient_precision_the_cpu_cannot_run_is_refused_before_any_work(texture_dir, tmp_path, capsys, monkeypatch):
+    """--grad-precision bfloat16 on a CPU without AMX or AVX512-BF16: one line, before an image is read,
+    a kernel estimated or a file written (here with --degradation estimate, which writes kernels first)."""
+    from mzsr.network import conv
+
+    monkeypatch.setattr(conv, "native_bfloat16", lambda: False)
+    out = tmp_path / "sr"
+    args = ["upscale", str(texture_dir), "--out", str(out), "--degradation", "estimate", "--steps", "1"]
+    assert main([*args, "--grad-precision", "bfloat16", "--device", "cpu"]) == 1
+    assert "gradient precision bfloat16 needs a CPU with AMX or AVX512-BF16" in capsys.readouterr().err
+    assert not out.exists()

@@ -180,7 +180,7 @@ def test_the_released_weights_say_where_they_come_from_and_how_to_make_them_agai
     """models/kernel_net_x2.safetensors carries its provenance as direct_x2 does (a "released" entry),
     with the command that retrains it; the SR models' listings leave it out."""
     path = REPO / KERNEL_NET_WEIGHTS
-    assert kernel_net.weights_path() == path == kernel_net.WEIGHTS
+    assert kernel_net.weights_path() == path
     info = release_info(path)
     assert info["name"] == "kernel_net_x2" and info["iterations"] == 6000
     said = {"what", "data", "device", "machine", "recipe", "seconds", "date", "config_digest", "images_sha256"}
@@ -197,7 +197,7 @@ def test_the_released_weights_say_where_they_come_from_and_how_to_make_them_agai
 
 def test_the_weights_are_found_in_the_models_folder_when_asked(tmp_path, monkeypatch):
     monkeypatch.setenv(MODELS_ENV, str(tmp_path))
-    assert kernel_net.weights_path() == tmp_path / "kernel_net_x2.safetensors" == kernel_net.WEIGHTS
+    assert kernel_net.weights_path() == tmp_path / "kernel_net_x2.safetensors"
     with pytest.raises(MZSRError, match="kernel_net_x2.safetensors: no kernel-estimator weights"):
         kernel_net.load()
 

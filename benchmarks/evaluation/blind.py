@@ -95,7 +95,9 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--weights", type=Path, default=REPO / "models" / "direct_x2.safetensors")
     ap.add_argument("--set14", type=Path, default=SET14)
-    ap.add_argument("--kernel-net", type=Path, default=kernel_net.WEIGHTS, help="the learned estimator's weights")
+    ap.add_argument(
+        "--kernel-net", type=Path, default=kernel_net.weights_path(), help="the learned estimator's weights"
+    )
     ap.add_argument(
         "--set",
         choices=SETS,

@@ -124,7 +124,7 @@ def prepare_data(data: Path, work: Path, recipe: dict, tiny: bool) -> tuple[Path
         if not out.exists()
     ]
     if jobs:
-        with ProcessPoolExecutor(max_workers=min(len(jobs), os.cpu_count() or 1)) as pool:
+        with ProcessPoolExecutor(max_workers=min(len(jobs), len(os.sched_getaffinity(0)))) as pool:
             list(pool.map(_shard, jobs))
     return theta_t, store, shards
 

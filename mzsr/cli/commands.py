@@ -258,6 +258,10 @@ def cmd_upscale(args) -> int:
     if not 0 <= args.noise_level < float("inf"):
         raise MZSRError(f"--noise-level must be a finite number >= 0, got {args.noise_level}")
     device = pick_device(args.device)
+    if args.method == "mzsr" and args.steps > 0:
+        from mzsr.network.conv import grad_dtype
+
+        grad_dtype(args.grad_precision, device)  # a precision this device cannot run: refused before any work
     kernels_dir = args.out / "kernels"
     outputs = None
     if estimating:  # the SR PNG, and the estimated kernel with its picture in <out>/kernels/

@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import time
 from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
 import torch
@@ -314,25 +315,26 @@ def estimate_kernel(
     seed: int = settings.default("estimate.seed"),
     progress: bool = False,
     source: str = "image",
+    weights: str | Path | None = None,
 ) -> KernelEstimate:
     """One LR image's (HxWx3 float in [0, 1]) x2 kernel, or for x4 the analytic x4 kernel of it, as
-    KernelGAN's release does: by cfg["method"], the learned estimator (`mzsr.estimation`, the default)
-    or KernelGAN. Seeded: the same image, settings and seed give the same kernel on one device and
-    torch version."""
+    KernelGAN's release does: by cfg["method"], the learned estimator (`mzsr.estimation.kernel_net`,
+    the default; `weights` its file, default the released one) or KernelGAN. Seeded: the same image,
+    settings and seed give the same kernel on one device and torch version."""
     if scale not in (2, 4):
         raise MZSRError(f"{source}: kernels are estimated at x2 (and x4 from them); scale {scale} is not supported")
     cfg = settings.with_defaults(cfg, KERNELGAN_DEFAULTS, "kernel estimation")
     if cfg["method"] == "learned":
-        return _learned_estimate(lr_image, scale, source)
+        return _learned_estimate(lr_image, scale, source, weights)
     return _kernelgan_estimate(lr_image, scale, cfg, device, seed, progress, source)
 
 
-def _learned_estimate(lr_image: np.ndarray, scale: int, source: str) -> KernelEstimate:
+def _learned_estimate(lr_image: np.ndarray, scale: int, source: str, weights) -> KernelEstimate:
     from mzsr.estimation import kernel_net
 
     start = time.perf_counter()
     check_estimable(np.shape(lr_image), True, source, method="learned")
-    k2 = kernel_net.estimate(lr_image)
+    k2 = kernel_net.estimate(lr_image, kernel_net.load(weights))
     release_k2 = mzsr_to_kernelgan(k2, 2)
     if scale == 4:
         k2, release_k2 = analytic_kernel(k2), analytic_kernel(release_k2)

@@ -103,12 +103,6 @@ def weights_path() -> Path:
     return models_folder() / Path(KERNEL_NET_WEIGHTS).name
 
 
-def __getattr__(name: str):
-    if name == "WEIGHTS":  # the released weights' path, as `weights_path()` finds it now
-        return weights_path()
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
-
-
 def load(path: str | Path | None = None) -> list[KernelNet]:
     """The networks of a weights file (default: the released weights, `weights_path()`): an ensemble
     whose members' tensors are named "<member>.<name>" (what training writes), or one network's plain

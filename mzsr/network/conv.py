@@ -14,7 +14,7 @@ only the order of floating-point sums: float64 gradients agree with PyTorch's to
 second order) in bfloat16 with float32 accumulation, on CPUs with native bfloat16 (AMX or
 AVX512-BF16); forward passes, losses and weights stay float32. Opt-in (config `grad_precision`): it
 moves adapted outputs by at most a grey level, not to float rounding (docs/results.md). A first-order
-backward of the whole network (`network`: adaptation, ZSSR) then keeps its gradients in bfloat16 from
+backward of the whole network (`network`: adaptation) then keeps its gradients in bfloat16 from
 layer to layer; per layer, autograd would cast each one to float32 and back, a quarter of the time.
 The precision is an argument of each call, never a module-wide setting.
 
@@ -90,7 +90,7 @@ def network(
     relu = torch.relu_ if fast_path(x) else torch.relu  # in place: a fresh activation costs its page faults
     h = x
     for i, (weight, bias) in enumerate(zip(weights, biases)):
-        h = conv3x3(h, weight, bias)
+        h = conv3x3(h, weight, bias, grad_dtype)
         if i < len(weights) - 1:
             h = relu(h)
     return h

@@ -47,9 +47,11 @@ def grouped_forward(params: list[torch.Tensor], x: torch.Tensor, grad_dtype: tor
     """MZSRNet forward for T tasks at once, as one grouped convolution per layer (groups = tasks).
 
     params: per layer weight (T, O, I, 3, 3) and bias (T, O), alternating; x: (T, B, 3, H, W).
-    Returns (T, B, 3, H, W) = x + net_t(x_t) for each task t. `grad_dtype` is the CPU path's (GPUs
-    compute their gradients as the tensors are).
+    Returns (T, B, 3, H, W) = x + net_t(x_t) for each task t. Gradients in another dtype
+    (`grad_dtype`) are the CPU path's, `looped_forward`'s.
     """
+    if grad_dtype is not None:
+        raise ValueError("gradients in another dtype run on the CPU path: use looped_forward")
     t, b, c, h, w = x.shape
     inp = x.permute(1, 0, 2, 3, 4).reshape(b, t * c, h, w)
     out = inp

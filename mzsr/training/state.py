@@ -1,4 +1,4 @@
-"""What both trainers share: resumable checkpoints, the CSV log, device set-up, NaN guard."""
+"""What both trainers share: resumable checkpoints bound to their settings, the CSV log, the NaN guard."""
 
 from __future__ import annotations
 
