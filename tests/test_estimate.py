@@ -10,14 +10,13 @@ import torch
 from mzsr import MZSRError
 from mzsr.degradation.degrade import degrade
 from mzsr.degradation.kernels import analytic_kernel, gaussian_kernel, kernelgan_center, mzsr_center
-from mzsr.estimation.estimate import (
+from mzsr.estimation.estimate import estimate_kernel, kernel_error
+from mzsr.estimation.kernelgan import (
     BICUBIC_X2,
     Constraints,
     Generator,
     crop_probabilities,
-    estimate_kernel,
     gradient_map,
-    kernel_error,
     penalty_mask,
     significant_kernel,
 )

@@ -22,14 +22,8 @@ from mzsr.cli.commands import _estimate_settings
 from mzsr.cli.parser import build_parser
 from mzsr.data.patches import FLAT_THRESHOLD
 from mzsr.data.tasks import write_task_shard
-from mzsr.estimation.estimate import (
-    KERNELGAN_DEFAULTS,
-    Discriminator,
-    Generator,
-    check_estimable,
-    estimate_kernel,
-    significant_kernel,
-)
+from mzsr.estimation.estimate import check_estimable, estimate_kernel
+from mzsr.estimation.kernelgan import KERNELGAN_DEFAULTS, Discriminator, Generator, significant_kernel
 from mzsr.network.model import init_zssr_
 from mzsr.training.maml import query_loss_weights
 from mzsr.training.meta import META_DEFAULTS

@@ -411,7 +411,7 @@ def test_pipeline_from_the_released_models_trains_nothing_and_names_them(tmp_pat
 def test_estimate_defaults_are_the_kernelgan_release():
     """The config's estimate section defaults to the learned estimator and, for KernelGAN, to the release's
     settings (and the paper config spells them out)."""
-    from mzsr.estimation.estimate import KERNELGAN_DEFAULTS
+    from mzsr.estimation.kernelgan import KERNELGAN_DEFAULTS
 
     schema = yaml.safe_load((REPO / "mzsr" / "config.schema.yaml").read_text())
     defaults = {k: v["default"] for k, v in schema["properties"]["estimate"]["properties"].items()}
