@@ -153,25 +153,17 @@ def main() -> None:
             rec = state["images"].setdefault(stem, {})
             truth = resolve_degradation(args.degradation, image=stem, scale=2).kernel
             lr = paper_lr(hr, truth, "direct")
-            if phase == "learned" and "learned" not in rec:
+            if phase in ("learned", "estimate") and phase not in rec:
                 start = time.perf_counter()
-                kernel = kernel_net.estimate(lr, estimator)  # what estimate_kernel(method learned) returns
-                rec["learned"] = {
+                if phase == "learned":
+                    kernel = kernel_net.estimate(lr, estimator)  # what estimate_kernel(method learned) returns
+                else:
+                    cfg = {"method": "kernelgan", "iterations": args.iterations}
+                    kernel = estimate_kernel(lr, 2, cfg, device, seed=0, source=f"{stem}.png").kernel
+                rec[phase] = {
                     "kernel": kernel.tolist(),
                     "seconds": time.perf_counter() - start,
                     "error": kernel_error(kernel, truth),
-                    "guess_error": kernel_error(guess, truth),
-                }
-                sr = to_uint8(imresize(lr, 2.0, output_shape=hr.shape[:2]))
-                rec["bicubic"] = {"psnr": psnr(sr, hr, 2), "ssim": ssim(sr, hr, 2), "seconds": 0.0}
-            elif phase == "estimate" and "estimate" not in rec:
-                est = estimate_kernel(
-                    lr, 2, {"method": "kernelgan", "iterations": args.iterations}, device, seed=0, source=f"{stem}.png"
-                )
-                rec["estimate"] = {
-                    "kernel": est.kernel.tolist(),
-                    "seconds": est.seconds,
-                    "error": kernel_error(est.kernel, truth),
                     "guess_error": kernel_error(guess, truth),
                 }
                 sr = to_uint8(imresize(lr, 2.0, output_shape=hr.shape[:2]))
