@@ -16,7 +16,8 @@ from mzsr.files.images import read_image, read_image_uint8, write_png
 
 device = _util.torch_setup(snakemake)
 scale = int(snakemake.params.scale)
-options = AdaptOptions.from_config(snakemake.params.adapt)  # (the workflow passes the whole section)
+# the adapt section (none for the pre-trained model as it is), for the step counts the outputs name
+options = AdaptOptions.from_config({**snakemake.params.adapt, "steps": snakemake.params.steps})
 kernel, subsampling = _util.job_kernel(snakemake)  # resolved once: for adaptation and the re-degradation check
 model, weights_meta = load_model(snakemake.input.weights, expected_scale=scale, device=device)
 gt = modcrop(read_image_uint8(snakemake.input.gt), scale)

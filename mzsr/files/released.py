@@ -67,16 +67,6 @@ def config_digest(cfg: dict) -> str:
     return hashlib.sha256(json.dumps(cfg, sort_keys=True).encode()).hexdigest()[:16]
 
 
-def write_release(weights: str | Path, out: str | Path, info: dict) -> Path:
-    """Copy a weights file to `out` with `info` (iterations, data, device, config digest, Set14
-    numbers, ...) under the metadata key "released"; the file's own metadata stays."""
-    from mzsr.files.checkpoints import load_weights, save_weights
-
-    state, meta = load_weights(weights)
-    save_weights(out, state, {**meta, "released": info})
-    return Path(out)
-
-
 def release_info(path: str | Path) -> dict:
     """The "released" metadata of a model file ({} for a file that was never released): an SR model's
     or the kernel estimator's (`header_metadata`: read for any safetensors file, whatever network its

@@ -43,7 +43,7 @@ rule sr_pretrained:
         degradation=lambda w: DEGRADATIONS[w.degradation],
         method="pretrained",
         steps=[0],
-        adapt={"steps": [0]},
+        adapt={},
     log:
         log_path("sr_pretrained", JOB),
     benchmark:
