@@ -220,8 +220,8 @@ def tasks_cfg(shard):
 
 def pretrain_work_dir():
     """Pre-training resumes only on the same patches: the patch settings name its folder too."""
-    key = {"pretrain": facts.training_run_key("pretrain", pretrain_cfg())}
-    return work_dir("pretrain", {**key, "patches": section(config["patches"]["pretrain"])})
+    patches = section(config["patches"]["pretrain"])
+    return work_dir("pretrain", {"pretrain": facts.training_run_key("pretrain", pretrain_cfg()), "patches": patches})
 
 
 def meta_work_dir(subsampling):
