@@ -83,3 +83,19 @@ def skimage_names(source: str) -> list[str]:
     if not source.startswith(SKIMAGE) or not names:
         raise ValueError(f"{source}: name at least one scikit-image photo, e.g. skimage:coffee,rocket")
     return names
+
+
+def processes_problem(processes: int, nodes: int, work_items: int, what: str) -> str | None:
+    """What is wrong with a training stage's processes and nodes, or None: each process needs at least
+    one of the `work_items` (the meta-batch's tasks, the batch's patches), and nodes must divide the
+    processes (the same number of processes, GPUs, on every node)."""
+    if processes < 1 or nodes < 1:
+        return f"processes ({processes}) and nodes ({nodes}) must be at least 1"
+    if processes > work_items:
+        return (
+            f"{processes} processes but {what} of only {work_items}: every process needs at least one"
+            f" (use at most {work_items} processes, or a larger {what})"
+        )
+    if processes % nodes:
+        return f"{nodes} nodes do not divide {processes} processes: every node runs the same number"
+    return None

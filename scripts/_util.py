@@ -74,6 +74,29 @@ def torch_setup(snakemake):
     return device
 
 
+def train(snakemake, stage: str, arguments: dict) -> None:
+    """Run training `stage` ("pretrain" or "meta": mzsr.training's pretrain or meta_train with
+    `arguments`) in this process, or on compute.<rule>.processes ranks (mzsr.training.distributed).
+    Processes and the device are read from the config, not params, so that changing them reruns nothing."""
+    rule = "pretrain" if stage == "pretrain" else "meta_train"
+    compute = snakemake.config["compute"]
+    own = compute.get(rule) or {}
+    processes, nodes = own.get("processes", 1), own.get("nodes", 1)
+    if processes == 1:
+        if stage == "pretrain":
+            from mzsr.training.pretrain import pretrain as run
+        else:
+            from mzsr.training.meta import meta_train as run
+        run(**arguments, device=torch_setup(snakemake))
+        return
+    from mzsr.training.distributed import launch
+
+    threads = own.get("threads", compute["default"]["threads"])
+    plain = {k: str(v) if isinstance(v, Path) else v for k, v in arguments.items()}
+    device = snakemake.config.get("device", "auto")
+    launch(stage, plain, device, processes, nodes, threads, arguments["work_dir"])
+
+
 def job_kernel(snakemake):
     """(kernel, subsampling) of an SR job: KernelGAN's estimate (input `estimated`, MZSR's convention)
     with direct subsampling (param `subsampling`) for the blind methods, else the

@@ -1,5 +1,6 @@
-# Large-scale pre-training (theta_T); resumes from the checkpoint in params.work_dir, where the
-# training log also lives until it is copied to output.log_csv at the end.
+# Large-scale pre-training (theta_T), in this process or on compute.pretrain.processes ranks; resumes
+# from the checkpoint in params.work_dir, where the training log also lives until it is copied to
+# output.log_csv at the end.
 import _util
 
 _util.start(snakemake)  # stderr to the job's log, mzsr importable, one-line errors and warnings
@@ -8,10 +9,8 @@ from pathlib import Path
 
 from mzsr.facts import training_run_key
 from mzsr.files.atomic import atomic_copy
-from mzsr.training.pretrain import pretrain
 from mzsr.training.state import bind_settings
 
-device = _util.torch_setup(snakemake)
 work_dir = Path(snakemake.params.work_dir)
 # a checkpoint made from another patch store (same settings, other images) is stale: set aside, not resumed
 bind_settings(
@@ -22,12 +21,15 @@ bind_settings(
         "inputs": _util.input_digests(patches=snakemake.input[0]),
     },
 )
-pretrain(
-    snakemake.input[0],
-    snakemake.output.weights,
-    dict(snakemake.params.pretrain),
-    work_dir=work_dir,
-    log_csv=work_dir / "log.csv",
-    device=device,
+_util.train(
+    snakemake,
+    "pretrain",
+    {
+        "patch_store": snakemake.input[0],
+        "out_weights": snakemake.output.weights,
+        "cfg": dict(snakemake.params.pretrain),
+        "work_dir": work_dir,
+        "log_csv": work_dir / "log.csv",
+    },
 )
 atomic_copy(work_dir / "log.csv", snakemake.output.log_csv)

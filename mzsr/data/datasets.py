@@ -63,11 +63,21 @@ class StepBatchSampler(torch.utils.data.Sampler):
     the order of a permutation drawn from rng(seed, epoch), batch after batch across epoch boundaries.
     Flips/rotations (only with `augment`; the release's pre-training reads patches as stored, mode 0)
     come from rng(seed, step). So a batch is a pure function of (seed, step) and a run resumes exactly.
+    `part` keeps one slice of every batch: a training rank's share of the global batch.
     """
 
-    def __init__(self, length: int, batch_size: int, seed: int, start: int, steps: int, augment: bool = False):
+    def __init__(
+        self,
+        length: int,
+        batch_size: int,
+        seed: int,
+        start: int,
+        steps: int,
+        augment: bool = False,
+        part: slice = slice(None),
+    ):
         self.length, self.batch_size, self.seed, self.start, self.steps = length, batch_size, seed, start, steps
-        self.augment = augment
+        self.augment, self.part = augment, part
         self._orders: dict[int, np.ndarray] = {}
 
     def __len__(self) -> int:
@@ -94,4 +104,4 @@ class StepBatchSampler(torch.utils.data.Sampler):
                 if self.augment
                 else np.zeros(self.batch_size, np.int64)
             )
-            yield list(zip(idx.tolist(), aug.tolist()))
+            yield list(zip(idx[self.part].tolist(), aug[self.part].tolist()))

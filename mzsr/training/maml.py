@@ -120,16 +120,29 @@ def inner_loop(
     return torch.stack(query_losses)
 
 
-def weighted_query_loss(losses: torch.Tensor, weights) -> torch.Tensor:
+def weighted_query_loss(losses: torch.Tensor, weights, tasks: int | None = None) -> torch.Tensor:
     """The release's meta-loss from the (steps, T) query losses: L_j averaged over the tasks, then
-    reduce_mean over j of w_j L_j, i.e. (1/J) sum_j w_j L_j (the mean, not the sum, over the J steps)."""
+    reduce_mean over j of w_j L_j, i.e. (1/J) sum_j w_j L_j (the mean, not the sum, over the J steps).
+
+    With `tasks` (the whole meta-batch, of which these T are one rank's share) the sum over these
+    tasks divided by `tasks`: the ranks' losses, and their gradients, then add up to the meta-loss."""
     w = torch.as_tensor(weights, dtype=losses.dtype, device=losses.device)
-    return (w * losses.mean(dim=1)).mean()
+    per_step = losses.mean(dim=1) if tasks is None else losses.sum(dim=1) / tasks
+    return (w * per_step).mean()
 
 
 def meta_loss(
-    theta, batch, steps: int, inner_lr: float, weights, first_order: bool, forward=tasks_forward, grad_dtype=None
+    theta,
+    batch,
+    steps: int,
+    inner_lr: float,
+    weights,
+    first_order: bool,
+    forward=tasks_forward,
+    grad_dtype=None,
+    tasks: int | None = None,
 ) -> torch.Tensor:
-    """The release's meta-loss (`weighted_query_loss`) of one meta-batch of (support_x, support_y, query_x, query_y)."""
+    """The release's meta-loss (`weighted_query_loss`) of one meta-batch of (support_x, support_y,
+    query_x, query_y), or a rank's part of it (`tasks`: the whole meta-batch's task count)."""
     losses = inner_loop(theta, *batch, steps, inner_lr, not first_order, forward, grad_dtype)
-    return weighted_query_loss(losses, weights)
+    return weighted_query_loss(losses, weights, tasks)

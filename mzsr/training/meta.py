@@ -26,10 +26,11 @@ from mzsr.device import pick_device
 from mzsr.files.checkpoints import load_weights, save_weights
 from mzsr.network.conv import grad_dtype
 from mzsr.network.model import MZSRNet
+from mzsr.training.distributed import Ranks, check_processes, resumable_checkpoint
 from mzsr.training.maml import per_task_l1, query_loss_weights, tasks_forward
 from mzsr.training.meta_step import MetaStep
 from mzsr.training.optim import make_optimizer
-from mzsr.training.state import CsvLog, check_finite, latest_checkpoint, load_training_state, save_training_state
+from mzsr.training.state import CsvLog, check_finite, load_training_state, save_training_state
 
 # The config's meta section (mzsr/config.schema.yaml) less weights_folder (where models come from,
 # not how they are trained), at the config's scale; "subsampling" is the subsampling of the tasks' LR
@@ -54,10 +55,10 @@ def synthesise(hr: torch.Tensor, kernels: torch.Tensor, scale: int, subsampling:
     return x[:, :n_support], hr[:, :n_support], x[:, n_support:], hr[:, n_support:]
 
 
-def make_batch(pool: TaskPool, task_ids, device, subsampling: str):
-    """One meta-batch of the given tasks, synthesised on `device`."""
+def make_batch(pool: TaskPool, task_ids, device, subsampling: str, dtype=torch.float32):
+    """One meta-batch of the given tasks, synthesised on `device` in `dtype` (the weights')."""
     hr, kernels = pool.batch(task_ids, device)
-    return synthesise(hr, kernels, pool.scale, subsampling, pool.n_support)
+    return tuple(t.to(dtype) for t in synthesise(hr, kernels, pool.scale, subsampling, pool.n_support))
 
 
 @torch.no_grad()
@@ -108,16 +109,29 @@ def check_pool_size(pool_size: int, n_val: int, cfg: dict) -> None:
 
 
 def meta_train(
-    init_weights, shard_paths, patch_store, out_weights, cfg: dict, work_dir, log_csv, device=None, on_step=None
+    init_weights,
+    shard_paths,
+    patch_store,
+    out_weights,
+    cfg: dict,
+    work_dir,
+    log_csv,
+    device=None,
+    on_step=None,
+    ranks: Ranks = Ranks(),
 ) -> Path:
     """Meta-transfer learning from `init_weights` (theta_T) over the tasks of `shard_paths`, whose HR
     patches are rows of `patch_store`; resumes from work_dir/last.pt when present.
 
-    `on_step(step)` is called after every finished iteration (progress hooks, fault-injection tests).
+    On several `ranks` (mzsr.training.distributed) each runs its share of every meta-batch and rank 0
+    alone validates, logs and writes. The weights are those of one process, trained in the dtype of
+    torch's default (float32; tests compare ranks in float64). `on_step(step)` is called after every
+    finished iteration (progress hooks, fault-injection tests).
     """
     cfg = settings.with_defaults(cfg, META_DEFAULTS, "meta-training")
     work_dir = Path(work_dir)
     work_dir.mkdir(parents=True, exist_ok=True)
+    check_processes(ranks.size, 1, cfg["meta_batch"], "a meta-batch")
     device = pick_device(device)
     gradients = grad_dtype(cfg["grad_precision"], device)
     torch.manual_seed(cfg["seed"])
@@ -129,7 +143,7 @@ def meta_train(
     theta = list(model.parameters())
     optimizer = make_optimizer(cfg["optimizer"], theta, cfg["outer_lr"])
     start = 0
-    if (ckpt := latest_checkpoint(work_dir)) is not None:
+    if (ckpt := resumable_checkpoint(work_dir, ranks)) is not None:
         start = load_training_state(ckpt, model, optimizer)["step"]
     # after resuming: it sets Adam's `capturable` (and where its step counters live) for this device and mode
     meta_step = MetaStep(
@@ -141,15 +155,26 @@ def meta_train(
         cuda_graph=cfg["cuda_graph"],
         grad_dtype=gradients,
         keep_graphs=False,
+        ranks=ranks,
+        tasks=cfg["meta_batch"],
     )
     val_ids, train_ids = split_pool(len(pool), cfg["validation_tasks"], cfg["seed"])
     check_pool_size(len(pool), len(val_ids), cfg)
-    val_batch = make_batch(pool, val_ids, device, cfg["subsampling"]) if len(val_ids) else None
-    log = CsvLog(log_csv, ["step", "loss", "psnr_0", "psnr_1", "psnr_5", "seconds"], resume_step=start)
+    dtype = theta[0].dtype
+    val_batch = make_batch(pool, val_ids, device, cfg["subsampling"], dtype) if len(val_ids) and ranks.main else None
+    log = (
+        CsvLog(log_csv, ["step", "loss", "psnr_0", "psnr_1", "psnr_5", "seconds"], resume_step=start)
+        if ranks.main
+        else None
+    )
     t0 = time.perf_counter()
-    bar = tqdm(total=cfg["iterations"], initial=start, desc="meta-train", unit="it", disable=None)
+    bar = tqdm(
+        total=cfg["iterations"], initial=start, desc="meta-train", unit="it", disable=None if ranks.main else True
+    )
+    mine = ranks.share(cfg["meta_batch"])
     for it in range(start, cfg["iterations"]):
-        batch = make_batch(pool, tasks_for_iteration(train_ids, cfg["meta_batch"], it), device, cfg["subsampling"])
+        task_ids = tasks_for_iteration(train_ids, cfg["meta_batch"], it)[mine]
+        batch = make_batch(pool, task_ids, device, cfg["subsampling"], dtype)
         weights = query_loss_weights(
             cfg["loss_weights"], cfg["inner_steps"], it, cfg["anneal_steps"], cfg["final_weight_floor"]
         )
@@ -162,14 +187,16 @@ def meta_train(
             psnrs = validate(theta, val_batch, cfg["inner_lr"])
             row = {f"psnr_{k}": f"{v:.3f}" for k, v in psnrs.items()}
             bar.set_postfix(psnr_0=row["psnr_0"], psnr_1=row["psnr_1"], psnr_5=row["psnr_5"])
-        if row or step % cfg["log_every"] == 0:
+        if ranks.main and (row or step % cfg["log_every"] == 0):
             log.write(step=step, loss=f"{loss.item():.6f}", seconds=f"{time.perf_counter() - t0:.2f}", **row)
-        if step % cfg["checkpoint_every"] == 0 or step == cfg["iterations"]:
+        if ranks.main and (step % cfg["checkpoint_every"] == 0 or step == cfg["iterations"]):
             save_training_state(work_dir, step, model, optimizer)
         if on_step is not None:
             on_step(step)
     bar.close()
     pool.close()
+    if not ranks.main:
+        return Path(out_weights)
     meta = {
         "scale": cfg["scale"],
         "degradation": cfg["subsampling"],

@@ -10,6 +10,11 @@ one graph launch, which removes the CPU's launch and autograd overhead. TF-1's A
 runs with `capturable=True` there (`set_capturable`). If the capture fails the step warns once and
 runs eagerly. In graph mode the NaN check comes after the optimizer step (the step is one unit):
 training still stops at the same iteration and the last good checkpoint stays on disk.
+
+On several ranks (mzsr.training.distributed) each rank's loss is its tasks' part of the meta-loss;
+after the backward the ranks sum their gradients and losses in one all-reduce, check the summed
+loss, and step. Under a CUDA graph only the meta-loss and its backward are captured there (the
+all-reduce and the optimizer step run after each replay), so that the graph holds no communication.
 """
 
 from __future__ import annotations
@@ -19,6 +24,7 @@ import warnings
 
 import torch
 
+from mzsr.training.distributed import Ranks
 from mzsr.training.maml import meta_loss
 
 
@@ -67,6 +73,9 @@ class MetaStep:
 
     The optimizer must be one whose fresh state is zeros (both Adams): the warm-up's state is reset to
     zero when there was none before it.
+
+    `ranks` and `tasks`: this process's place among several and the meta-batch's whole task count,
+    of which `batch` holds this rank's share (see the module docstring).
     """
 
     def __init__(
@@ -81,24 +90,43 @@ class MetaStep:
         grad_dtype: torch.dtype | None = None,
         warmup: int = 3,
         keep_graphs: bool = True,
+        ranks: Ranks = Ranks(),
+        tasks: int | None = None,
     ):
         self.theta, self.optimizer = list(theta), optimizer
         self.inner_steps, self.inner_lr = inner_steps, inner_lr
         self.device = torch.device(device) if device is not None else self.theta[0].device
         self.grad_dtype = grad_dtype
         self.warmup, self.keep_graphs = max(int(warmup), 1), keep_graphs
+        self.ranks = ranks
+        self.tasks = tasks if ranks.size > 1 else None
         self.graphed = bool(cuda_graph) and self.device.type == "cuda"
         self.fallback_reason: str | None = None
         self._graphs: dict[tuple, _Graph] = {}
-        set_capturable(optimizer, self.graphed)
+        set_capturable(optimizer, self._step_captured)
+
+    @property
+    def _step_captured(self) -> bool:
+        """Whether the optimizer step is part of the graph (one process only: see the module docstring)."""
+        return self.graphed and self.ranks.size == 1
 
     def loss(self, batch, weights, first_order: bool) -> torch.Tensor:
         """The meta-loss alone (forward, inner loop included)."""
         return meta_loss(
-            self.theta, batch, self.inner_steps, self.inner_lr, weights, first_order, grad_dtype=self.grad_dtype
+            self.theta,
+            batch,
+            self.inner_steps,
+            self.inner_lr,
+            weights,
+            first_order,
+            grad_dtype=self.grad_dtype,
+            tasks=self.tasks,
         )
 
     def _eager(self, batch, weights, first_order: bool, check=None) -> torch.Tensor:
+        if self.ranks.size > 1:
+            self.optimizer.zero_grad(set_to_none=True)
+            return self._sum_and_step(self._local_backward(batch, weights, first_order), check)
         loss = self.loss(batch, weights, first_order)
         if check is not None:
             check(loss)
@@ -106,6 +134,22 @@ class MetaStep:
         loss.backward()
         self.optimizer.step()
         return loss
+
+    def _local_backward(self, batch, weights, first_order: bool) -> torch.Tensor:
+        """This rank's part of the meta-loss and its gradients (into the parameters' .grad)."""
+        loss = self.loss(batch, weights, first_order)
+        loss.backward()
+        return loss.detach()
+
+    def _sum_and_step(self, loss: torch.Tensor, check=None) -> torch.Tensor:
+        """Sum the ranks' gradients and losses (one all-reduce), check the meta-loss, step."""
+        total = loss.reshape(1).clone()
+        self.ranks.sum_([p.grad for p in self.theta] + [total])
+        total = total.reshape(())
+        if check is not None:
+            check(total)
+        self.optimizer.step()
+        return total
 
     def __call__(self, batch, weights, first_order: bool = False, check=None) -> torch.Tensor:
         if not self.graphed:
@@ -121,6 +165,8 @@ class MetaStep:
         entry.weights.copy_(torch.as_tensor(weights, dtype=entry.weights.dtype))
         entry.graph.replay()
         loss = entry.loss.clone()  # the static output is overwritten by the next replay
+        if not self._step_captured:  # the graph filled the static .grad tensors; sum them and step
+            return self._sum_and_step(loss, check)
         if check is not None:
             check(loss)
         return loss
@@ -157,19 +203,20 @@ class MetaStep:
         static_batch = tuple(t.detach().clone() for t in batch)
         static_weights = torch.as_tensor(weights, dtype=self.theta[0].dtype).to(self.device)
         snapshot = self._snapshot()
+        body = self._eager if self._step_captured else self._local_backward
         try:
             main, side = torch.cuda.current_stream(self.device), torch.cuda.Stream(self.device)
             side.wait_stream(main)
             with torch.cuda.stream(side), warnings.catch_warnings():
                 warnings.filterwarnings("ignore", message=".*capturable=True.*")  # Adam: capturable but not captured
                 for _ in range(self.warmup):
-                    self._eager(static_batch, static_weights, first_order)
+                    body(static_batch, static_weights, first_order)
             main.wait_stream(side)
             self._restore(snapshot)
             self.optimizer.zero_grad(set_to_none=True)
             graph = torch.cuda.CUDAGraph()
             with torch.cuda.graph(graph, stream=side):
-                static_loss = self._eager(static_batch, static_weights, first_order)
+                static_loss = body(static_batch, static_weights, first_order)
         except Exception as e:  # noqa: BLE001 - any failure: warn and run eagerly
             self._give_up(e, snapshot)
             return None

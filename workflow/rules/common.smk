@@ -6,6 +6,7 @@ import hashlib
 import importlib.util
 import json
 import math
+import os
 import re
 from pathlib import Path
 
@@ -299,16 +300,48 @@ def compute(rule, key):
     return own.get(key, config["compute"]["default"][key])
 
 
+TRAINING_WORK = {"pretrain": ("batch_size", "a batch"), "meta_train": ("meta_batch", "a meta-batch")}
+
+
+def processes_of(name):
+    """(processes, nodes) of a training rule (compute.<rule>), checked before any job runs."""
+    own = config["compute"].get(name) or {}
+    processes, nodes = own.get("processes", 1), own.get("nodes", 1)
+    key, what = TRAINING_WORK[name]
+    section_name = "pretrain" if name == "pretrain" else "meta"
+    if problem := facts.processes_problem(
+        processes, nodes, config[section_name][key], f"{what} ({section_name}.{key})"
+    ):
+        raise WorkflowError(f"config compute.{name}: {problem}")
+    return processes, nodes
+
+
 def threads_of(name):
-    return compute(name, "threads")
+    """compute.<rule>.threads; a training rule's are per process, so a local run of several
+    processes takes that many times as many cores (under SLURM each task gets its own)."""
+    threads = compute(name, "threads")
+    if name in TRAINING_WORK and not is_cluster_run():
+        threads *= processes_of(name)[0]
+    return threads
 
 
 def resources_of(name):
     """Memory (MB) and run time (minutes) of a rule; GPUs for a network rule (facts.GPU_RULES); for a
-    per-image rule one image_jobs token, so that the jobs of a group job run one after another."""
+    per-image rule one image_jobs token, so that the jobs of a group job run one after another.
+    A training rule asks for one GPU per process; with several, for that many SLURM tasks over
+    compute.<rule>.nodes nodes, one per GPU, which the rule starts itself with srun (`mpi`: the
+    executor plugin then runs the job without a job step of its own)."""
     resources = {"mem_mb": compute(name, "mem_mb"), "runtime": compute(name, "runtime")}
     if name in facts.GPU_RULES:
         resources["gpu"] = compute(name, "gpu")
+    if name in TRAINING_WORK:
+        processes, nodes = processes_of(name)
+        resources["gpu"] = processes
+        if processes > 1:
+            resources.update(tasks=processes, tasks_per_gpu=1, nodes=nodes, mpi="srun")
+        if os.environ.get("MZSR_SLURM_GPU_FLAG", "").strip().lower() == "gres":  # see slurm/config.yaml
+            model = os.environ.get("MZSR_SLURM_GPU_MODEL", "").strip()
+            resources.update(gpu=0, gres=f"gpu:{model + ':' if model else ''}{processes // nodes}")
     if name in IMAGE_RULE_GROUPS:
         resources["image_jobs"] = 1
     return resources
