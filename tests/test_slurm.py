@@ -22,8 +22,11 @@ job), a group job asking for one job's CPUs, memory and GPU and the sum of its j
 training job that resumed keeps the log rows of the run before it up to the checkpoint it resumed
 from (they are compared with a copy taken at the interruption); one that started over would have
 rewritten them. One more job goes through the profile's site settings for a cluster that takes GPU
-requests only with --gres (the partition gresonly refuses --gpus), and at the end no process that
-the test started, directly or through SLURM, is left.
+requests only with --gres (the partition gresonly refuses --gpus), and no process that the test
+started, directly or through SLURM, is left. Last, meta-training runs again on two processes (one
+SLURM job of two tasks with a GPU each, started by srun, gloo between them), one of them killed on
+the way: the job ends at once naming the rank, the retry resumes, and the weights equal the
+one-process run's.
 """
 
 from __future__ import annotations
@@ -48,6 +51,7 @@ from PIL import Image
 
 from benchmarks.tools import count_submissions
 from mzsr import facts
+from mzsr.files.checkpoints import load_weights
 import slurm_cluster
 from conftest import snakemake_command
 
@@ -618,3 +622,82 @@ def test_no_process_outlives_the_run(slurm_run, cluster):
     while (left := cluster.processes()) and time.monotonic() < deadline:
         time.sleep(0.5)
     assert not left, f"processes left behind: {left}"
+
+
+# ------------------------------------------------------------------------------------ two processes
+
+
+def rank_process(cluster, rank: int) -> int | None:
+    """The pid of training rank `rank` that srun started in a job of the test cluster."""
+    for pid in cluster.processes():
+        try:
+            cmdline = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
+            environ = Path(f"/proc/{pid}/environ").read_bytes().split(b"\0")
+        except OSError:
+            continue
+        if b"mzsr.training.distributed" in cmdline and f"SLURM_PROCID={rank}".encode() in environ:
+            return pid
+    return None
+
+
+@pytest.mark.slow
+def test_two_process_meta_training_through_the_profile(slurm_run, cluster):
+    """Meta-training again with compute.meta_train.processes: 2 through the profile: one SLURM job
+    with two tasks, one GPU each, started by srun (gloo between the CPU processes). Rank 1 is killed
+    (SIGKILL) after a checkpoint: the job ends at once with an error that names the rank, leaves its
+    checkpoint whole, and Snakemake's retry resumes from it. The weights equal the one-process run's."""
+    workdir = slurm_run["workdir"]
+    weights = workdir / "resources" / "models" / "meta_direct.safetensors"
+    one_process = load_weights(weights)[0]
+    work = checkpoint(workdir, "meta_direct")
+    shutil.rmtree(work)  # the finished one-process run: start over
+    config = yaml.safe_load((workdir / "micro.yaml").read_text())
+    config["compute"]["meta_train"] = {"processes": 2, "threads": 1}
+    (workdir / "two_processes.yaml").write_text(yaml.safe_dump(config))
+    cmd = snakemake_cmd(workdir, "--configfile", str(workdir / "two_processes.yaml"))
+    cmd += [
+        "--profile",
+        str(workdir / "test-profile"),
+        "--forcerun",
+        "meta_train",
+        "--",
+        str(weights.relative_to(workdir)),
+    ]
+    before = {row["JobID"] for row in cluster.sacct("JobID")}
+    out = workdir / "two_processes.txt"
+    with open(out, "w") as f:
+        proc = subprocess.Popen(cmd, cwd=REPO, env=slurm_run["env"], stdout=f, stderr=subprocess.STDOUT)
+    try:
+        watch = Watch(proc, cluster, time.monotonic() + RUN_TIMEOUT, out)
+        watch.until("a checkpoint of the two-process run", lambda: (work / "last.pt").exists(), interval=0.05)
+        pid = watch.until("rank 1", lambda: rank_process(cluster, 1))
+        os.kill(pid, signal.SIGKILL)
+        killed_at = time.time()
+        assert proc.wait(timeout=RUN_TIMEOUT) == 0, out.read_text()[-6000:]
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    two = load_weights(weights)[0]
+    difference = max(float((one_process[k] - two[k]).abs().max()) for k in one_process)
+    print(f"meta-training through SLURM, 2 processes vs 1: largest weight difference {difference:.3g}")
+    assert difference <= 2e-6
+    fields = ("JobID", "State", "AllocTRES", "Comment", "SubmitLine", "End")
+    jobs = [row for row in cluster.sacct(*fields) if row["JobID"] not in before]
+    assert [(rule_of(r["Comment"]), r["State"].split()[0]) for r in jobs] == [
+        ("meta_train", "FAILED"),
+        ("meta_train", "COMPLETED"),
+    ], jobs
+    failed, done = jobs
+    ended = time.mktime(time.strptime(failed["End"], "%Y-%m-%dT%H:%M:%S"))
+    assert ended - killed_at < 60, (failed["End"], killed_at)  # no hang: the job ended soon after the kill
+    for row in jobs:  # two tasks with a GPU each, started by the job itself (srun)
+        line = row["SubmitLine"]
+        assert "--gpus=2" in line and "--ntasks=2" in line and "--ntasks-per-gpu=1" in line, line
+        assert "--nodes=1" in line and "gres/gpu=2" in row["AllocTRES"], row
+    assert set(cluster.task_env()[done["JobID"]]) >= {"batch", "0"}  # the srun step of the two ranks
+    log = (workdir / "logs" / "slurm" / "rule_meta_train" / "direct" / f"{failed['JobID']}.log").read_text()
+    assert "training on 2 processes failed (rank 1: Killed)" in log, log[-4000:]
+    assert not list(work.glob("*.tmp*")) and not list(work.glob(".*"))
+    rows = log_rows(workdir / "results" / "training" / "meta_direct_log.csv")
+    assert [int(r["step"]) for r in rows] == list(range(1, META_ITERATIONS + 1))

@@ -22,9 +22,11 @@ and the job fails with the last checkpoint in place.
 
 from __future__ import annotations
 
+import collections
 import datetime
 import json
 import os
+import re
 import shutil
 import socket
 import subprocess
@@ -264,13 +266,30 @@ def launch(
         "TQDM_DISABLE": "1",
     }
     print(f"starting {processes} training processes: {' '.join(command)}", file=sys.stderr, flush=True)
-    sys.stderr.flush()
-    result = subprocess.run(command, env=env, stdout=sys.stderr, stderr=sys.stderr)
-    if result.returncode != 0:
+    tail = collections.deque(maxlen=200)
+    with subprocess.Popen(command, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True) as ranks:
+        for line in ranks.stdout:  # into the job's log, and the last lines kept to name a failed rank
+            sys.stderr.write(line)
+            tail.append(line)
+    if ranks.returncode != 0:
         raise MZSRError(
-            f"training on {processes} processes failed (exit status {result.returncode}); the log above names"
-            f" the rank that failed. The last checkpoint stays in {work_dir}, and a rerun resumes from it"
+            f"training on {processes} processes failed ({failed_rank(tail) or f'exit status {ranks.returncode}'});"
+            f" the job's log has each rank's output. The last checkpoint stays in {work_dir}, and a rerun"
+            " resumes from it"
         )
+
+
+def failed_rank(lines) -> str | None:
+    """Which rank failed, from the launcher's last lines: a rank's own error line ("rank N: mzsr:
+    error: ..."), srun's "task N: <how>", or torchrun's root cause ("rank : N ... exitcode : E")."""
+    text = "".join(lines)
+    if found := re.search(r"rank (\d+): mzsr: error: (.*)", text):
+        return f"rank {found.group(1)}: {found.group(2).strip()}"
+    if found := re.search(r"srun: error: \S+: tasks? (\d+)[-\d]*: (.*)", text):
+        return f"rank {found.group(1)}: {found.group(2).strip()}"
+    if found := re.search(r"Root Cause(?:.*\n)*?\s*rank\s*:\s*(\d+)(?:.*\n)*?\s*exitcode\s*:\s*(-?\d+)", text):
+        return f"rank {found.group(1)}: exit code {found.group(2)}"
+    return None
 
 
 if __name__ == "__main__":
