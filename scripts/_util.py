@@ -76,7 +76,7 @@ def torch_setup(snakemake):
 
 def train(snakemake, stage: str, arguments: dict) -> None:
     """Run training `stage` ("pretrain" or "meta": mzsr.training's pretrain or meta_train with
-    `arguments`) in this process, or on compute.<rule>.processes ranks (mzsr.training.distributed).
+    `arguments`) in this process, or on compute.<rule>.processes ranks (mzsr.training.launch).
     Processes and the device are read from the config, not params, so that changing them reruns nothing."""
     rule = "pretrain" if stage == "pretrain" else "meta_train"
     compute = snakemake.config["compute"]
@@ -89,7 +89,7 @@ def train(snakemake, stage: str, arguments: dict) -> None:
             from mzsr.training.meta import meta_train as run
         run(**arguments, device=torch_setup(snakemake))
         return
-    from mzsr.training.distributed import launch
+    from mzsr.training.launch import launch
 
     threads = own.get("threads", compute["default"]["threads"])
     plain = {k: str(v) if isinstance(v, Path) else v for k, v in arguments.items()}

@@ -1,6 +1,6 @@
 """Training on several processes: 2 gloo ranks on this CPU give the one-process weights.
 
-The ranks are started the way the workflow starts them (mzsr.training.distributed.launch: torchrun
+The ranks are started the way the workflow starts them (mzsr.training.launch.launch: torchrun
 on one machine), the one-process runs are the plain trainers in this process. Also: a state saved
 with 2 ranks resumes with 1, a rank killed mid-run ends the job with an error and its checkpoint in
 place, and the problems of a processes setting are one line each. tests/test_slurm.py runs the same
@@ -24,7 +24,8 @@ from mzsr import MZSRError
 from mzsr.facts import processes_problem
 from mzsr.files.checkpoints import load_weights, save_weights
 from mzsr.network.model import MZSRNet
-from mzsr.training.distributed import Ranks, launch
+from mzsr.training.distributed import Ranks
+from mzsr.training.launch import launch
 from mzsr.training.meta import meta_train
 from mzsr.training.pretrain import pretrain
 from mzsr.training.state import check_checkpoint
@@ -186,11 +187,7 @@ def _rank_pid(spec: Path, rank: int) -> int | None:
             environ = (entry / "environ").read_bytes().split(b"\0")
         except OSError:
             continue
-        if (
-            b"mzsr.training.distributed" in cmdline
-            and str(spec).encode() in cmdline
-            and f"RANK={rank}".encode() in environ
-        ):
+        if b"mzsr.training.launch" in cmdline and str(spec).encode() in cmdline and f"RANK={rank}".encode() in environ:
             return int(entry.name)
     return None
 
@@ -202,7 +199,7 @@ def test_a_killed_rank_ends_the_job_and_the_rerun_resumes(data):
     work = Path(arguments["work_dir"])
     work.mkdir()
     code = (
-        "import sys; from mzsr.training.distributed import launch;"
+        "import sys; from mzsr.training.launch import launch;"
         f" launch('meta', {arguments!r}, 'cpu', 2, 1, 1, {str(work)!r})"
     )
     job = subprocess.Popen(
@@ -244,3 +241,64 @@ def test_more_processes_than_tasks_is_an_error_before_any_work(data, tmp_path):
     with pytest.raises(MZSRError, match="2 processes but a meta-batch of only 1"):
         meta_train(**arguments, device="cpu", ranks=Ranks(0, 2))
     assert not Path(arguments["work_dir"]).exists() or not any(Path(arguments["work_dir"]).iterdir())
+
+
+class _TwoAlike(Ranks):
+    """Two ranks that hold the same tasks: the all-reduce doubles (for one process to take the
+    several-rank path of the meta-step)."""
+
+    def sum_(self, tensors):
+        for t in tensors:
+            t.mul_(2)
+
+
+@pytest.mark.parametrize("cuda_graph", [False, pytest.param(True, id="cuda_graph")])
+def test_the_meta_step_of_several_ranks_is_the_mean_over_all_their_tasks(cuda_graph):
+    """MetaStep's several-rank path (each rank's share of the loss, gradients summed, then the
+    step; under a CUDA graph the sum and the step after the replay) = one process's step on all the
+    tasks. Two alike ranks of 2 tasks are one process of those 2 tasks twice: the same mean."""
+    from mzsr.training.meta_step import MetaStep
+    from mzsr.training.optim import make_optimizer
+
+    device = torch.device("cuda" if cuda_graph else "cpu")
+    if cuda_graph and not torch.cuda.is_available():
+        pytest.skip("needs CUDA (the graph of a several-rank step)")
+    g = torch.Generator().manual_seed(5)
+    batches = [tuple(torch.rand(2, 2, 3, 10, 10, generator=g).to(device) for _ in range(4)) for _ in range(4)]
+    runs = []
+    for ranks, tasks in ((Ranks(), None), (_TwoAlike(0, 2), 4)):
+        torch.manual_seed(0)
+        theta = list(MZSRNet(width=16, layers=4).to(device).parameters())
+        step = MetaStep(
+            theta,
+            make_optimizer("adam_tf1", theta, 1e-3),
+            2,
+            0.01,
+            device,
+            cuda_graph=cuda_graph,
+            ranks=ranks,
+            tasks=tasks,
+        )
+        losses = [step(b, [0.5, 0.5], first_order=i < 1).item() for i, b in enumerate(batches)]
+        assert step.graphed == cuda_graph
+        runs.append((losses, [p.detach().clone() for p in theta]))
+    (loss_one, theta_one), (loss_two, theta_two) = runs
+    torch.testing.assert_close(loss_two, loss_one, rtol=1e-6, atol=0)
+    for a, b in zip(theta_one, theta_two):
+        torch.testing.assert_close(b, a, rtol=1e-5, atol=1e-7)
+
+
+def test_fewer_gpus_than_processes_is_an_error_before_any_work(monkeypatch, tmp_path):
+    """A CUDA device with fewer GPUs visible than processes on the machine: one line, nothing started."""
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 1)
+    monkeypatch.delenv("SLURM_JOB_ID", raising=False)
+    with pytest.raises(MZSRError, match=r"2 training processes on \S+ but 1 GPU\(s\) visible: one GPU per process"):
+        launch("meta", {}, "cuda", 2, 1, 1, tmp_path)
+    assert not (tmp_path / "ranks.json").exists()
+
+
+def test_several_nodes_need_slurm(monkeypatch, tmp_path):
+    monkeypatch.delenv("SLURM_JOB_ID", raising=False)
+    with pytest.raises(MZSRError, match="2 nodes need a SLURM job"):
+        launch("meta", {}, "cpu", 2, 2, 1, tmp_path)

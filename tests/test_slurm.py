@@ -174,7 +174,10 @@ def test_profile_settings(monkeypatch):
     assert set(profile["set-resources"]) == set(facts.GPU_RULES)
     for rule, resources in profile["set-resources"].items():
         assert resources["slurm_partition"] == "gpu" and resources["cpus_per_gpu"] == "threads", rule
-    assert profile["set-resources"]["pretrain"]["gpu"] == profile["set-resources"]["meta_train"]["gpu"] == 1
+    # the training rules' GPUs (one per process) come from the workflow (test_training_processes_...)
+    assert not {"gpu", "gres"} & (
+        set(profile["set-resources"]["pretrain"]) | set(profile["set-resources"]["meta_train"])
+    )
     site = read_profile(monkeypatch, MZSR_SLURM_ACCOUNT="acct42", MZSR_SLURM_PARTITION="", MZSR_SLURM_CONDA="0")
     assert site["default-resources"]["slurm_account"] == "acct42"
     assert "slurm_partition" not in site["default-resources"]  # empty: the cluster's default partition
@@ -202,11 +205,12 @@ def test_profile_site_settings(monkeypatch):
         MZSR_SLURM_EFFICIENCY_REPORT="1",
     )
     for rule, resources in site["set-resources"].items():
-        # --gres=gpu:a100:1 and no --gpus (gpu=0), -C, --cpus-per-task instead of --cpus-per-gpu
+        # --gres=gpu:a100:1 and no --gpus (gpu=0), -C, --cpus-per-task instead of --cpus-per-gpu;
+        # the training rules' --gres (GPUs per node) comes from the workflow
+        gres = {} if rule in ("pretrain", "meta_train") else {"gpu": 0, "gres": "gpu:a100:1"}
         assert resources == {
             "slurm_partition": "gpu",
-            "gpu": 0,
-            "gres": "gpu:a100:1",
+            **gres,
             "constraint": "a100|h100",
             "cpus_per_task": "threads",
         }, rule
@@ -254,6 +258,40 @@ def test_profile_from_repository_root_with_site_facts_from_environment(tmp_path)
             assert (res["slurm_partition"], res["gpu"], res["cpus_per_gpu"]) == ("a100", "1", str(threads)), rule
         else:
             assert res["slurm_partition"] == "short" and "gpu" not in res, rule
+
+
+@needs_plugin
+def test_training_processes_ask_slurm_for_tasks_nodes_and_gpus(tmp_path):
+    """compute.<rule>.processes and nodes in a dry run through the profile: one task and one GPU per
+    process (--gpus, or --gres per node), the tasks started by the job itself (mpi); a bad setting is
+    one error line before any job."""
+    config = yaml.safe_load((REPO / "config" / "demo.yaml").read_text())
+    config["compute"]["meta_train"] = {**config["compute"].get("meta_train", {}), "processes": 2}
+    config["compute"]["pretrain"] = {**config["compute"].get("pretrain", {}), "processes": 2, "nodes": 2}
+    (tmp_path / "two.yaml").write_text(yaml.safe_dump(config))
+
+    def dry_run(config_file, **site):
+        env = profile_env(MZSR_SLURM_ACCOUNT="acct42", MZSR_SLURM_CONDA="0", **site)
+        cmd = snakemake_cmd(tmp_path, "-n", "--cores", "64", "--configfile", str(config_file))
+        proc = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=300)
+        return proc, {rule: res for rule, _, res in job_blocks(proc.stdout + proc.stderr)}
+
+    proc, jobs = dry_run(tmp_path / "two.yaml")
+    assert proc.returncode == 0, (proc.stdout + proc.stderr)[-3000:]
+    threads = config["compute"]["meta_train"].get("threads", config["compute"]["default"]["threads"])
+    expected = {"gpu": "2", "tasks": "2", "tasks_per_gpu": "1", "mpi": "srun", "cpus_per_gpu": str(threads)}
+    assert {k: jobs["meta_train"].get(k) for k in expected} == expected and jobs["meta_train"]["nodes"] == "1"
+    assert (jobs["pretrain"]["gpu"], jobs["pretrain"]["tasks"], jobs["pretrain"]["nodes"]) == ("2", "2", "2")
+    assert "tasks" not in jobs["sr_mzsr"] and "mpi" not in jobs["sr_mzsr"]
+    _, gres = dry_run(tmp_path / "two.yaml", MZSR_SLURM_GPU_FLAG="gres", MZSR_SLURM_GPU_MODEL="a100")
+    assert (gres["meta_train"]["gres"], gres["meta_train"]["gpu"]) == ("gpu:a100:2", "0")
+    assert gres["pretrain"]["gres"] == "gpu:a100:1"  # 2 processes on 2 nodes: 1 GPU per node
+    config["compute"]["pretrain"]["nodes"] = 3
+    config["compute"]["pretrain"]["processes"] = 4
+    (tmp_path / "bad.yaml").write_text(yaml.safe_dump(config))
+    proc, _ = dry_run(tmp_path / "bad.yaml")
+    assert proc.returncode != 0
+    assert "config compute.pretrain: 3 nodes do not divide 4 processes" in proc.stdout + proc.stderr
 
 
 # ------------------------------------------------------------------------------------ the cluster
@@ -635,7 +673,7 @@ def rank_process(cluster, rank: int) -> int | None:
             environ = Path(f"/proc/{pid}/environ").read_bytes().split(b"\0")
         except OSError:
             continue
-        if b"mzsr.training.distributed" in cmdline and f"SLURM_PROCID={rank}".encode() in environ:
+        if b"mzsr.training.launch" in cmdline and f"SLURM_PROCID={rank}".encode() in environ:
             return pid
     return None
 

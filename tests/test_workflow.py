@@ -147,6 +147,43 @@ def micro_run(tmp_path_factory):
 
 
 @pytest.mark.slow
+def test_training_on_two_processes_locally(micro_run, tmp_path):
+    """compute.<rule>.processes: 2 reruns nothing; forced, the training rules start two processes
+    with torchrun (gloo on this CPU) and give the one-process weights."""
+    config = yaml.safe_load(MICRO.read_text())
+    for rule in ("pretrain", "meta_train"):
+        config["compute"][rule] = {"processes": 2}
+    (micro_run / "two.yaml").write_text(yaml.safe_dump(config))
+    assert planned_jobs(micro_run, "--configfile", "two.yaml") == []  # a compute setting: nothing to redo
+    copy = tmp_path / "copy"
+    shutil.copytree(micro_run, copy, symlinks=True)
+    shutil.rmtree(copy / "resources" / "work")  # no checkpoints: train afresh
+    check(
+        run_snakemake(
+            copy,
+            "--cores",
+            "2",
+            "--configfile",
+            "two.yaml",
+            "--forcerun",
+            "pretrain",
+            "meta_train",
+            "--until",
+            "meta_train",
+        )
+    )
+    from mzsr.files.checkpoints import load_weights
+
+    for name, tolerance in (("pretrained", 1e-6), ("meta_direct", 1e-5)):
+        one, _ = load_weights(micro_run / "resources" / "models" / f"{name}.safetensors")
+        two, _ = load_weights(copy / "resources" / "models" / f"{name}.safetensors")
+        assert max(float((one[k] - two[k]).abs().max()) for k in one) <= tolerance, name
+    for log in ("pretrain.log", "meta_train/direct.log"):
+        text = (copy / "logs" / log).read_text()
+        assert "starting 2 training processes" in text and "torch.distributed.run --standalone" in text, text[-2000:]
+
+
+@pytest.mark.slow
 def test_micro_run_metrics(micro_run):
     per_image = pd.read_csv(micro_run / "results" / "metrics" / "per_image.csv")
     assert list(per_image.columns) == CSV_COLUMNS

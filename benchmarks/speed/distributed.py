@@ -11,7 +11,9 @@ ranks in it) and in the rest. A CPU row with R ranks gives each rank `--threads`
 machine's cores are shared, so the one-process row at R x threads is its fair comparison.
 
     python -m benchmarks.speed.distributed [--device auto|cpu|cuda] [--ranks 1 2] [--threads 1]
-        [--iterations 5] [--quick] [--json OUT]
+        [--patch 64] [--iterations 5] [--quick] [--json OUT]
+
+(--patch 32 on a CPU: a 64 px second-order iteration takes minutes on one core.)
 """
 
 from __future__ import annotations
@@ -104,7 +106,7 @@ def worker(args) -> None:
     torch.set_num_threads(args.threads)
     ranks, device = join(args.device)
     try:
-        row = run_rank(ranks, device, QUICK if args.quick else FULL, args.iterations, args.warmup)
+        row = run_rank(ranks, device, sizes_of(args), args.iterations, args.warmup)
         if ranks.main:
             Path(args.worker).write_text(json.dumps(row))
     finally:
@@ -117,11 +119,17 @@ def several(args, size: int) -> dict:
         out = Path(tmp) / "row.json"
         forwarded = [f"--device={args.device}", f"--threads={args.threads}", f"--iterations={args.iterations}"]
         forwarded += [f"--warmup={args.warmup}", f"--worker={out}"] + (["--quick"] if args.quick else [])
+        forwarded += [f"--patch={args.patch}"] if args.patch else []
         command = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc-per-node={size}"]
         command += ["-m", "benchmarks.speed.distributed", *forwarded]
         env = {**os.environ, "OMP_NUM_THREADS": str(args.threads), "PYTHONPATH": str(REPO)}
         subprocess.run(command, check=True, env=env, cwd=REPO)
         return json.loads(out.read_text())
+
+
+def sizes_of(args) -> dict:
+    sizes = QUICK if args.quick else FULL
+    return {**sizes, "patch": args.patch} if args.patch else sizes
 
 
 def main(argv=None) -> None:
@@ -131,6 +139,7 @@ def main(argv=None) -> None:
     parser.add_argument("--threads", type=int, default=1, help="torch threads per rank")
     parser.add_argument("--iterations", type=int, default=5)
     parser.add_argument("--warmup", type=int, default=2)
+    parser.add_argument("--patch", type=int, help="patch size (default: the release's 64)")
     parser.add_argument("--quick", action="store_true", help="tiny sizes (a smoke test)")
     parser.add_argument("--json", type=Path)
     parser.add_argument("--worker", help=argparse.SUPPRESS)  # a rank under torchrun: where rank 0 writes
@@ -138,7 +147,7 @@ def main(argv=None) -> None:
     if args.worker:
         return worker(args)
     device = run_device(args.device)
-    sizes = QUICK if args.quick else FULL
+    sizes = sizes_of(args)
     rows = []
     for size in args.ranks:
         if size == 1:

@@ -329,8 +329,8 @@ def resources_of(name):
     """Memory (MB) and run time (minutes) of a rule; GPUs for a network rule (facts.GPU_RULES); for a
     per-image rule one image_jobs token, so that the jobs of a group job run one after another.
     A training rule asks for one GPU per process; with several, for that many SLURM tasks over
-    compute.<rule>.nodes nodes, one per GPU, which the rule starts itself with srun (`mpi`: the
-    executor plugin then runs the job without a job step of its own)."""
+    compute.<rule>.nodes nodes, one per GPU, which the job starts itself with srun (`mpi` tells the
+    executor plugin to run the job without a one-task job step of its own)."""
     resources = {"mem_mb": compute(name, "mem_mb"), "runtime": compute(name, "runtime")}
     if name in facts.GPU_RULES:
         resources["gpu"] = compute(name, "gpu")
