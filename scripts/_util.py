@@ -100,15 +100,22 @@ def train(snakemake, stage: str, arguments: dict) -> None:
 def job_kernel(snakemake):
     """(kernel, subsampling) of an SR job: KernelGAN's estimate (input `estimated`, MZSR's convention)
     with direct subsampling (param `subsampling`) for the blind methods, else the
-    degradation's own (the image's own kernel for rk; None for plain bicubic)."""
+    degradation's own (the image's own kernel for rk; None for plain bicubic); either placed in the
+    test set's kernel convention (param `convention`), as its LR images were made."""
+    convention = snakemake.params.convention  # the test set's (kernel_conventions)
     if "estimated" in snakemake.input.keys():
-        from mzsr.degradation.kernels import load_kernel_file
+        from mzsr.degradation.kernels import in_convention, load_kernel_file
 
-        return load_kernel_file(snakemake.input.estimated), snakemake.params.subsampling
+        subsampling = snakemake.params.subsampling
+        kernel = load_kernel_file(snakemake.input.estimated)
+        return in_convention(kernel, convention, int(snakemake.config["scale"]), subsampling), subsampling
     from mzsr.degradation.kernels import resolve_degradation
 
     deg = resolve_degradation(
-        snakemake.params.degradation, image=snakemake.wildcards.image, scale=int(snakemake.params.scale)
+        snakemake.params.degradation,
+        image=snakemake.wildcards.image,
+        scale=int(snakemake.params.scale),
+        convention=convention,
     )
     return deg.kernel, deg.subsampling
 

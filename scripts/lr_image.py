@@ -9,7 +9,9 @@ from mzsr.evaluation.metrics import modcrop
 from mzsr.files.images import read_image_uint8
 
 scale = int(snakemake.params.scale)
-deg = resolve_degradation(snakemake.params.degradation, image=snakemake.wildcards.image, scale=scale)
+deg = resolve_degradation(
+    snakemake.params.degradation, image=snakemake.wildcards.image, scale=scale, convention=snakemake.params.convention
+)
 hr = modcrop(read_image_uint8(snakemake.input.gt), scale)
 if deg.kernel is not None:
     validate_kernel(deg.kernel, snakemake.params.degradation, hr.shape[:2], image=snakemake.input.gt)

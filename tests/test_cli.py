@@ -203,7 +203,7 @@ def test_degrade_with_random_per_image_kernels_writes_them_for_per_image(tmp_pat
         mat = scipy.io.loadmat(lr_dir / "kernels" / f"{stem}_kernel_x2.mat")
         assert "kernel" in mat and "Kernel" not in mat
         np.testing.assert_array_equal(mat["kernel"], resolve_degradation("rk", image=stem).kernel)
-        per_image = argparse.Namespace(degradation="per-image", subsampling=None, scale=2)
+        per_image = argparse.Namespace(degradation="per-image", subsampling=None, scale=2, kernel_convention="mzsr")
         kernels[stem], method, label = _degradation_for(per_image, lr_dir / f"{stem}.png")
         assert method == "direct" and label.endswith(f"kernels/{stem}_kernel_x2.mat")
         np.testing.assert_array_equal(kernels[stem], mat["kernel"])  # read as it is, no shift

@@ -162,8 +162,12 @@ def test_bad_option_value(base, capsys, command, option, value):
 
 
 def _resolve(spec: dict) -> dict:
+    """Follow local references ("#/$defs/compute", "#/$defs/compute/properties/threads")."""
     while "$ref" in spec:
-        spec = SCHEMA["$defs"][spec["$ref"].split("/")[-1]]
+        target = SCHEMA
+        for key in spec["$ref"].removeprefix("#/").split("/"):
+            target = target[key]
+        spec = target
     return spec
 
 

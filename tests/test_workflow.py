@@ -123,6 +123,33 @@ def test_tf_checkpoint_replaces_pretraining(tmp_path):
     assert ("patches", {"kind": "pretrain"}) not in planned_jobs(tmp_path, "--configfile", "cfg.yaml")
 
 
+def test_a_test_set_in_kernelgans_convention_is_degraded_the_kernelgan_way(tmp_path):
+    """kernel_conventions: {tiny: kernelgan}: the set's LR images are made as `mzsr degrade
+    --kernel-convention kernelgan` makes them (KernelGAN's kernel_shift), the other sets' as before;
+    a name that is no test set is an error."""
+    from mzsr.cli import main
+
+    write_test_image(tmp_path / "test_images" / "tiny" / "a.png", seed=0)
+    config = yaml.safe_load(MICRO.read_text())
+    config.update(degradations=["rk"], kernel_conventions={"tiny": "kernelgan"})
+    (tmp_path / "cfg.yaml").write_text(yaml.safe_dump(config))
+    check(run_snakemake(tmp_path, "resources/test_inputs/tiny/rk/a.png", "--cores", "1", "--configfile", "cfg.yaml"))
+    for convention in ("kernelgan", "mzsr"):
+        out = tmp_path / convention
+        args = ["degrade", str(tmp_path / "test_images" / "tiny"), "--out", str(out), "--degradation", "rk"]
+        assert main([*args, "--kernel-convention", convention]) == 0
+    made = np.asarray(Image.open(tmp_path / "resources" / "test_inputs" / "tiny" / "rk" / "a.png"))
+    assert np.array_equal(made, np.asarray(Image.open(tmp_path / "kernelgan" / "a.png")))
+    assert not np.array_equal(made, np.asarray(Image.open(tmp_path / "mzsr" / "a.png")))
+    config["kernel_conventions"] = {"DIV2KRK": "kernelgan"}
+    (tmp_path / "bad.yaml").write_text(yaml.safe_dump(config))
+    proc = run_snakemake(tmp_path, "-n", "--configfile", "bad.yaml")
+    assert (
+        proc.returncode != 0
+        and "kernel_conventions names DIV2KRK, not among the test sets" in proc.stdout + proc.stderr
+    )
+
+
 def test_config_schema_rejects_unknown_keys(tmp_path):
     config = yaml.safe_load(MICRO.read_text())
     config["meta"]["iteratons"] = 5

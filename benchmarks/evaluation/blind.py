@@ -10,6 +10,12 @@ crop (LR 400x400, DIV2KRK-like sizes). "skimage": five scikit-image photos, 384x
 three kernels (--degradation rk1, rk2, rk3): held out, the set on which the estimator's training
 recipe was chosen (docs/results.md).
 
+`--convention kernelgan` makes the LR images the KernelGAN way (as DIV2KRK: every kernel's centre of
+mass moved to size//2 + 0.5 (s - size mod 2) before correlating) and places every kernel MZSR adapts
+with (true, estimated, guessed) the same way (`mzsr.degradation.kernels.in_convention`, what
+`--kernel-convention kernelgan` does); one more row then reads the true kernel in MZSR's convention,
+the cost of the mismatch.
+
 Resumable: every finished (image, part) is kept in the JSON file (--json), so a rerun continues
 where the last one stopped and `--zssr-iterations` can be raised later for ZSSR alone.
 
@@ -17,6 +23,7 @@ where the last one stopped and `--zssr-iterations` can be raised later for ZSSR 
         [--json benchmarks/results/blind_set14_cpu.json] [--phases learned estimate mzsr zssr]
     python -m benchmarks.evaluation.blind --set photos --threads 1 --zssr-iterations 0
     python -m benchmarks.evaluation.blind --set skimage --degradation rk1 --threads 1 --zssr-iterations 0 --phases learned mzsr
+    python -m benchmarks.evaluation.blind --set set14 --convention kernelgan --threads 1 --zssr-iterations 0 --phases learned mzsr
 
 Two processes may share the work (e.g. KernelGAN beside MZSR) on copies of the JSON file; merge them
 with `--merge OTHER.json --phases` (no phase: only the table).
@@ -38,7 +45,13 @@ from mzsr.adaptation.adapt import AdaptOptions, adapt
 from mzsr.adaptation.schedules import resolve_schedule, weights_subsampling
 from mzsr.adaptation.zssr import zssr
 from mzsr.degradation.degrade import to_uint8
-from mzsr.degradation.kernels import random_kernel, random_kernel_rng, resolve_degradation
+from mzsr.degradation.kernels import (
+    KERNEL_CONVENTIONS,
+    in_convention,
+    random_kernel,
+    random_kernel_rng,
+    resolve_degradation,
+)
 from mzsr.degradation.resize import imresize
 from mzsr.estimation import kernel_net
 from mzsr.estimation.estimate import estimate_kernel, kernel_error
@@ -106,6 +119,12 @@ def main() -> None:
     )
     ap.add_argument("--images", nargs="*", help="image stems (default: all of the set)")
     ap.add_argument("--degradation", default="rk", help="rk or rk<seed>")
+    ap.add_argument(
+        "--convention",
+        choices=KERNEL_CONVENTIONS,
+        default="mzsr",
+        help="how the LR images are made: mzsr (the paper's) or kernelgan (as DIV2KRK); kernels placed to match",
+    )
     ap.add_argument("--iterations", type=int, default=3000, help="KernelGAN iterations (the release's 3000)")
     ap.add_argument("--zssr-iterations", type=int, default=300, help="ZSSR iteration cap (0: skip ZSSR)")
     ap.add_argument("--threads", type=int, default=1)
@@ -120,6 +139,7 @@ def main() -> None:
     ap.add_argument("--merge", nargs="*", type=Path, default=[], help="JSON files of other runs to merge in")
     args = ap.parse_args()
     deg = "" if args.degradation == "rk" else f"_{args.degradation}"
+    deg += "" if args.convention == "mzsr" else f"_{args.convention}"
     args.json = args.json or REPO / "benchmarks" / "results" / f"blind_{args.set}{deg}_cpu.json"
     torch.set_num_threads(args.threads)
     device = torch.device(args.device)
@@ -137,6 +157,7 @@ def main() -> None:
         "kernel_net": str(args.kernel_net.name),
         "set": args.set,
         "degradation": args.degradation,
+        "convention": args.convention,
         "kernelgan_iterations": args.iterations,
     }
 
@@ -151,8 +172,8 @@ def main() -> None:
     for phase in args.phases:
         for stem, hr in images:
             rec = state["images"].setdefault(stem, {})
-            truth = resolve_degradation(args.degradation, image=stem, scale=2).kernel
-            lr = paper_lr(hr, truth, "direct")
+            truth = resolve_degradation(args.degradation, image=stem, scale=2).kernel  # MZSR's convention
+            lr = paper_lr(hr, in_convention(truth, args.convention, 2), "direct")
             if phase in ("learned", "estimate") and phase not in rec:
                 start = time.perf_counter()
                 if phase == "learned":
@@ -172,6 +193,9 @@ def main() -> None:
                 kernels = {"mzsr_true": truth, "mzsr_guess": guess}
                 kernels.update({"mzsr_learned": np.array(rec["learned"]["kernel"])} if "learned" in rec else {})
                 kernels.update({"mzsr_kgan": np.array(rec["estimate"]["kernel"])} if "estimate" in rec else {})
+                kernels = {name: in_convention(k, args.convention, 2) for name, k in kernels.items()}
+                if args.convention != "mzsr":
+                    kernels["mzsr_true_mismatched"] = truth  # read in MZSR's convention
                 for name, k in kernels.items():
                     if name in rec:
                         continue
@@ -185,7 +209,7 @@ def main() -> None:
                     continue
                 out = zssr(
                     lr,
-                    np.array(rec["estimate"]["kernel"]),
+                    in_convention(np.array(rec["estimate"]["kernel"]), args.convention, 2),
                     2,
                     "direct",
                     {"iterations": args.zssr_iterations},
@@ -233,6 +257,7 @@ def table(state: dict, stems: list[str], zssr_iterations: int) -> str:
     rows = [
         ("Bicubic", "bicubic"),
         ("MZSR(10), true kernel", "mzsr_true"),
+        ("MZSR(10), true kernel read in MZSR's convention", "mzsr_true_mismatched"),
         ("MZSR(10), learned estimator's kernel (mzsr.estimation)", "mzsr_learned"),
         ("MZSR(10), KernelGAN kernel", "mzsr_kgan"),
         ("MZSR(10), best fixed guess (mean rk kernel)", "mzsr_guess"),
@@ -241,7 +266,8 @@ def table(state: dict, stems: list[str], zssr_iterations: int) -> str:
     recs = [state["images"][s] for s in stems if s in state["images"]]
     s = state["setup"]
     lines = [
-        f"{SET_TITLES[s.get('set', 'set14')]} x2, degradation {s['degradation']}, Y channel; {s['device']}, {s['threads']} thread(s), torch {s['torch']};"
+        f"{SET_TITLES[s.get('set', 'set14')]} x2, degradation {s['degradation']}"
+        f" ({s.get('convention', 'mzsr')} convention), Y channel; {s['device']}, {s['threads']} thread(s), torch {s['torch']};"
         f" weights {s['weights']}",
         "",
         "| method | images | PSNR (dB) | SSIM | seconds / image |",

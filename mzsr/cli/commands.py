@@ -70,14 +70,14 @@ def cmd_degrade(args) -> int:
         hr = modcrop(read_image_uint8(path), args.scale)
         write_lr_png(hr / 255.0, kernel, args.scale, subsampling, _out_path(args.out, path))
         if random_kernel_seed(args.degradation) is not None:
-            # rk: each image's own kernel beside its LR image, key "kernel" (MZSR convention, read back
-            # as it is by --degradation per-image)
+            # rk: each image's own kernel beside its LR image, as the kernel that made it: key "kernel"
+            # (MZSR's convention) or, made the KernelGAN way, key "Kernel" (as DIV2KRK ships them)
             import scipy.io
 
             kernel_path = args.out / "kernels" / f"{path.stem}_kernel_x{args.scale}.mat"
             kernel_path.parent.mkdir(exist_ok=True)
             with atomic_open(kernel_path, "wb") as f:
-                scipy.io.savemat(f, {"kernel": kernel})
+                scipy.io.savemat(f, {"Kernel" if args.kernel_convention == "kernelgan" else "kernel": kernel})
     return 0
 
 
@@ -96,10 +96,18 @@ def cmd_import_tf(args) -> int:
 
 def _degradation_for(args, image: Path):
     """(kernel, subsampling, label) for one image: a named/file degradation, or the image's own kernel."""
-    from mzsr.degradation.kernels import kernel_file_for_image, load_kernel_file, resolve_degradation
+    from mzsr.degradation.kernels import (
+        in_convention,
+        kernel_file_for_image,
+        load_kernel_file,
+        resolve_degradation,
+    )
 
     if args.degradation is None:
         return None, "bicubic", "bicubic"
+    convention = args.kernel_convention
+    if args.degradation in (ESTIMATE, "per-image"):
+        in_convention(None, convention, args.scale, args.subsampling or "direct", "--kernel-convention")
     if args.degradation == ESTIMATE:  # estimated right before the image's SR (`_estimate_one`)
         return None, args.subsampling or "direct", "KernelGAN"
     if args.degradation == "per-image":
@@ -108,8 +116,10 @@ def _degradation_for(args, image: Path):
             raise MZSRError(
                 f"{image}: no kernel file for this image ({image.stem}_kernel_x{args.scale}.mat or kernel.mat)"
             )
-        return load_kernel_file(path), args.subsampling or "direct", str(path)
-    deg = resolve_degradation(args.degradation, args.subsampling, image=image.stem, scale=args.scale)
+        return load_kernel_file(path, convention, args.scale), args.subsampling or "direct", str(path)
+    deg = resolve_degradation(
+        args.degradation, args.subsampling, image=image.stem, scale=args.scale, convention=convention
+    )
     return deg.kernel, deg.subsampling, args.degradation
 
 
@@ -234,8 +244,9 @@ def cmd_estimate_kernel(args) -> int:
     images = _checked_outputs(args, list_images(args.inputs), lambda p: list(_kernel_paths(args.out, p, args.scale)))
     for path in images:  # every image read and checked before any work
         check_estimable(read_image(path).shape, bool(args.real), str(path), method=cfg["method"])
+    fmt = args.format or args.kernel_convention  # a file in the LR images' own convention unless told
     for path in tqdm(images, desc="estimate-kernel", unit="img", disable=None):
-        _estimate_one(path, read_image(path), args, cfg, seed, device, args.out, args.format)
+        _estimate_one(path, read_image(path), args, cfg, seed, device, args.out, fmt)
     return 0
 
 
@@ -286,7 +297,12 @@ def cmd_upscale(args) -> int:
             write_png(_out_path(args.out, path), imresize(lr, float(args.scale)))
             continue
         if estimating:  # right before this image's SR, so that the first result comes early
-            kernel = _estimate_one(path, lr, args, estimate_cfg, estimate_seed, device, kernels_dir).kernel
+            from mzsr.degradation.kernels import in_convention
+
+            estimate = _estimate_one(
+                path, lr, args, estimate_cfg, estimate_seed, device, kernels_dir, args.kernel_convention
+            )
+            kernel = in_convention(estimate.kernel, args.kernel_convention, args.scale, subsampling, str(path))
         if args.method == "zssr":
             from mzsr.adaptation.zssr import zssr
 

@@ -10,6 +10,7 @@ from mzsr import __version__, settings
 from mzsr.adaptation.adapt import ADAPT_DEFAULTS
 from mzsr.adaptation.schedules import LR_SCHEDULES
 from mzsr.degradation.degrade import GRIDS
+from mzsr.degradation.kernels import KERNEL_CONVENTIONS
 from mzsr.network.conv import GRADIENT_PRECISIONS
 
 # The options' defaults are the config's (mzsr/config.schema.yaml), as the pipeline uses them.
@@ -41,6 +42,19 @@ FORMATS = {
     "kernelgan": "key 'Kernel', exactly what KernelGAN's release writes (its kernel_shift: centre of mass half "
     "a pixel per axis further down/right); --degradation per-image and kernel files undo the shift",
 }
+
+
+def _convention_arg(p: argparse.ArgumentParser, making: bool = False) -> None:
+    p.add_argument(
+        "--kernel-convention",
+        choices=KERNEL_CONVENTIONS,
+        default="mzsr",
+        help=("how to make the LR images" if making else "how the LR images were made (the image cannot tell:")
+        + (": " if making else " the same blur, half a pixel apart): ")
+        + "mzsr (default), the paper's test sets, the kernel centred on the correlation origin; kernelgan, "
+        "as KernelGAN's and ZSSR's code (and DIV2KRK): the kernel's centre of mass moved to size//2 + 0.5 "
+        "(scale - size mod 2). Direct subsampling only. A mismatch costs MZSR about 0.4 dB (docs/commands.md)",
+    )
 
 
 def _kernel_args(p: argparse.ArgumentParser, required: bool, estimate: bool = False) -> None:
@@ -99,6 +113,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("inputs", nargs="+", help="HR image files or folders")
     p.add_argument("--out", required=True, type=Path, help="output folder for LR PNGs (same file stems)")
     _kernel_args(p, required=True)
+    _convention_arg(p, making=True)
     _add_common(p)
     p.set_defaults(command="degrade")
 
@@ -127,10 +142,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--format",
         choices=tuple(FORMATS),
-        default="mzsr",
-        help="mzsr (default): key 'kernel', MZSR's convention; kernelgan: key 'Kernel', what KernelGAN's "
-        "release writes (half-pixel shifted); --degradation per-image reads both right",
+        help="mzsr: key 'kernel', MZSR's convention; kernelgan: key 'Kernel', what KernelGAN's release "
+        "writes (half-pixel shifted); default: that of --kernel-convention. --degradation per-image reads "
+        "both right",
     )
+    _convention_arg(p)
     _estimate_args(p, upscale=False)
     p.add_argument("--device", default=DEVICE, help=f"cpu, cuda, cuda:1 ... (default {DEVICE}: cuda when present)")
     p.add_argument(
@@ -158,6 +174,7 @@ def build_parser() -> argparse.ArgumentParser:
         " subsampling and the scale (models/direct_x2.safetensors, ...)",
     )
     _kernel_args(p, required=False, estimate=True)
+    _convention_arg(p)
     _estimate_args(p, upscale=True)
     p.add_argument("--steps", type=int, default=10, help="adaptation steps (0 = none; default 10)")
     p.add_argument(

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import warnings
 import zlib
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import numpy as np
@@ -185,10 +185,26 @@ def recenter_kernel(kernel: np.ndarray, center, clip: bool = True) -> np.ndarray
     return k
 
 
-def kernelgan_to_mzsr(kernel: np.ndarray, source: str = "kernel") -> np.ndarray:
-    """A kernel in KernelGAN's convention (its .mat files, key "Kernel") as MZSR uses it: centre of
-    mass back on the correlation origin. Negative spline ringing down to 15% of the peak is clipped:
-    KernelGAN shifts its hard-edged, thresholded kernels without clipping, and they ring by 1.5-8%."""
+# How the LR images were made, which the LR image alone cannot tell (a global half-pixel shift against
+# the unseen HR grid): "mzsr", the paper's test sets (the kernel centred on the correlation origin);
+# "kernelgan", DIV2KRK and every LR image that KernelGAN's or ZSSR's code made (its kernel_shift).
+KERNEL_CONVENTIONS = ("mzsr", "kernelgan")
+
+
+def convention_center(shape, convention: str, sf: int = 2) -> np.ndarray:
+    """Where a kernel's centre of mass belongs in `convention`: MZSR's origin or KernelGAN's."""
+    if convention == "mzsr":
+        return mzsr_center(shape)
+    if convention == "kernelgan":
+        return kernelgan_center(shape, sf)
+    raise MZSRError(f"unknown kernel convention {convention!r}; use one of {', '.join(KERNEL_CONVENTIONS)}")
+
+
+def place_kernel(kernel: np.ndarray, convention: str = "mzsr", sf: int = 2, source: str = "kernel") -> np.ndarray:
+    """A kernel, centred anywhere, with its centre of mass moved to where `convention` wants it
+    (`recenter_kernel`), as a non-negative kernel summing to 1. Negative spline ringing down to 15% of
+    the peak is clipped first: KernelGAN shifts its hard-edged, thresholded kernels without clipping,
+    and they ring by 1.5-8%."""
     k = np.asarray(kernel)
     if k.ndim == 2 and np.issubdtype(k.dtype, np.number) and k.size and np.all(np.isfinite(k)):
         k = k.astype(np.float64)
@@ -200,7 +216,13 @@ def kernelgan_to_mzsr(kernel: np.ndarray, source: str = "kernel") -> np.ndarray:
             k = np.clip(k, 0.0, None)
             k = k * (total / k.sum())
     k = validate_kernel(k, source)
-    return recenter_kernel(k, mzsr_center(k.shape))
+    return recenter_kernel(k, convention_center(k.shape, convention, sf))
+
+
+def kernelgan_to_mzsr(kernel: np.ndarray, source: str = "kernel") -> np.ndarray:
+    """A kernel in KernelGAN's convention (its .mat files, key "Kernel") as MZSR uses it: centre of
+    mass back on the correlation origin (`place_kernel`)."""
+    return place_kernel(kernel, "mzsr", source=source)
 
 
 def mzsr_to_kernelgan(kernel: np.ndarray, sf: int = 2) -> np.ndarray:
@@ -240,9 +262,13 @@ def _read_mat(path: Path) -> dict:
             return {name: np.asarray(ds[()]).T for name, ds in f.items() if isinstance(ds, h5py.Dataset)}
 
 
-def load_kernel_file(path: str | Path) -> np.ndarray:
-    """Read a kernel from .npy or .mat: key "kernel" (the MZSR authors') is taken as it is, key "Kernel"
-    (KernelGAN's and ZSSR's) is converted from KernelGAN's shifted convention (`kernelgan_to_mzsr`)."""
+def load_kernel_file(path: str | Path, convention: str = "mzsr", scale: int = 2) -> np.ndarray:
+    """Read a kernel from .npy or .mat for LR images made in `convention`. "mzsr": key "kernel" (the MZSR
+    authors') is taken as it is, key "Kernel" (KernelGAN's and ZSSR's) is converted from KernelGAN's
+    shifted convention (`kernelgan_to_mzsr`). "kernelgan": either key is used as KernelGAN's and
+    ZSSR's code uses a kernel, its centre of mass moved to size // 2 + 0.5 (scale - size mod 2)."""
+    if convention not in KERNEL_CONVENTIONS:
+        convention_center((1, 1), convention)  # the error that names the conventions
     path = Path(path)
     if not path.is_file():
         raise MZSRError(f"{path}: no such kernel file")
@@ -257,7 +283,7 @@ def load_kernel_file(path: str | Path) -> np.ndarray:
                 found = sorted(k for k in mat if not k.startswith("__"))
                 raise MZSRError(f"{path}: no 'kernel' or 'Kernel' variable in the .mat file (found {found})")
             k = np.ascontiguousarray(mat[keys[0]])  # MATLAB's arrays come column-major: sums would round otherwise
-            if keys[0] == "Kernel":  # KernelGAN's convention: its half-pixel shift undone
+            if keys[0] == "Kernel" and convention == "mzsr":  # KernelGAN's convention: its half-pixel shift undone
                 return kernelgan_to_mzsr(k, str(path))
         else:
             raise MZSRError(f"{path}: unsupported kernel file type {suffix!r} (use .mat or .npy)")
@@ -265,15 +291,22 @@ def load_kernel_file(path: str | Path) -> np.ndarray:
         raise
     except Exception as e:  # corrupt files raise a zoo of exception types
         raise MZSRError(f"{path}: cannot read kernel file ({e})") from None
+    if convention == "kernelgan":
+        return place_kernel(k, "kernelgan", scale, str(path))
     return validate_kernel(k, str(path))
 
 
 def resolve_degradation(
-    spec: str, subsampling: str | None = None, image: str | Path | None = None, scale: int = 2
+    spec: str,
+    subsampling: str | None = None,
+    image: str | Path | None = None,
+    scale: int = 2,
+    convention: str = "mzsr",
 ) -> Degradation:
     """A degradation from a name (g0.2, g2.0, ani, gb1.3, bicubic), a kernel file plus a subsampling, or
     `rk`/`rk<N>`: a random kernel of its own for every image (see `random_kernel_for_image`), which
-    needs the `image` (its stem, the pipeline's {image}; a Path gives its stem) and the `scale`."""
+    needs the `image` (its stem, the pipeline's {image}; a Path gives its stem) and the `scale`.
+    `convention` (KERNEL_CONVENTIONS): where the kernel sits, as the LR images were made (`in_convention`)."""
     p = Path(spec)
     if (seed := random_kernel_seed(spec)) is not None:
         if subsampling is not None and subsampling != "direct":
@@ -281,7 +314,7 @@ def resolve_degradation(
         if image is None:
             raise MZSRError(f"degradation {spec!r} draws a kernel of its own for every image: it needs the image")
         stem = image.stem if isinstance(image, Path) else str(image)
-        kernel = random_kernel_for_image(seed, stem, scale)
+        kernel = in_convention(random_kernel_for_image(seed, stem, scale), convention, scale, "direct", spec)
         return Degradation(
             spec, kernel, "direct", f"random DIV2KRK-style kernel of image {stem!r} (seed {seed}), direct subsampling"
         )
@@ -291,13 +324,34 @@ def resolve_degradation(
             raise MZSRError(
                 f"degradation {spec!r} uses {d.subsampling} subsampling; --subsampling {subsampling} contradicts it"
             )
-        return d
+        if d.kernel is None:
+            return d
+        return replace(d, kernel=in_convention(d.kernel, convention, scale, d.subsampling, spec))
     if p.suffix.lower() in KERNEL_FILE_SUFFIXES:
-        return Degradation(p.stem, load_kernel_file(p), subsampling or "direct", f"kernel file {p}")
+        subsampling = subsampling or "direct"
+        in_convention(None, convention, scale, subsampling, str(p))  # the subsampling check alone
+        return Degradation(p.stem, load_kernel_file(p, convention, scale), subsampling, f"kernel file {p}")
     raise MZSRError(
         f"{spec!r} is neither a named degradation ({', '.join(NAMED_DEGRADATIONS)}), a random per-image "
         "kernel (rk, rk<seed>) nor a .mat/.npy kernel file"
     )
+
+
+def in_convention(
+    kernel: np.ndarray | None, convention: str, scale: int, subsampling: str = "direct", source: str = "kernel"
+) -> np.ndarray | None:
+    """A kernel in MZSR's convention (named, random, estimated) as LR images made in `convention` need
+    it: unchanged for "mzsr", re-centred on KernelGAN's centre for "kernelgan". KernelGAN's convention is
+    one of direct subsampling (its LR keeps every scale-th pixel)."""
+    convention_center((1, 1), convention)  # an unknown convention is an error
+    if convention == "mzsr":
+        return kernel
+    if subsampling != "direct":
+        raise MZSRError(
+            f"{source}: the kernelgan convention is one of direct subsampling (KernelGAN keeps one pixel"
+            f" in {scale} per axis); {subsampling} subsampling has none"
+        )
+    return None if kernel is None else place_kernel(kernel, "kernelgan", scale, source)
 
 
 def kernel_file_for_image(image: str | Path, scale: int) -> Path | None:

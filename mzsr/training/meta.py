@@ -129,9 +129,9 @@ def meta_train(
     finished iteration (progress hooks, fault-injection tests).
     """
     cfg = settings.with_defaults(cfg, META_DEFAULTS, "meta-training")
+    check_processes(ranks.size, 1, cfg["meta_batch"], "a meta-batch")
     work_dir = Path(work_dir)
     work_dir.mkdir(parents=True, exist_ok=True)
-    check_processes(ranks.size, 1, cfg["meta_batch"], "a meta-batch")
     device = pick_device(device)
     gradients = grad_dtype(cfg["grad_precision"], device)
     torch.manual_seed(cfg["seed"])

@@ -14,6 +14,7 @@ rule sr_bicubic:
     params:
         scale=SCALE,
         degradation=lambda w: DEGRADATIONS[w.degradation],
+        convention=kernel_convention,
     log:
         log_path("sr_bicubic", JOB),
     benchmark:
@@ -41,6 +42,7 @@ rule sr_pretrained:
     params:
         scale=SCALE,
         degradation=lambda w: DEGRADATIONS[w.degradation],
+        convention=kernel_convention,
         method="pretrained",
         steps=[0],
         adapt={},
@@ -71,6 +73,7 @@ rule sr_mzsr:
     params:
         scale=SCALE,
         degradation=lambda w: DEGRADATIONS[w.degradation],
+        convention=kernel_convention,
         method="mzsr",
         steps=ADAPT_STEPS,
         adapt=section(config["adapt"]),
@@ -100,6 +103,7 @@ rule sr_zssr:
     params:
         scale=SCALE,
         degradation=lambda w: DEGRADATIONS[w.degradation],
+        convention=kernel_convention,
         zssr=section(config["zssr"]),
     log:
         log_path("sr_zssr", JOB),
@@ -135,6 +139,7 @@ use rule sr_mzsr as sr_mzsr_kgan with:
     params:
         method="mzsr_kgan",
         subsampling="direct",
+        convention=kernel_convention,
     log:
         log_path("sr_mzsr_kgan", JOB),
     benchmark:
@@ -156,6 +161,7 @@ use rule sr_zssr as sr_zssr_kgan with:
         csv=job_csv("zssr_kgan"),
     params:
         subsampling="direct",
+        convention=kernel_convention,
     log:
         log_path("sr_zssr_kgan", JOB),
     benchmark:

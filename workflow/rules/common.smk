@@ -168,6 +168,16 @@ def kernel_file(wildcards):
     return [spec] if spec != wildcards.degradation else []
 
 
+unknown_sets = sorted(set(config["kernel_conventions"]) - set(TEST_SETS))
+if unknown_sets:
+    raise WorkflowError(f"kernel_conventions names {', '.join(unknown_sets)}, not among the test sets")
+
+
+def kernel_convention(wildcards):
+    """How the test set's LR images are made and its kernels placed: kernel_conventions, else mzsr."""
+    return config["kernel_conventions"].get(wildcards.test_set, "mzsr")
+
+
 def estimator_weights(wildcards):
     """The learned kernel estimator's weights (an input, so retrained weights rerun the estimates)."""
     if config["estimate"]["method"] != "learned":

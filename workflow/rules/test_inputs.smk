@@ -10,6 +10,7 @@ rule lr_image:
         LR_INPUT,
     params:
         degradation=lambda w: DEGRADATIONS[w.degradation],
+        convention=kernel_convention,
         scale=SCALE,
     log:
         log_path("lr_image", JOB),
