@@ -26,7 +26,8 @@ if max(options.steps) > 0:  # each degradation adapts with its model's schedule 
     options = replace(options, schedule=schedule)
     print(f"schedule {schedule}, grid {options.grid}, preset {options.preset}", file=sys.stderr)
 # at the mod-cropped ground truth's size, as the release's test.py
-outputs = adapt(model, read_image(snakemake.input.lr_image), kernel, scale, subsampling, options, device, gt.shape[:2])
+lr = read_image(snakemake.input.lr_image)
+outputs = adapt(model, lr, kernel, scale, subsampling, options, device, gt.shape[:2], snakemake.params.convention)
 paths = [snakemake.output.sr] if isinstance(snakemake.output.sr, str) else list(snakemake.output.sr)
 by_steps = {o.steps: o for o in outputs}
 for steps, path in zip(snakemake.params.steps, paths, strict=True):

@@ -193,15 +193,14 @@ def main() -> None:
                 kernels = {"mzsr_true": truth, "mzsr_guess": guess}
                 kernels.update({"mzsr_learned": np.array(rec["learned"]["kernel"])} if "learned" in rec else {})
                 kernels.update({"mzsr_kgan": np.array(rec["estimate"]["kernel"])} if "estimate" in rec else {})
-                kernels = {name: in_convention(k, args.convention, 2) for name, k in kernels.items()}
+                kernels = {name: (in_convention(k, args.convention, 2), args.convention) for name, k in kernels.items()}
                 if args.convention != "mzsr":
-                    kernels["mzsr_true_mismatched"] = truth  # read in MZSR's convention
-                for name, k in kernels.items():
+                    kernels["mzsr_true_mismatched"] = (truth, "mzsr")  # read in MZSR's convention
+                for name, (k, convention) in kernels.items():
                     if name in rec:
                         continue
-                    (out,) = adapt(
-                        model, lr, k, 2, "direct", AdaptOptions(steps=(10,), schedule=schedule), device, hr.shape[:2]
-                    )
+                    options = AdaptOptions(steps=(10,), schedule=schedule)
+                    (out,) = adapt(model, lr, k, 2, "direct", options, device, hr.shape[:2], convention)
                     rec[name] = {"psnr": psnr(out.sr, hr, 2), "ssim": ssim(out.sr, hr, 2), "seconds": out.seconds}
             elif phase == "zssr" and args.zssr_iterations > 0 and "estimate" in rec:
                 key = f"zssr_kgan_{args.zssr_iterations}"

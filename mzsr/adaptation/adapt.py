@@ -23,6 +23,7 @@ from mzsr.adaptation.inference import DEFAULT_TILE, free_gpu_memory, to_tensor, 
 from mzsr.adaptation.refine import back_project, self_ensemble
 from mzsr.adaptation.schedules import learning_rate, resolve_schedule
 from mzsr.degradation.degrade import degrade_torch
+from mzsr.degradation.kernels import convention_center, mzsr_center, place_kernel, shift_image
 from mzsr.degradation.resize import imresize_torch
 from mzsr.device import pick_device, synchronize
 from mzsr.network.conv import grad_dtype
@@ -128,17 +129,31 @@ def adapt(
     options: AdaptOptions = AdaptOptions(),
     device: str | torch.device | None = None,
     output_shape: tuple[int, int] | None = None,
+    convention: str = "mzsr",
 ) -> list[AdaptationOutput]:
     """Adapt a copy of `model` to one LR image and return the SR output after each of `options.steps`.
 
-    `lr_image` is HxWx3 float in [0, 1]; `kernel` the image's blur kernel (None = plain bicubic);
+    `lr_image` is HxWx3 float in [0, 1]; `kernel` the image's blur kernel (None = plain bicubic), placed
+    as the LR image was made (`convention`, mzsr.degradation.kernels.KERNEL_CONVENTIONS);
     `output_shape` the HR size (default ceil(LR size * scale)). Time for each entry counts adaptation
     up to that step plus its own inference (synchronised on GPUs); `step_seconds` of each entry lists
     the time of every adaptation step so far. Out of GPU memory, it starts again on smaller crops.
+
+    An LR image made in KernelGAN's convention is, on MZSR's grid, the LR image of the HR image moved
+    by the conventions' offset (half a pixel at x2): MZSR, trained on its own grid, adapts with the
+    kernel centred its way, and each output is moved back by that offset (`shift_image`).
+    Adapting with the kernel as placed instead keeps the network's grid and loses about 2 dB.
     """
+    offset = None
+    if convention != "mzsr" and kernel is not None:
+        offset = convention_center(kernel.shape, convention, scale) - mzsr_center(kernel.shape)
+        kernel = place_kernel(kernel, "mzsr", scale)
     while True:
         try:
-            return _adapt_once(model, lr_image, kernel, scale, subsampling, options, device, output_shape)
+            outputs = _adapt_once(model, lr_image, kernel, scale, subsampling, options, device, output_shape)
+            if offset is not None:
+                outputs = [replace(o, sr=shift_image(o.sr, offset)) for o in outputs]
+            return outputs
         except torch.OutOfMemoryError:  # inference retries on its own (`upscale`): this is an adaptation step
             h, w = lr_image.shape[:2]
             limit = options.max_adapt_pixels

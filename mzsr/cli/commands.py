@@ -322,7 +322,9 @@ def cmd_upscale(args) -> int:
                 noise_level=args.noise_level,
                 grad_precision=args.grad_precision,
             )
-            (result,) = adapt(model, lr, kernel, args.scale, subsampling, options, device)
+            (result,) = adapt(
+                model, lr, kernel, args.scale, subsampling, options, device, convention=args.kernel_convention
+            )
         write_png(_out_path(args.out, path), result.sr)
     return 0
 

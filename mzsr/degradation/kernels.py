@@ -219,6 +219,18 @@ def place_kernel(kernel: np.ndarray, convention: str = "mzsr", sf: int = 2, sour
     return recenter_kernel(k, convention_center(k.shape, convention, sf))
 
 
+def shift_image(image: np.ndarray, offset) -> np.ndarray:
+    """An HxWx3 uint8 image moved by `offset` (rows, columns; pixels, fractional) with a cubic spline,
+    edges continued: the output of a network on one grid moved to another."""
+    import scipy.ndimage
+
+    planes = [
+        scipy.ndimage.shift(image[..., c].astype(np.float64), offset, order=3, mode="nearest")
+        for c in range(image.shape[2])
+    ]
+    return np.clip(np.round(np.stack(planes, axis=-1)), 0, 255).astype(np.uint8)
+
+
 def kernelgan_to_mzsr(kernel: np.ndarray, source: str = "kernel") -> np.ndarray:
     """A kernel in KernelGAN's convention (its .mat files, key "Kernel") as MZSR uses it: centre of
     mass back on the correlation origin (`place_kernel`)."""
