@@ -45,7 +45,7 @@ def run_script(
         params=SimpleNamespace(**params),
         wildcards=SimpleNamespace(**(wildcards or {})),
         threads=1,
-        config=config or {"device": "cpu", "data": {"train": {"source": "x"}}},
+        config=config or {"device": "cpu", "data": {"train": {"source": "x"}}, "compute": {"default": {"threads": 1}}},
     )
     monkeypatch.syspath_prepend(str(REPO / "scripts"))
     monkeypatch.setattr(sys, "excepthook", sys.excepthook)

@@ -526,7 +526,7 @@ def run_lr_image(monkeypatch, workdir: Path, image: str, degradation: str) -> Pa
         input=Named(gt=str(workdir / image), kernel=[]),
         output=Named(out=str(out)),
         log=Named(log=str(log)),
-        params=SimpleNamespace(degradation=degradation, scale=2),
+        params=SimpleNamespace(degradation=degradation, scale=2, convention="mzsr"),
         wildcards=SimpleNamespace(image=stem),
         threads=1,
         config={},

@@ -326,13 +326,13 @@ SCRIPTS = {  # rule script -> (its input, output and params, given the inputs' f
     "lr_image": lambda i, root, out: dict(
         input={"gt": str(root / "gt.png"), "kernel": []},
         output={"out": str(out / "lr.png")},
-        params={"degradation": "g2.0", "scale": 2},
+        params={"degradation": "g2.0", "scale": 2, "convention": "mzsr"},
         wildcards=SR_WILDCARDS,
     ),
     "sr_bicubic": lambda i, root, out: dict(
         input={"lr_image": str(i / "lr" / "a.png"), "gt": str(root / "gt.png")},
         output={"sr": str(out / "sr.png"), "csv": str(out / "sr.csv")},
-        params={"scale": 2, "degradation": "g2.0"},
+        params={"scale": 2, "degradation": "g2.0", "convention": "mzsr"},
         wildcards=SR_WILDCARDS,
     ),
     "sr_mzsr": lambda i, root, out: dict(
@@ -341,6 +341,7 @@ SCRIPTS = {  # rule script -> (its input, output and params, given the inputs' f
         params={
             "scale": 2,
             "degradation": "g2.0",
+            "convention": "mzsr",
             "method": "mzsr",
             "steps": [1],
             "adapt": {"steps": [1], "schedule": "auto"},
