@@ -104,12 +104,13 @@ def job_kernel(snakemake):
     test set's kernel convention (param `convention`), as its LR images were made."""
     convention = snakemake.params.convention  # the test set's (kernel_conventions)
     if "estimated" in snakemake.input.keys():
-        from mzsr.degradation.kernels import in_convention, load_kernel_file
+        from mzsr.degradation.kernels import in_convention
+        from mzsr.degradation.resolve import load_kernel_file
 
         subsampling = snakemake.params.subsampling
         kernel = load_kernel_file(snakemake.input.estimated)
         return in_convention(kernel, convention, int(snakemake.config["scale"]), subsampling), subsampling
-    from mzsr.degradation.kernels import resolve_degradation
+    from mzsr.degradation.resolve import resolve_degradation
 
     deg = resolve_degradation(
         snakemake.params.degradation,

@@ -13,7 +13,7 @@ import sys
 
 import numpy as np
 
-from mzsr.degradation.kernels import resolve_degradation
+from mzsr.degradation.resolve import resolve_degradation
 from mzsr.estimation.estimate import estimate_kernel, kernel_error
 from mzsr.files.atomic import atomic_write_bytes, atomic_write_text
 from mzsr.files.images import read_image

@@ -4,7 +4,8 @@ import _util
 _util.start(snakemake)  # stderr to the job's log, mzsr importable, one-line errors and warnings
 
 from mzsr.degradation.degrade import write_lr_png
-from mzsr.degradation.kernels import resolve_degradation, validate_kernel
+from mzsr.degradation.kernels import validate_kernel
+from mzsr.degradation.resolve import resolve_degradation
 from mzsr.evaluation.metrics import modcrop
 from mzsr.files.images import read_image_uint8
 

@@ -90,7 +90,8 @@ def test_per_image_kernels_zssr_and_redegradation(tmp_path):
     import scipy.io
 
     from mzsr.degradation.degrade import degrade, to_uint8
-    from mzsr.degradation.kernels import gaussian_kernel, kernel_file_for_image
+    from mzsr.degradation.kernels import gaussian_kernel
+    from mzsr.degradation.resolve import kernel_file_for_image
     from mzsr.evaluation.metrics import redegradation_psnr
 
     hr = smooth_image(48, 56, seed=9)
@@ -192,7 +193,7 @@ def test_degrade_with_random_per_image_kernels_writes_them_for_per_image(tmp_pat
 
     from mzsr.cli.commands import _degradation_for
     from mzsr.degradation.degrade import degrade, to_uint8
-    from mzsr.degradation.kernels import resolve_degradation
+    from mzsr.degradation.resolve import resolve_degradation
     from mzsr.evaluation.metrics import modcrop
 
     lr_dir = tmp_path / "lr"
@@ -314,7 +315,7 @@ def test_estimate_kernel_writes_both_formats(estimated):
     import scipy.io
     from PIL import Image
 
-    from mzsr.degradation.kernels import load_kernel_file
+    from mzsr.degradation.resolve import load_kernel_file
 
     est = estimated.est
     for fmt, out in estimated.runs.items():
@@ -346,7 +347,8 @@ def test_kernelgan_format_reads_back_as_the_same_kernel(estimated):
     closely two half-pixel spline shifts keep a kernel's shape is tests/test_kernels.py's round trip,
     on a smooth kernel: a 20-iteration estimate is no fair subject (on an AMD EPYC with AVX-512 its
     mass lies partly in blobs at the frame's edge, which ringing and clipping reshape by 28%)."""
-    from mzsr.degradation.kernels import kernelgan_to_mzsr, load_kernel_file
+    from mzsr.degradation.kernels import kernelgan_to_mzsr
+    from mzsr.degradation.resolve import load_kernel_file
 
     back = load_kernel_file(estimated.runs["kernelgan"] / "a_kernel_x2.mat")
     np.testing.assert_array_equal(back, kernelgan_to_mzsr(estimated.est.kernelgan))
@@ -357,7 +359,7 @@ def test_kernelgan_format_reads_back_as_the_same_kernel(estimated):
 def test_upscale_with_estimated_kernels(tmp_path, estimated):
     """upscale --degradation estimate: each image's kernel estimated (as estimate-kernel does, same seed),
     used to adapt, and written to <out>/kernels/ in the mzsr format."""
-    from mzsr.degradation.kernels import load_kernel_file
+    from mzsr.degradation.resolve import load_kernel_file
 
     torch.set_num_threads(1)  # see `estimated`; the autouse fixture sets it back for the next test
     weights, sr = tmp_path / "w.safetensors", tmp_path / "sr"
@@ -399,7 +401,7 @@ def test_upscale_with_estimated_kernels(tmp_path, estimated):
 
 def test_estimate_kernel_with_the_learned_estimator(tmp_path, texture_dir, capsys):
     """The default estimator: one line per image naming it, the kernel file and its picture."""
-    from mzsr.degradation.kernels import load_kernel_file
+    from mzsr.degradation.resolve import load_kernel_file
 
     out = tmp_path / "k"
     assert main(["estimate-kernel", str(texture_dir), "--out", str(out)]) == 0

@@ -14,14 +14,8 @@ from PIL import Image
 
 from mzsr import MZSRError
 from mzsr.cli import main
-from mzsr.degradation.kernels import (
-    in_convention,
-    kernelgan_center,
-    load_kernel_file,
-    mzsr_center,
-    place_kernel,
-    resolve_degradation,
-)
+from mzsr.degradation.kernels import in_convention, kernelgan_center, mzsr_center, place_kernel
+from mzsr.degradation.resolve import load_kernel_file, resolve_degradation
 from mzsr.evaluation.metrics import psnr
 from mzsr.files.images import read_image_uint8
 

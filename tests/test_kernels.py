@@ -13,14 +13,13 @@ from mzsr.degradation.kernels import (
     analytic_kernel,
     gaussian_kernel,
     kernelgan_center,
-    load_kernel_file,
     mzsr_center,
     mzsr_to_kernelgan,
     named_degradation,
-    resolve_degradation,
     sample_training_params,
     validate_kernel,
 )
+from mzsr.degradation.resolve import load_kernel_file, resolve_degradation
 from conftest import SHARED_DATA
 
 

@@ -13,7 +13,7 @@ from skimage.color import rgb2ycbcr
 from skimage.metrics import peak_signal_noise_ratio
 
 from mzsr.degradation.degrade import degrade, to_uint8
-from mzsr.degradation.kernels import resolve_degradation
+from mzsr.degradation.resolve import resolve_degradation
 from mzsr.evaluation.tables import (
     JOB_COLUMNS,
     in_config_order,

@@ -45,14 +45,9 @@ from mzsr.adaptation.adapt import AdaptOptions, adapt
 from mzsr.adaptation.schedules import resolve_schedule, weights_subsampling
 from mzsr.adaptation.zssr import zssr
 from mzsr.degradation.degrade import to_uint8
-from mzsr.degradation.kernels import (
-    KERNEL_CONVENTIONS,
-    in_convention,
-    random_kernel,
-    random_kernel_rng,
-    resolve_degradation,
-)
+from mzsr.degradation.kernels import KERNEL_CONVENTIONS, in_convention, random_kernel, random_kernel_rng
 from mzsr.degradation.resize import imresize
+from mzsr.degradation.resolve import resolve_degradation
 from mzsr.estimation import kernel_net
 from mzsr.estimation.estimate import estimate_kernel, kernel_error
 from mzsr.evaluation.metrics import psnr, ssim

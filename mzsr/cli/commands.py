@@ -96,18 +96,14 @@ def cmd_import_tf(args) -> int:
 
 def _degradation_for(args, image: Path):
     """(kernel, subsampling, label) for one image: a named/file degradation, or the image's own kernel."""
-    from mzsr.degradation.kernels import (
-        in_convention,
-        kernel_file_for_image,
-        load_kernel_file,
-        resolve_degradation,
-    )
+    from mzsr.degradation.kernels import check_convention
+    from mzsr.degradation.resolve import kernel_file_for_image, load_kernel_file, resolve_degradation
 
     if args.degradation is None:
         return None, "bicubic", "bicubic"
     convention = args.kernel_convention
     if args.degradation in (ESTIMATE, "per-image"):
-        in_convention(None, convention, args.scale, args.subsampling or "direct", "--kernel-convention")
+        check_convention(convention, args.subsampling or "direct", args.scale, "--kernel-convention")
     if args.degradation == ESTIMATE:  # estimated right before the image's SR (`_estimate_one`)
         return None, args.subsampling or "direct", "KernelGAN"
     if args.degradation == "per-image":

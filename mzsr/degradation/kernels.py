@@ -1,4 +1,5 @@
-"""Blur kernels: MZSR's training-kernel sampler, the paper's named test degradations, kernel files.
+"""Blur kernels: MZSR's training-kernel sampler, the paper's named test degradations, the kernel
+conventions, DIV2KRK-style random kernels (mzsr.degradation.resolve reads a degradation's spec).
 
 Gaussian kernels have covariance S = R(theta) diag(l1, l2) R(theta)^T where l1, l2 are VARIANCES
 (eigenvalues), sampled on a square grid centred on the middle pixel and normalised to sum 1.
@@ -8,14 +9,13 @@ from __future__ import annotations
 
 import warnings
 import zlib
-from dataclasses import dataclass, replace
-from pathlib import Path
+from dataclasses import dataclass
 
 import numpy as np
 import torch
 
 from mzsr import MZSRError
-from mzsr.facts import KERNEL_FILE_SUFFIXES, NAMED_SUBSAMPLING, RANDOM_KERNEL_SPEC
+from mzsr.facts import NAMED_SUBSAMPLING, RANDOM_KERNEL_SPEC
 
 TRAIN_KERNEL_SIZE = 15
 
@@ -193,11 +193,8 @@ KERNEL_CONVENTIONS = ("mzsr", "kernelgan")
 
 def convention_center(shape, convention: str, sf: int = 2) -> np.ndarray:
     """Where a kernel's centre of mass belongs in `convention`: MZSR's origin or KernelGAN's."""
-    if convention == "mzsr":
-        return mzsr_center(shape)
-    if convention == "kernelgan":
-        return kernelgan_center(shape, sf)
-    raise MZSRError(f"unknown kernel convention {convention!r}; use one of {', '.join(KERNEL_CONVENTIONS)}")
+    check_convention(convention)
+    return mzsr_center(shape) if convention == "mzsr" else kernelgan_center(shape, sf)
 
 
 def place_kernel(kernel: np.ndarray, convention: str = "mzsr", sf: int = 2, source: str = "kernel") -> np.ndarray:
@@ -217,6 +214,29 @@ def place_kernel(kernel: np.ndarray, convention: str = "mzsr", sf: int = 2, sour
             k = k * (total / k.sum())
     k = validate_kernel(k, source)
     return recenter_kernel(k, convention_center(k.shape, convention, sf))
+
+
+def check_convention(convention: str, subsampling: str = "direct", scale: int = 2, source: str = "kernel") -> None:
+    """A known convention, and KernelGAN's only with direct subsampling (its LR keeps one pixel in
+    `scale`; bicubic subsampling has no such grid)."""
+    if convention not in KERNEL_CONVENTIONS:
+        raise MZSRError(f"unknown kernel convention {convention!r}; use one of {', '.join(KERNEL_CONVENTIONS)}")
+    if convention == "kernelgan" and subsampling != "direct":
+        raise MZSRError(
+            f"{source}: the kernelgan convention is one of direct subsampling (KernelGAN keeps one pixel"
+            f" in {scale} per axis); {subsampling} subsampling has none"
+        )
+
+
+def in_convention(
+    kernel: np.ndarray | None, convention: str, scale: int, subsampling: str = "direct", source: str = "kernel"
+) -> np.ndarray | None:
+    """A kernel in MZSR's convention (named, random, estimated) as LR images made in `convention` need
+    it: unchanged for "mzsr", re-centred on KernelGAN's centre for "kernelgan" (`check_convention`)."""
+    check_convention(convention, subsampling, scale, source)
+    if convention == "mzsr" or kernel is None:
+        return kernel
+    return place_kernel(kernel, "kernelgan", scale, source)
 
 
 def shift_image(image: np.ndarray, offset) -> np.ndarray:
@@ -258,126 +278,6 @@ def analytic_kernel(kernel: np.ndarray) -> np.ndarray:
     crop = n // 2
     big = big[crop : big.shape[0] - crop, crop : big.shape[1] - crop]
     return big / big.sum()
-
-
-def _read_mat(path: Path) -> dict:
-    """The variables of a .mat file: scipy for MATLAB's v4-v7 formats, h5py for v7.3 (HDF5, MATLAB's
-    default since R2006b for -v7.3 and what `save` writes for large variables; stored transposed)."""
-    import scipy.io
-
-    try:
-        return scipy.io.loadmat(path)
-    except NotImplementedError:  # scipy: "Please use HDF reader for matlab v7.3 files"
-        import h5py
-
-        with h5py.File(path, "r") as f:
-            return {name: np.asarray(ds[()]).T for name, ds in f.items() if isinstance(ds, h5py.Dataset)}
-
-
-def load_kernel_file(path: str | Path, convention: str = "mzsr", scale: int = 2) -> np.ndarray:
-    """Read a kernel from .npy or .mat for LR images made in `convention`. "mzsr": key "kernel" (the MZSR
-    authors') is taken as it is, key "Kernel" (KernelGAN's and ZSSR's) is converted from KernelGAN's
-    shifted convention (`kernelgan_to_mzsr`). "kernelgan": either key is used as KernelGAN's and
-    ZSSR's code uses a kernel, its centre of mass moved to size // 2 + 0.5 (scale - size mod 2)."""
-    if convention not in KERNEL_CONVENTIONS:
-        convention_center((1, 1), convention)  # the error that names the conventions
-    path = Path(path)
-    if not path.is_file():
-        raise MZSRError(f"{path}: no such kernel file")
-    suffix = path.suffix.lower()
-    try:
-        if suffix == ".npy":
-            k = np.load(path, allow_pickle=False)
-        elif suffix == ".mat":
-            mat = _read_mat(path)
-            keys = [key for key in ("kernel", "Kernel") if key in mat]
-            if not keys:
-                found = sorted(k for k in mat if not k.startswith("__"))
-                raise MZSRError(f"{path}: no 'kernel' or 'Kernel' variable in the .mat file (found {found})")
-            k = np.ascontiguousarray(mat[keys[0]])  # MATLAB's arrays come column-major: sums would round otherwise
-            if keys[0] == "Kernel" and convention == "mzsr":  # KernelGAN's convention: its half-pixel shift undone
-                return kernelgan_to_mzsr(k, str(path))
-        else:
-            raise MZSRError(f"{path}: unsupported kernel file type {suffix!r} (use .mat or .npy)")
-    except MZSRError:
-        raise
-    except Exception as e:  # corrupt files raise a zoo of exception types
-        raise MZSRError(f"{path}: cannot read kernel file ({e})") from None
-    if convention == "kernelgan":
-        return place_kernel(k, "kernelgan", scale, str(path))
-    return validate_kernel(k, str(path))
-
-
-def resolve_degradation(
-    spec: str,
-    subsampling: str | None = None,
-    image: str | Path | None = None,
-    scale: int = 2,
-    convention: str = "mzsr",
-) -> Degradation:
-    """A degradation from a name (g0.2, g2.0, ani, gb1.3, bicubic), a kernel file plus a subsampling, or
-    `rk`/`rk<N>`: a random kernel of its own for every image (see `random_kernel_for_image`), which
-    needs the `image` (its stem, the pipeline's {image}; a Path gives its stem) and the `scale`.
-    `convention` (KERNEL_CONVENTIONS): where the kernel sits, as the LR images were made (`in_convention`)."""
-    p = Path(spec)
-    if (seed := random_kernel_seed(spec)) is not None:
-        if subsampling is not None and subsampling != "direct":
-            raise MZSRError(f"degradation {spec!r} uses direct subsampling; --subsampling {subsampling} contradicts it")
-        if image is None:
-            raise MZSRError(f"degradation {spec!r} draws a kernel of its own for every image: it needs the image")
-        stem = image.stem if isinstance(image, Path) else str(image)
-        kernel = in_convention(random_kernel_for_image(seed, stem, scale), convention, scale, "direct", spec)
-        return Degradation(
-            spec, kernel, "direct", f"random DIV2KRK-style kernel of image {stem!r} (seed {seed}), direct subsampling"
-        )
-    if spec in NAMED_DEGRADATIONS:
-        d = named_degradation(spec)
-        if subsampling is not None and subsampling != d.subsampling:
-            raise MZSRError(
-                f"degradation {spec!r} uses {d.subsampling} subsampling; --subsampling {subsampling} contradicts it"
-            )
-        if d.kernel is None:
-            return d
-        return replace(d, kernel=in_convention(d.kernel, convention, scale, d.subsampling, spec))
-    if p.suffix.lower() in KERNEL_FILE_SUFFIXES:
-        subsampling = subsampling or "direct"
-        in_convention(None, convention, scale, subsampling, str(p))  # the subsampling check alone
-        return Degradation(p.stem, load_kernel_file(p, convention, scale), subsampling, f"kernel file {p}")
-    raise MZSRError(
-        f"{spec!r} is neither a named degradation ({', '.join(NAMED_DEGRADATIONS)}), a random per-image "
-        "kernel (rk, rk<seed>) nor a .mat/.npy kernel file"
-    )
-
-
-def in_convention(
-    kernel: np.ndarray | None, convention: str, scale: int, subsampling: str = "direct", source: str = "kernel"
-) -> np.ndarray | None:
-    """A kernel in MZSR's convention (named, random, estimated) as LR images made in `convention` need
-    it: unchanged for "mzsr", re-centred on KernelGAN's centre for "kernelgan". KernelGAN's convention is
-    one of direct subsampling (its LR keeps every scale-th pixel)."""
-    convention_center((1, 1), convention)  # an unknown convention is an error
-    if convention == "mzsr":
-        return kernel
-    if subsampling != "direct":
-        raise MZSRError(
-            f"{source}: the kernelgan convention is one of direct subsampling (KernelGAN keeps one pixel"
-            f" in {scale} per axis); {subsampling} subsampling has none"
-        )
-    return None if kernel is None else place_kernel(kernel, "kernelgan", scale, source)
-
-
-def kernel_file_for_image(image: str | Path, scale: int) -> Path | None:
-    """The kernel file that belongs to one test image, if any.
-
-    Looks for KernelGAN's `<stem>_kernel_x<scale>.mat` beside the image or in a `kernels/` folder
-    beside it, then for the MZSR authors' single `kernel.mat` for the whole folder.
-    """
-    image = Path(image)
-    name = f"{image.stem}_kernel_x{scale}.mat"
-    for candidate in (image.parent / name, image.parent / "kernels" / name, image.parent / "kernel.mat"):
-        if candidate.is_file():
-            return candidate
-    return None
 
 
 # ------------------------------------------------------------------ random per-image kernels (DIV2KRK)
