@@ -3,6 +3,8 @@ and both trainers, so that a device that does not exist is the same clear error 
 
 from __future__ import annotations
 
+import ctypes
+import functools
 import platform
 from pathlib import Path
 
@@ -23,7 +25,33 @@ def pick_device(requested: str | torch.device | None = None, tf32: bool = True) 
         torch.backends.cudnn.benchmark = True
         torch.backends.cuda.matmul.allow_tf32 = tf32
         torch.backends.cudnn.allow_tf32 = tf32
+    elif device.type == "cpu":
+        keep_freed_memory()
     return device
+
+
+# glibc's mallopt parameters, and the largest mmap threshold it accepts on 64-bit systems.
+_M_TRIM_THRESHOLD, _M_MMAP_THRESHOLD = -1, -3
+_MAX_MMAP_THRESHOLD = 32 * 2**20
+_NO_TRIM = 2**31 - 1  # the largest value it takes: a free heap top of 2 GiB before any trimming
+
+
+@functools.cache
+def keep_freed_memory() -> bool:
+    """Let this process reuse the memory it frees instead of handing it back to the system (glibc's
+    malloc; elsewhere nothing changes). Returns whether the setting took.
+
+    By default glibc gives an activation buffer of a few MiB its own fresh pages (mmap) and returns
+    them when the tensor dies, and trims the heap once its free top passes twice that threshold: every
+    adaptation step and meta-iteration then first-touches all of its activations again, a page fault per
+    4 KiB (about 190 MiB and 10% of a 256x256 adaptation step's time). Up to 32 MiB from the heap and
+    no trimming keeps those pages mapped from step to step. The process's peak memory stays what it
+    was; it just keeps it until it exits, as a caching allocator on a GPU does."""
+    if platform.system() != "Linux" or platform.libc_ver()[0] != "glibc":
+        return False
+    mallopt = ctypes.CDLL(None).mallopt
+    mallopt.argtypes, mallopt.restype = [ctypes.c_int, ctypes.c_int], ctypes.c_int
+    return bool(mallopt(_M_MMAP_THRESHOLD, _MAX_MMAP_THRESHOLD)) and bool(mallopt(_M_TRIM_THRESHOLD, _NO_TRIM))
 
 
 def _checked(requested) -> torch.device:
