@@ -123,7 +123,7 @@ def test_adapted_output_of_the_cpu_path_is_within_a_grey_level_of_plain_pytorchs
 
 
 @needs_bf16
-def test_bfloat16_gradients_are_close_to_float32_ones():
+def test_bfloat16_meta_gradients_are_close_to_float32_ones():
     theta = list(_net(torch.float32).parameters())
     g = torch.Generator().manual_seed(2)
     batch = [torch.rand(2, 4, 3, 16, 16, generator=g) for _ in range(4)]
@@ -136,7 +136,7 @@ def test_bfloat16_gradients_are_close_to_float32_ones():
 
 
 @needs_bf16
-def test_adaptation_with_bfloat16_gradients_stays_within_a_grey_level():
+def test_adaptation_in_bfloat16_stays_within_a_grey_level():
     model = _net(torch.float32)
     lr = _small_lr(1)
     exact = adapt(model, lr, None, 2, "bicubic", AdaptOptions(steps=(5,)), device="cpu")[0].sr
@@ -144,33 +144,44 @@ def test_adaptation_with_bfloat16_gradients_stays_within_a_grey_level():
     assert np.abs(fast[0].sr.astype(int) - exact.astype(int)).max() <= 1
 
 
-def _layer_by_layer(net, x, grad_dtype):
-    """MZSRNet's forward through `conv.conv3x3` one layer at a time (the per-layer backward)."""
-    h = conv.activation_layout(x)
+def _bfloat16_network(net, x):
+    """MZSRNet with its hidden layers in bfloat16, by plain PyTorch autograd: activations and their
+    gradients in bfloat16 between them, weights cast from float32; the first and the last layer, the
+    residual and its sum with the input in float32; channels-last as on the CPU path (another layout
+    sums in another order)."""
+    h, last = conv.activation_layout(x), len(net.convs) - 1
     for i, c in enumerate(net.convs):
-        h = conv.conv3x3(h, c.weight, c.bias, grad_dtype)
-        h = torch.relu(h) if i < len(net.convs) - 1 else h
+        dtype = torch.float32 if i in (0, last) else torch.bfloat16
+        bias = None if c.bias is None else c.bias.to(dtype)
+        h = F.conv2d(h.to(dtype), c.weight.to(dtype), bias, padding=1)
+        h = torch.relu(h) if i < last else h
     return x + h
 
 
 @needs_bf16
 @pytest.mark.parametrize("bias", [True, False])
-def test_whole_network_bfloat16_backward_equals_the_per_layer_one(bias):
-    """MZSRNet's first-order backward keeps its gradients in bfloat16 between layers; the numbers are the
-    per-layer path's (which casts each to float32 and back): ReLU masks, biases and the input's gradient."""
+def test_the_bfloat16_network_is_plain_pytorchs_bfloat16_network(bias):
+    """With bfloat16 the network's hidden layers run in bfloat16, forward and first-order backward (the
+    CPU path writes the backward out, without autograd's casts): the numbers are plain PyTorch's:
+    outputs, ReLU masks, biases and the input's gradient; inference too. It cannot be differentiated
+    twice (second-order MAML takes the per-layer path: mzsr.training.maml)."""
     torch.manual_seed(3)
     net = MZSRNet(bias=bias)
     x, y = torch.rand(2, 3, 20, 17, requires_grad=True), torch.rand(2, 3, 20, 17)
-    grads = []
-    for forward in (net, _layer_by_layer):
+    results = []
+    for forward in (lambda: net(x, grad_dtype=torch.bfloat16), lambda: _bfloat16_network(net, x)):
         net.zero_grad(set_to_none=True)
         x.grad = None
-        out = net(x, grad_dtype=torch.bfloat16) if forward is net else forward(net, x, torch.bfloat16)
+        out = forward()
         F.l1_loss(out, y).backward()
-        grads.append([p.grad for p in net.parameters()] + [x.grad])
-    whole, per_layer = grads
-    assert len(whole) == (17 if bias else 9) and all(g.abs().max() > 0 for g in whole)
-    assert _relative(whole, per_layer) < 1e-6
+        results.append((out.detach() - x.detach(), [p.grad for p in net.parameters()] + [x.grad]))  # residual
+    (fast_out, fast_grads), (plain_out, plain_grads) = results
+    assert len(fast_grads) == (17 if bias else 9) and all(g.abs().max() > 0 for g in fast_grads)
+    assert _relative([fast_out], [plain_out]) < 1e-6
+    assert _relative(fast_grads, plain_grads) < 1e-2
+    with torch.no_grad():
+        assert _relative([net(x, grad_dtype=torch.bfloat16) - x], [plain_out]) < 1e-6
+        assert _relative([net(x) - x], [plain_out]) > 1e-3  # the float32 network differs: bfloat16 is used
     first = torch.autograd.grad(
         F.l1_loss(net(x, grad_dtype=torch.bfloat16), y), list(net.parameters()), create_graph=True
     )

@@ -10,6 +10,7 @@ from the given weights per image."""
 from __future__ import annotations
 
 import copy
+import functools
 import time
 import warnings
 from dataclasses import dataclass, field, replace
@@ -214,10 +215,11 @@ def _adapt_once(
             step_seconds.append(time.perf_counter() - start)
         start = time.perf_counter()
         net.eval()
+        infer = net if gradients is None else functools.partial(net, grad_dtype=gradients)
         if preset["self_ensemble"]:
-            sr = self_ensemble(net, father, scale, kernel, subsampling, options.tile, output_shape)
+            sr = self_ensemble(infer, father, scale, kernel, subsampling, options.tile, output_shape)
         else:
-            sr = upscale(net, father, scale, options.tile, output_shape)
+            sr = upscale(infer, father, scale, options.tile, output_shape)
         if preset["back_projection"]:
             sr = back_project(sr, father, k, scale, subsampling, preset["back_projection"], options.grid)
         net.train()

@@ -1,5 +1,5 @@
 """MZSRNet's 3x3 convolutions as fast as a CPU runs them: channels-last activations, a written-out
-second-order backward, and (opt-in) bfloat16 gradients.
+second-order backward, and (opt-in) bfloat16.
 
 On a CPU PyTorch runs these convolutions with oneDNN. On NCHW tensors it reorders every activation to
 a blocked layout and back around each call; on channels-last (NHWC) tensors it does not, and its
@@ -10,13 +10,17 @@ backward out as the three standard kernels (forward, input gradient, weight grad
 only the order of floating-point sums: float64 gradients agree with PyTorch's to rounding
 (tests/test_conv.py checks them against plain `F.conv2d`).
 
-`grad_dtype=torch.bfloat16` computes the gradients' convolutions (all of the backward, first and
-second order) in bfloat16 with float32 accumulation, on CPUs with native bfloat16 (AMX or
-AVX512-BF16); forward passes, losses and weights stay float32. Opt-in (config `grad_precision`): it
-moves adapted outputs by at most a grey level, not to float rounding (docs/results.md). A first-order
-backward of the whole network (`network`: adaptation) then keeps its gradients in bfloat16 from
-layer to layer; per layer, autograd would cast each one to float32 and back, a quarter of the time.
-The precision is an argument of each call, never a module-wide setting.
+`grad_dtype=torch.bfloat16` (config `grad_precision: bfloat16`, opt-in, on CPUs with native bfloat16:
+AMX or AVX512-BF16) runs in bfloat16 with float32 weights and float32 accumulation inside oneDNN:
+- the whole network (`network`: adaptation and its inference): forward, backward and the activations
+  between layers, bfloat16 from layer to layer (per layer, autograd would cast each gradient to
+  float32 and back, a quarter of the time); the residual is added in float32;
+- second-order MAML (`conv3x3` per layer, mzsr.training.maml): the gradients' convolutions, first and
+  second order. Its forward stays float32: in bfloat16 it moved tests/test_conv.py's meta-gradient
+  8% from float64's (1.3% with a float32 forward) and saved a tenth of a meta-iteration's time.
+On such a CPU a bfloat16 convolution runs at twice the float32 rate (AVX512-BF16) or more (AMX). It
+moves adapted outputs by a few grey levels and PSNR by hundredths of a dB (docs/results.md). The
+precision is an argument of each call, never a module-wide setting.
 
 GPUs keep NCHW and PyTorch's own backward (cuDNN, which the CUDA-graph meta-step captures).
 """
@@ -82,11 +86,13 @@ def network(
     biases: list[torch.Tensor | None],
     grad_dtype: torch.dtype | None = None,
 ) -> torch.Tensor:
-    """The plain network: conv3x3 layers with ReLU between them (not after the last); float32
-    gradients computed in `grad_dtype` (None: float32) on the CPU path."""
-    wants_grad = torch.is_grad_enabled() and (x.requires_grad or any(w.requires_grad for w in weights))
-    if fast_path(x) and grad_dtype is not None and x.dtype == torch.float32 and wants_grad:
-        return _FirstOrderNetwork.apply(x, grad_dtype, len(weights), *weights, *biases)
+    """The plain network: conv3x3 layers with ReLU between them (not after the last); on the CPU path
+    with `grad_dtype` bfloat16, the whole network in bfloat16 (forward, first-order backward, inference)."""
+    if fast_path(x) and grad_dtype is not None and x.dtype == torch.float32:
+        if torch.is_grad_enabled() and (x.requires_grad or any(w.requires_grad for w in weights)):
+            return _FirstOrderNetwork.apply(x, grad_dtype, len(weights), *weights, *biases)
+        with torch.no_grad():  # inference
+            return _forward_in(grad_dtype, x, weights, biases)
     relu = torch.relu_ if fast_path(x) else torch.relu  # in place: a fresh activation costs its page faults
     h = x
     for i, (weight, bias) in enumerate(zip(weights, biases)):
@@ -97,36 +103,30 @@ def network(
 
 
 class _FirstOrderNetwork(torch.autograd.Function):
-    """`network` whose backward runs in `dtype` from the output to the input, the activations saved
-    in `dtype`: the first-order gradients of the per-layer path, without a cast of every gradient to
-    float32 and back between layers. It cannot be differentiated twice (second-order MAML takes the
-    per-layer path: mzsr.training.maml)."""
+    """`network` in `dtype` from the input to the output and back: activations and their gradients stay
+    in `dtype` between layers (per layer, autograd would cast every gradient to float32 and back). It
+    cannot be differentiated twice (second-order MAML takes the per-layer path: mzsr.training.maml)."""
 
     @staticmethod
     def forward(ctx, x, dtype, layers, *params):
-        weights, biases = params[:layers], params[layers:]
-        h, inputs = x, []
-        for i, (weight, bias) in enumerate(zip(weights, biases)):
-            inputs.append(h.to(dtype))
-            h = F.conv2d(h, weight, bias, padding=1)
-            if i < layers - 1:
-                h = torch.relu_(h)
+        weights, biases, inputs = params[:layers], params[layers:], []
+        out = _forward_in(dtype, x, weights, biases, inputs)
         ctx.save_for_backward(*inputs, *weights)
-        ctx.dtype, ctx.layers, ctx.has_bias = dtype, layers, [b is not None for b in biases]
-        return h
+        ctx.layers, ctx.has_bias = layers, [b is not None for b in biases]
+        return out
 
     @staticmethod
     @torch.autograd.function.once_differentiable
     def backward(ctx, grad):
-        layers, dtype = ctx.layers, ctx.dtype
+        layers = ctx.layers
         inputs, weights = ctx.saved_tensors[:layers], ctx.saved_tensors[layers:]
         d_weights, d_biases = [None] * layers, [None] * layers
-        grad = grad.to(dtype)
         for i in reversed(range(layers)):
+            dtype = inputs[i].dtype
             need_x = i > 0 or ctx.needs_input_grad[0]
             d_x, d_w, d_b = torch.ops.aten.convolution_backward(
-                grad, inputs[i], weights[i].to(dtype), [weights[i].shape[0]], [1, 1], [1, 1], [1, 1], False, [0, 0],
-                1, [need_x, ctx.needs_input_grad[3 + i], ctx.has_bias[i] and ctx.needs_input_grad[3 + layers + i]],
+                grad.to(dtype), inputs[i], weights[i].to(dtype), [weights[i].shape[0]], [1, 1], [1, 1], [1, 1], False,
+                [0, 0], 1, [need_x, ctx.needs_input_grad[3 + i], ctx.has_bias[i] and ctx.needs_input_grad[3 + layers + i]],
             )  # fmt: skip
             d_weights[i] = None if d_w is None else d_w.float()
             d_biases[i] = None if d_b is None else d_b.float()
@@ -134,6 +134,26 @@ class _FirstOrderNetwork(torch.autograd.Function):
                 grad = torch.ops.aten.threshold_backward(d_x, inputs[i], 0)  # ReLU's: where its output was > 0
         d_input = None if d_x is None else d_x.float()
         return d_input, None, None, *d_weights, *d_biases
+
+
+def _forward_in(dtype, x, weights, biases, inputs: list | None = None) -> torch.Tensor:
+    """The plain network's forward with its hidden layers in `dtype` (float32 weights cast per call,
+    accumulation in float32 inside oneDNN), returned in x's dtype; each layer's input is appended to
+    `inputs` when given (for the backward, which runs each layer in its input's dtype).
+
+    The first and the last layer stay in x's dtype: they hold the image and the residual, where
+    bfloat16's 8 bits cost the most (a grey level is 2^-8), and with 3 channels they are a few percent
+    of the time, running far below the core's rate in either precision."""
+    h = x
+    for i, (weight, bias) in enumerate(zip(weights, biases)):
+        layer_dtype = x.dtype if i in (0, len(weights) - 1) else dtype
+        h = h.to(layer_dtype)
+        if inputs is not None:
+            inputs.append(h)
+        h = F.conv2d(h, weight.to(layer_dtype), None if bias is None else bias.to(layer_dtype), padding=1)
+        if i < len(weights) - 1:
+            h = torch.relu_(h)
+    return h
 
 
 def _conv2d(x, weight, dtype):
@@ -154,7 +174,7 @@ class _Conv3x3(torch.autograd.Function):
     def forward(ctx, x, weight, bias, dtype):
         ctx.save_for_backward(x, weight)
         ctx.has_bias, ctx.dtype = bias is not None, dtype
-        return F.conv2d(x, weight, bias, padding=1)
+        return F.conv2d(x, weight, bias, padding=1)  # float32 (module docstring)
 
     @staticmethod
     def backward(ctx, grad):
