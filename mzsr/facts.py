@@ -30,15 +30,20 @@ SR_MODEL_NAME = re.compile(r"(direct|bicubic)_x[0-9]+")
 SKIMAGE = "skimage:"
 DIV2K = "div2k:"
 
-# The workflow's rules that run a network and so may use a GPU: the SLURM profile sends them to the
-# GPU partition, and each asks for compute.<rule>.gpu GPUs.
+# The rule that estimates the blind methods' kernels, by estimate.method: the learned estimator (a
+# tenth of a second per image) runs on a CPU, KernelGAN (thousands of iterations of two networks per
+# image) on a GPU. The workflow defines the one the config chooses; both take compute.estimate_kernel.
+ESTIMATE_RULES = {"learned": "estimate_kernel", "kernelgan": "estimate_kernel_kernelgan"}
+
+# The workflow's rules that run a network on a GPU: the SLURM profile sends them to the GPU
+# partition, and each asks for compute.<rule>.gpu GPUs.
 GPU_RULES = (
     "pretrain",
     "meta_train",
     "sr_pretrained",
     "sr_mzsr",
     "sr_zssr",
-    "estimate_kernel",
+    ESTIMATE_RULES["kernelgan"],
     "sr_mzsr_kgan",
     "sr_zssr_kgan",
 )

@@ -58,7 +58,8 @@ from conftest import snakemake_command
 REPO = Path(__file__).resolve().parents[1]
 PROFILE = REPO / "slurm" / "config.yaml"
 MICRO = REPO / "tests" / "micro.yaml"
-BLIND_GPU_RULES = {"estimate_kernel", "sr_mzsr_kgan", "sr_zssr_kgan"}  # methods mzsr_kgan, zssr_kgan (not in the demo)
+# methods mzsr_kgan, zssr_kgan (not in the demo); the kernels' estimate on a GPU only with KernelGAN
+BLIND_GPU_RULES = {facts.ESTIMATE_RULES["kernelgan"], "sr_mzsr_kgan", "sr_zssr_kgan"}
 DEMO_GPU_RULES = set(facts.GPU_RULES) - BLIND_GPU_RULES  # the network rules of the demo's run
 GPU_GROUPS = {"sr_pretrained", "sr_mzsr", "sr_zssr"}  # group kinds (workflow/rules/common.smk); blind: BLIND_GPU_RULES
 JOB_PREFIX = "mzsrtest"  # MZSR_SLURM_JOB_PREFIX of the test run
@@ -292,6 +293,31 @@ def test_training_processes_ask_slurm_for_tasks_nodes_and_gpus(tmp_path):
     proc, _ = dry_run(tmp_path / "bad.yaml")
     assert proc.returncode != 0
     assert "config compute.pretrain: 3 nodes do not divide 4 processes" in proc.stdout + proc.stderr
+
+
+@needs_plugin
+@pytest.mark.parametrize("method", ["learned", "kernelgan"])
+def test_the_kernel_estimate_asks_for_a_gpu_only_with_kernelgan(tmp_path, method):
+    """The blind methods' kernels in a dry run through the profile: the learned estimator on the CPU
+    partition without a GPU, KernelGAN on the GPU partition with compute.estimate_kernel's GPUs and
+    threads; the blind SR rules on the GPU partition either way."""
+    config = yaml.safe_load((REPO / "config" / "demo.yaml").read_text())
+    config["methods"] = ["mzsr", "mzsr_kgan"]
+    config["estimate"] = {**config.get("estimate", {}), "method": method}
+    config["compute"]["estimate_kernel"] = {"threads": 3, "gpu": 1}
+    (tmp_path / "blind.yaml").write_text(yaml.safe_dump(config))
+    env = profile_env(MZSR_SLURM_PARTITION="short", MZSR_SLURM_GPU_PARTITION="a100", MZSR_SLURM_CONDA="0")
+    cmd = snakemake_cmd(tmp_path, "-n", "--cores", "64", "--configfile", str(tmp_path / "blind.yaml"))
+    proc = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, (proc.stdout + proc.stderr)[-3000:]
+    jobs = {rule: res for rule, _, res in job_blocks(proc.stdout + proc.stderr)}
+    rule = facts.ESTIMATE_RULES[method]
+    assert set(facts.ESTIMATE_RULES.values()) & set(jobs) == {rule}
+    if method == "learned":
+        assert jobs[rule]["slurm_partition"] == "short" and "gpu" not in jobs[rule]
+    else:
+        assert (jobs[rule]["slurm_partition"], jobs[rule]["gpu"], jobs[rule]["cpus_per_gpu"]) == ("a100", "1", "3")
+    assert (jobs["sr_mzsr_kgan"]["slurm_partition"], jobs["sr_mzsr_kgan"]["gpu"]) == ("a100", "1")
 
 
 # ------------------------------------------------------------------------------------ the cluster

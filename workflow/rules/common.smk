@@ -304,9 +304,14 @@ def used_meta_models():
 # them, and --default-resources fill only what a rule leaves out, as for any Snakemake rule.
 
 
+# Rules whose compute settings are another rule's: KernelGAN's estimate_kernel runs as a rule of its own
+# (facts.ESTIMATE_RULES), so that only it goes to the GPU partition.
+COMPUTE_SECTION = {facts.ESTIMATE_RULES["kernelgan"]: "estimate_kernel"}
+
+
 def compute(rule, key):
     """compute.<rule>.<key>, else compute.default.<key> (the schema fills in what a config leaves out)."""
-    own = config["compute"].get(rule) or {}
+    own = config["compute"].get(COMPUTE_SECTION.get(rule, rule)) or {}
     return own.get(key, config["compute"]["default"][key])
 
 
@@ -387,6 +392,7 @@ IMAGE_RULE_GROUPS = {  # per-image rule -> the kind of group job it travels in
     "sr_mzsr": "sr_mzsr",
     "sr_zssr": "sr_zssr",
     "estimate_kernel": "estimate_kernel",
+    "estimate_kernel_kernelgan": "estimate_kernel_kernelgan",
     "sr_mzsr_kgan": "sr_mzsr_kgan",
     "sr_zssr_kgan": "sr_zssr_kgan",
     "crop": "crop",

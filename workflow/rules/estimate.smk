@@ -3,7 +3,14 @@
 # iterations, seconds and, where the degradation has a true kernel, the estimate's error against it).
 
 
-rule estimate_kernel:
+# The learned estimator on a CPU, KernelGAN on a GPU: one rule or the other (facts.ESTIMATE_RULES), both
+# with compute.estimate_kernel.
+ESTIMATE_RULE = facts.ESTIMATE_RULES[config["estimate"]["method"]]
+
+
+rule:
+    name:
+        ESTIMATE_RULE
     input:
         lr_image=LR_INPUT,
         kernel=kernel_file,
@@ -16,14 +23,14 @@ rule estimate_kernel:
         degradation=lambda w: DEGRADATIONS[w.degradation],
         estimate=section(config["estimate"]),
     log:
-        log_path("estimate_kernel", JOB),
+        log_path(ESTIMATE_RULE, JOB),
     benchmark:
-        benchmark_path("estimate_kernel", JOB)
-    threads: threads_of("estimate_kernel")
+        benchmark_path(ESTIMATE_RULE, JOB)
+    threads: threads_of(ESTIMATE_RULE)
     resources:
-        **resources_of("estimate_kernel"),
+        **resources_of(ESTIMATE_RULE),
     group:
-        image_group("estimate_kernel")
+        image_group(ESTIMATE_RULE)
     conda:
         "../../envs/eval.yaml"
     script:
