@@ -12,9 +12,10 @@ only the order of floating-point sums: float64 gradients agree with PyTorch's to
 
 `grad_dtype=torch.bfloat16` (config `grad_precision: bfloat16`, opt-in, on CPUs with native bfloat16:
 AMX or AVX512-BF16) runs in bfloat16 with float32 weights and float32 accumulation inside oneDNN:
-- the whole network (`network`: adaptation and its inference): forward, backward and the activations
-  between layers, bfloat16 from layer to layer (per layer, autograd would cast each gradient to
-  float32 and back, a quarter of the time); the residual is added in float32;
+- the network's hidden layers (`network`: adaptation and its inference): forward, backward and the
+  activations between them, bfloat16 from layer to layer (per layer, autograd would cast each gradient
+  to float32 and back, a quarter of the time); the first and last layers (3 channels) and the residual
+  stay float32;
 - second-order MAML (`conv3x3` per layer, mzsr.training.maml): the gradients' convolutions, first and
   second order. Its forward stays float32: in bfloat16 it moved tests/test_conv.py's meta-gradient
   8% from float64's (1.3% with a float32 forward) and saved a tenth of a meta-iteration's time.
@@ -87,7 +88,7 @@ def network(
     grad_dtype: torch.dtype | None = None,
 ) -> torch.Tensor:
     """The plain network: conv3x3 layers with ReLU between them (not after the last); on the CPU path
-    with `grad_dtype` bfloat16, the whole network in bfloat16 (forward, first-order backward, inference)."""
+    with `grad_dtype` bfloat16, its hidden layers in bfloat16 (forward, first-order backward, inference)."""
     if fast_path(x) and grad_dtype is not None and x.dtype == torch.float32:
         if torch.is_grad_enabled() and (x.requires_grad or any(w.requires_grad for w in weights)):
             return _FirstOrderNetwork.apply(x, grad_dtype, len(weights), *weights, *biases)
@@ -103,9 +104,10 @@ def network(
 
 
 class _FirstOrderNetwork(torch.autograd.Function):
-    """`network` in `dtype` from the input to the output and back: activations and their gradients stay
-    in `dtype` between layers (per layer, autograd would cast every gradient to float32 and back). It
-    cannot be differentiated twice (second-order MAML takes the per-layer path: mzsr.training.maml)."""
+    """`network` with its hidden layers in `dtype` (`_forward_in`), forward and back: activations and
+    their gradients stay in `dtype` between them (per layer, autograd would cast every gradient to
+    float32 and back). It cannot be differentiated twice (second-order MAML takes the per-layer path:
+    mzsr.training.maml)."""
 
     @staticmethod
     def forward(ctx, x, dtype, layers, *params):
