@@ -19,18 +19,14 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from benchmarks.evaluation.blind import photo_crops
-from benchmarks.harness import REPO, paper_lr, score, set14, write_result
+from benchmarks.evaluation.blind import images_of
+from benchmarks.harness import REPO, SET14, paper_lr, score, write_result
 from mzsr.adaptation.adapt import AdaptOptions, adapt
 from mzsr.degradation.kernels import named_degradation
 from mzsr.files.checkpoints import load_model
 from mzsr.network.conv import native_bfloat16
 
 PRECISIONS = ("float32", "bfloat16")
-
-
-def images(name: str, stems) -> list[tuple[str, np.ndarray]]:
-    return set14(stems=stems) if name == "set14" else photo_crops(stems=stems)
 
 
 def study(model, hr_images, steps: tuple[int, ...]) -> list[dict]:
@@ -104,7 +100,7 @@ def main() -> None:
     for name in args.sets:
         start = time.perf_counter()
         print(f"{name}: PSNR float32 -> bfloat16 (Y channel, g2.0 x2)", flush=True)
-        rows = study(model, images(name, args.images), steps)
+        rows = study(model, images_of(name, args.images, SET14), steps)
         results[name] = {"images": rows, "summary": summary(rows, steps)}
         for key, s in results[name]["summary"].items():
             print(

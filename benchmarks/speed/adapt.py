@@ -3,8 +3,8 @@ against a plain forward/backward loop of the same sizes.
 
 One LR image (astronaut under g2.0, --size x --size, x2), the released Direct x2 model; MZSR(n) is the
 median of --repeats runs of `mzsr.adaptation.adapt.adapt` (son, n steps, inference), ZSSR one run of
-`mzsr.adaptation.zssr.zssr` capped at --zssr-iterations. FLOPs count the 3x3 convolutions: n x
-(forward + backward) at LR size and one forward at HR size.
+`mzsr.adaptation.zssr.zssr` capped at --zssr-iterations. FLOPs count the 3x3 convolutions
+(`benchmarks.speed.cpu.adaptation_gflop`): n x (forward + backward) at LR size and one forward at HR size.
 
     python -m benchmarks.speed.adapt --threads 1 --zssr-iterations 300 --json out.json
 """
@@ -20,13 +20,11 @@ import torch
 import torch.nn.functional as F
 
 from benchmarks.harness import REPO, write_result
-from benchmarks.speed.cpu import astronaut_lr
+from benchmarks.speed.cpu import adaptation_gflop, astronaut_lr
 from mzsr.adaptation.adapt import AdaptOptions, adapt
 from mzsr.adaptation.zssr import zssr
 from mzsr.files.checkpoints import load_model
 from mzsr.network.model import MZSRNet
-
-FLOPS_PER_PIXEL = 2 * 9 * (3 * 64 + 6 * 64 * 64 + 64 * 3)  # one forward pass of the 8 layers
 
 
 def floor_seconds(side: int, steps: int, repeats: int) -> float:
@@ -70,7 +68,7 @@ def main() -> None:
     z = zssr(lr, deg.kernel, 2, deg.subsampling, {"iterations": args.zssr_iterations}, device="cpu")
     seconds[f"ZSSR ({z.steps} iterations)"] = z.seconds
     floor = floor_seconds(args.size, 10, args.repeats)
-    gflop = FLOPS_PER_PIXEL * args.size**2 * (3 * 10 + 4) / 1e9
+    gflop = adaptation_gflop(args.size)
     results = {
         "seconds": seconds,
         "zssr_seconds_per_iteration": z.seconds / z.steps,

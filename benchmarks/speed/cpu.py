@@ -7,7 +7,7 @@ turns from repeat to repeat (a run right after another is often faster here):
 - today: float32 with mzsr as it is at --baseline (its `mzsr/` unpacked from git into a scratch folder);
 - today, bfloat16 gradients: the same with grad_precision bfloat16;
 - float32: this checkout's mzsr, float32 (the default);
-- fast: this checkout's mzsr with grad_precision bfloat16 (adaptation: the whole network in bfloat16;
+- fast: this checkout's mzsr with grad_precision bfloat16 (adaptation: the hidden layers in bfloat16;
   meta-iteration: the gradients' convolutions).
 
 The bfloat16 paths run only on CPUs with AMX or AVX512-BF16. Each child picks the CPU with
