@@ -422,7 +422,8 @@ def test_upscale_without_a_degradation_says_how_to_give_one(tmp_path, texture_di
     save_weights(weights, MZSRNet().state_dict(), {"scale": 2, "degradation": "direct", "step": 0})
     for method in (["--weights", str(weights)], ["--method", "zssr"]):
         assert main(["upscale", str(texture_dir), "--out", str(tmp_path / "sr"), *method]) == 1
-        assert "give --degradation (a known kernel, or 'estimate'" in capsys.readouterr().err
+        err = capsys.readouterr().err
+        assert "give --degradation (a known kernel, or 'estimate'" in err and "g2.0 does better" in err
     assert not (tmp_path / "sr").exists()
 
 

@@ -26,10 +26,11 @@ def _add_common(p: argparse.ArgumentParser) -> None:
 ESTIMATE = "estimate"  # --degradation estimate: each image's kernel estimated first (--estimator)
 KERNELGAN_SCALES = (2, 4)
 ESTIMATORS = ("learned", "kernelgan")
-# Not estimated by default: on smooth photos an estimate that is too wide costs more than a fixed
-# guess (docs/results.md, "Blind SR"), so the user chooses.
+# Not estimated by default: on soft photos an estimate that is too wide costs more than the fixed
+# guess g2.0, on textured images the estimate wins (docs/results.md, "Blind SR"), so the user chooses.
 NEEDS_DEGRADATION = (
-    "{} needs the degradation: give --degradation (a known kernel, or 'estimate' to estimate each image's)"
+    "{} needs the degradation: give --degradation (a known kernel, or 'estimate' to estimate each image's:"
+    " best on textured images; on soft photos the fixed guess g2.0 does better)"
 )
 ESTIMATOR_ABOUT = (
     "the learned estimator (mzsr/estimation/: two small CNNs trained on DIV2KRK-style random kernels, well"
