@@ -45,6 +45,7 @@ import numpy as np
 import torch
 
 from benchmarks.harness import REPO, SET14, SHARED, paper_lr, set14, write_result
+from mzsr import MZSRError
 from mzsr.adaptation.adapt import AdaptOptions, adapt
 from mzsr.adaptation.schedules import resolve_schedule, weights_subsampling
 from mzsr.adaptation.zssr import zssr
@@ -181,7 +182,13 @@ def main() -> None:
                     kernel = kernel_net.estimate(lr, estimator)  # what estimate_kernel(method learned) returns
                 else:
                     cfg = {"method": "kernelgan", "iterations": args.iterations}
-                    kernel = estimate_kernel(lr, 2, cfg, device, seed=0, source=f"{stem}.png").kernel
+                    try:
+                        kernel = estimate_kernel(lr, 2, cfg, device, seed=0, source=f"{stem}.png").kernel
+                    except MZSRError as e:  # KernelGAN can diverge: the image keeps the other rows
+                        rec[phase] = {"failed": str(e), "seconds": time.perf_counter() - start}
+                        save()
+                        print(f"{phase:8s} {stem:10s} failed: {e}", flush=True)
+                        continue
                 rec[phase] = {
                     "kernel": kernel.tolist(),
                     "seconds": time.perf_counter() - start,
@@ -193,7 +200,7 @@ def main() -> None:
             elif phase == "mzsr":
                 kernels = {"mzsr_true": truth, "mzsr_guess": guess}
                 kernels.update({"mzsr_learned": np.array(rec["learned"]["kernel"])} if "learned" in rec else {})
-                kernels.update({"mzsr_kgan": np.array(rec["estimate"]["kernel"])} if "estimate" in rec else {})
+                kernels.update({"mzsr_kgan": np.array(rec["estimate"]["kernel"])} if _estimated(rec) else {})
                 kernels = {name: (in_convention(k, args.convention, 2), args.convention) for name, k in kernels.items()}
                 if args.convention != "mzsr":
                     kernels["mzsr_true_mismatched"] = (truth, "mzsr")  # read in MZSR's convention
@@ -207,7 +214,7 @@ def main() -> None:
                     subsampling = "direct" if k is not None else "bicubic"
                     (out,) = adapt(model, lr, k, 2, subsampling, options, device, hr.shape[:2], convention)
                     rec[name] = {"psnr": psnr(out.sr, hr, 2), "ssim": ssim(out.sr, hr, 2), "seconds": out.seconds}
-            elif phase == "zssr" and args.zssr_iterations > 0 and "estimate" in rec:
+            elif phase == "zssr" and args.zssr_iterations > 0 and _estimated(rec):
                 key = f"zssr_kgan_{args.zssr_iterations}"
                 if key in rec:
                     continue
@@ -239,6 +246,11 @@ def main() -> None:
     print(table(state, [stem for stem, _ in images], args.zssr_iterations))
 
 
+def _estimated(rec: dict) -> bool:
+    """Whether KernelGAN gave this image a kernel (it may have diverged: {"failed": why})."""
+    return "kernel" in rec.get("estimate", {})
+
+
 def _load(path: Path) -> dict:
     """The results of a --json file ({"setup", "images"})."""
     return json.loads(path.read_text())["results"]
@@ -246,14 +258,18 @@ def _load(path: Path) -> dict:
 
 def _estimate_summary(about: str, estimates: list[dict]) -> list[str]:
     """One line on an estimator's records: seconds, its kernel error and the mean rk kernel's."""
-    if not estimates:
+    failed = [e["failed"] for e in estimates if "failed" in e]
+    estimates = [e for e in estimates if "failed" not in e]
+    if not estimates and not failed:
         return []
     mean = lambda key: np.mean([e[key] for e in estimates])  # noqa: E731
-    return [
-        "",
-        f"{about}: {mean('seconds'):.2f} s / image; kernel error (sum of squared differences)"
-        f" {mean('error'):.5f}, mean rk kernel {mean('guess_error'):.5f} ({len(estimates)} images)",
-    ]
+    lines = [""]
+    if estimates:
+        lines.append(
+            f"{about}: {mean('seconds'):.2f} s / image; kernel error (sum of squared differences)"
+            f" {mean('error'):.5f}, mean rk kernel {mean('guess_error'):.5f} ({len(estimates)} images)"
+        )
+    return lines + [f"{about} failed: {why}" for why in failed]
 
 
 def table(state: dict, stems: list[str], zssr_iterations: int) -> str:
