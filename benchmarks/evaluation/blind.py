@@ -169,6 +169,9 @@ def main() -> None:
     model, meta = load_model(args.weights, expected_scale=2, device=device)
     schedule = resolve_schedule("auto", weights_subsampling(meta, "direct"), 2)
     guess = mean_rk_kernel()
+    fixed_guesses = {
+        name: resolve_degradation(d, convention=args.convention).kernel for name, d in FIXED_GUESSES.items()
+    }
     images = images_of(args.set, args.images or None, args.set14)
     estimator = kernel_net.load(args.kernel_net) if "learned" in args.phases else None
     for phase in args.phases:
@@ -204,9 +207,7 @@ def main() -> None:
                 kernels = {name: (in_convention(k, args.convention, 2), args.convention) for name, k in kernels.items()}
                 if args.convention != "mzsr":
                     kernels["mzsr_true_mismatched"] = (truth, "mzsr")  # read in MZSR's convention
-                for name, degradation in FIXED_GUESSES.items():
-                    fixed = resolve_degradation(degradation, convention=args.convention).kernel
-                    kernels[name] = (fixed, args.convention)
+                kernels.update({name: (k, args.convention) for name, k in fixed_guesses.items()})
                 for name, (k, convention) in kernels.items():
                     if name in rec:
                         continue
